@@ -11,7 +11,6 @@ example index; per-token reference logits come from the frozen model without gra
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
@@ -29,7 +28,9 @@ from tqdm.auto import tqdm
 
 from ..data.prompting import EncodedQA, PromptFormatter
 from ..errors import ConfigError, EvoUnlearnError
+from ..files import atomic_write_json
 from ..methods.base import MethodInputs, MethodSpec, SideOutputs
+from ..models.device import model_device
 from ..models.layers import layer_output_hook
 from ..models.scoring import sequence_logprob, shift
 
@@ -122,7 +123,7 @@ def _side(logits, batch, sl, index, hidden=None) -> SideOutputs:
 @torch.no_grad()
 def sequence_logps(model, fmt: PromptFormatter, items: Sequence[EncodedQA], batch_size: int = 32) -> torch.Tensor:
     """Summed answer log-prob of each encoded row under `model` (used once, for the reference cache)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     for i in range(0, len(items), batch_size):
         b = {k: v.to(device) for k, v in fmt.collate(items[i : i + batch_size]).items()}
@@ -477,7 +478,4 @@ class Unlearner:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_json(path, obj, indent=1, default=str)
