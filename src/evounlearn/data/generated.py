@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import atomic_write_bytes
 from .tofu import SPLIT_COLUMNS
 
 GENERATOR_VERSION = 2
@@ -596,15 +597,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     """Write atomically (temp file + rename); leave an identical file untouched."""
     if path.is_file() and path.read_bytes() == data:
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _write_splits(cfg: GeneratedConfig, splits: dict[str, list[Row]], out: Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data import tofu
 from ..data.prompting import PromptFormatter
+from ..files import atomic_write_json
 from . import metrics as M
 from .model_io import ScoredAnswer, generate_answers, score_answers
 
@@ -227,11 +228,7 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(p)
+    atomic_write_json(path, results, indent=1)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

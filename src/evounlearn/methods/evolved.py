@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..models.scoring import token_logprobs
 from .base import METHODS, MethodInputs, SideOutputs, register_method
 
 INTERFACE_CHOICES = ("auto", "faithful", "extended")
@@ -166,9 +167,7 @@ def _setup(model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 def _ref_token_logps(side: SideOutputs) -> torch.Tensor:
     if side.ref_logits is None:
         raise ValueError("missing method input: ref_logits")
-    safe = side.labels.clamp(min=0)
-    lp = torch.log_softmax(side.ref_logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return (lp * side.mask).detach()
+    return token_logprobs(side.ref_logits, side.labels)[0].detach()
 
 
 def _mean_ref(side: SideOutputs) -> torch.Tensor:
