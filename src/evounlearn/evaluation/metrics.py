@@ -340,7 +340,8 @@ def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike, reference_qui
 
 def exact_memorization(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
     """Exact memorisation of one answer: ``(1/n) sum_t [pred_t == y_t]`` over the n answer tokens
-    (SPEC 4.1: without the EOS prediction). Empty answer -> 0.0 (open-unlearning returns None and drops it)."""
+    (SPEC 4.1: without the EOS prediction). Empty answer -> 0.0 (open-unlearning returns None
+    and drops it)."""
     pred = _as_int_list(pred_ids, "pred_ids")
     label = _as_int_list(label_ids, "label_ids")
     if len(pred) != len(label):

@@ -1,7 +1,8 @@
 """The full TOFU evaluation (SPEC 4.1) of one model on one forget split.
 
 Every metric keeps per-example values keyed by example index, so that forget quality and PrivLeak
-can be recomputed later against a retain run's saved results.
+can be recomputed later against a retain run's saved results. Token sets (answer tokens with or
+without the EOS prediction) come from `model_io.ScoredAnswer`; docs/METRICS.md lists them.
 """
 
 from __future__ import annotations
