@@ -143,6 +143,8 @@ class HTTPProposer(LLMProposer):
             except (openai.OpenAIError, ValueError) as exc:  # a body that is not a chat completion
                 raise ProposerError(f"LLM server {self.url} returned an unreadable response: {exc}") from None
             else:
+                if not hasattr(resp, "model_dump"):  # the client hands back non-JSON bodies as text
+                    raise ProposerError(f"LLM server {self.url} returned a body that is not JSON: {resp!r:.200}")
                 return resp.model_dump()
             if attempt + 1 < attempts:
                 time.sleep(self._delay(attempt, rng, retry_after))
