@@ -43,7 +43,8 @@ from evounlearn.search.fitness import (
     rank_score,
     tofu_fitness,
 )
-from evounlearn.search.proposers import OfflineProposer, Proposal, ProposalRequest, Proposer
+from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
+from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.store import TRAINED, Store
 
 SIG = "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"

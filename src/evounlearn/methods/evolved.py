@@ -81,7 +81,7 @@ def resolve_interface(code: str, interface: str | None) -> str:
     if iface not in INTERFACE_CHOICES:
         raise ConfigError(f"loss.interface must be one of {', '.join(INTERFACE_CHOICES)}, not {interface!r}")
     if iface == "auto":
-        from ..search.expr import interface_of
+        from ..search.proposers.offline.tree import interface_of
 
         iface = interface_of(code)
     return iface

@@ -52,7 +52,7 @@ from .evaluate import EVALUATORS, STAGE_SHORT
 from .executor import Executor, Limits, make_executor
 from .fitness import FAILED, compute_fitness, rank_score, utility
 from .isolation import VALIDATION_LIMITS, IsolatedWorker, JobResult, validate_in_worker
-from .proposers import Proposal, ProposalRequest, Proposer, make_proposer
+from .proposers import Proposal, ProposalRequest, Proposer, proposer_from_section
 from .store import Store
 
 log = logging.getLogger("evounlearn.search")
@@ -169,7 +169,7 @@ class SearchDriver:
     @property
     def proposer(self) -> Proposer:
         if self._proposer is None:
-            self._proposer = make_proposer(dict(self.cfg.proposer))
+            self._proposer = proposer_from_section(self.cfg.proposer)
         return self._proposer
 
     @property
