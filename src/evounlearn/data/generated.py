@@ -32,11 +32,14 @@ columns and sizes; only what forget, retain and holdout share changes:
   name in the question and the distinguishing facts tell them apart: a loss that forgets too broadly
   (pushing down the shared values and phrasings) damages retain; one must forget *per author*.
   Holdout authors are built the same way so that, to a retain oracle, forget and holdout stay alike.
+  A retain oracle has seen the shared answers (asked about their donors), so on forget rows its truth
+  ratios lean below 1 rather than centring on it: that is what such an oracle should know.
 - `partial`: the forget split holds only some facts (k = questions_per_author // 2 question types)
   of each of the last authors; retain keeps those authors' other facts plus every other author. The
   forgotten types rotate over authors so every question type is forgotten equally often, as in the
   holdout (unseen authors with all question types). The author's name stays known: a loss that
-  forgets "the author" rather than the facts damages the retain rows of the same author.
+  forgets "the author" rather than the facts damages the retain rows of the same author. (Holdout
+  rows come from unseen authors, so unlike forget rows their names are unseen too.)
 - `paraphrase`: one question phrasing and one answer template per question type for every author,
   so forget and retain answers differ only in their values. A loss that pushes down the template
   words (the bulk of tokens it sees) damages all of retain; one must target the values. The
