@@ -13,31 +13,31 @@ import time
 import pytest
 import torch
 
-from evounlearn.search import sandbox
-from evounlearn.search.isolation import (
+from evounlearn.sandbox import (
     CPU_LIMIT,
     CRASH,
     MEMORY_LIMIT,
     WALL_LIMIT,
+    WORKER_ENV,
     IsolatedWorker,
-    WorkerPool,
-    validate_in_worker,
-)
-from evounlearn.search.sandbox import (
     SandboxError,
+    WorkerPool,
     check_function,
     check_program,
     compile_function,
     parse_epochs,
+    policy,
     split_functions,
+    validate_candidate,
 )
-from evounlearn.search.validate import validate_candidate
+from evounlearn.search.validation import validate_in_worker
+
+from .worker_jobs import DIAG, TRUSTED
 
 SIG = (
     "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
 )
 SIG2 = SIG.replace("loss_fn(", "loss_fn_2(")
-DIAG = "evounlearn.search.isolation:diagnostic_job"
 
 
 def loss(body: str, sig: str = SIG) -> str:
@@ -66,7 +66,7 @@ return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * log_probs_forget -
 
 @pytest.fixture(scope="module")
 def worker():
-    w = IsolatedWorker(wall_limit_s=30, cpu_limit_s=20, memory_limit_mb=1024)
+    w = IsolatedWorker(wall_limit_s=30, cpu_limit_s=20, memory_limit_mb=1024, trusted_prefixes=TRUSTED)
     yield w
     w.close()
 
@@ -316,7 +316,7 @@ def test_driver_survives_corpus_and_valid_loss_still_validates(worker: IsolatedW
         worker,
     )
     assert records and not any(r["ok"] for r in records)
-    assert os.getcwd() and os.environ.get(sandbox.WORKER_ENV) is None
+    assert os.getcwd() and os.environ.get(WORKER_ENV) is None
     rec = one(validate_in_worker(NPO, "faithful", worker))
     assert rec["ok"], rec["reason"]
 
@@ -434,14 +434,14 @@ def test_check_function_reports_line_numbers_and_roles() -> None:
 def test_whitelisted_names_exist() -> None:
     import torch.nn.functional as F
 
-    for n in sandbox.TORCH_FUNCTIONS | sandbox.TORCH_CONSTANTS:
+    for n in policy.TORCH_FUNCTIONS | policy.TORCH_CONSTANTS:
         assert hasattr(torch, n), n
-    for n in sandbox.F_FUNCTIONS:
+    for n in policy.F_FUNCTIONS:
         assert hasattr(F, n), n
-    for n in sandbox.MATH_ATTRIBUTES:
+    for n in policy.MATH_ATTRIBUTES:
         assert hasattr(math, n), n
     tensor_attrs = set(dir(torch.Tensor))
-    for n in sandbox.TENSOR_ATTRIBUTES - {"values", "indices", "eps", "tiny"}:
+    for n in policy.TENSOR_ATTRIBUTES - {"values", "indices", "eps", "tiny"}:
         assert n in tensor_attrs, n
 
 
@@ -451,7 +451,7 @@ def test_compile_refuses_to_run_in_the_driver() -> None:
     fn = compile_function(GA, allow_in_process=True)  # trusted: explicit opt-in
     assert float(fn(torch.tensor([-1.0, -3.0]), torch.tensor([-1.0]))) == -2.0
     g = fn.__globals__
-    assert set(g["__builtins__"]) <= set(sandbox.SAFE_BUILTIN_NAMES) | {"True", "False", "None", "__import__"}
+    assert set(g["__builtins__"]) <= set(policy.SAFE_BUILTIN_NAMES) | {"True", "False", "None", "__import__"}
     with pytest.raises(ImportError):
         g["__builtins__"]["__import__"]("os")
     assert {k for k in g if not k.startswith("__")} == {"torch", "F", "math", "loss_fn"}
@@ -502,7 +502,7 @@ def test_worker_limits_and_restart(worker: IsolatedWorker) -> None:
 
 
 def test_pool_runs_jobs_in_parallel() -> None:
-    with WorkerPool(2, wall_limit_s=20, cpu_limit_s=20, memory_limit_mb=512) as pool:
+    with WorkerPool(2, wall_limit_s=20, cpu_limit_s=20, memory_limit_mb=512, trusted_prefixes=TRUSTED) as pool:
         pool.start()
         t0 = time.monotonic()
         futures = [pool.submit(DIAG, {"action": "sleep", "seconds": 1.0}) for _ in range(2)]
@@ -517,7 +517,9 @@ def test_pool_runs_jobs_in_parallel() -> None:
 
 
 def test_rss_watchdog_without_rlimit() -> None:
-    with IsolatedWorker(wall_limit_s=30, cpu_limit_s=30, memory_limit_mb=256, rlimit_data=False) as w:
+    with IsolatedWorker(
+        wall_limit_s=30, cpu_limit_s=30, memory_limit_mb=256, rlimit_data=False, trusted_prefixes=TRUSTED
+    ) as w:
         res = w.run(DIAG, {"action": "alloc", "megabytes": 4000})
         assert res.killed_reason == MEMORY_LIMIT and "worker killed" in (res.error or ""), res
         assert w.run(DIAG, {"action": "echo", "value": 1}).value == 1

@@ -31,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Union
 
+from ..sandbox import interface_of  # noqa: F401 - moved to the sandbox; still importable from here
+
 Node = Union[float, str, tuple]  # noqa: UP007 - recursive alias, readable on 3.10
 
 LEAVES = ("lpf", "lpr", "rpf", "rpr", "dF", "dR")
@@ -433,11 +435,6 @@ def tree_from_code(code: str, verify: bool = True) -> LossTree | None:
         if _normalised(render(tree, interface)) == want:
             return tree
     return None
-
-
-def interface_of(code: str) -> str:
-    """'extended' when the code's loss_fn takes token-level arguments, else 'faithful'."""
-    return "extended" if re.search(r"def\s+loss_fn\w*\s*\(\s*tok_logp_forget", code) else "faithful"
 
 
 # ---------------------------------------------------------------------------------------------
