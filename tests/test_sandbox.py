@@ -179,6 +179,46 @@ STATIC_CORPUS = [
         loss("torch.add(log_probs_forget, 1.0, out=log_probs_retain)\nreturn log_probs_forget.mean()"),
         "'out'",
     ),
+    (
+        "inplace=",
+        loss("y = F.relu(log_probs_forget, inplace=True)\nreturn log_probs_forget.mean()"),
+        "keyword 'inplace' not allowed",
+    ),
+    (
+        "positional inplace",
+        loss("y = F.relu(log_probs_forget, True)\nreturn log_probs_forget.mean()"),
+        "positional argument 2 of 'F.relu' is its in-place flag 'inplace'",
+    ),
+    (
+        "positional inplace (hardtanh)",
+        loss("y = F.hardtanh(log_probs_forget, 0.0, 0.0, True)\nreturn log_probs_forget.mean()"),
+        "positional argument 4 of 'F.hardtanh' is its in-place flag",
+    ),
+    (
+        "positional inplace (full path)",
+        loss("y = torch.nn.functional.elu(log_probs_forget, 1.0, True)\nreturn log_probs_forget.mean()"),
+        "positional argument 3 of 'F.elu' is its in-place flag",
+    ),
+    (
+        "positional out (normalize)",
+        loss("y = F.normalize(log_probs_retain, 2.0, 0, 1e-12, log_probs_forget)\nreturn log_probs_forget.mean()"),
+        "positional argument 5 of 'F.normalize' is its output 'out'",
+    ),
+    (
+        "positional out (torch.norm)",
+        loss("y = torch.norm(log_probs_retain, 2, 0, False, log_probs_forget)\nreturn log_probs_forget.mean()"),
+        "positional argument 5 of 'torch.norm' is its output 'out'",
+    ),
+    (
+        "out= (clamp)",
+        loss("y = torch.clamp(log_probs_retain, -1.0, 0.0, out=log_probs_forget)\nreturn log_probs_forget.mean()"),
+        "keyword 'out' not allowed",
+    ),
+    (
+        "in-place function alias",
+        loss("r = F.relu\ny = r(log_probs_forget, True)\nreturn log_probs_forget.mean()"),
+        "function 'F.relu' may only be called",
+    ),
     ("walrus", loss("return (y := log_probs_forget).mean()"), ":="),
     ("tensor .data", loss("return log_probs_forget.data.mean()"), "attribute '.data'"),
     ("decorator", "@torch.no_grad()\n" + GA, "decorators not allowed"),
@@ -421,6 +461,51 @@ def test_split_functions_recovers_from_syntax_errors() -> None:
     assert funcs[1].error is None and "print" not in funcs[1].source and funcs[1].lineno == 5
     ok = split_functions(GA + "\n\ndef helper(x):\n    return x\n")
     assert [(f.name, f.lineno) for f in ok] == [("loss_fn", 1), ("helper", 5)]
+
+
+@pytest.mark.parametrize("separator", ["\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_split_functions_cuts_lines_where_the_parser_does(separator: str) -> None:
+    # str.splitlines() would also break at these characters, shifting every later function by a
+    # line: the form feed in the helper's comment would hide loss_fn's return line
+    helper = f"def h(x):\n    return x  # a comment {separator} with a separator\n\n"
+    body = "y = h(log_probs_forget)\nreturn y.mean()"
+    src = helper + loss(body)
+    funcs = split_functions(src)
+    assert [(f.name, f.lineno) for f in funcs] == [("h", 1), ("loss_fn", 4)]
+    assert funcs[0].source == helper.rstrip("\n") + "\n"
+    assert funcs[1].source == loss(body)
+    pc = check_program(src)
+    assert pc.reasons["loss_fn"] == "ok", pc.reasons
+    assert pc.program_text("loss_fn").endswith("    return y.mean()\n")
+    # the recovery path (a program that does not parse) cuts lines the same way
+    broken = split_functions(loss("return (") + "\n" + src)
+    assert [f.name for f in broken] == ["loss_fn", "h", "loss_fn"]
+    assert broken[2].source == loss(body) and broken[2].error is None
+
+
+def test_output_parameters_come_from_the_signatures() -> None:
+    assert policy.output_parameter("F.relu") == (1, "inplace")
+    assert policy.output_parameter("F.hardtanh") == (3, "inplace")
+    assert policy.output_parameter("F.normalize") == (4, "out")
+    assert policy.output_parameter("torch.norm") == (4, "out")
+    for path in ("torch.clamp", "torch.add", "F.softplus", "Tensor.clamp", "math.log"):
+        assert policy.output_parameter(path) is None, path  # `out` keyword-only, or none at all
+    # every allowed Python-level function with an `inplace` / `out` parameter is covered
+    import inspect
+
+    import torch.nn.functional as F
+
+    for name in sorted(policy.F_FUNCTIONS):
+        try:
+            params = list(inspect.signature(getattr(F, name)).parameters)
+        except (TypeError, ValueError):
+            continue
+        if policy.OUTPUT_PARAMETERS & set(params):
+            assert policy.output_parameter(f"F.{name}") is not None, name
+    # the same functions without the flag stay allowed
+    ok = loss("y = F.relu(log_probs_forget) + F.elu(log_probs_forget, 1.0)\nreturn y.mean()")
+    assert check_program(ok).reasons["loss_fn"] == "ok"
+    assert check_program(loss("return F.hardtanh(log_probs_forget, -1.0, 0.0).mean()")).reasons["loss_fn"] == "ok"
 
 
 def test_check_function_reports_line_numbers_and_roles() -> None:
