@@ -3,6 +3,39 @@
 Pure data plus two small lookups (`interface_args`, `is_loss_name`) and the in-place / output
 argument table derived from the allowed functions' own signatures (`output_parameter`). The AST
 checker (`checker.py`) enforces these lists; nothing here parses or runs code.
+
+The check is a self-contained AST whitelist (no `restrictedpython`):
+
+- node types: function definitions (top level only), `return`, assignments (`x = ...`, `x += ...`,
+  tuple unpacking), `if`, `for`, `break`/`continue`/`pass`, `assert`, expressions (arithmetic,
+  comparisons, boolean ops, `a if c else b`, calls, attributes, subscripts/slices, tuple and list
+  literals, numeric constants). Everything else is rejected: imports, lambdas, comprehensions and
+  generator expressions, classes, `while`, `with`, `try`, `raise`, `global`/`nonlocal`, `yield`,
+  `await`/async, `del`, `:=`, f-strings, dict/set literals, `match`, decorators, star-args
+  (`*a`, `**k`), item/attribute assignment (`x[0] = ...`, `x.a = ...`) and nested functions;
+- names: the function's arguments and locals, other functions of the program (helpers, only as
+  `h(...)`), `torch`, `F` (= torch.nn.functional) and `math` (only as `torch.<name>` etc.), and the
+  builtins abs, min, max, float, int, len, range, sum, bool (only called). Any name starting with
+  `__`, and exec/eval/open/getattr/globals/... are rejected with their own message;
+- attributes: `torch.<f>`, `torch.nn.functional.<f>`, `F.<f>`, `math.<c>` from fixed whitelists of
+  numeric functions; on any other value (a tensor) a whitelist of numeric tensor methods and
+  properties (mean, sum, clamp, exp, log, sigmoid, pow, abs, detach, shape, ...). No dunder or
+  private (`_x`) attribute, no in-place method (`add_`), no `out=` / `inplace=` keyword, no
+  positional argument that lands on an output or in-place parameter (`F.relu(x, True)`), and
+  functions with such a parameter only called directly (no `r = F.relu`);
+- constants: numbers (integers at most 1e6 in absolute value, floats at most 1e10, also after
+  folding constant expressions such as `10 ** 9`), None/True/False, `...`; strings only as a
+  function's docstring or as the value of `reduction=` ("mean", "sum", "none", "batchmean");
+- size: at most MAX_FUNCTION_LINES lines, MAX_FUNCTION_NODES AST nodes and nesting depth
+  MAX_DEPTH per function; at most MAX_SOURCE_CHARS characters and MAX_FUNCTIONS functions per
+  program;
+- signature: a candidate takes exactly the interface's arguments in order (ref arguments may
+  default to None); helpers take plain positional arguments (defaults must be constants); no
+  annotations are evaluated (they are dropped before compiling); at least one `return <value>`;
+- recursion (a helper calling itself, directly or through others) and a candidate calling another
+  candidate are rejected when a program is assembled.
+
+Rejection reasons are described in `checker.py`; compiling in `compiler.py`.
 """
 
 from __future__ import annotations
