@@ -389,7 +389,7 @@ def evaluate_candidate(
         return out
     candidate: dict[str, Any]
     if code is not None:
-        from .validate import validate_source
+        from ..sandbox import validate_source
 
         tv = time.time()
         records = validate_source(code, interface)

@@ -46,14 +46,15 @@ from typing import Any
 
 from ..config import apply_overrides, to_dict
 from ..errors import ConfigError, EvoUnlearnError
+from ..sandbox import IsolatedWorker, JobResult
 from .archive import Archive, choose_operator, eligible, sort_ranked, stage_cutoff, truncation
 from .config import SearchConfig, resolve_benchmark, scaled_evomu_schedule
 from .evaluate import EVALUATORS, STAGE_SHORT
 from .executor import Executor, Limits, make_executor
 from .fitness import FAILED, compute_fitness, rank_score, utility
-from .isolation import VALIDATION_LIMITS, IsolatedWorker, JobResult, validate_in_worker
 from .proposers import Proposal, ProposalRequest, Proposer, proposer_from_section
 from .store import Store
+from .validation import VALIDATION_LIMITS, validate_in_worker
 
 log = logging.getLogger("evounlearn.search")
 

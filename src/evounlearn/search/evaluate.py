@@ -186,7 +186,7 @@ def evaluate_candidate(
     out["timings"] = timings
     overrides = [f"run_dir={rd}"]
     if code is not None:
-        from .validate import validate_source
+        from ..sandbox import validate_source
 
         tv = time.time()
         records = validate_source(code, interface)
@@ -367,7 +367,7 @@ def fake_evaluate_candidate(
     rd.mkdir(parents=True, exist_ok=True)
     epochs = int(epochs or 5)
     if code is not None:
-        from .validate import validate_source
+        from ..sandbox import validate_source
 
         rec = _pick_record(validate_source(code, interface), function)
         if rec is None or not rec.get("ok"):
