@@ -20,6 +20,7 @@ import torch
 
 from evounlearn.errors import ConfigError
 from evounlearn.search.proposers import (
+    NO_FUNCTION,
     ProposalRequest,
     ProposerError,
     make_proposer,
@@ -375,7 +376,9 @@ def test_http_malformed_and_prose(llm_server: FakeLLM) -> None:
     assert len(bad) == 1 and not parses(bad[0].code)  # kept: the validator reports it for repair
     prose = p.propose(ProposalRequest(kind="initial", n=2))
     assert len(prose) == 1 and parses(prose[0].code) and "Sure" not in prose[0].code
-    assert p.propose(ProposalRequest(kind="initial", n=2)) == []
+    # Prose only: one proposal without code, carrying the reason (the driver asks for a repair).
+    (none,) = p.propose(ProposalRequest(kind="initial", n=2))
+    assert none.code == "" and none.error == NO_FUNCTION and none.raw_response == "I cannot help with that."
 
 
 @needs_openai

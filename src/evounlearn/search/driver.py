@@ -52,7 +52,7 @@ from .config import SearchConfig, resolve_benchmark, scaled_evomu_schedule
 from .evaluate import EVALUATORS, STAGE_SHORT
 from .executor import Executor, Limits, make_executor
 from .fitness import FAILED, compute_fitness, rank_score, utility
-from .proposers import Proposal, ProposalRequest, Proposer, proposer_from_section
+from .proposers import Proposal, ProposalRequest, Proposer, RunSettings, proposer_from_section
 from .store import Store
 from .validation import VALIDATION_LIMITS, validate_in_worker
 
@@ -319,7 +319,8 @@ class SearchDriver:
             kind=kind, n=n, interface=self.cfg.interface, benchmark=self.cfg.benchmark,
             parents=[self._parent_dict(p) for p in parents or []],
             leaderboard=self._leaderboard() if kind in ("refine", "crossover") else [],
-            seed=stable_seed(self.cfg.seed, g, k, kind), **extra,
+            seed=stable_seed(self.cfg.seed, g, k, kind),
+            run=RunSettings.from_train(self.cfg.unlearn.get("train"), self.cfg.default_epochs), **extra,
         )
 
     def _propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False) -> list[int]:
@@ -341,11 +342,13 @@ class SearchDriver:
                     parents.append(int(x))
                 except (TypeError, ValueError):
                     continue
+            # A proposal with an error (e.g. a reply without any function) is rejected as it is
+            # recorded; `_admit` then asks for a repair with that reason.
             cid = self.db.add_candidate(
                 kind="candidate", generation=g, slot=slot, operator=p.operator or req.kind, parents=parents,
                 code=p.code, prompt=p.prompt, raw_response=p.raw_response, notes=p.notes,
-                interface=self.cfg.interface, status="proposed", seed=self.cfg.seed,
-                timings={"propose": dt / max(1, len(props))},
+                interface=self.cfg.interface, status="rejected" if p.error else "proposed", seed=self.cfg.seed,
+                timings={"propose": dt / max(1, len(props))}, error=p.error or None,
             )
             ids.append(cid)
         return ids
@@ -354,6 +357,8 @@ class SearchDriver:
         """Validate one proposal in the worker; exact/behavioural duplicates are recorded, not trained."""
         c = self.db.candidate(cid)
         assert c is not None
+        if c.get("status") == "rejected":  # rejected when proposed (`_propose`: no function in the reply)
+            return False, str(c.get("error") or "rejected")
         code = c.get("code") or ""
         prev = self._codes.get(code)
         if prev is not None and prev != cid:

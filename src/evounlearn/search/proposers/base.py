@@ -8,11 +8,17 @@ Request kinds:
 - "refine":    mutate / improve `parents[0]`, shown with its metrics and training curve;
 - "crossover": combine `parents[0]` and `parents[1]`;
 - "tune":      keep the structure of `parents[0]`, change its numeric constants only;
-- "repair":    fix a rejected candidate: `error` holds the rejection reason and the broken code.
+- "repair":    fix a rejected candidate: `error` holds the rejection reason and the broken code
+               (the code may be empty when the reply it came from held no function).
 
 A parent is a dict: {"code": str, "fitness": float, "metrics": dict, "loss_history": [float per
 epoch], optional "id": int | str}. `Proposal.parents` lists the parents' ids (their position in
 `request.parents` when they have no "id").
+
+`request.run` states how every candidate is trained (full fine-tuning or LoRA, default epochs,
+batch size, learning rate), so prompts describe the run as it is. A `Proposal` with an `error`
+and no code stands for a reply that held no usable function: the driver records it as rejected
+with that reason, and the repair path sends the reason back.
 """
 
 from __future__ import annotations
@@ -29,8 +35,49 @@ KINDS = ("initial", "refine", "repair", "crossover", "tune")
 INTERFACES = ("faithful", "extended")
 
 
+NO_FUNCTION = "no Python function found in the reply"
+
+
 class ProposerError(EvoUnlearnError):
     """A proposer could not produce an answer (e.g. the LLM server refused or kept failing)."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How each candidate loss is trained; the prompts state these as they are.
+
+    The defaults are `training.TrainConfig`'s (not imported here: proposers stay free of torch).
+    """
+
+    lora: bool = False  # False: all weights are fine-tuned
+    lora_r: int = 8
+    epochs: int = 5  # for a loss that declares no epochs
+    batch_size: int = 8  # forget examples per step (paired with as many retain examples)
+    lr: float = 1e-4
+    optimizer: str = "AdamW"
+
+    @classmethod
+    def from_train(cls, train: Mapping[str, Any] | None, epochs: int) -> RunSettings:
+        """The settings of a run whose `unlearn.train` section is `train` (training.TrainConfig
+        fields; missing ones keep their defaults, which are TrainConfig's) and whose losses
+        without an epochs docstring train `epochs` epochs."""
+        t = dict(train or {}) if isinstance(train, Mapping) or train is None else {}
+        base = cls()
+        return cls(
+            lora=bool(t.get("lora", base.lora)),
+            lora_r=int(t.get("lora_r", base.lora_r)),
+            epochs=int(epochs),
+            batch_size=int(t.get("batch_size", base.batch_size)),
+            lr=float(t.get("lr", base.lr)),
+        )
+
+    def describe(self) -> str:
+        """One phrase for the prompts, e.g. "all weights fine-tuned, AdamW, learning rate 1e-04"."""
+        what = f"a fresh LoRA adapter of rank {self.lora_r}" if self.lora else "all weights fine-tuned"
+        return (
+            f"{what}, {self.optimizer}, learning rate {self.lr:.0e}, batches of {self.batch_size} forget "
+            f"and {self.batch_size} retain examples; {self.epochs} epochs when a loss declares none"
+        )
 
 
 @dataclass
@@ -47,6 +94,7 @@ class ProposalRequest:
     error: dict[str, Any] | str | None = None
     leaderboard: list[tuple[float, str]] = field(default_factory=list)  # (fitness, short code), ascending
     seed: int = 0
+    run: RunSettings = field(default_factory=RunSettings)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -61,8 +109,10 @@ class ProposalRequest:
                 raise ConfigError(f"parent {i} of the proposal request must be a dict with a 'code' key")
         if self.kind in ("refine", "tune", "crossover") and not self.parents:
             raise ConfigError(f"a {self.kind!r} request needs at least one parent")
-        if self.kind == "repair" and not self.repair_info()[0]:
-            raise ConfigError("a 'repair' request needs the broken code (error['code'] or parents[0])")
+        if self.kind == "repair" and not any(self.repair_info()):
+            raise ConfigError(
+                "a 'repair' request needs the broken code (error['code'] or parents[0]) or a reason"
+            )
 
     def parent_ids(self, indices: list[int] | None = None) -> list[int | str]:
         """Ids of the parents at `indices` (all parents when None)."""
@@ -102,6 +152,11 @@ class Proposal:
     parents: list[int | str] = field(default_factory=list)
     operator: str = ""
     notes: str = ""
+    # Why there is no usable code (e.g. NO_FUNCTION); the driver records the proposal as rejected.
+    error: str = ""
+    # What was cut on the way (reply bytes, helper functions, stored response), for the record;
+    # `notes` repeats it, since the store keeps the notes.
+    cuts: list[str] = field(default_factory=list)
 
 
 class Proposer(ABC):

@@ -4,7 +4,9 @@ Templates live in `templates/<kind>.txt` next to this module (package data, `str
 syntax: `$name`), one per request kind, plus `rules.txt` (output format + rules) which every
 template includes as `$rules`. Variables:
 
-- all kinds: `$n`, `$names` ("loss_fn_1 ... loss_fn_<n>"), `$benchmark`, `$benchmark_notes`, `$signature`, `$arguments`, `$rules`;
+- all kinds: `$n`, `$names` ("loss_fn_1 ... loss_fn_<n>"), `$benchmark`, `$benchmark_notes`,
+  `$signature`, `$arguments`, `$rules`, `$training` (how candidates are trained: the request's
+  `RunSettings`, e.g. full fine-tuning or a LoRA adapter, as the run is configured);
 - refine / tune: `$parent_code`, `$parent_fitness`, `$loss_history`, `$metrics_json`,
   `$guidance`, `$leaderboard` (refine only);
 - crossover: `$parent_a_code`, `$parent_a_fitness`, `$parent_a_loss_history`,
@@ -267,6 +269,7 @@ def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
         "arguments": arguments,
         "guidance": guidance_for(request.benchmark),
         "leaderboard": format_leaderboard(request.leaderboard, max_leaderboard),
+        "training": request.run.describe(),
     }
     common["rules"] = load_template("rules").substitute(common).rstrip()
     kind = request.kind
@@ -291,5 +294,6 @@ def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
             )
     elif kind == "repair":
         code, reason = request.repair_info()
-        common.update(broken_code=_short(code, max_lines=200), reason=reason.strip() or "(no reason given)")
+        broken = _short(code, max_lines=200) if code.strip() else "# (no code: the reply held no function)"
+        common.update(broken_code=broken, reason=reason.strip() or "(no reason given)")
     return load_template(kind).substitute(common).rstrip() + "\n"
