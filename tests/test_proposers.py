@@ -567,7 +567,7 @@ def test_run_settings_in_prompts_match_training_defaults() -> None:
     )
     for kind in ("initial", "refine", "crossover", "tune"):
         text = render_prompt(ProposalRequest(kind=kind, parents=[{"code": GOOD1}] * 2))
-        assert "all weights fine-tuned" in text and "LoRA" not in text
+        assert "Training: full fine-tuning (all weights), AdamW" in text and "LoRA" not in text
     lora = RunSettings.from_train({"lora": True, "lora_r": 16, "lr": 3e-5, "batch_size": 4}, epochs=7)
     text = render_prompt(ProposalRequest(kind="initial", run=lora))
     assert "LoRA adapter of rank 16" in text and "3e-05" in text and "batches of 4" in text

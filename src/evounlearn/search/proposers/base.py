@@ -61,7 +61,7 @@ class RunSettings:
         """The settings of a run whose `unlearn.train` section is `train` (training.TrainConfig
         fields; missing ones keep their defaults, which are TrainConfig's) and whose losses
         without an epochs docstring train `epochs` epochs."""
-        t = dict(train or {}) if isinstance(train, Mapping) or train is None else {}
+        t = dict(train) if isinstance(train, Mapping) else {}
         base = cls()
         return cls(
             lora=bool(t.get("lora", base.lora)),
@@ -72,11 +72,15 @@ class RunSettings:
         )
 
     def describe(self) -> str:
-        """One phrase for the prompts, e.g. "all weights fine-tuned, AdamW, learning rate 1e-04"."""
-        what = f"a fresh LoRA adapter of rank {self.lora_r}" if self.lora else "all weights fine-tuned"
+        """One phrase for the prompts, e.g. "full fine-tuning (all weights), AdamW, learning rate 0.0001, ..."."""
+        what = (
+            f"a fresh LoRA adapter of rank {self.lora_r} (the base weights stay frozen)"
+            if self.lora
+            else "full fine-tuning (all weights)"
+        )
         return (
-            f"{what}, {self.optimizer}, learning rate {self.lr:.0e}, batches of {self.batch_size} forget "
-            f"and {self.batch_size} retain examples; {self.epochs} epochs when a loss declares none"
+            f"{what}, {self.optimizer}, learning rate {self.lr:g}, batches of {self.batch_size} forget "
+            f"and {self.batch_size} retain examples, {self.epochs} epochs when a loss declares none"
         )
 
 
