@@ -164,8 +164,11 @@ class LLMProposer(Proposer):
         return left
 
     def record_cut(self, what: str) -> None:
-        """Note something cut from the current reply (listed in the proposals' `cuts`)."""
-        self._cuts.append(what)
+        """Note something cut from the current reply (listed in the proposals' `cuts`).
+
+        Only while `chat` runs (a backend called on its own has no proposals to tell)."""
+        if self._deadline is not None:
+            self._cuts.append(what)
 
     # -- one request ----------------------------------------------------------------------------
 
@@ -187,11 +190,11 @@ class LLMProposer(Proposer):
                 answer = cfg.answer_phase()
                 tail = cut_at_stop(self._reply(prompt, answer, seed + 1, prefix=prefix), answer.stop)
                 text = prefix + tail + cfg.answer_close
+            text, cut = cut_bytes(text, int(cfg.max_response_bytes))  # both phases together, or the local model
+            if cut:
+                self.record_cut(f"reply cut by {cut} bytes to max_response_bytes={cfg.max_response_bytes}")
         finally:
             self._deadline = None
-        text, cut = cut_bytes(text, int(cfg.max_response_bytes))
-        if cut:
-            self.record_cut(f"reply cut by {cut} bytes to max_response_bytes={cfg.max_response_bytes}")
         return text
 
     def _reply(self, prompt: str, sampling: Sampling, seed: int, prefix: str = "") -> str:
