@@ -501,11 +501,11 @@ def test_extraction_is_linear_in_the_number_of_functions() -> None:
     text = small_functions(8000)
     t0 = time.monotonic()
     out = extract_functions(text)
-    assert time.monotonic() - t0 < 5.0  # quadratic extraction took minutes here
+    assert time.monotonic() - t0 < 30.0  # linear: ~1.3 s here; the quadratic extraction took 194 s
     assert len(out) == 8000 and "return 7999.0 *" in out[-1]
     t0 = time.monotonic()
     assert len(extract_programs(text, limit=3)) == 3
-    assert time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 < 30.0
 
 
 def test_extraction_of_a_5mb_reply_is_bounded() -> None:
@@ -515,7 +515,7 @@ def test_extraction_of_a_5mb_reply_is_bounded() -> None:
     assert len(text) > 5_000_000
     t0 = time.monotonic()
     out = extract_functions(text)
-    assert time.monotonic() - t0 < 5.0
+    assert time.monotonic() - t0 < 30.0
     assert out and "softplus" in out[0] and "1 + 1 + 1" not in out[0]
 
 
