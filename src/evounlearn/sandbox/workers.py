@@ -134,6 +134,9 @@ class JobResult:
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     killed_reason: str | None = None  # WALL_LIMIT | CPU_LIMIT | MEMORY_LIMIT | CRASH | None
+    # True when the job was lost to the infrastructure (a cluster node died, the executor was
+    # closed...), not to anything the job did: the caller may retry it without charging the job
+    infra: bool = False
 
 
 # --------------------------------------------------------------------------------------------

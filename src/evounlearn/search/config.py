@@ -44,6 +44,19 @@ class EvoMUConfig:
 
 
 @dataclass
+class RayConfig:
+    """`executor: ray`: where and with what resources each candidate runs (docs/DISTRIBUTED.md)."""
+
+    address: str = ""  # "" = start a local Ray instance; "auto" / "host:port" / "ray://host:port" = a cluster
+    num_cpus: float = 1.0  # Ray resources reserved per candidate task
+    num_gpus: float = 0.0  # 1 = one GPU per candidate
+    memory_mb: int | None = None  # Ray's scheduling reservation (the hard limit stays limits.memory_mb)
+    shared_dir: str = ""  # a shared file system every node must see (checked at start, with run and cache dirs)
+    runtime_env: dict[str, Any] | None = None  # Ray runtime_env for small artifacts (working_dir, env_vars, ...)
+    retries: int = 2  # resubmits of a task lost to an infrastructure fault (node died, worker crashed)
+
+
+@dataclass
 class SearchConfig:
     mode: str = "ours"  # ours | evomu
     budget: int = 12  # trained candidates (baselines and finalists' re-runs not counted)
@@ -52,7 +65,8 @@ class SearchConfig:
     interface: str = "faithful"  # faithful | extended
     benchmark: str = "generated"  # generated | tofu | a name of search.benchmarks (muse-news, wmdp-synthetic)
     evaluator: str = "real"  # real (the benchmark's training + evaluation jobs) | fake (tests)
-    executor: str = "local"
+    executor: str = "local"  # local (worker processes here) | ray (a Ray cluster or local instance; see `ray`)
+    ray: RayConfig = field(default_factory=RayConfig)
     proposer: dict[str, Any] = field(default_factory=lambda: {"kind": "offline"})
     # UnlearnConfig fields shared by every run (data, forget_split, train.*, eval.*, prepare.*, ...)
     unlearn: dict[str, Any] = field(default_factory=dict)

@@ -50,7 +50,7 @@ from ..sandbox import IsolatedWorker, JobResult
 from .archive import Archive, choose_operator, eligible, sort_ranked, stage_cutoff, truncation
 from .config import SearchConfig, resolve_benchmark, scaled_evomu_schedule
 from .evaluate import EVALUATORS, STAGE_SHORT
-from .executor import Executor, Limits, make_executor
+from .executor import Executor, Limits, executor_options, make_executor
 from .fitness import FAILED, compute_fitness, rank_score, utility
 from .proposers import Proposal, ProposalRequest, Proposer, RunSettings, proposer_from_section
 from .store import Store
@@ -180,6 +180,7 @@ class SearchDriver:
             self._executor = make_executor(
                 self.cfg.executor, self.cfg.workers,
                 Limits(lim.get("wall_s"), lim.get("cpu_s"), lim.get("memory_mb")),
+                **executor_options(self.cfg, self.run_dir),
             )
         return self._executor
 

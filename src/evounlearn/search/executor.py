@@ -8,19 +8,28 @@ returns the same `sandbox.JobResult`; nothing in the search changes.
 
 `LocalExecutor(n)`: n isolated worker processes (`sandbox.WorkerPool`), each with wall-clock,
 CPU-time and memory limits and 1 torch thread by default (n parallel candidates on n cores).
+`RayExecutor` (`search.ray_executor`, `executor: ray`): the same isolated worker, started inside
+a Ray task, on a local Ray instance or a cluster (docs/DISTRIBUTED.md); Ray is imported only then.
+
+A JobResult with `infra=True` was lost to the infrastructure (a node died, the executor was
+closed), not to the job: the caller may retry it without charging the candidate.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..sandbox import JobResult, Limits, WorkerPool
 
-__all__ = ["EXECUTORS", "Executor", "Limits", "LocalExecutor", "make_executor"]
+if TYPE_CHECKING:
+    from .config import SearchConfig
+
+__all__ = ["EXECUTORS", "Executor", "Limits", "LocalExecutor", "executor_options", "make_executor"]
 
 
 class Executor(ABC):
@@ -70,12 +79,30 @@ class LocalExecutor(Executor):
         self.pool.close()
 
 
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor}
+def _ray_executor() -> type[Executor]:
+    from .ray_executor import RayExecutor  # ray itself is imported when the executor starts
+
+    return RayExecutor
 
 
-def make_executor(kind: str = "local", workers: int = 1, limits: Limits | None = None, threads: int = 1) -> Executor:
-    """Build an executor by name (only "local" ships; register others in EXECUTORS)."""
+#: name -> a function returning the class (so that optional backends are imported only when used)
+EXECUTORS: dict[str, Callable[[], type[Executor]]] = {"local": lambda: LocalExecutor, "ray": _ray_executor}
+
+
+def make_executor(kind: str = "local", workers: int = 1, limits: Limits | None = None, threads: int = 1,
+                  **options: Any) -> Executor:
+    """Build an executor by name; `options` are the backend's own keyword arguments
+    (see `executor_options`; LocalExecutor takes none)."""
     if kind not in EXECUTORS:
         raise ConfigError(f"unknown executor {kind!r} (known: {', '.join(EXECUTORS)})")
-    cls = EXECUTORS[kind]
-    return cls(workers, limits, threads)  # type: ignore[call-arg]
+    cls = EXECUTORS[kind]()
+    return cls(workers, limits, threads, **options)  # type: ignore[call-arg]
+
+
+def executor_options(cfg: SearchConfig, run_dir: str | Path) -> dict[str, Any]:
+    """The backend-specific `make_executor` options of a search: for Ray, its config section and
+    the paths every node must see (the run dir and the prepared-model cache)."""
+    if cfg.executor != "ray":
+        return {}
+    cache = str((cfg.unlearn.get("prepare") or {}).get("cache_dir") or "")
+    return {"options": cfg.ray, "shared_paths": [str(run_dir), *([cache] if cache else [])]}
