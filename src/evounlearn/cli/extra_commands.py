@@ -14,8 +14,8 @@ COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob"
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from ..reports.tables import metric_table
-    from ..training.prepare import summaries as prepared_summaries
-    from ..training.unlearn import build_config, resume_config, run_unlearning
+    from ..benchmarks.tofu import summaries as prepared_summaries
+    from ..benchmarks.tofu import build_config, resume_config, run_unlearning
 
     if args.resume:
         cfg = resume_config(args.resume)
@@ -36,7 +36,7 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     record = run_unlearning(cfg, resume=bool(args.resume))
     table = {}
     if not cfg.model:
-        from ..training.prepare import prepare
+        from ..benchmarks.tofu import prepare
 
         table.update(prepared_summaries(prepare(cfg.prepare)))
     table[cfg.method] = {**record.get("summary", {}), "seconds": record["seconds"]}

@@ -50,8 +50,10 @@ class SearchConfig:
     workers: int = 2  # candidates evaluated in parallel (one process each)
     seed: int = 0
     interface: str = "faithful"  # faithful | extended
-    benchmark: str = "generated"  # generated | tofu | a name of search.benchmarks (muse-news, wmdp-synthetic)
-    evaluator: str = "real"  # real (the benchmark's training + evaluation jobs) | fake (tests)
+    benchmark: str = "generated"  # a name or alias of the benchmark registry (evounlearn.benchmarks)
+    # real = the candidate job (search.candidate); or an importable module with the same two jobs,
+    # `evaluate_candidate` and `target_info` (tests: "tests.fakes")
+    evaluator: str = "real"
     executor: str = "local"
     proposer: dict[str, Any] = field(default_factory=lambda: {"kind": "offline"})
     # UnlearnConfig fields shared by every run (data, forget_split, train.*, eval.*, prepare.*, ...)
@@ -85,41 +87,28 @@ class SearchConfig:
             raise ConfigError("report_seeds and baseline_seeds must be >= 1")
         if self.select_on not in ("search", "report"):
             raise ConfigError(f"select_on must be search or report, not {self.select_on!r}")
-        if self.evaluator not in ("real", "tofu", "fake"):
-            raise ConfigError(f"evaluator must be real or fake, not {self.evaluator!r}")
-        resolve_benchmark(self)
+        if self.evaluator != "real" and not all(p.isidentifier() for p in self.evaluator.split(".")):
+            raise ConfigError(f"evaluator must be real or an importable module path, not {self.evaluator!r}")
+        from ..benchmarks import get_benchmark
+
+        get_benchmark(self.benchmark)  # unknown names fail here, with the known ones
         return self
 
 
-def resolve_benchmark(cfg: SearchConfig) -> tuple[str, Any]:
-    """(fitness family, evaluator jobs) of the config's benchmark.
+@dataclass(frozen=True)
+class EvaluatorJobs:
+    """The worker jobs ("module:function") of one search: candidate evaluation and target information."""
 
-    `generated` / `tofu` run `search.evaluate` (training.unlearn + the TOFU evaluation); other
-    names come from the benchmark registry `search.benchmarks` (MUSE, WMDP settings), whose
-    jobs have the same contract. `evaluator: fake` swaps in the cheap test jobs."""
-    from .evaluate import EVALUATORS, EvaluatorJobs
-    from .fitness import FITNESS
+    evaluate: str
+    target: str
 
-    name = cfg.benchmark.lower()
-    if name in ("generated", "tofu"):
-        family, jobs = name, EVALUATORS["tofu"]
-    else:
-        try:
-            from .benchmarks import get_benchmark
-        except ImportError:  # pragma: no cover - the registry ships with the package
-            if name not in FITNESS:
-                raise ConfigError(f"unknown benchmark {cfg.benchmark!r}") from None
-            raise ConfigError(f"benchmark {cfg.benchmark!r} has no evaluator jobs") from None
-        spec = get_benchmark(name)
-        if spec.name == "tofu":
-            family, jobs = "tofu", EVALUATORS["tofu"]
-        else:
-            family, jobs = spec.fitness_family, EvaluatorJobs(spec.evaluate_job, spec.target_job)
-    if family not in FITNESS:
-        raise ConfigError(f"benchmark {cfg.benchmark!r}: no fitness {family!r}")
-    if cfg.evaluator == "fake":
-        jobs = EVALUATORS["fake"]
-    return family, jobs
+
+REAL_JOBS = "evounlearn.search.candidate"
+
+
+def evaluator_jobs(cfg: SearchConfig) -> EvaluatorJobs:
+    module = REAL_JOBS if cfg.evaluator == "real" else cfg.evaluator
+    return EvaluatorJobs(f"{module}:evaluate_candidate", f"{module}:target_info")
 
 
 def load_search_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> SearchConfig:
