@@ -10,14 +10,14 @@ import math
 from pathlib import Path
 
 import pytest
+
 from evounlearn.benchmarks import all_benchmarks, get_benchmark
 from evounlearn.benchmarks.muse import muse_benchmark_fitness
 from evounlearn.benchmarks.text import encode_text
 from evounlearn.benchmarks.wmdp import wmdp_benchmark_fitness
+from evounlearn.errors import ConfigError
 from evounlearn.methods.resolve import MethodRun, candidate_run
 from evounlearn.search.candidate import evaluate_candidate, target_info
-
-from evounlearn.errors import ConfigError
 
 NPO_LIKE = '''def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):
     """epochs: 2"""
@@ -102,7 +102,6 @@ def test_source_sentences_pick_the_answer_sentence():
 @pytest.fixture(scope="module")
 def muse_prepared(shared_data, tmp_path_factory):
     from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse
-
     from evounlearn.training.finetune import FinetuneConfig
 
     cfg = MuseSettingConfig(

@@ -13,9 +13,9 @@ COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob"
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from ..reports.tables import metric_table
-    from ..benchmarks.tofu import summaries as prepared_summaries
     from ..benchmarks.tofu import build_config, resume_config, run_unlearning
+    from ..benchmarks.tofu import summaries as prepared_summaries
+    from ..reports.tables import metric_table
 
     if args.resume:
         cfg = resume_config(args.resume)

@@ -42,9 +42,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from ..benchmarks.tofu import PrepareConfig, prepare, summaries
     from ..config import load_config
     from ..reports.tables import metric_table
-    from ..benchmarks.tofu import PrepareConfig, prepare, summaries
 
     cfg = load_config(PrepareConfig, args.config, _overrides(args))
     p = prepare(cfg, force=args.force)
@@ -55,11 +55,11 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..benchmarks.tofu import PrepareConfig, prepare, resolve_data
     from ..config import load_config
     from ..evaluation.tofu_eval import EvalConfig, TofuEvaluator, load_results, save_results
     from ..models.loading import load_model_and_tokenizer
     from ..reports.tables import metric_table
-    from ..benchmarks.tofu import PrepareConfig, prepare, resolve_data
 
     cfg = load_config(PrepareConfig, args.config, _overrides(args))
     models: dict[str, tuple[str, str | None]] = {}
