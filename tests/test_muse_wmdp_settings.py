@@ -204,3 +204,27 @@ def test_search_jobs_on_the_hazard_setting(hazard_options, tmp_path, monkeypatch
     bad = evaluate_candidate(str(tmp_path / "e"), code="def loss_fn(a, b, c=None, d=None):\n    return a.sum(\n",
                              benchmark="wmdp", unlearn=hazard_options)
     assert not bad["ok"] and bad["error"].startswith("validation")
+
+
+def _dotted(data: dict, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in data.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+    return out
+
+
+def test_cli_reaches_any_benchmark_through_the_protocol(hazard_options, tmp_path, capsys):
+    from evounlearn.cli.main import main
+
+    ov = _dotted(hazard_options)
+    assert main(["prepare", "--benchmark", "wmdp", *ov]) == 0
+    out = capsys.readouterr().out
+    assert "forget_acc" in out and "fitness" in out
+    rd = tmp_path / "run"
+    assert main(["unlearn", "--benchmark", "wmdp", "--method", "npo", "--run-dir", str(rd), *ov,
+                 "train.epochs=1", "train.batch_size=4"]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {rd}" in out and "npo" in out
+    assert {"config.yaml", "results.json", "train.json"} <= {p.name for p in rd.iterdir()}
+    assert main(["unlearn", "--benchmark", "wmdp", "--resume", str(rd)]) == 0  # runs it again from config.yaml
+    assert main(["eval", "--benchmark", "wmdp", "--model", "x"]) == 2  # only the prepared models

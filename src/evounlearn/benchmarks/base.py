@@ -132,6 +132,35 @@ class Benchmark(ABC):
         `run_dir`, the run writes RUN_DIR/results.json and RUN_DIR/train.json (and whatever
         reproduces it)."""
 
+    # -- the command line (`evounlearn prepare|eval|unlearn --benchmark NAME`); defaults in runs.py
+
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+        """Prepare (cached) and report the target's and the oracle's metrics (a `runs.Report`)."""
+        from .runs import load_options, prepare_report
+
+        if force:
+            raise ConfigError(f"benchmark {self.name}: --force is not supported (delete its cache folder)")
+        return prepare_report(self, load_options(config, overrides))
+
+    def cli_eval(self, request: Any) -> Any:
+        """Evaluate models (a `runs.EvalRequest`); by default the prepared target and oracle only."""
+        from .runs import load_options, prepare_report
+
+        if request.model:
+            raise ConfigError(f"benchmark {self.name} evaluates its prepared target and retain oracle only "
+                              "(no --model)")
+        return prepare_report(self, load_options(request.config, request.overrides))
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Any:
+        """One unlearning run in a run directory (a `runs.Report`); `resume` runs it again."""
+        from .runs import load_options, resume_options, unlearn_report
+
+        if resume:
+            method, options = resume_options(resume)
+            return unlearn_report(self, method, options, resume)
+        return unlearn_report(self, method, load_options(config, overrides))
+
     def paths(self, prepared: Any) -> dict[str, str | None]:
         """The prepared models' paths (for reports)."""
         target, retain = getattr(prepared, "target", None), getattr(prepared, "retain", None)

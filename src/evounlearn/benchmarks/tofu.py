@@ -426,6 +426,22 @@ class TofuBenchmark(Benchmark):
         cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
         return TofuSetting(dict(options or {}), cfg)
 
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+        from .tofu_cli import cli_prepare
+
+        return cli_prepare(config, overrides, force)
+
+    def cli_eval(self, request: Any) -> Any:
+        from .tofu_cli import cli_eval
+
+        return cli_eval(request)
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Any:
+        from .tofu_cli import cli_unlearn
+
+        return cli_unlearn(method, config, overrides, resume=resume)
+
     def paths(self, prepared: TofuSetting) -> dict[str, str | None]:
         m = prepared.models()
         return {k: m[k] for k in ("target", "retain") if m[k]}
