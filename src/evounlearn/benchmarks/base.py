@@ -102,8 +102,8 @@ class Benchmark(ABC):
     description: str = ""
     fitness: FitnessSpec
     metric_keys: tuple[str, ...] = ()
-    prompt_notes: str = ""  # benchmark facts for the proposer's prompt
-    prompt_family: str = ""  # one word for the prompt ("TOFU-style QA", ...)
+    prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.prompts)
+    prompt_guidance: tuple[str, ...] = ()  # metric-driven advice lines for refine / crossover / tune prompts
     yaml_path: Path | None = None  # per-method defaults of this benchmark (`methods.resolve`)
 
     def method_yaml(self) -> dict[str, Any]:
@@ -171,7 +171,7 @@ class Benchmark(ABC):
 
 
 # ------------------------------------------------------------------------------------------------
-# registry
+# registry (adding a benchmark: its module, registered with @register_benchmark, + one line here)
 
 BENCHMARKS: dict[str, Benchmark] = {}
 _ALIASES: dict[str, str] = {}

@@ -142,8 +142,8 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="forget split (default forget10)")
     p.add_argument("--data", help="'generated' (default) or a TOFU-shaped folder")
     p.add_argument("--seed", type=int, help="search seed (default 0)")
-    p.add_argument("--benchmark", help="a registered benchmark or alias (default generated): generated, tofu "
-                   "(with --data), muse-news, wmdp-synthetic")
+    p.add_argument("--benchmark", help="a registered benchmark or alias (default: the generated TOFU-shaped one; "
+                   "docs/ARCHITECTURE.md lists them)")
     p.add_argument("--config", help="YAML file with search options (defaults: configs/evolve.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. ours.per_generation=8 unlearn.train.lr=5e-4 "
                    "proposer.base_url=http://127.0.0.1:8000/v1")

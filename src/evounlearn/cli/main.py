@@ -17,8 +17,8 @@ from ..errors import EvoUnlearnError
 log = logging.getLogger("evounlearn")
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", help="a registered benchmark or alias (default generated): generated, tofu, "
-                   "muse-news, wmdp-synthetic")
+    p.add_argument("--benchmark", help="a registered benchmark or alias (default: the generated TOFU-shaped one; "
+                   "docs/ARCHITECTURE.md lists them)")
     p.add_argument("--data", help="'generated' (default), a TOFU-shaped folder, or a Hub dataset id")
     p.add_argument("--tofu-dir", help="local folder with TOFU's files (same as --data PATH)")
     p.add_argument("--split", help="forget split: forget01, forget05 or forget10 (default forget10)")

@@ -34,7 +34,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks.base import FAILED, Benchmark, FitnessSpec, TargetInfo, get_benchmark, rank_score, utility
+from ..benchmarks.base import (
+    DEFAULT_BENCHMARK,
+    FAILED,
+    Benchmark,
+    FitnessSpec,
+    TargetInfo,
+    get_benchmark,
+    rank_score,
+    utility,
+)
 from ..errors import EvoUnlearnError
 
 __all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "StageResult", "evaluate_candidate", "target_info"]
@@ -198,7 +207,7 @@ def evaluate_candidate(
     unlearn: Mapping[str, Any] | None = None,
     stage1_epochs: int = 0,
     promote_cutoff: float | None = None,
-    benchmark: str = "generated",
+    benchmark: str = DEFAULT_BENCHMARK,
     target_utility: float | None = None,
     utility_floor: float = 0.9,
     keep_model: bool = False,
@@ -252,7 +261,7 @@ def evaluate_candidate(
     return out.to_dict()
 
 
-def target_info(unlearn: Mapping[str, Any] | None = None, benchmark: str = "generated",
+def target_info(unlearn: Mapping[str, Any] | None = None, benchmark: str = DEFAULT_BENCHMARK,
                 log_file: str | None = None) -> dict[str, Any]:
     """Prepare (cached) the benchmark; evaluate the target and the retain oracle on the search
     and report parts with the search's evaluation settings. Runs in a worker; returns

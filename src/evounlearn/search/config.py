@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..benchmarks.base import DEFAULT_BENCHMARK
 from ..errors import ConfigError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "evolve.yaml"
@@ -50,7 +51,7 @@ class SearchConfig:
     workers: int = 2  # candidates evaluated in parallel (one process each)
     seed: int = 0
     interface: str = "faithful"  # faithful | extended
-    benchmark: str = "generated"  # a name or alias of the benchmark registry (evounlearn.benchmarks)
+    benchmark: str = DEFAULT_BENCHMARK  # a name or alias of the registry (evounlearn.benchmarks), or "module:attr"
     # real = the candidate job (search.candidate); or an importable module with the same two jobs,
     # `evaluate_candidate` and `target_info` (tests: "tests.fakes")
     evaluator: str = "real"
