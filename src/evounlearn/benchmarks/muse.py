@@ -87,6 +87,7 @@ from ..training.loop import write_json
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, register_benchmark
 from .parts import check_part, cut_part
 from .text import (
+    OptionsMixin,
     content_hash,
     encode_ids,
     load_model,
@@ -347,7 +348,7 @@ def build_rows(m: MuseMaterial, tokenizer: Any, cfg: MuseSettingConfig) -> MuseR
 
 
 @dataclass
-class MusePrepared:
+class MusePrepared(OptionsMixin):
     root: Path
     target: Path
     retain: Path
@@ -357,18 +358,6 @@ class MusePrepared:
     cfg: MuseSettingConfig
     info: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)  # the search's / CLI's options (train, loss, ...)
-
-    def fraction(self, fraction: float | None = None) -> float:
-        return float(self.options.get("search_fraction", 0.5)) if fraction is None else float(fraction)
-
-    def method_run(self, run: MethodRun, seed: int | None = None) -> MethodRun:
-        """`run` over the options' shared `loss` / `train` overrides (and the run's seed)."""
-        out = method_run(run)
-        out.loss = {**dict(self.options.get("loss") or {}), **out.loss}
-        out.train = {**dict(self.options.get("train") or {}), **out.train}
-        if seed is not None:
-            out.train["seed"] = int(seed)
-        return out
 
     @property
     def auc_ref(self) -> float:

@@ -51,6 +51,18 @@ class EvalRequest:
     attack_temperature: float = 1.0
 
 
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings to dotted keys, so that they merge into a config key by key."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
     """{"a.b": 1} -> {"a": {"b": 1}}."""
     out: dict[str, Any] = {}

@@ -112,15 +112,25 @@ def unlearn_rows(model: Any, fmt: PromptFormatter, run: MethodRun, forget: Seque
 # options and run files
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+class OptionsMixin:
+    """For a prepared raw-text setting with an `options` field (the search's / CLI's options)."""
+
+    options: dict[str, Any]
+
+    def fraction(self, fraction: float | None = None) -> float:
+        """The search part's fraction: `fraction`, else the options' `search_fraction` (0.5)."""
+        return float(self.options.get("search_fraction", 0.5)) if fraction is None else float(fraction)
+
+    def method_run(self, run: MethodRun, seed: int | None = None) -> MethodRun:
+        """`run` over the options' shared `loss` / `train` overrides (and the run's seed)."""
+        from ..methods.resolve import method_run
+
+        out = method_run(run)
+        out.loss = {**dict(self.options.get("loss") or {}), **out.loss}
+        out.train = {**dict(self.options.get("train") or {}), **out.train}
+        if seed is not None:
+            out.train["seed"] = int(seed)
+        return out
 
 
 def setting_config(cls: type, options: Mapping[str, Any] | None) -> Any:
@@ -128,10 +138,11 @@ def setting_config(cls: type, options: Mapping[str, Any] | None) -> Any:
     dotted keys), ``cache_dir`` or ``prepare.cache_dir`` (the search driver pins it), ``threads``.
     TOFU-only keys (``data``, ``forget_split``, ``eval``...) are ignored."""
     from ..config import apply_overrides
+    from .runs import flatten
 
     options = dict(options or {})
     cfg = cls()
-    apply_overrides(cfg, _flatten(options.get("setting") or {}))
+    apply_overrides(cfg, flatten(options.get("setting") or {}))
     prep = options.get("prepare") or {}
     cache = str(options.get("cache_dir") or (prep.get("cache_dir") if isinstance(prep, Mapping) else "") or "")
     if cache and not cfg.cache_dir:

@@ -60,6 +60,7 @@ from ..training.loop import write_json
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, register_benchmark
 from .parts import check_part, part_cut
 from .text import (
+    OptionsMixin,
     content_hash,
     encode_text,
     load_model,
@@ -150,7 +151,7 @@ def evaluate_hazard(model: Any, tokenizer: Any, data: dict[str, Any], batch_size
 
 
 @dataclass
-class HazardPrepared:
+class HazardPrepared(OptionsMixin):
     root: Path
     target: Path
     retain: Path | None
@@ -160,18 +161,6 @@ class HazardPrepared:
     cfg: HazardSettingConfig
     info: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)  # the search's / CLI's options (train, loss, ...)
-
-    def fraction(self, fraction: float | None = None) -> float:
-        return float(self.options.get("search_fraction", 0.5)) if fraction is None else float(fraction)
-
-    def method_run(self, run: MethodRun, seed: int | None = None) -> MethodRun:
-        """`run` over the options' shared `loss` / `train` overrides (and the run's seed)."""
-        out = method_run(run)
-        out.loss = {**dict(self.options.get("loss") or {}), **out.loss}
-        out.train = {**dict(self.options.get("train") or {}), **out.train}
-        if seed is not None:
-            out.train["seed"] = int(seed)
-        return out
 
     def rows(self, tokenizer: Any, part: str = "all", fraction: float = 0.5) -> HazardRows:
         return build_rows(hazard_part(self.data, part, fraction), tokenizer, self.cfg)

@@ -194,6 +194,23 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
     return MethodRun(method, {}, train)
 
 
+def _record_run(out: CandidateResult, bench: Benchmark, res: Any, gate: _StageGate,
+                target: dict[str, Any] | None, stage1_epochs: int) -> None:
+    """A finished (full-length) run into the result: metrics, fitness, curves, timings."""
+    staged = gate.result is not None or (res.epochs is not None and 0 < stage1_epochs < res.epochs)
+    out.epochs = res.epochs if res.epochs is not None else out.epochs
+    out.summary = res.summary
+    out.loss_history = list(res.train.get("loss_history", []))
+    out.epoch_losses = list(res.train.get("epoch_losses", []))
+    out.timings["train"] = float(res.train.get("seconds", 0.0)) - gate.seconds
+    out.timings["eval"] = float(res.eval_seconds) + gate.seconds
+    out.stage, out.promoted = STAGE_FULL, (True if staged else None)
+    out.fitness = safe_fitness(bench.fitness, res.summary, target)
+    out.ok = math.isfinite(out.fitness)
+    if not out.ok:
+        out.error = "evaluation gave no usable metrics"
+
+
 @_logged_in_run_dir
 def evaluate_candidate(
     run_dir: str,
@@ -233,18 +250,7 @@ def evaluate_candidate(
         gate = _StageGate(bench, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
         res = bench.run(prepared, run, part=forget_part, seed=seed, run_dir=rd,
                         stage1_epochs=int(stage1_epochs), on_stage=gate)
-        staged = gate.result is not None or (res.epochs is not None and 0 < int(stage1_epochs) < res.epochs)
-        out.epochs = res.epochs if res.epochs is not None else out.epochs
-        out.summary = res.summary
-        out.loss_history = list(res.train.get("loss_history", []))
-        out.epoch_losses = list(res.train.get("epoch_losses", []))
-        out.timings["train"] = float(res.train.get("seconds", 0.0)) - gate.seconds
-        out.timings["eval"] = float(res.eval_seconds) + gate.seconds
-        out.stage, out.promoted = STAGE_FULL, (True if staged else None)
-        out.fitness = safe_fitness(bench.fitness, res.summary, target)
-        out.ok = math.isfinite(out.fitness)
-        if not out.ok:
-            out.error = "evaluation gave no usable metrics"
+        _record_run(out, bench, res, gate, target, int(stage1_epochs))
     except _StageStop:
         assert gate is not None and gate.result is not None
         out.ok, out.stage, out.promoted, out.fitness = True, STAGE_SHORT, False, gate.result.fitness

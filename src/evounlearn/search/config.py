@@ -128,6 +128,7 @@ def load_search_config(path: str | Path | None = None, overrides: list[str] | di
 def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
     import yaml
 
+    from ..benchmarks.runs import flatten
     from ..config import apply_overrides
 
     if not path.is_file():
@@ -135,20 +136,8 @@ def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    apply_overrides(cfg, _flatten(data))
+    apply_overrides(cfg, flatten(data))
     return cfg
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys, so that a file merges into nested dict fields key by key."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def scaled_evomu_schedule(budget: int, schedule: list[list[int]] | None = None,
