@@ -253,7 +253,7 @@ def load_material(cfg: MuseSettingConfig) -> MuseMaterial:
 
 def tokenizer_corpus(m: MuseMaterial) -> list[str]:
     """Every text of the setting, holdout included (the tokenizer is shared by all models, as in
-    `training.prepare`); long texts are cut to the part the setting reads."""
+    `benchmarks.tofu.prepare`); long texts are cut to the part the setting reads."""
     texts = [r["prompt"][-2000:] + r["gt"] for r in m.verbmem]
     texts += [t[:3000] for t in m.privleak_forget + m.privleak_holdout + m.retain_texts]
     for qa in (m.knowmem_forget, m.knowmem_forget_icl, m.knowmem_retain, m.knowmem_retain_icl):
