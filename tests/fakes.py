@@ -56,7 +56,7 @@ def _behaviour(method: str, loss: Mapping[str, Any]) -> tuple[list[float], str]:
     if method != "evolved":
         u = _unit("method", method)
         return [10 * u - 5, 3 * u, -2 * u], f"method:{method}"
-    from evounlearn.search.validate import validate_source
+    from evounlearn.sandbox import validate_source
 
     code, function = str(loss["code"]), str(loss.get("function") or "")
     records = validate_source(code, str(loss.get("interface") or "faithful"))

@@ -43,3 +43,26 @@ def test_unknown_and_malformed_overrides():
         load_config(Outer, None, ["steps=abc"])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(Outer, "/no/such.yaml")
+
+
+def test_yaml_layers_merge_in_order_and_types_are_checked(tmp_path):
+    (tmp_path / "a.yaml").write_text("steps: 2\nloss: {beta: 0.1, alpha: 1}\n")
+    (tmp_path / "b.yaml").write_text("loss: {beta: 0.3}\ntrain: {lr: 2}\n")
+    cfg = load_config(Outer, [tmp_path / "a.yaml", tmp_path / "b.yaml"], ["steps=4.0"])
+    assert cfg.steps == 4 and isinstance(cfg.steps, int)
+    assert cfg.loss == {"beta": 0.3, "alpha": 1} and cfg.train.lr == 2.0
+    with pytest.raises(ConfigError, match="train.lora expects true/false"):
+        load_config(Outer, None, ["train.lora=maybe"])
+    with pytest.raises(ConfigError, match="'train' is a section"):
+        load_config(Outer, None, ["train=3"])
+    (tmp_path / "bad.yaml").write_text("- a list\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(Outer, tmp_path / "bad.yaml")
+
+
+def test_overrides_apply_in_place():
+    cfg = Outer()
+    inner = cfg.train
+    from evounlearn.config import apply_overrides
+
+    assert apply_overrides(cfg, {"train.lr": 0.25}) is cfg and inner.lr == 0.25

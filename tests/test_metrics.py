@@ -273,3 +273,133 @@ def test_privleak_values() -> None:
     assert M.privleak(0.4, 0.6) == pytest.approx(50.0)
     with pytest.raises(ValueError):
         M.privleak(0.5, 1.0)
+
+
+# ------------------------------------------------------------------ token sets (SPEC 4.1)
+# Prob, truth ratio, LOSS and zlib score the answer tokens + EOS; ES, EM, Min-K% and Min-K%++ the
+# answer tokens without the EOS prediction.
+
+
+def _fake_scored(eos_id: int = 2):
+    from evounlearn.evaluation.model_io import ScoredAnswer, TokenStats
+
+    # answer tokens [5, 6, 7], then EOS; the model gets the first token and the EOS wrong
+    return ScoredAnswer(
+        with_eos=TokenStats(
+            logps=np.array([-2.0, -0.1, -0.3, -5.0]),
+            hits=np.array([False, True, True, False]),
+            labels=np.array([5, 6, 7, eos_id]),
+            z=np.array([-1.0, 0.5, 0.2, -3.0]),
+        ),
+        ends_with_eos=True,
+    )
+
+
+def test_memorization_and_min_k_exclude_the_eos_prediction_hand_case() -> None:
+    from evounlearn.evaluation.tofu_eval import memorization_scores, mia_scores
+
+    s = _fake_scored()
+    assert s.answer.labels.tolist() == [5, 6, 7] and len(s.with_eos) == 4
+    es, em = memorization_scores([s])
+    # answer [5,6,7], hits [F,T,T]: suffix matches from k = 1 -> ES = 1 - 1/3; EM = 2/3
+    # (with the missed EOS: k = 4 -> ES = 0, EM = 2/4)
+    assert es == pytest.approx([2 / 3]) and em == pytest.approx([2 / 3])
+    # the reference quirk only matters when nothing matches: still 2/3
+    assert memorization_scores([s], es_reference_quirk=True)[0] == pytest.approx([2 / 3])
+    scores = mia_scores([s], ["abc"], k=0.4)
+    # Min-K%: n = 3, max(1, floor(1.2)) = 1 lowest of [-2, -0.1, -0.3] -> 2 (with EOS: 5)
+    assert scores["mia_min_k"] == pytest.approx([2.0])
+    # Min-K%++: 1 lowest of z = [-1, 0.5, 0.2] -> 1 (with EOS: 3)
+    assert scores["mia_min_k_plus_plus"] == pytest.approx([1.0])
+    # LOSS keeps EOS: (2 + 0.1 + 0.3 + 5) / 4 = 1.85 (without: 0.8); zlib = LOSS / compressed length
+    assert scores["mia_loss"] == pytest.approx([1.85])
+    assert scores["mia_zlib"] == pytest.approx([1.85 / len(zlib.compress(b"abc"))])
+    # Prob keeps EOS too: exp(-1.85)
+    assert M.length_normalized_prob([s.avg_nll]) == pytest.approx([math.exp(-1.85)])
+
+
+def test_answer_cut_before_eos_keeps_every_token() -> None:
+    from evounlearn.evaluation.model_io import ScoredAnswer
+
+    s = ScoredAnswer(with_eos=_fake_scored().with_eos.head(3), ends_with_eos=False)
+    assert s.answer.labels.tolist() == [5, 6, 7]
+    assert s.answer.z.tolist() == [-1.0, 0.5, 0.2]
+
+
+def test_teacher_forced_es_em_drops_the_closing_eos() -> None:
+    V, eos = 8, 2
+    labels = torch.tensor([[-100, 5, 6, 7, eos]])
+    argmax = torch.tensor([[0, 4, 6, 7, 0]])  # first answer token and EOS wrong
+    logits = torch.nn.functional.one_hot(argmax, V).float() * 5.0
+    es, em = M.teacher_forced_es_em(logits, labels, eos_id=eos)
+    assert es == pytest.approx([2 / 3]) and em == pytest.approx([2 / 3])
+    es, em = M.teacher_forced_es_em(logits, labels)  # every labelled position
+    assert es == pytest.approx([0.0]) and em == pytest.approx([0.5])
+
+
+def test_min_k_plus_plus_variance_floor() -> None:
+    # p = (1 - e^-100, e^-100): the variance of log p underflows to 0 in float32 and is floored
+    # at 1e-6 (open-unlearning), so sd = 1e-3: z(label 1) = (-100 - mu) / 1e-3 with mu ~ 0.
+    logits = torch.tensor([[0.0, -100.0], [0.0, -100.0]])
+    z = M.min_k_plus_plus_z(logits, torch.tensor([0, 1]))
+    assert z[0].item() == pytest.approx(0.0, abs=1e-3)
+    assert z[1].item() == pytest.approx(-1e5, rel=1e-4)
+    # the batched score uses the same standardisation: k = 1 -> -(z0 + z1) / 2
+    scores = M.mia_min_k_plus_plus_scores(logits[None], torch.tensor([[0, 1]]), k=1.0)
+    assert scores == pytest.approx([-(z[0].item() + z[1].item()) / 2])
+
+
+class _BigramLM(torch.nn.Module):
+    """A deterministic stand-in for a causal LM: logits depend on the current token only."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=self.table(input_ids) * 3.0)
+
+
+@pytest.fixture(scope="module")
+def bigram_setup():
+    from evounlearn.models.tiny import train_bpe_tokenizer
+
+    texts = ["Question: who wrote it?\nAnswer: the tall author wrote it", "the short poet sang a song"] * 5
+    tok = train_bpe_tokenizer(texts, vocab_size=300)
+    return tok, _BigramLM(len(tok))
+
+
+def test_score_answers_token_sets(bigram_setup) -> None:
+    from evounlearn.data.prompting import PromptFormatter
+    from evounlearn.evaluation.model_io import score_answers
+
+    tok, model = bigram_setup
+    fmt = PromptFormatter(tok)
+    qs, ans = ["who wrote it?", "who sang?"], ["the tall author wrote it", "the short poet sang a song"]
+    scored = score_answers(model, fmt, qs, ans, batch_size=2, with_distribution_stats=True)
+    for q, a, s in zip(qs, ans, scored):
+        enc = fmt.encode(q, a)
+        answer_ids = tok(" " + a, add_special_tokens=False)["input_ids"]
+        # answer set: the answer tokens only; with_eos: the same + the closing EOS
+        assert s.ends_with_eos and s.answer.labels.tolist() == answer_ids
+        assert s.with_eos.labels.tolist() == answer_ids + [fmt.eos_id]
+        # recompute from the model by hand: position t predicts enc.input_ids[t + 1]
+        ids = torch.tensor([enc.input_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, :-1]
+        targets = ids[0, 1:]
+        logp = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+        start = enc.prompt_len - 1  # the first answer token is predicted at the prompt's last position
+        np.testing.assert_allclose(s.with_eos.logps, logp[start:].numpy(), rtol=1e-5, atol=1e-6)
+        # Prob is over answer + EOS; Min-K%++'s z over the answer only, one standardisation
+        assert s.avg_nll == pytest.approx(-logp[start:].mean().item(), rel=1e-5)
+        z = M.min_k_plus_plus_z(logits[start:-1], targets[start:-1]).numpy()
+        np.testing.assert_allclose(s.answer.z, z, rtol=1e-5, atol=1e-6)
+        assert s.answer.hits.tolist() == (logits[start:-1].argmax(-1) == targets[start:-1]).tolist()
+    # an answer cut at max_length has no EOS: the answer set is every scored token
+    short = PromptFormatter(tok, max_length=len(fmt.prompt_ids(qs[0])) + 2)
+    cut = score_answers(model, short, qs[:1], ans[:1])[0]
+    assert not cut.ends_with_eos and len(cut.answer) == len(cut.with_eos) == 2

@@ -183,7 +183,7 @@ def test_rmu_runs_on_the_hazard_setting(hazard_options):
 
 
 def test_search_jobs_on_the_hazard_setting(hazard_options, tmp_path, monkeypatch):
-    from evounlearn.search.sandbox import WORKER_ENV
+    from evounlearn.sandbox import WORKER_ENV
 
     monkeypatch.setenv(WORKER_ENV, "1")  # the job runs inside the search's isolated worker
     info = target_info(hazard_options, benchmark="wmdp")

@@ -4,6 +4,7 @@ HF proposer on a tiny random model, and the offline expression-tree proposer."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import json
 import random
 import threading
@@ -18,16 +19,21 @@ import pytest
 import torch
 
 from evounlearn.errors import ConfigError
-from evounlearn.search import expr
-from evounlearn.search.codeparse import extract_functions
-from evounlearn.search.prompts import format_leaderboard, format_metrics, render_prompt
 from evounlearn.search.proposers import (
-    HTTPConfig,
-    HTTPProposer,
-    OfflineProposer,
     ProposalRequest,
     ProposerError,
     make_proposer,
+    proposer_from_section,
+)
+from evounlearn.search.proposers.llm.http import HTTPConfig, HTTPProposer
+from evounlearn.search.proposers.llm.parse import extract_functions
+from evounlearn.search.proposers.llm.prompts import format_leaderboard, format_metrics, render_prompt
+from evounlearn.search.proposers.offline import OfflineProposer
+from evounlearn.search.proposers.offline import tree as loss_tree
+
+needs_openai = pytest.mark.skipif(
+    importlib.util.find_spec("openai") is None,
+    reason="the http proposer needs the optional openai client (pip install 'evounlearn[llm]')",
 )
 
 SIG = "log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None"
@@ -252,9 +258,12 @@ class FakeLLM:
 
 
 def chat_json(content: str, **message: Any) -> dict[str, Any]:
+    """A chat-completions response as the OpenAI API sends it."""
     return {
         "id": "chatcmpl-test",
         "object": "chat.completion",
+        "created": 0,
+        "model": "test-model",
         "choices": [
             {
                 "index": 0,
@@ -277,7 +286,8 @@ def llm_server() -> Iterator[FakeLLM]:
             length = int(self.headers.get("Content-Length", "0"))
             body = json.loads(self.rfile.read(length) or b"{}")
             with lock:
-                received.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                # self.headers: case-insensitive, as HTTP header names are (clients differ in case)
+                received.append({"path": self.path, "headers": self.headers, "body": body})
                 item = (
                     responses.pop(0) if responses else {"status": 500, "json": {"error": "no canned answer"}}
                 )
@@ -314,7 +324,6 @@ def llm_server() -> Iterator[FakeLLM]:
 
 def http_proposer(url: str, **kw: Any) -> HTTPProposer:
     cfg = {
-        "kind": "http",
         "base_url": url,
         "model": "test-model",
         "timeout_s": 5.0,
@@ -322,11 +331,12 @@ def http_proposer(url: str, **kw: Any) -> HTTPProposer:
         "backoff_s": 0.01,
     }
     cfg.update(kw)
-    p = make_proposer(cfg)
+    p = make_proposer("http", cfg)
     assert isinstance(p, HTTPProposer)
     return p
 
 
+@needs_openai
 def test_http_valid_losses_and_auth(llm_server: FakeLLM, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("EVOUNLEARN_TEST_KEY", "sekret")
     llm_server.reply(f"<answer>\n```python\n{GOOD1}\n{GOOD2}```\n</answer>")
@@ -354,6 +364,7 @@ def test_http_valid_losses_and_auth(llm_server: FakeLLM, monkeypatch: pytest.Mon
     assert "Authorization" not in llm_server.received[1]["headers"]
 
 
+@needs_openai
 def test_http_malformed_and_prose(llm_server: FakeLLM) -> None:
     broken = f"def loss_fn_1({SIG}):\n    return (log_probs_forget.mean(\n"
     llm_server.reply(f"```python\n{broken}```\n")
@@ -367,6 +378,7 @@ def test_http_malformed_and_prose(llm_server: FakeLLM) -> None:
     assert p.propose(ProposalRequest(kind="initial", n=2)) == []
 
 
+@needs_openai
 def test_http_reasoning_block_with_decoy(llm_server: FakeLLM) -> None:
     decoy = fn("loss_fn_1", "return DECOY.mean()")
     llm_server.reply(
@@ -381,6 +393,7 @@ def test_http_reasoning_block_with_decoy(llm_server: FakeLLM) -> None:
     assert len(b) == 1 and "DECOY" not in b[0].code and b[0].raw_response.startswith("<think>hmm")
 
 
+@needs_openai
 def test_http_two_phase(llm_server: FakeLLM) -> None:
     phase1 = "<think>\nNPO with a margin should be stable.\n</think>\nI will now write it.\n"
     llm_server.reply(phase1)
@@ -400,6 +413,7 @@ def test_http_two_phase(llm_server: FakeLLM) -> None:
     assert raw.startswith(phase1 + "<answer>") and raw.endswith("</answer>")
 
 
+@needs_openai
 def test_http_hostile_code_is_extracted_not_run(llm_server: FakeLLM, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     body = (
@@ -416,6 +430,7 @@ def test_http_hostile_code_is_extracted_not_run(llm_server: FakeLLM, tmp_path: P
     assert not marker.exists()
 
 
+@needs_openai
 def test_http_retries_then_succeeds_and_is_bounded(llm_server: FakeLLM) -> None:
     llm_server.fail(500)
     llm_server.fail(429, headers={"Retry-After": "0"})
@@ -430,6 +445,7 @@ def test_http_retries_then_succeeds_and_is_bounded(llm_server: FakeLLM) -> None:
     assert len(llm_server.received) == 6  # 1 + max_retries, then it gives up
 
 
+@needs_openai
 def test_http_client_error_not_retried(llm_server: FakeLLM) -> None:
     llm_server.fail(400, "model 'nope' does not exist")
     llm_server.reply(GOOD1)
@@ -438,6 +454,7 @@ def test_http_client_error_not_retried(llm_server: FakeLLM) -> None:
     assert len(llm_server.received) == 1
 
 
+@needs_openai
 def test_http_timeout_bounded(llm_server: FakeLLM) -> None:
     llm_server.hang(10)
     llm_server.hang(10)
@@ -449,6 +466,7 @@ def test_http_timeout_bounded(llm_server: FakeLLM) -> None:
     assert len(llm_server.received) == 2
 
 
+@needs_openai
 def test_http_connection_refused() -> None:
     import socket
 
@@ -468,12 +486,17 @@ def test_http_connection_refused() -> None:
 
 
 def test_make_proposer_kinds_and_errors() -> None:
-    assert isinstance(make_proposer({}), OfflineProposer)
+    assert isinstance(make_proposer(), OfflineProposer)
+    off = make_proposer("offline", {"sigma": 0.2, "max_depth": "4"})
+    assert isinstance(off, OfflineProposer) and off.config.sigma == 0.2 and off.config.max_depth == 4
+    with pytest.raises(ConfigError, match="base_url"):
+        make_proposer("offline", {"base_url": "http://x"})  # strict: only the kind's own options
+    assert isinstance(proposer_from_section({}), OfflineProposer)
     # Options of other kinds in one flat section are ignored.
     assert isinstance(
-        make_proposer({"kind": "offline", "base_url": "http://x", "sigma": 0.2}), OfflineProposer
+        proposer_from_section({"kind": "offline", "base_url": "http://x", "sigma": 0.2}), OfflineProposer
     )
-    p = make_proposer({"kind": "http", "http": {"base_url": "http://h:1/v1/", "timeout_s": 3}})
+    p = proposer_from_section({"kind": "http", "http": {"base_url": "http://h:1/v1/", "timeout_s": 3}})
     assert (
         isinstance(p, HTTPProposer)
         and p.url == "http://h:1/v1/chat/completions"
@@ -485,12 +508,14 @@ def test_make_proposer_kinds_and_errors() -> None:
         kind: str = "hf"
         path: str = "/nonexistent"
 
-    hf = make_proposer(Section())
+    hf = proposer_from_section(Section())
     assert type(hf).__name__ == "HFLocalProposer"
     with pytest.raises(ConfigError, match="unknown proposer kind"):
-        make_proposer({"kind": "gpt"})
+        proposer_from_section({"kind": "gpt"})
+    with pytest.raises(ConfigError, match="unknown proposer kind"):
+        make_proposer("gpt")
     with pytest.raises(ConfigError, match="bogus"):
-        make_proposer({"kind": "http", "bogus": 1})
+        proposer_from_section({"kind": "http", "bogus": 1})
 
 
 # ------------------------------------------------------------------------------------------------
@@ -537,12 +562,12 @@ def tiny_lm(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_hf_local_runs_on_tiny_model(tiny_lm: Path) -> None:
-    p = make_proposer({"kind": "hf", "path": str(tiny_lm), "max_new_tokens": 8})
+    p = make_proposer("hf", {"path": str(tiny_lm), "max_new_tokens": 8})
     state = torch.random.get_rng_state()
     props = p.propose(ProposalRequest(kind="initial", n=2, seed=1))
     assert isinstance(props, list)  # garbage text: zero functions is fine
     assert torch.equal(state, torch.random.get_rng_state())  # global RNG untouched
-    again = make_proposer({"kind": "hf", "path": str(tiny_lm), "max_new_tokens": 8})
+    again = make_proposer("hf", {"path": str(tiny_lm), "max_new_tokens": 8})
     assert again.chat("hello", seed=1) == p.chat("hello", seed=1)  # seeded sampling
 
 
@@ -556,8 +581,8 @@ def test_hf_local_two_phase_and_chat_template(tiny_lm: Path, tmp_path: Path) -> 
         if f.is_file() and not (tiny_lm / "chat" / f.name).exists():
             (tiny_lm / "chat" / f.name).write_bytes(f.read_bytes())
     p = make_proposer(
+        "hf",
         {
-            "kind": "hf",
             "path": str(tiny_lm / "chat"),
             "two_phase": True,
             "reasoning_max_new_tokens": 6,
@@ -598,7 +623,7 @@ def test_offline_initial_deterministic_and_seeds() -> None:
         mod = ast.parse(x.code)
         assert "def loss_fn(" in x.code and len(mod.body) == 1
         assert ast.get_docstring(mod.body[0]).startswith("epochs: ")  # type: ignore[arg-type]
-        assert expr.tree_from_code(x.code) is not None
+        assert loss_tree.tree_from_code(x.code) is not None
 
 
 def test_literature_seeds_direction_when_executed() -> None:
@@ -619,24 +644,24 @@ def test_literature_seeds_direction_when_executed() -> None:
         assert gf is not None and gf.sum() > 0 and (gf >= 0).all(), op
         if op != "seed:GA":
             assert gr is not None and gr.sum() < 0, op
-        tree = expr.tree_from_code(code)
+        tree = loss_tree.tree_from_code(code)
         assert tree is not None
-        assert torch.allclose(loss, expr.loss_value(tree, lpf, lpr, rpf, rpr))
+        assert torch.allclose(loss, loss_tree.loss_value(tree, lpf, lpr, rpf, rpr))
 
 
 def test_tree_roundtrip_and_tamper_detection() -> None:
     rng = random.Random(0)
     for _ in range(30):
-        t = expr.random_tree(rng)
-        code = expr.render(t)
-        assert expr.tree_from_code(code) == t
-        assert expr.LossTree.from_json(t.to_json()) == t
-        assert expr.tree_from_code(expr.render(t, "extended")) == t
-    code = expr.render(expr.SEEDS[2][1])
+        t = loss_tree.random_tree(rng)
+        code = loss_tree.render(t)
+        assert loss_tree.tree_from_code(code) == t
+        assert loss_tree.LossTree.from_json(t.to_json()) == t
+        assert loss_tree.tree_from_code(loss_tree.render(t, "extended")) == t
+    code = loss_tree.render(loss_tree.SEEDS[2][1])
     edited = code.replace("20.0 * F.softplus", "30.0 * F.softplus")
-    assert expr.tree_from_code(edited) is None  # stale tree comment not trusted
-    assert expr.tree_from_code(edited, verify=False) == expr.SEEDS[2][1]
-    assert expr.tree_from_code(code.replace('"lpr"', '"evil"')) is None
+    assert loss_tree.tree_from_code(edited) is None  # stale tree comment not trusted
+    assert loss_tree.tree_from_code(edited, verify=False) == loss_tree.SEEDS[2][1]
+    assert loss_tree.tree_from_code(code.replace('"lpr"', '"evil"')) is None
 
 
 def test_extended_render_matches_faithful() -> None:
@@ -646,11 +671,11 @@ def test_extended_render_matches_faithful() -> None:
     mask_f[:, 0] = mask_r[:, 0] = 1.0
     tok = [-torch.rand(4, 6, generator=g) * m for m in (mask_f, mask_r, mask_f, mask_r)]
     means = [(t * m).sum(-1) / m.sum(-1) for t, m in zip(tok, (mask_f, mask_r, mask_f, mask_r))]
-    for _, tree in expr.SEEDS:
+    for _, tree in loss_tree.SEEDS:
         ns: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
-        exec(expr.render(tree, "extended"), ns)
+        exec(loss_tree.render(tree, "extended"), ns)
         got = ns["loss_fn"](tok[0], mask_f, tok[1], mask_r, tok[2], tok[3])
-        assert torch.allclose(got, run_loss(expr.render(tree), *means))
+        assert torch.allclose(got, run_loss(loss_tree.render(tree), *means))
 
 
 def test_offline_refine_crossover_tune_repair() -> None:
@@ -668,20 +693,20 @@ def test_offline_refine_crossover_tune_repair() -> None:
     assert len(cross) == 4 and all(x.operator == "crossover" and x.parents == [3, 4] for x in cross)
     assert all(x.code not in (npo.code, hinge.code) for x in cross)
     tune = p.propose(ProposalRequest(kind="tune", n=3, seed=1, parents=[parent]))
-    t0 = expr.tree_from_code(npo.code)
+    t0 = loss_tree.tree_from_code(npo.code)
     for x in tune:
-        t = expr.tree_from_code(x.code)
+        t = loss_tree.tree_from_code(x.code)
         assert x.operator == "tune_constants" and t is not None and x.code != npo.code
         # Same structure: only constants (and epochs) differ.
-        assert expr.map_constants(t.forget, lambda c: 1.0) == expr.map_constants(t0.forget, lambda c: 1.0)  # type: ignore[union-attr]
+        assert loss_tree.map_constants(t.forget, lambda c: 1.0) == loss_tree.map_constants(t0.forget, lambda c: 1.0)  # type: ignore[union-attr]
     repair = p.propose(
         ProposalRequest(kind="repair", n=2, seed=1, error={"reason": "loss not finite", "code": hinge.code})
     )
     assert len(repair) == 2 and all(x.operator.startswith("repair:") for x in repair)
     # Every offline proposal satisfies its own numeric check.
     for x in refine + cross + tune + repair:
-        tree = expr.tree_from_code(x.code)
-        assert tree is not None and expr.check_tree(tree) is None
+        tree = loss_tree.tree_from_code(x.code)
+        assert tree is not None and loss_tree.check_tree(tree) is None
 
 
 def test_offline_foreign_parent_constant_tuning() -> None:
@@ -710,7 +735,7 @@ def test_offline_foreign_parent_constant_tuning() -> None:
         assert x.code != foreign and "# a comment that must survive" in x.code and "dim=0" in x.code
         assert shape(x.code) == shape(foreign)
     # A crossover with a foreign parent and a repair of foreign code still produce candidates.
-    tree_parent = {"code": expr.render(expr.SEEDS[1][1])}
+    tree_parent = {"code": loss_tree.render(loss_tree.SEEDS[1][1])}
     assert p.propose(ProposalRequest(kind="crossover", n=2, parents=[{"code": foreign}, tree_parent]))
     fresh = p.propose(
         ProposalRequest(kind="repair", n=2, error={"reason": "SyntaxError", "code": "def loss_fn(:"})

@@ -13,31 +13,31 @@ import time
 import pytest
 import torch
 
-from evounlearn.search import sandbox
-from evounlearn.search.isolation import (
+from evounlearn.sandbox import (
     CPU_LIMIT,
     CRASH,
     MEMORY_LIMIT,
     WALL_LIMIT,
+    WORKER_ENV,
     IsolatedWorker,
-    WorkerPool,
-    validate_in_worker,
-)
-from evounlearn.search.sandbox import (
     SandboxError,
+    WorkerPool,
     check_function,
     check_program,
     compile_function,
     parse_epochs,
+    policy,
     split_functions,
+    validate_candidate,
 )
-from evounlearn.search.validate import validate_candidate
+from evounlearn.search.validation import validate_in_worker
+
+from .worker_jobs import DIAG, TRUSTED
 
 SIG = (
     "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
 )
 SIG2 = SIG.replace("loss_fn(", "loss_fn_2(")
-DIAG = "evounlearn.search.isolation:diagnostic_job"
 
 
 def loss(body: str, sig: str = SIG) -> str:
@@ -66,7 +66,7 @@ return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * log_probs_forget -
 
 @pytest.fixture(scope="module")
 def worker():
-    w = IsolatedWorker(wall_limit_s=30, cpu_limit_s=20, memory_limit_mb=1024)
+    w = IsolatedWorker(wall_limit_s=30, cpu_limit_s=20, memory_limit_mb=1024, trusted_prefixes=TRUSTED)
     yield w
     w.close()
 
@@ -178,6 +178,46 @@ STATIC_CORPUS = [
         "out=",
         loss("torch.add(log_probs_forget, 1.0, out=log_probs_retain)\nreturn log_probs_forget.mean()"),
         "'out'",
+    ),
+    (
+        "inplace=",
+        loss("y = F.relu(log_probs_forget, inplace=True)\nreturn log_probs_forget.mean()"),
+        "keyword 'inplace' not allowed",
+    ),
+    (
+        "positional inplace",
+        loss("y = F.relu(log_probs_forget, True)\nreturn log_probs_forget.mean()"),
+        "positional argument 2 of 'F.relu' is its in-place flag 'inplace'",
+    ),
+    (
+        "positional inplace (hardtanh)",
+        loss("y = F.hardtanh(log_probs_forget, 0.0, 0.0, True)\nreturn log_probs_forget.mean()"),
+        "positional argument 4 of 'F.hardtanh' is its in-place flag",
+    ),
+    (
+        "positional inplace (full path)",
+        loss("y = torch.nn.functional.elu(log_probs_forget, 1.0, True)\nreturn log_probs_forget.mean()"),
+        "positional argument 3 of 'F.elu' is its in-place flag",
+    ),
+    (
+        "positional out (normalize)",
+        loss("y = F.normalize(log_probs_retain, 2.0, 0, 1e-12, log_probs_forget)\nreturn log_probs_forget.mean()"),
+        "positional argument 5 of 'F.normalize' is its output 'out'",
+    ),
+    (
+        "positional out (torch.norm)",
+        loss("y = torch.norm(log_probs_retain, 2, 0, False, log_probs_forget)\nreturn log_probs_forget.mean()"),
+        "positional argument 5 of 'torch.norm' is its output 'out'",
+    ),
+    (
+        "out= (clamp)",
+        loss("y = torch.clamp(log_probs_retain, -1.0, 0.0, out=log_probs_forget)\nreturn log_probs_forget.mean()"),
+        "keyword 'out' not allowed",
+    ),
+    (
+        "in-place function alias",
+        loss("r = F.relu\ny = r(log_probs_forget, True)\nreturn log_probs_forget.mean()"),
+        "function 'F.relu' may only be called",
     ),
     ("walrus", loss("return (y := log_probs_forget).mean()"), ":="),
     ("tensor .data", loss("return log_probs_forget.data.mean()"), "attribute '.data'"),
@@ -316,7 +356,7 @@ def test_driver_survives_corpus_and_valid_loss_still_validates(worker: IsolatedW
         worker,
     )
     assert records and not any(r["ok"] for r in records)
-    assert os.getcwd() and os.environ.get(sandbox.WORKER_ENV) is None
+    assert os.getcwd() and os.environ.get(WORKER_ENV) is None
     rec = one(validate_in_worker(NPO, "faithful", worker))
     assert rec["ok"], rec["reason"]
 
@@ -423,6 +463,51 @@ def test_split_functions_recovers_from_syntax_errors() -> None:
     assert [(f.name, f.lineno) for f in ok] == [("loss_fn", 1), ("helper", 5)]
 
 
+@pytest.mark.parametrize("separator", ["\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"])
+def test_split_functions_cuts_lines_where_the_parser_does(separator: str) -> None:
+    # str.splitlines() would also break at these characters, shifting every later function by a
+    # line: the form feed in the helper's comment would hide loss_fn's return line
+    helper = f"def h(x):\n    return x  # a comment {separator} with a separator\n\n"
+    body = "y = h(log_probs_forget)\nreturn y.mean()"
+    src = helper + loss(body)
+    funcs = split_functions(src)
+    assert [(f.name, f.lineno) for f in funcs] == [("h", 1), ("loss_fn", 4)]
+    assert funcs[0].source == helper.rstrip("\n") + "\n"
+    assert funcs[1].source == loss(body)
+    pc = check_program(src)
+    assert pc.reasons["loss_fn"] == "ok", pc.reasons
+    assert pc.program_text("loss_fn").endswith("    return y.mean()\n")
+    # the recovery path (a program that does not parse) cuts lines the same way
+    broken = split_functions(loss("return (") + "\n" + src)
+    assert [f.name for f in broken] == ["loss_fn", "h", "loss_fn"]
+    assert broken[2].source == loss(body) and broken[2].error is None
+
+
+def test_output_parameters_come_from_the_signatures() -> None:
+    assert policy.output_parameter("F.relu") == (1, "inplace")
+    assert policy.output_parameter("F.hardtanh") == (3, "inplace")
+    assert policy.output_parameter("F.normalize") == (4, "out")
+    assert policy.output_parameter("torch.norm") == (4, "out")
+    for path in ("torch.clamp", "torch.add", "F.softplus", "Tensor.clamp", "math.log"):
+        assert policy.output_parameter(path) is None, path  # `out` keyword-only, or none at all
+    # every allowed Python-level function with an `inplace` / `out` parameter is covered
+    import inspect
+
+    import torch.nn.functional as F
+
+    for name in sorted(policy.F_FUNCTIONS):
+        try:
+            params = list(inspect.signature(getattr(F, name)).parameters)
+        except (TypeError, ValueError):
+            continue
+        if policy.OUTPUT_PARAMETERS & set(params):
+            assert policy.output_parameter(f"F.{name}") is not None, name
+    # the same functions without the flag stay allowed
+    ok = loss("y = F.relu(log_probs_forget) + F.elu(log_probs_forget, 1.0)\nreturn y.mean()")
+    assert check_program(ok).reasons["loss_fn"] == "ok"
+    assert check_program(loss("return F.hardtanh(log_probs_forget, -1.0, 0.0).mean()")).reasons["loss_fn"] == "ok"
+
+
 def test_check_function_reports_line_numbers_and_roles() -> None:
     res = check_function(loss("x = 1\nreturn eval(x)"), line_offset=10)
     assert not res.ok and res.reason == "line 13: forbidden name 'eval'"
@@ -434,14 +519,14 @@ def test_check_function_reports_line_numbers_and_roles() -> None:
 def test_whitelisted_names_exist() -> None:
     import torch.nn.functional as F
 
-    for n in sandbox.TORCH_FUNCTIONS | sandbox.TORCH_CONSTANTS:
+    for n in policy.TORCH_FUNCTIONS | policy.TORCH_CONSTANTS:
         assert hasattr(torch, n), n
-    for n in sandbox.F_FUNCTIONS:
+    for n in policy.F_FUNCTIONS:
         assert hasattr(F, n), n
-    for n in sandbox.MATH_ATTRIBUTES:
+    for n in policy.MATH_ATTRIBUTES:
         assert hasattr(math, n), n
     tensor_attrs = set(dir(torch.Tensor))
-    for n in sandbox.TENSOR_ATTRIBUTES - {"values", "indices", "eps", "tiny"}:
+    for n in policy.TENSOR_ATTRIBUTES - {"values", "indices", "eps", "tiny"}:
         assert n in tensor_attrs, n
 
 
@@ -451,7 +536,7 @@ def test_compile_refuses_to_run_in_the_driver() -> None:
     fn = compile_function(GA, allow_in_process=True)  # trusted: explicit opt-in
     assert float(fn(torch.tensor([-1.0, -3.0]), torch.tensor([-1.0]))) == -2.0
     g = fn.__globals__
-    assert set(g["__builtins__"]) <= set(sandbox.SAFE_BUILTIN_NAMES) | {"True", "False", "None", "__import__"}
+    assert set(g["__builtins__"]) <= set(policy.SAFE_BUILTIN_NAMES) | {"True", "False", "None", "__import__"}
     with pytest.raises(ImportError):
         g["__builtins__"]["__import__"]("os")
     assert {k for k in g if not k.startswith("__")} == {"torch", "F", "math", "loss_fn"}
@@ -502,7 +587,7 @@ def test_worker_limits_and_restart(worker: IsolatedWorker) -> None:
 
 
 def test_pool_runs_jobs_in_parallel() -> None:
-    with WorkerPool(2, wall_limit_s=20, cpu_limit_s=20, memory_limit_mb=512) as pool:
+    with WorkerPool(2, wall_limit_s=20, cpu_limit_s=20, memory_limit_mb=512, trusted_prefixes=TRUSTED) as pool:
         pool.start()
         t0 = time.monotonic()
         futures = [pool.submit(DIAG, {"action": "sleep", "seconds": 1.0}) for _ in range(2)]
@@ -517,7 +602,9 @@ def test_pool_runs_jobs_in_parallel() -> None:
 
 
 def test_rss_watchdog_without_rlimit() -> None:
-    with IsolatedWorker(wall_limit_s=30, cpu_limit_s=30, memory_limit_mb=256, rlimit_data=False) as w:
+    with IsolatedWorker(
+        wall_limit_s=30, cpu_limit_s=30, memory_limit_mb=256, rlimit_data=False, trusted_prefixes=TRUSTED
+    ) as w:
         res = w.run(DIAG, {"action": "alloc", "megabytes": 4000})
         assert res.killed_reason == MEMORY_LIMIT and "worker killed" in (res.error or ""), res
         assert w.run(DIAG, {"action": "echo", "value": 1}).value == 1

@@ -37,7 +37,8 @@ from evounlearn.search.archive import (
 )
 from evounlearn.search.config import load_search_config, scaled_evomu_schedule
 from evounlearn.search.driver import SearchDriver
-from evounlearn.search.proposers import OfflineProposer, Proposal, ProposalRequest, Proposer
+from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
+from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.store import TRAINED, Store
 
 from .fakes import BENCHMARK

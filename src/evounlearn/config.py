@@ -1,14 +1,17 @@
-"""Dataclass configs, loaded from YAML files and `key=value` overrides.
+"""The one configuration path: OmegaConf structured configs.
 
-Every command's options are a dataclass; `load_config` fills one from (in order) its defaults, an
-optional YAML file, then `key=value` strings from the command line. Nested dataclasses use dotted
-keys (`train.lr=1e-4`); dict fields accept new keys (`loss.beta=0.2`). Unknown keys are errors.
+Every command's options are a dataclass. `load_config` builds one from (in order) the dataclass
+defaults, zero or more YAML files (method defaults, a benchmark's defaults, the user's `--config`),
+then `key=value` strings from the command line. Each layer is merged by OmegaConf against the
+dataclass schema, so types are checked the same way everywhere; nested dataclasses take dotted
+keys (`train.lr=1e-4`), dict fields accept new keys (`loss.beta=0.2`), and an unknown key is a
+`ConfigError` naming the key and the known ones at that level (checked here first, because
+OmegaConf's own message names neither the full key nor the alternatives).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +21,17 @@ import yaml
 from .errors import ConfigError
 
 T = TypeVar("T")
+
+__all__ = [
+    "apply_overrides",
+    "load_config",
+    "load_yaml",
+    "nest",
+    "parse_overrides",
+    "parse_value",
+    "save_config",
+    "to_dict",
+]
 
 
 def parse_value(text: str) -> Any:
@@ -49,94 +63,123 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(value: Any, hint: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if value is None:
-        return None
-    if origin is typing.Union or (origin is not None and str(origin) == "types.UnionType"):
-        non_none = [a for a in args if a is not type(None)]
-        if len(non_none) == 1:
-            return _coerce(value, non_none[0], key)
-        return value
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint is str and not isinstance(value, str):
-        return str(value)
-    if hint is bool and isinstance(value, str):
-        if value.lower() in {"true", "yes", "1"}:
-            return True
-        if value.lower() in {"false", "no", "0"}:
-            return False
-        raise ConfigError(f"option {key} expects true/false, got {value!r}")
-    if hint in (int, float) and isinstance(value, str):
-        try:
-            return hint(value)
-        except ValueError as exc:
-            raise ConfigError(f"option {key} expects a number, got {value!r}") from exc
-    return value
-
-
-def _set(obj: Any, dotted: str, value: Any, full_key: str) -> None:
-    head, _, rest = dotted.partition(".")
-    if dataclasses.is_dataclass(obj):
-        names = {f.name: f for f in dataclasses.fields(obj)}
-        if head not in names:
-            known = ", ".join(sorted(names))
-            raise ConfigError(f"unknown option {full_key!r} (known here: {known})")
-        if rest:
-            _set(getattr(obj, head), rest, value, full_key)
-            return
-        hints = typing.get_type_hints(type(obj))
-        current = getattr(obj, head)
-        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
-            for k, v in value.items():
-                _set(current, str(k), v, f"{full_key}.{k}")
-            return
-        if isinstance(current, dict) and isinstance(value, Mapping):
-            current.update(value)
-            return
-        setattr(obj, head, _coerce(value, hints.get(head, Any), full_key))
-    elif isinstance(obj, dict):
-        if rest:
-            obj.setdefault(head, {})
-            _set(obj[head], rest, value, full_key)
+def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1, "c": {"d": 2}} -> {"a": {"b": 1}, "c": {"d": 2}} (later keys merge into earlier ones)."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = out
+        *heads, last = str(key).split(".")
+        for h in heads:
+            nxt = node.get(h)
+            if not isinstance(nxt, dict):
+                nxt = node[h] = {}
+            node = nxt
+        if isinstance(value, Mapping) and isinstance(node.get(last), dict):
+            node[last] = {**node[last], **nest(value)}
+        elif isinstance(value, Mapping):
+            node[last] = nest(value)
         else:
-            obj[head] = value
-    else:
-        raise ConfigError(f"option {full_key!r}: {head!r} is not a section")
+            node[last] = value
+    return out
+
+
+def _check_keys(schema: Any, data: Mapping[str, Any], prefix: str = "") -> None:
+    """Reject keys the dataclass does not have, naming the full key and the known ones."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown option {full!r} (known here: {', '.join(sorted(names))})")
+        current = getattr(schema, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"option {full!r} is a section; set its fields as {full}.NAME=VALUE")
+            _check_keys(current, value, full + ".")
+        elif isinstance(value, Mapping) and not isinstance(current, dict) and current is not None:
+            raise ConfigError(f"option {full!r} is not a section")
+
+
+def _coerce_ints(schema: Any, data: Mapping[str, Any]) -> dict[str, Any]:
+    """YAML and the command line write `2.0` or `1e3` for integers; OmegaConf refuses floats for int fields."""
+    import typing
+
+    hints = typing.get_type_hints(type(schema))
+    out = dict(data)
+    for key, value in data.items():
+        current = getattr(schema, key, None)
+        if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
+            out[key] = _coerce_ints(current, value)
+        elif hints.get(key) is int and isinstance(value, float) and value.is_integer():
+            out[key] = int(value)
+    return out
+
+
+def _one_line(exc: Exception) -> str:
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", "") or ""
+        msg = str(exc).splitlines()[0]
+        kinds = {"Integer": "a number (an integer)", "Float": "a number", "Boolean": "true/false"}
+        for word, kind in kinds.items():
+            if f"converted to {word}" in msg or (word == "Boolean" and "not a valid bool" in msg):
+                return f"option {key} expects {kind}, got {getattr(exc, 'value', None)!r}"
+        return f"option {key}: {msg}" if key else msg
+    return " ".join(str(exc).split())
 
 
 def apply_overrides(cfg: T, overrides: Mapping[str, Any]) -> T:
-    """Apply dotted-key overrides to a dataclass instance in place and return it."""
-    for key, value in overrides.items():
-        _set(cfg, key, value, key)
+    """Merge dotted-key (or nested) overrides into a dataclass instance in place and return it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    data = _coerce_ints(cfg, nest(overrides))
+    _check_keys(cfg, data)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg), data)
+        new = OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as exc:
+        raise ConfigError(_one_line(exc)) from None
+    _copy_into(cfg, new)
     return cfg
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> T:
-    """Build `cls` from its defaults, then a YAML file, then key=value overrides."""
-    cfg = cls()
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
+def _copy_into(dst: Any, src: Any) -> None:
+    """In place, recursively: callers (and nested sections they took out) hold the instances."""
+    for f in dataclasses.fields(dst):
+        old, value = getattr(dst, f.name), getattr(src, f.name)
+        if dataclasses.is_dataclass(old) and type(old) is type(value):
+            _copy_into(old, value)
+        else:
+            setattr(dst, f.name, value)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML file holding a mapping (empty file = {}); a one-line ConfigError otherwise."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
         data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-        apply_overrides(cfg, _flatten(data))
-    if isinstance(overrides, Mapping):
-        apply_overrides(cfg, overrides)
-    else:
-        apply_overrides(cfg, parse_overrides(overrides))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {p} is not valid YAML: {' '.join(str(exc).split())[:200]}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return dict(data)
+
+
+def load_config(
+    cls: type[T],
+    path: str | Path | Iterable[str | Path] | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+) -> T:
+    """Build `cls` from its defaults, then each YAML file in order, then key=value overrides."""
+    cfg = cls()
+    paths = [path] if isinstance(path, (str, Path)) else list(path or [])
+    for p in paths:
+        apply_overrides(cfg, load_yaml(p))
+    apply_overrides(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     return cfg
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    # Keep mappings whole: _set merges them into dict fields and recurses into dataclasses.
-    return {f"{prefix}{k}": v for k, v in data.items()}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

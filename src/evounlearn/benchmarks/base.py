@@ -102,7 +102,7 @@ class Benchmark(ABC):
     description: str = ""
     fitness: FitnessSpec
     metric_keys: tuple[str, ...] = ()
-    prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.prompts)
+    prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.proposers.llm.prompts)
     prompt_guidance: tuple[str, ...] = ()  # metric-driven advice lines for refine / crossover / tune prompts
     yaml_path: Path | None = None  # per-method defaults of this benchmark (`methods.resolve`)
 

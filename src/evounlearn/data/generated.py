@@ -18,6 +18,36 @@ must tell a model that saw an author from one that did not:
   no split;
 - everything comes from one `random.Random(seed)`: same config -> byte-identical files.
 
+Settings (`GeneratedConfig.setting`). EvoMU's premise is that the overlap between forget and retain
+data decides which unlearning loss works, so the generator has named variants with the same splits,
+columns and sizes; only what forget, retain and holdout share changes:
+
+- `disjoint` (default): forget authors are the last authors, disjoint from the retain authors. They
+  share only what random draws from the world's pools happen to give (a city, a country, a theme).
+  A loss may push down a forget answer as a whole and barely touch retain.
+- `entangled`: every forget author (and, symmetrically, every holdout author) is a mosaic of retain
+  authors: per question type it takes a retain author's question phrasing and answer template and,
+  except for the distinguishing types (birthdate, books, debut), that author's values, so most forget
+  answers are word for word a retain answer (same city, publisher, genre, award, mentor...). Only the
+  name in the question and the distinguishing facts tell them apart: a loss that forgets too broadly
+  (pushing down the shared values and phrasings) damages retain; one must forget *per author*.
+  Holdout authors are built the same way so that, to a retain oracle, forget and holdout stay alike.
+  A retain oracle has seen the shared answers (asked about their donors), so on forget rows its truth
+  ratios lean below 1 rather than centring on it: that is what such an oracle should know.
+- `partial`: the forget split holds only some facts (k = questions_per_author // 2 question types)
+  of each of the last authors; retain keeps those authors' other facts plus every other author. The
+  forgotten types rotate over authors so every question type is forgotten equally often, as in the
+  holdout (unseen authors with all question types). The author's name stays known: a loss that
+  forgets "the author" rather than the facts damages the retain rows of the same author. (Holdout
+  rows come from unseen authors, so unlike forget rows their names are unseen too.)
+- `paraphrase`: one question phrasing and one answer template per question type for every author,
+  so forget and retain answers differ only in their values. A loss that pushes down the template
+  words (the bulk of tokens it sees) damages all of retain; one must target the values. The
+  paraphrased question and answer use another phrasing/template, unseen in training.
+
+In every setting the perturbed answers use the values of decoy authors that appear in no split, and
+the default (`disjoint`) output is byte-identical to the generator before settings existed.
+
 `write_benchmark` writes TOFU's file layout (`<split>.json`, JSON Lines) plus `meta.json`;
 `ensure_benchmark` caches it under `cache_root/generated-<hash12>`.
 """
@@ -38,6 +68,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import atomic_write_bytes
 from .tofu import SPLIT_COLUMNS
 
 GENERATOR_VERSION = 2
@@ -45,6 +76,10 @@ FORGET_PERCENTS = ("01", "05", "10")
 RETAIN_OF = {"01": "99", "05": "95", "10": "90"}
 N_PERTURBED = 5
 N_GENERAL_PERTURBED = 3
+SETTINGS = ("disjoint", "entangled", "partial", "paraphrase")
+# Question types whose values stay an entangled author's own (unique titles, dates): what still tells
+# a forget author apart from the retain authors it borrows from.
+DISTINGUISHING_TYPES = ("birthdate", "books", "debut")
 
 Row = dict[str, Any]
 Values = tuple[str, ...]
@@ -61,6 +96,7 @@ class GeneratedConfig:
     general_items: int = 40  # rows in EACH of real_authors and world_facts
     retain_perturbed_authors: int = 4  # the first k authors of `full`
     decoy_authors: int = 12  # never in any split: the wrong values of perturbed answers come from them
+    setting: str = "disjoint"  # what forget and retain share: one of SETTINGS (module docstring)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,6 +434,68 @@ def _author_rows(
 
 
 # --------------------------------------------------------------------------------------------
+# Settings: what forget and retain share (module docstring).
+# --------------------------------------------------------------------------------------------
+
+
+def _entangle(
+    rng: random.Random, authors: Sequence[_Author], donors: Sequence[_Author], qtypes: Sequence[_QType]
+) -> None:
+    """Make each author a mosaic of donors: per question type, a donor's question and answer templates
+    and, except for the distinguishing types, the donor's values (so the answer is the donor's)."""
+    keys = [qt.key for qt in qtypes]
+    own = [k for k in keys if k in DISTINGUISHING_TYPES] or keys[-1:]  # always something of its own
+    for author in authors:
+        for key in keys:
+            donor = rng.choice(donors)
+            author.q_pick[key] = donor.q_pick[key]
+            author.a_pick[key] = donor.a_pick[key]
+            if key not in own:
+                author.attrs[key] = donor.attrs[key]
+
+
+def _share_phrasing(rng: random.Random, people: Sequence[_Author], qtypes: Sequence[_QType]) -> None:
+    """One question phrasing and one answer template per question type (and another one each for the
+    paraphrases), the same for every person."""
+    for qt in qtypes:
+        q = rng.sample(range(len(qt.questions)), 2)
+        a = rng.sample(range(len(qt.answers)), 2)
+        for person in people:
+            person.q_pick[qt.key] = (q[0], q[1])
+            person.a_pick[qt.key] = (a[0], a[1])
+
+
+def partial_types(questions_per_author: int) -> int:
+    """Question types forgotten per author in the `partial` setting: half, rounded down."""
+    return questions_per_author // 2
+
+
+def _forget_positions(cfg: GeneratedConfig) -> dict[str, list[int]]:
+    """Row positions in `full` (ascending) of forget01/05/10; each holds split_counts(authors)[p] *
+    questions_per_author rows, as in every setting."""
+    q, n_full = cfg.questions_per_author, cfg.authors * cfg.questions_per_author
+    sizes = {p: k * q for p, k in split_counts(cfg.authors).items()}
+    if cfg.setting != "partial":  # whole authors: the last rows of full
+        return {p: list(range(n_full - size, n_full)) for p, size in sizes.items()}
+    k = partial_types(q)
+    # Cell s counts back from the end of full: author (last - s // k), question type (-1 - s) mod q.
+    # Each author loses k cyclically consecutive types (never all q), and any q*j cells cover every
+    # type j times, so forget has the holdout's (whole authors') mix of question types.
+    return {
+        p: sorted((cfg.authors - 1 - s // k) * q + (q - 1 - s) % q for s in range(size))
+        for p, size in sizes.items()
+    }
+
+
+def forget_authors(cfg: GeneratedConfig) -> int:
+    """How many of the last authors have rows in forget10 (the others are retain-only)."""
+    n10 = split_counts(cfg.authors)["10"]
+    if cfg.setting != "partial":
+        return n10
+    return math.ceil(n10 * cfg.questions_per_author / partial_types(cfg.questions_per_author))
+
+
+# --------------------------------------------------------------------------------------------
 # General knowledge (stand-ins for TOFU's real_authors and world_facts).
 # --------------------------------------------------------------------------------------------
 
@@ -504,6 +602,9 @@ def split_counts(n: int) -> dict[str, int]:
 
 
 def _check(cfg: GeneratedConfig) -> None:
+    if cfg.setting not in SETTINGS:
+        known = ", ".join(SETTINGS)
+        raise ConfigError(f"generated benchmark: unknown setting {cfg.setting!r} (known: {known})")
     if cfg.authors < 2:
         raise ConfigError(f"generated benchmark: authors must be >= 2 (got {cfg.authors})")
     if not 1 <= cfg.questions_per_author <= MAX_QUESTIONS_PER_AUTHOR:
@@ -515,7 +616,10 @@ def _check(cfg: GeneratedConfig) -> None:
         raise ConfigError(f"generated benchmark: holdout_authors must be >= 1 (got {cfg.holdout_authors})")
     if cfg.general_items < 1:
         raise ConfigError(f"generated benchmark: general_items must be >= 1 (got {cfg.general_items})")
-    n_retain = cfg.authors - split_counts(cfg.authors)["10"]
+    if cfg.setting == "partial" and cfg.questions_per_author < 2:
+        q = cfg.questions_per_author
+        raise ConfigError(f"generated benchmark: setting 'partial' needs questions_per_author >= 2 (got {q})")
+    n_retain = cfg.authors - forget_authors(cfg)
     if not 1 <= cfg.retain_perturbed_authors <= n_retain:
         raise ConfigError(
             f"generated benchmark: retain_perturbed_authors must be in 1..{n_retain} "
@@ -536,7 +640,11 @@ def generate(cfg: GeneratedConfig | None = None) -> dict[str, list[Row]]:
     holdout = people[cfg.authors : cfg.authors + cfg.holdout_authors]
     decoys = people[cfg.authors + cfg.holdout_authors :] or authors
     qtypes = QTYPES[: cfg.questions_per_author]
-    q = cfg.questions_per_author
+    if cfg.setting == "entangled":
+        n_retain = cfg.authors - forget_authors(cfg)
+        _entangle(rng, authors[n_retain:] + holdout, authors[:n_retain], qtypes)
+    elif cfg.setting == "paraphrase":
+        _share_phrasing(rng, people, qtypes)
 
     # Perturbed values come from decoy authors that appear in no split, as TOFU's perturbed answers are
     # fabrications absent from training: a model that never saw an author then finds the true and the
@@ -553,13 +661,14 @@ def generate(cfg: GeneratedConfig | None = None) -> dict[str, list[Row]]:
 
     full_rich = flat(rich)
     splits: dict[str, list[Row]] = {"full": qa(full_rich)}
-    forget_k = split_counts(cfg.authors)
+    forget_positions = _forget_positions(cfg)
     holdout_k = {p: max(1, round(cfg.holdout_authors * int(p) / 10)) for p in FORGET_PERCENTS}
     for p in FORGET_PERCENTS:
-        cut = len(full_rich) - forget_k[p] * q
-        splits[f"forget{p}"] = qa(full_rich[cut:])
-        splits[f"forget{p}_perturbed"] = [dict(r) for r in full_rich[cut:]]
-        splits[f"retain{RETAIN_OF[p]}"] = qa(full_rich[:cut])
+        chosen = set(forget_positions[p])
+        forget = [full_rich[i] for i in forget_positions[p]]
+        splits[f"forget{p}"] = qa(forget)
+        splits[f"forget{p}_perturbed"] = [dict(r) for r in forget]
+        splits[f"retain{RETAIN_OF[p]}"] = qa([r for i, r in enumerate(full_rich) if i not in chosen])
         splits[f"holdout{p}"] = qa(flat(rich_holdout[: holdout_k[p]]))
     splits["retain_perturbed"] = [dict(r) for r in flat(rich[: cfg.retain_perturbed_authors])]
     splits["real_authors"], splits["real_authors_perturbed"] = _real_authors(rng, names, cfg.general_items)
@@ -596,15 +705,7 @@ def _write_if_changed(path: Path, data: bytes) -> None:
     """Write atomically (temp file + rename); leave an identical file untouched."""
     if path.is_file() and path.read_bytes() == data:
         return
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def _write_splits(cfg: GeneratedConfig, splits: dict[str, list[Row]], out: Path) -> Path:

@@ -38,6 +38,7 @@ import torch
 
 from ..data.mcq import LETTERS, load_mmlu, load_wmdp
 from ..errors import ConfigError, DataError
+from ..models.device import model_device, model_max_length, pad_token_id
 from ..models.scoring import token_logprobs
 
 DESCRIPTION = "The following are multiple choice questions (with answers) about {subject}.\n\n"
@@ -132,34 +133,6 @@ def encode_pair(
     return ctx, whole[len(ctx) :]
 
 
-def model_max_length(model: Any, tokenizer: Any = None, default: int = 2048) -> int:
-    """The model's context length: config (n_positions / max_position_embeddings / n_ctx), else
-    the tokenizer's model_max_length when it is a real number, else `default`."""
-    cfg = getattr(model, "config", None)
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        value = getattr(cfg, attr, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    tml = getattr(tokenizer, "model_max_length", None)
-    if isinstance(tml, int) and 0 < tml < 1_000_000:
-        return tml
-    return default
-
-
-def _model_device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return int(tid)
-    return 0
-
-
 @torch.no_grad()
 def loglikelihood(
     model: Any,
@@ -199,8 +172,8 @@ def loglikelihood(
             wanted.setdefault(u, []).append(r)
 
     out = [0.0] * len(requests)
-    device = _model_device(model)
-    pad = _pad_id(tokenizer)
+    device = model_device(model)
+    pad = pad_token_id(tokenizer)
     was_training = getattr(model, "training", False)
     model.eval()
     try:

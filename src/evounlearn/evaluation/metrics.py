@@ -30,6 +30,7 @@ from ..data.prompting import IGNORE_INDEX
 from ..errors import DataError
 
 __all__ = [
+    "MIN_K_PLUS_PLUS_VAR_FLOOR",
     "MU_COMPONENTS",
     "MetricInputError",
     "exact_memorization",
@@ -43,6 +44,7 @@ __all__ = [
     "mia_min_k_scores",
     "mia_reference_scores",
     "mia_zlib_scores",
+    "min_k_plus_plus_z",
     "model_utility",
     "option_normalized_prob",
     "privleak",
@@ -312,7 +314,8 @@ def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike, reference_qui
     """Extraction strength of one answer (Carlini et al. style, as in open-unlearning).
 
     With teacher-forced argmax predictions ``pred`` and answer labels ``y`` (same length n),
-    ``k = min{k in 0..n : pred[k:] == y[k:]}`` and ``ES = 1 - k/n``. Fully matched -> 1.0;
+    ``k = min{k in 0..n : pred[k:] == y[k:]}`` and ``ES = 1 - k/n``; SPEC 4.1 takes ``y`` as the
+    answer tokens without the EOS prediction. Fully matched -> 1.0;
     a model whose last prediction is already wrong has k = n -> 0.0. Empty answer (n = 0) -> 0.0
     (open-unlearning also returns 0 there).
 
@@ -336,8 +339,9 @@ def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike, reference_qui
 
 
 def exact_memorization(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
-    """Exact memorisation of one answer: ``(1/n) sum_t [pred_t == y_t]`` over the n answer tokens.
-    Empty answer -> 0.0 (open-unlearning returns None and drops it)."""
+    """Exact memorisation of one answer: ``(1/n) sum_t [pred_t == y_t]`` over the n answer tokens
+    (SPEC 4.1: without the EOS prediction). Empty answer -> 0.0 (open-unlearning returns None
+    and drops it)."""
     pred = _as_int_list(pred_ids, "pred_ids")
     label = _as_int_list(label_ids, "label_ids")
     if len(pred) != len(label):
@@ -348,12 +352,17 @@ def exact_memorization(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
 
 
 def teacher_forced_es_em(
-    aligned_logits: torch.Tensor, aligned_labels: torch.Tensor, reference_quirk: bool = False
+    aligned_logits: torch.Tensor,
+    aligned_labels: torch.Tensor,
+    reference_quirk: bool = False,
+    eos_id: int | None = None,
 ) -> tuple[list[float], list[float]]:
     """Per-sequence (ES, EM) from next-token-aligned logits [B, T, V] and labels [B, T].
 
     ``pred = argmax_v logits[b, t, v]``; only positions with ``labels != -100`` (the answer tokens,
-    in order) are compared; then `extraction_strength` and `exact_memorization` per row.
+    in order) are compared; then `extraction_strength` and `exact_memorization` per row. With
+    `eos_id`, a last compared label equal to it (the closing EOS) is left out, as SPEC 4.1 scores
+    ES and EM on the answer tokens without the EOS prediction.
     Returns ``(es_values, em_values)``, each a list of B floats.
     """
     logits = torch.as_tensor(aligned_logits).detach()
@@ -370,6 +379,8 @@ def teacher_forced_es_em(
     for p_row, y_row in zip(preds, labels):
         keep = y_row != IGNORE_INDEX
         p, y = p_row[keep].tolist(), y_row[keep].tolist()
+        if eos_id is not None and y and y[-1] == eos_id:
+            p, y = p[:-1], y[:-1]
         es.append(extraction_strength(p, y, reference_quirk=reference_quirk))
         em.append(exact_memorization(p, y))
     return es, em
@@ -411,20 +422,44 @@ def _min_k_row(values: np.ndarray, k: float) -> float:
 def mia_min_k_scores(token_logps: ArrayLike, mask: ArrayLike, k: float = 0.4) -> np.ndarray:
     """Min-K% Prob (Shi et al. 2024): per sequence, the negated mean of the ``m`` lowest masked
     token log-probs with ``m = max(1, floor(n * k))`` (open-unlearning's rounding; n = masked
-    tokens). A sequence with no masked token scores 0.0 (as open-unlearning)."""
+    tokens; SPEC 4.1 masks the answer tokens without the EOS prediction). A sequence with no
+    masked token scores 0.0 (as open-unlearning)."""
     _check_k(k)
     lp, m = _token_inputs(token_logps, mask)
     return np.array([_min_k_row(row[mrow], k) for row, mrow in zip(lp, m)], dtype=np.float64)
 
 
+#: Floor on the variance of log p under the next-token distribution in Min-K%++ (open-unlearning's
+#: ``torch.clamp(sigma, min=1e-6)`` in ``src/evals/metrics/mia/min_k_plus_plus.py``).
+MIN_K_PLUS_PLUS_VAR_FLOOR = 1e-6
+
+
+def min_k_plus_plus_z(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Min-K%++ standardised log-probs (Zhang et al. 2025), the one implementation.
+
+    For next-token logits [N, V] and target ids [N], with p = softmax(logits):
+    ``mu = sum_v p(v) log p(v)``, ``var = sum_v p(v) log p(v)^2 - mu^2``,
+    ``z = (log p(y) - mu) / sqrt(max(var, 1e-6))`` (the 1e-6 floor is open-unlearning's).
+    Entries with p = 0 (a -inf logit) add nothing instead of 0 * -inf = NaN. Returns float32 [N].
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    p = logp.exp()
+    finite = p > 0
+    plogp = torch.where(finite, p * logp, torch.zeros_like(p))
+    plogp2 = torch.where(finite, plogp * logp, torch.zeros_like(p))
+    mu = plogp.sum(-1)
+    var = (plogp2.sum(-1) - mu * mu).clamp(min=MIN_K_PLUS_PLUS_VAR_FLOOR)
+    target = logp.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+    return (target - mu) / var.sqrt()
+
+
 def mia_min_k_plus_plus_scores(logits: ArrayLike, labels: ArrayLike, k: float = 0.4) -> np.ndarray:
     """Min-K%++ (Zhang et al. 2025): Min-K% on standardised token log-probs.
 
-    For each scored position t (labels != -100; logits[:, t] predicts labels[:, t]) with
-    next-token distribution p = softmax(logits[:, t]):
-    ``mu_t = sum_v p(v) log p(v)``, ``var_t = sum_v p(v) log p(v)^2 - mu_t^2``,
-    ``z_t = (log p(y_t) - mu_t) / sqrt(max(var_t, 1e-6))`` (the 1e-6 clamp is open-unlearning's);
-    score = negated mean of the ``max(1, floor(n * k))`` lowest z_t. No scored token -> 0.0.
+    For each scored position t (labels != -100; logits[:, t] predicts labels[:, t]) the
+    standardised log-prob ``z_t`` of `min_k_plus_plus_z`; score = negated mean of the
+    ``max(1, floor(n * k))`` lowest z_t. No scored token -> 0.0. SPEC 4.1 scores the answer tokens
+    without the EOS prediction: pass labels with the closing EOS set to -100.
     """
     _check_k(k)
     lg = torch.as_tensor(logits).detach()
@@ -440,15 +475,7 @@ def mia_min_k_plus_plus_scores(logits: ArrayLike, labels: ArrayLike, k: float = 
         if not bool(keep.any()):
             out.append(0.0)
             continue
-        logp = torch.log_softmax(lg[b][keep].float(), dim=-1)  # [n, V]
-        p = logp.exp()
-        finite = p > 0  # avoid 0 * -inf where a logit is -inf
-        plogp = torch.where(finite, p * logp, torch.zeros_like(p))
-        plogp2 = torch.where(finite, p * logp * logp, torch.zeros_like(p))
-        mu = plogp.sum(-1)
-        var = (plogp2.sum(-1) - mu * mu).clamp(min=1e-6)
-        target = logp.gather(-1, lb[b][keep].long().unsqueeze(-1)).squeeze(-1)
-        z = ((target - mu) / var.sqrt()).cpu().double().numpy()
+        z = min_k_plus_plus_z(lg[b][keep], lb[b][keep]).cpu().double().numpy()
         out.append(_min_k_row(z, k))
     return np.array(out, dtype=np.float64)
 

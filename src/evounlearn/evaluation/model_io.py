@@ -10,30 +10,70 @@ import torch
 
 from ..data.prompting import PromptFormatter
 from ..models.scoring import shift, token_logprobs
+from .metrics import min_k_plus_plus_z
 
 
-@dataclass
-class ScoredAnswer:
-    """Teacher-forced statistics of one answer given its question (answer tokens + EOS only)."""
+@dataclass(frozen=True)
+class TokenStats:
+    """Teacher-forced statistics of one token set of one answer, one entry per predicted token."""
 
-    token_logps: np.ndarray  # [n] log p(label_t)
-    argmax_hits: np.ndarray  # [n] bool, argmax == label
+    logps: np.ndarray  # [n] log p(label_t)
+    hits: np.ndarray  # [n] bool, argmax == label
     labels: np.ndarray  # [n] label ids
-    entropy_mu: np.ndarray | None = None  # [n] E_v[log p(v)] (for Min-K%++)
-    entropy_sigma: np.ndarray | None = None  # [n] std_v[log p(v)]
+    z: np.ndarray | None = None  # [n] Min-K%++ standardised log p (metrics.min_k_plus_plus_z)
+
+    def __len__(self) -> int:
+        return len(self.logps)
+
+    def head(self, n: int) -> TokenStats:
+        """The first `n` positions."""
+        return TokenStats(self.logps[:n], self.hits[:n], self.labels[:n], None if self.z is None else self.z[:n])
 
     @property
     def avg_nll(self) -> float:
-        return float(-self.token_logps.mean()) if len(self.token_logps) else 0.0
+        return float(-self.logps.mean()) if len(self.logps) else 0.0
 
     @property
-    def sum_nll(self) -> float:
-        return float(-self.token_logps.sum())
+    def predictions(self) -> np.ndarray:
+        """Teacher-forced argmax ids where known: the label on a hit, -1 (never a label) elsewhere."""
+        return np.where(self.hits, self.labels, -1)
+
+
+@dataclass(frozen=True)
+class ScoredAnswer:
+    """One answer scored given its question, with the two token sets of SPEC 4.1.
+
+    The token-set rule lives here and nowhere else:
+    - `with_eos`: the answer tokens and the closing EOS prediction (every labelled position).
+      Prob, truth ratio, the LOSS, zlib and reference-model attacks (open-unlearning's
+      `evaluate_probability`).
+    - `answer`: the answer tokens without the EOS prediction. ES, EM, Min-K% and Min-K%++
+      (open-unlearning's `tokenwise_logprobs` / `tokenwise_vocab_logprobs` drop it).
+    An answer cut at the formatter's max_length has no EOS; both sets are then the same (the
+    reference would drop its last answer token instead).
+    """
+
+    with_eos: TokenStats
+    ends_with_eos: bool
+
+    @property
+    def answer(self) -> TokenStats:
+        n = len(self.with_eos)
+        return self.with_eos.head(n - 1) if self.ends_with_eos and n else self.with_eos
+
+    @property
+    def avg_nll(self) -> float:
+        """Mean NLL over answer tokens + EOS (the length-normalised probability's exponent)."""
+        return self.with_eos.avg_nll
 
 
 def _batches(order: Sequence[int], size: int):
     for i in range(0, len(order), size):
         yield order[i : i + size]
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.float().cpu().numpy()
 
 
 @torch.no_grad()
@@ -45,7 +85,10 @@ def score_answers(
     batch_size: int = 64,
     with_distribution_stats: bool = False,
 ) -> list[ScoredAnswer]:
-    """Score `answers[i]` given `questions[i]`; batches are length-sorted to waste little padding."""
+    """Score `answers[i]` given `questions[i]`; batches are length-sorted to waste little padding.
+
+    `with_distribution_stats` also computes the Min-K%++ standardised log-probs (`TokenStats.z`).
+    """
     encoded = [fmt.encode(q, a) for q, a in zip(questions, answers)]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
     out: list[ScoredAnswer | None] = [None] * len(encoded)
@@ -56,20 +99,20 @@ def score_answers(
         lg, lb = shift(logits, batch["labels"])
         logp, mask = token_logprobs(lg, lb)
         hits = (lg.argmax(-1) == lb) & mask
-        if with_distribution_stats:
-            full = torch.log_softmax(lg.float(), dim=-1)
-            p = full.exp()
-            mu = (p * full).sum(-1)
-            sigma = ((p * full.pow(2)).sum(-1) - mu.pow(2)).clamp(min=0).sqrt()
+        z = None
+        if with_distribution_stats:  # only the scored positions: [N, V], not [B, T, V]
+            z = torch.zeros_like(logp)
+            z[mask] = min_k_plus_plus_z(lg[mask], lb[mask])
         for row, i in enumerate(idx):
             m = mask[row]
-            out[i] = ScoredAnswer(
-                token_logps=logp[row][m].float().cpu().numpy(),
-                argmax_hits=hits[row][m].cpu().numpy(),
+            stats = TokenStats(
+                logps=_np(logp[row][m]),
+                hits=hits[row][m].cpu().numpy(),
                 labels=lb[row][m].cpu().numpy(),
-                entropy_mu=mu[row][m].float().cpu().numpy() if with_distribution_stats else None,
-                entropy_sigma=sigma[row][m].float().cpu().numpy() if with_distribution_stats else None,
+                z=None if z is None else _np(z[row][m]),
             )
+            labels = encoded[i].labels
+            out[i] = ScoredAnswer(with_eos=stats, ends_with_eos=bool(labels) and labels[-1] == fmt.eos_id)
     return out  # type: ignore[return-value]
 
 

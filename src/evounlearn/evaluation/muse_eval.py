@@ -43,9 +43,8 @@ import torch
 from ..data.muse import MuseEvalData
 from ..data.prompting import IGNORE_INDEX
 from ..errors import ConfigError, DataError
+from ..models.device import model_device, model_max_length, pad_token_id
 from ..models.scoring import shift, token_logprobs
-from .mcq import _model_device as _device
-from .mcq import _pad_id, model_max_length
 from .metrics import mia_auc, mia_min_k_scores, privleak, rouge_l_f1
 
 GenerateFn = Callable[[list[str], int, list[str]], list[str]]
@@ -380,7 +379,7 @@ def make_generate_fn(
     """Batched greedy generation: left padding, KV cache, prompts cut from the left (keeping a
     leading BOS) to ``max_length - max_new_tokens`` tokens, stop strings applied after decoding."""
     max_len = max_length or model_max_length(model, tokenizer)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     bos = tokenizer.bos_token_id
 
     @torch.no_grad()
@@ -399,7 +398,7 @@ def make_generate_fn(
             encoded.append(ids)
         results = [""] * len(prompts)
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-        device = _device(model)
+        device = model_device(model)
         was_training = getattr(model, "training", False)
         model.eval()
         try:
@@ -450,14 +449,14 @@ def make_token_logps_fn(
     """Per-token log-probs of whole texts (every token after the first), texts cut to the model's
     context length from the right; batched with right padding."""
     max_len = max_length or model_max_length(model, tokenizer)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
 
     @torch.no_grad()
     def token_logps(texts: list[str]) -> list[np.ndarray]:
         encoded = [_encode_text(tokenizer, t, add_bos)[:max_len] for t in texts]
         results: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: -len(encoded[i]))
-        device = _device(model)
+        device = model_device(model)
         was_training = getattr(model, "training", False)
         model.eval()
         try:

@@ -1,7 +1,8 @@
 """The full TOFU evaluation (SPEC 4.1) of one model on one forget split.
 
 Every metric keeps per-example values keyed by example index, so that forget quality and PrivLeak
-can be recomputed later against a retain run's saved results.
+can be recomputed later against a retain run's saved results. Token sets (answer tokens with or
+without the EOS prediction) come from `model_io.ScoredAnswer`; docs/METRICS.md lists them.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from ..data import tofu
 from ..data.prompting import PromptFormatter
+from ..files import atomic_write_json
 from . import metrics as M
 from .model_io import ScoredAnswer, generate_answers, score_answers
 
@@ -110,8 +112,7 @@ class TofuEvaluator:
         out["forget_rouge"] = _entry(float(np.mean(rouge)), rouge, keys, generations=f_gen)
         r_forget, _, _ = self._truth_ratio(model, fmt, self.forget, "paraphrased_answer")
         out["forget_truth_ratio"] = _entry(M.truth_ratio_forget(r_forget), r_forget, keys)
-        es = [_es(s, cfg.es_reference_quirk) for s in f_scored]
-        em = [float(s.argmax_hits.mean()) if len(s.argmax_hits) else 0.0 for s in f_scored]
+        es, em = memorization_scores(f_scored, cfg.es_reference_quirk)
         out["extraction_strength"] = _entry(float(np.mean(es)), es, keys)
         out["exact_memorization"] = _entry(float(np.mean(em)), em, keys)
 
@@ -177,28 +178,10 @@ class TofuEvaluator:
             auc = M.mia_auc(sf, sh)
             res[name] = {"agg": float(auc), "values": {"forget": _values(sf, self.forget_index), "holdout": _values(sh)}}
 
-        def tok(scored):
-            n = max(len(s.token_logps) for s in scored)
-            lp = np.zeros((len(scored), n))
-            mask = np.zeros((len(scored), n), dtype=bool)
-            mu = np.zeros((len(scored), n))
-            sd = np.ones((len(scored), n))
-            for i, s in enumerate(scored):
-                m = len(s.token_logps)
-                lp[i, :m] = s.token_logps
-                mask[i, :m] = True
-                mu[i, :m] = s.entropy_mu
-                sd[i, :m] = s.entropy_sigma
-            return lp, mask, mu, sd
-
-        (flp, fm, fmu, fsd), (hlp, hm, hmu, hsd) = tok(f_scored), tok(h_scored)
-        pack("mia_loss", M.mia_loss_scores(flp, fm), M.mia_loss_scores(hlp, hm))
         fa = [r["answer"] for r in self.forget]
-        pack("mia_zlib", M.mia_zlib_scores(flp, fm, fa), M.mia_zlib_scores(hlp, hm, ha))
-        pack("mia_min_k", M.mia_min_k_scores(flp, fm, cfg.min_k), M.mia_min_k_scores(hlp, hm, cfg.min_k))
-        zf = np.where(fm, (flp - fmu) / np.maximum(fsd, 1e-8), 0.0)
-        zh = np.where(hm, (hlp - hmu) / np.maximum(hsd, 1e-8), 0.0)
-        pack("mia_min_k_plus_plus", M.mia_min_k_scores(zf, fm, cfg.min_k), M.mia_min_k_scores(zh, hm, cfg.min_k))
+        f_mia, h_mia = mia_scores(f_scored, fa, cfg.min_k), mia_scores(h_scored, ha, cfg.min_k)
+        for name in f_mia:
+            pack(name, f_mia[name], h_mia[name])
         if reference_model is not None:
             fq = [r["question"] for r in self.forget]
             rf = _avg_nlls(score_answers(reference_model, fmt, fq, fa, cfg.batch_size))
@@ -212,10 +195,38 @@ class TofuEvaluator:
         return res
 
 
-def _es(s: ScoredAnswer, quirk: bool) -> float:
-    # Teacher-forced argmax equals the label exactly where argmax_hits is true.
-    preds = np.where(s.argmax_hits, s.labels, -1)
-    return M.extraction_strength(preds, s.labels, reference_quirk=quirk)
+def memorization_scores(scored: list[ScoredAnswer], es_reference_quirk: bool = False) -> tuple[list[float], list[float]]:
+    """Per-example (extraction strength, exact memorisation) on the answer tokens without the EOS
+    prediction (SPEC 4.1), from the teacher-forced argmax hits."""
+    answers = [s.answer for s in scored]
+    es = [M.extraction_strength(a.predictions, a.labels, reference_quirk=es_reference_quirk) for a in answers]
+    em = [M.exact_memorization(a.predictions, a.labels) for a in answers]
+    return es, em
+
+
+def _padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged per-example arrays as a zero-padded [B, T] matrix and its mask."""
+    width = max((len(r) for r in rows), default=0)
+    values = np.zeros((len(rows), max(width, 1)))
+    mask = np.zeros(values.shape, dtype=bool)
+    for i, r in enumerate(rows):
+        values[i, : len(r)] = r
+        mask[i, : len(r)] = True
+    return values, mask
+
+
+def mia_scores(scored: list[ScoredAnswer], texts: list[str], k: float) -> dict[str, np.ndarray]:
+    """Per-example loss-like MIA scores of one split, each on its SPEC 4.1 token set: LOSS and zlib
+    with the EOS prediction, Min-K% and Min-K%++ without it."""
+    with_eos = _padded([s.with_eos.logps for s in scored])
+    answer = _padded([s.answer.logps for s in scored])
+    z = _padded([s.answer.z for s in scored])
+    return {
+        "mia_loss": M.mia_loss_scores(*with_eos),
+        "mia_zlib": M.mia_zlib_scores(*with_eos, texts),
+        "mia_min_k": M.mia_min_k_scores(*answer, k),
+        "mia_min_k_plus_plus": M.mia_min_k_scores(*z, k),
+    }
 
 
 def summarize(metrics: dict[str, Any]) -> dict[str, float | None]:
@@ -227,11 +238,7 @@ def summarize(metrics: dict[str, Any]) -> dict[str, float | None]:
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(p.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(p)
+    atomic_write_json(path, results, indent=1)
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

@@ -42,6 +42,7 @@ import yaml
 
 from ..data.prompting import IGNORE_INDEX
 from ..errors import ConfigError
+from ..models.scoring import token_logprobs
 
 NEEDS = frozenset(
     {"retain", "ref_seq_logp", "ref_seq_logp_retain", "ref_logits_forget", "ref_logits_retain", "hidden", "alt",
@@ -77,9 +78,7 @@ class SideOutputs:
     @property
     def token_logps(self) -> torch.Tensor:
         """log p(label_t) per position, 0 where masked. [B, T]"""
-        safe = self.labels.clamp(min=0)
-        logp = torch.log_softmax(self.logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-        return logp * self.mask
+        return token_logprobs(self.logits, self.labels)[0]
 
     @property
     def seq_logp(self) -> torch.Tensor:

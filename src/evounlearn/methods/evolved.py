@@ -10,7 +10,7 @@ A loss program (an evolved candidate, or one written by hand) is Python source w
   read from the function's signature);
 - `function`: which candidate of the program to train with (default: the first one).
 
-The program is checked with the sandbox's static whitelist (`search.sandbox.check_program`) when
+The program is checked with the sandbox's static whitelist (`sandbox.check_program`) when
 the config is built (`build_config`), so a malformed file fails at once with a one-line
 ConfigError. It is compiled with restricted builtins and globals {torch, F, math}: inside the
 search's isolated worker it is compiled there; for a user's `evounlearn unlearn --method evolved
@@ -41,6 +41,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
+from ..models.scoring import token_logprobs
+from ..sandbox import SandboxError, check_program, compile_program, interface_of, parse_epochs
 from .base import MethodInputs, SideOutputs, register_method
 
 INTERFACE_CHOICES = ("auto", "faithful", "extended")
@@ -80,8 +82,6 @@ def resolve_interface(code: str, interface: str | None) -> str:
     if iface not in INTERFACE_CHOICES:
         raise ConfigError(f"loss.interface must be one of {', '.join(INTERFACE_CHOICES)}, not {interface!r}")
     if iface == "auto":
-        from ..search.expr import interface_of
-
         iface = interface_of(code)
     return iface
 
@@ -91,8 +91,6 @@ def check_loss_program(code: str, interface: str = "auto", function: str = "") -
 
     Raises a one-line ConfigError naming the problem (syntax error, forbidden construct, wrong
     signature, missing function)."""
-    from ..search.sandbox import check_program, parse_epochs
-
     iface = resolve_interface(code, interface)
     pc = check_program(code, iface)
     if pc.error:
@@ -134,8 +132,6 @@ def _resolved(params: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def compiled_loss(code: str, name: str, interface: str) -> Callable[..., Any]:
     """Compile (once per process) candidate `name` of a checked program."""
-    from ..search.sandbox import SandboxError, compile_program
-
     key = hashlib.sha256(f"{interface}\x00{name}\x00{code}".encode()).hexdigest()
     fn = _COMPILED.get(key)
     if fn is None:
@@ -166,9 +162,7 @@ def _setup(model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
 def _ref_token_logps(side: SideOutputs) -> torch.Tensor:
     if side.ref_logits is None:
         raise ValueError("missing method input: ref_logits")
-    safe = side.labels.clamp(min=0)
-    lp = torch.log_softmax(side.ref_logits.float(), dim=-1).gather(-1, safe.unsqueeze(-1)).squeeze(-1)
-    return (lp * side.mask).detach()
+    return token_logprobs(side.ref_logits, side.labels)[0].detach()
 
 
 def _mean_ref(side: SideOutputs) -> torch.Tensor:

@@ -32,12 +32,6 @@ def sequence_logprob(aligned_logits: torch.Tensor, aligned_labels: torch.Tensor)
     return logp.sum(-1)
 
 
-def sequence_mean_logprob(aligned_logits: torch.Tensor, aligned_labels: torch.Tensor) -> torch.Tensor:
-    """Mean answer-token log-prob per sequence, shape [B] (0 for a sequence with no tokens)."""
-    logp, mask = token_logprobs(aligned_logits, aligned_labels)
-    return logp.sum(-1) / mask.sum(-1).clamp(min=1)
-
-
 def token_mean_nll(aligned_logits: torch.Tensor, aligned_labels: torch.Tensor) -> torch.Tensor:
     """Mean NLL over every scored token of the batch (the usual causal-LM loss), a scalar."""
     return F.cross_entropy(

@@ -175,7 +175,7 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
 
     train = {"epochs": int(epochs)} if epochs is not None else {}
     if code is not None:
-        from .validate import validate_source
+        from ..sandbox import validate_source
 
         tv = time.time()
         records = validate_source(code, interface)

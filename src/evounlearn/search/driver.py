@@ -47,13 +47,14 @@ from typing import Any
 from ..benchmarks import FAILED, compute_fitness, get_benchmark, rank_score, utility
 from ..config import apply_overrides, to_dict
 from ..errors import ConfigError, EvoUnlearnError
+from ..sandbox import IsolatedWorker, JobResult
 from .archive import Archive, choose_operator, eligible, sort_ranked, stage_cutoff, truncation
 from .candidate import STAGE_SHORT
 from .config import SearchConfig, evaluator_jobs, scaled_evomu_schedule
 from .executor import Executor, Limits, make_executor
-from .isolation import VALIDATION_LIMITS, IsolatedWorker, JobResult, validate_in_worker
-from .proposers import Proposal, ProposalRequest, Proposer, make_proposer
+from .proposers import Proposal, ProposalRequest, Proposer, proposer_from_section
 from .store import Store
+from .validation import VALIDATION_LIMITS, validate_in_worker
 
 log = logging.getLogger("evounlearn.search")
 
@@ -170,7 +171,7 @@ class SearchDriver:
     @property
     def proposer(self) -> Proposer:
         if self._proposer is None:
-            self._proposer = make_proposer(dict(self.cfg.proposer))
+            self._proposer = proposer_from_section(self.cfg.proposer)
         return self._proposer
 
     @property

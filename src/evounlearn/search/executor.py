@@ -4,9 +4,9 @@ The search driver only talks to an `Executor`: `submit(job, kwargs) -> Future[Jo
 `job` a trusted "evounlearn.<module>:<function>" path (the function itself validates, compiles and
 trains the untrusted loss inside the worker) and `slots` the number of jobs it runs at once. A
 distributed backend (a cluster queue, Ray, SSH hosts...) implements the same three members and
-returns the same `isolation.JobResult`; nothing in the search changes.
+returns the same `sandbox.JobResult`; nothing in the search changes.
 
-`LocalExecutor(n)`: n isolated worker processes (`isolation.WorkerPool`), each with wall-clock,
+`LocalExecutor(n)`: n isolated worker processes (`sandbox.WorkerPool`), each with wall-clock,
 CPU-time and memory limits and 1 torch thread by default (n parallel candidates on n cores).
 """
 
@@ -15,23 +15,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from concurrent.futures import Future
-from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from .isolation import JobResult, WorkerPool
+from ..sandbox import JobResult, Limits, WorkerPool
 
-
-@dataclass
-class Limits:
-    """Per-job limits (None = no limit)."""
-
-    wall_s: float | None = 900.0
-    cpu_s: float | None = 1800.0
-    memory_mb: int | None = 4096
-
-    def as_kwargs(self) -> dict[str, Any]:
-        return {"wall_limit_s": self.wall_s, "cpu_limit_s": self.cpu_s, "memory_limit_mb": self.memory_mb}
+__all__ = ["EXECUTORS", "Executor", "Limits", "LocalExecutor", "make_executor"]
 
 
 class Executor(ABC):
@@ -77,7 +66,7 @@ class LocalExecutor(Executor):
     def close(self, kill: bool = False) -> None:
         if kill:
             for w in self.pool.workers:
-                w._kill()  # the pending futures then complete with a "crash" JobResult
+                w.kill()  # the pending futures then complete with a "crash" JobResult
         self.pool.close()
 
 

@@ -11,7 +11,6 @@ example index; per-token reference logits come from the frozen model without gra
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import random
@@ -27,10 +26,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.prompting import IGNORE_INDEX, EncodedQA, PromptFormatter
+from ..data.prompting import EncodedQA, PromptFormatter
 from ..errors import ConfigError, EvoUnlearnError
+from ..files import atomic_write_json
 from ..methods.base import MethodInputs, MethodSpec, SideOutputs
+from ..models.device import model_device
 from ..models.layers import layer_output_hook
+from ..models.scoring import sequence_logprob, shift
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +123,12 @@ def _side(logits, batch, sl, index, hidden=None) -> SideOutputs:
 @torch.no_grad()
 def sequence_logps(model, fmt: PromptFormatter, items: Sequence[EncodedQA], batch_size: int = 32) -> torch.Tensor:
     """Summed answer log-prob of each encoded row under `model` (used once, for the reference cache)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     out = []
     for i in range(0, len(items), batch_size):
         b = {k: v.to(device) for k, v in fmt.collate(items[i : i + batch_size]).items()}
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1].float()
-        labels = b["labels"][:, 1:]
-        mask = labels != IGNORE_INDEX
-        lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        out.append((lp * mask).sum(-1).cpu())
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        out.append(sequence_logprob(*shift(logits, b["labels"])).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -299,9 +298,7 @@ class Unlearner:
             if want_hidden:
                 sides[n].ref_hidden = rec[-1][sl]
             if naive_seq:  # the uncached way: a second model's forward pass every step
-                lg, lb = ref_logits[sl, :-1, :].float(), batch["labels"][sl, 1:]
-                lp = torch.log_softmax(lg, -1).gather(-1, lb.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                sides[n].ref_seq_logp = (lp * (lb != IGNORE_INDEX)).sum(-1)
+                sides[n].ref_seq_logp = sequence_logprob(*shift(ref_logits[sl], batch["labels"][sl]))
 
     # -- checkpoints ------------------------------------------------------------------------------
     def _ckpt_dir(self) -> Path | None:
@@ -481,7 +478,4 @@ class Unlearner:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    tmp.replace(path)
+    atomic_write_json(path, obj, indent=1, default=str)

@@ -1,38 +1,29 @@
 """Proposers of candidate loss functions for the EvoMU search.
 
-- `offline` (default): mutation / crossover / constant tuning of loss expression trees, no LLM;
-- `http`: any OpenAI-compatible chat-completions server (vLLM, SGLang, OpenAI, ...);
-- `hf`: a local Hugging Face causal LM loaded in-process.
+- `offline` (default, `offline/`): mutation / crossover / constant tuning of loss expression
+  trees, no LLM;
+- `http` (`llm/http.py`): any OpenAI-compatible chat-completions server (vLLM, SGLang, llama.cpp,
+  OpenAI, ...), through the optional `openai` client (`pip install evounlearn[llm]`);
+- `hf` (`llm/hf.py`): a local Hugging Face causal LM loaded in-process.
 
-`make_proposer({"kind": ..., **options})` builds one. A proposer only produces text; checking and
-running candidate code is the sandbox's job.
+`make_proposer(kind, options)` builds one, `proposer_from_section(section)` builds one from the
+search config's `proposer` section. A proposer only produces text; checking and running
+candidate code is the sandbox's job. The concrete proposers are imported from their own modules
+(this package imports none of them, see `registry`).
 """
 
-from .base import (
-    INTERFACES,
-    KINDS,
-    Proposal,
-    ProposalRequest,
-    Proposer,
-    ProposerError,
-    make_proposer,
-)
-from .hf_local import HFConfig, HFLocalProposer
-from .http import HTTPConfig, HTTPProposer
-from .offline import OfflineConfig, OfflineProposer
+from .base import INTERFACES, KINDS, Proposal, ProposalRequest, Proposer, ProposerError
+from .registry import PROPOSERS, make_proposer, proposer_class, proposer_from_section
 
 __all__ = [
     "INTERFACES",
     "KINDS",
-    "HFConfig",
-    "HFLocalProposer",
-    "HTTPConfig",
-    "HTTPProposer",
-    "OfflineConfig",
-    "OfflineProposer",
+    "PROPOSERS",
     "Proposal",
     "ProposalRequest",
     "Proposer",
     "ProposerError",
     "make_proposer",
+    "proposer_class",
+    "proposer_from_section",
 ]

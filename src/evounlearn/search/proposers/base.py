@@ -17,12 +17,11 @@ epoch], optional "id": int | str}. `Proposal.parents` lists the parents' ids (th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ...errors import ConfigError, EvoUnlearnError
 
@@ -106,9 +105,14 @@ class Proposal:
 
 
 class Proposer(ABC):
-    """Produces candidate loss functions for a request. Never executes candidate code."""
+    """Produces candidate loss functions for a request. Never executes candidate code.
+
+    A subclass names its options dataclass in `config_class` (every field with a default) and
+    takes one instance of it in `__init__`; `registry.make_proposer` fills it from a mapping.
+    """
 
     name: str = "proposer"
+    config_class: ClassVar[type]
 
     @abstractmethod
     def propose(self, request: ProposalRequest) -> list[Proposal]:
@@ -116,65 +120,3 @@ class Proposer(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (a loaded model, a connection). Default: nothing."""
-
-
-def _as_dict(cfg: Any) -> dict[str, Any]:
-    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
-        return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    if isinstance(cfg, Mapping):
-        return dict(cfg)
-    raise ConfigError(f"a proposer config must be a dict or a dataclass, got {type(cfg).__name__}")
-
-
-def _build(cls: type, cfg: dict[str, Any], known_elsewhere: set[str], kind: str) -> Any:
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(k for k in cfg if k not in names and k not in known_elsewhere)
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) for the {kind!r} proposer: {', '.join(unknown)} (known: {', '.join(sorted(names))})"
-        )
-    hints = {f.name: f.type for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for k, v in cfg.items():
-        if k not in names:
-            continue
-        kwargs[k] = v
-        if hints.get(k) in ("float", float) and isinstance(v, int) and not isinstance(v, bool):
-            kwargs[k] = float(v)
-    return cls(**kwargs)
-
-
-def make_proposer(cfg: Mapping[str, Any] | Any) -> Proposer:
-    """Build a proposer from a config dict or dataclass with a `kind` in {"offline", "http", "hf"}.
-
-    The other keys are the chosen proposer's options (`OfflineConfig`, `HTTPConfig`, `HFConfig`);
-    they may also sit in a nested mapping under the kind's name (`{"kind": "http", "http": {...}}`).
-    Options of the other proposer kinds are ignored, so one flat config section can hold all of
-    them; anything else is a ConfigError.
-    """
-    from .hf_local import HFConfig, HFLocalProposer
-    from .http import HTTPConfig, HTTPProposer
-    from .offline import OfflineConfig, OfflineProposer
-
-    data = _as_dict(cfg)
-    kind = str(data.pop("kind", "offline") or "offline").lower()
-    table: dict[str, tuple[type, type]] = {
-        "offline": (OfflineConfig, OfflineProposer),
-        "http": (HTTPConfig, HTTPProposer),
-        "hf": (HFConfig, HFLocalProposer),
-    }
-    if kind not in table:
-        raise ConfigError(f"unknown proposer kind {kind!r} (known: {', '.join(table)})")
-    nested = data.pop(kind, None)
-    for other in table:
-        data.pop(other, None)
-    if isinstance(nested, Mapping):
-        data.update(nested)
-    elif dataclasses.is_dataclass(nested) and not isinstance(nested, type):
-        data.update(_as_dict(nested))
-    elsewhere: set[str] = set()
-    for other, (ocls, _) in table.items():
-        if other != kind:
-            elsewhere |= {f.name for f in dataclasses.fields(ocls)}
-    cfg_cls, prop_cls = table[kind]
-    return prop_cls(_build(cfg_cls, data, elsewhere, kind))

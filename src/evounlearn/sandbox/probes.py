@@ -1,4 +1,4 @@
-"""Probe-tensor validation of candidate losses; runs inside the isolated worker.
+"""Probe-tensor validation of compiled losses and their behavioural fingerprints (in the worker).
 
 `validate_candidate(fn, interface)` calls a compiled loss on seeded probe tensors and checks, in
 order (the first failure is the reason):
@@ -28,8 +28,7 @@ Probes (faithful interface): 1-D tensors, B in {1, 2, 4, 8, 16}; current log-pro
 ones (down to -25, up to -1e-5). Extended interface: [B, T] per-token log-probs (0 where the mask
 is 0), float masks with 1..T answer tokens per row, references per token; reductions use the mask.
 
-`validate_source(source, interface)` is the worker job: split, check, compile and validate each
-candidate of a program; it returns one plain dict per candidate (see its docstring).
+The worker job that runs these checks on every candidate of a program is `jobs.validate_source`.
 """
 
 from __future__ import annotations
@@ -42,18 +41,9 @@ from typing import Any
 
 import torch
 
-from .sandbox import (
-    INTERFACES,
-    SandboxError,
-    check_program,
-    compile_function,
-    interface_args,
-    is_loss_name,
-    parse_epochs,
-    split_functions,
-)
+from .policy import INTERFACES, interface_args
 
-__all__ = ["ValidationResult", "list_functions", "make_probe", "validate_candidate", "validate_source"]
+__all__ = ["ValidationResult", "describe_error", "make_probe", "validate_candidate"]
 
 # (current forget, current retain, forget mask, retain mask, ref forget, ref retain) argument names
 _ROLES: dict[str, dict[str, str | None]] = {
@@ -171,7 +161,8 @@ def _is_alloc_error(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and ("can't allocate memory" in msg or "not enough memory" in msg)
 
 
-def _short(e: BaseException, limit: int = 300) -> str:
+def describe_error(e: BaseException, limit: int = 300) -> str:
+    """`Type: message` on one line, cut at `limit` characters."""
     msg = " ".join(str(e).split())
     if len(msg) > limit:
         msg = msg[:limit] + "..."
@@ -216,8 +207,8 @@ def _call(fn: Callable[..., Any], interface: str, probe: dict[str, torch.Tensor]
         raise
     except Exception as e:
         if _is_alloc_error(e):
-            raise _Fail(f"memory limit on probe '{label}': {_short(e)}") from None
-        raise _Fail(f"runtime error on probe '{label}': {_short(e)}") from None
+            raise _Fail(f"memory limit on probe '{label}': {describe_error(e)}") from None
+        raise _Fail(f"runtime error on probe '{label}': {describe_error(e)}") from None
     masked: list[torch.Tensor | None] = []
     for g, mk, nm in ((grads[0], roles["mask_forget"], fk), (grads[1], roles["mask_retain"], rk)):
         if g is None:
@@ -262,149 +253,84 @@ def _fingerprint(fn: Callable[..., Any], interface: str) -> tuple[str, list[floa
     return digest, values
 
 
+
+
 def validate_candidate(fn: Callable[..., Any], interface: str = "faithful") -> ValidationResult:
     """Run the probe checks of the module docstring on a compiled loss function."""
     interface_args(interface)
-    roles = _ROLES[interface]
-    fk, rk = roles["forget"], roles["retain"]
     try:
-        calls: list[tuple[str, _Call]] = []
-        for kind, b, seed in NORMAL_PROBES:
-            label = _label(kind, b)
-            calls.append((label, _call(fn, interface, make_probe(interface, kind, b, seed), label)))
-        if not any(c.has_graph for _, c in calls):
-            raise _Fail("no gradient w.r.t. the current-model inputs (constant or detached loss)")
-        init_label, init = calls[0]
-        if init.grad_forget is None or not bool((init.grad_forget != 0).any()):
-            if all(c.grad_forget is None or not bool((c.grad_forget != 0).any()) for _, c in calls):
-                raise _Fail(
-                    f"zero gradient w.r.t. {fk} (the loss does not depend on the current forget log-probs)"
-                )
-            raise _Fail(
-                f"zero gradient w.r.t. {fk} on probe '{init_label}' (reference == current: "
-                "the first training step would not move)"
-            )
-        gf = [float(c.grad_forget.sum()) if c.grad_forget is not None else 0.0 for _, c in calls]
-        gf_abs = [float(c.grad_forget.abs().sum()) if c.grad_forget is not None else 0.0 for _, c in calls]
-        gr = [float(c.grad_retain.sum()) if c.grad_retain is not None else 0.0 for _, c in calls]
-        gr_abs = [float(c.grad_retain.abs().sum()) if c.grad_retain is not None else 0.0 for _, c in calls]
-        uses_retain = any(a > 0 for a in gr_abs)
-        mean_gf, mean_gr = sum(gf) / len(gf), sum(gr) / len(gr)
-        scale_f, scale_r = sum(gf_abs) / len(gf_abs), sum(gr_abs) / len(gr_abs)
-        if not mean_gf > 1e-6 * scale_f:  # > 0, beyond rounding noise (scale_f > 0 here)
-            raise _Fail(
-                f"wrong direction: the loss must increase with the forget log-probs "
-                f"(mean d loss/d {fk} = {mean_gf:.4g}, expected > 0)"
-            )
-        if uses_retain and mean_gr > 1e-6 * scale_r:
-            raise _Fail(
-                f"wrong direction: the loss must not increase with the retain log-probs "
-                f"(mean d loss/d {rk} = {mean_gr:.4g}, expected <= 0)"
-            )
+        calls = [
+            (_label(kind, b), _call(fn, interface, make_probe(interface, kind, b, seed), _label(kind, b)))
+            for kind, b, seed in NORMAL_PROBES
+        ]
+        _check_gradient_exists(calls, interface)
+        result = _check_direction([c for _, c in calls], interface)
         for kind, b, seed in EXTREME_PROBES:
             _call(fn, interface, make_probe(interface, kind, b, seed), _label(kind, b))
-        kind, b, seed = PERMUTATION_PROBE
-        probe = make_probe(interface, kind, b, seed)
-        v0 = _call(fn, interface, probe, _label(kind, b)).value
-        perm = torch.roll(torch.arange(b), 3).flip(0)
-        v1 = _call(fn, interface, {k: t[perm] for k, t in probe.items()}, _label(kind, b) + " permuted").value
-        if abs(v1 - v0) > 1e-4 * (1.0 + abs(v0)):
-            raise _Fail(
-                f"not invariant to the order of the batch rows (value {v0:.6g} becomes {v1:.6g} "
-                "when the rows are permuted)"
-            )
-        fp, values = _fingerprint(fn, interface)
+        _check_permutation(fn, interface)
+        result.fingerprint, result.probe_values = _fingerprint(fn, interface)
     except _Fail as e:
         return ValidationResult(False, str(e))
     except RecursionError as e:  # pragma: no cover - caught in _call normally
-        return ValidationResult(False, f"runtime error: {_short(e)}")
-    return ValidationResult(
-        True, "ok", fp, values, uses_retain=uses_retain, grad_forget=mean_gf, grad_retain=mean_gr
+        return ValidationResult(False, f"runtime error: {describe_error(e)}")
+    return result
+
+
+def _moves(g: torch.Tensor | None) -> bool:
+    return g is not None and bool((g != 0).any())
+
+
+def _check_gradient_exists(calls: list[tuple[str, _Call]], interface: str) -> None:
+    """Check 2: a gradient w.r.t. the current forget input, non-zero on the "init" probe."""
+    fk = _ROLES[interface]["forget"]
+    if not any(c.has_graph for _, c in calls):
+        raise _Fail("no gradient w.r.t. the current-model inputs (constant or detached loss)")
+    init_label, init = calls[0]
+    if _moves(init.grad_forget):
+        return
+    if not any(_moves(c.grad_forget) for _, c in calls):
+        raise _Fail(f"zero gradient w.r.t. {fk} (the loss does not depend on the current forget log-probs)")
+    raise _Fail(
+        f"zero gradient w.r.t. {fk} on probe '{init_label}' (reference == current: "
+        "the first training step would not move)"
     )
 
 
-def list_functions(source: str) -> list[dict[str, Any]]:
-    """Static split only (worker job): [{name, source, lineno, is_loss, error}] per function."""
-    return [
-        {
-            "name": f.name,
-            "source": f.source,
-            "lineno": f.lineno,
-            "is_loss": is_loss_name(f.name),
-            "error": f.error,
-        }
-        for f in split_functions(source)
-    ]
+def _mean_sums(grads: list[torch.Tensor | None]) -> tuple[float, float]:
+    """(mean of the gradients' sums, mean of their absolute sums) over the probes."""
+    sums = [float(g.sum()) if g is not None else 0.0 for g in grads]
+    abs_sums = [float(g.abs().sum()) if g is not None else 0.0 for g in grads]
+    return sum(sums) / len(sums), sum(abs_sums) / len(abs_sums)
 
 
-def _record(name: str, source: str, lineno: int, reason: str, **extra: Any) -> dict[str, Any]:
-    rec: dict[str, Any] = {
-        "name": name,
-        "source": source,
-        "lineno": lineno,
-        "ok": False,
-        "reason": reason,
-        "epochs": None,
-        "fingerprint": None,
-        "probe_values": [],
-        "program": None,
-        "helpers": [],
-        "uses_retain": False,
-    }
-    rec.update(extra)
-    return rec
+def _check_direction(calls: list[_Call], interface: str) -> ValidationResult:
+    """Check 3; returns the passing result (without fingerprint) with the mean gradients."""
+    roles = _ROLES[interface]
+    mean_gf, scale_f = _mean_sums([c.grad_forget for c in calls])
+    mean_gr, scale_r = _mean_sums([c.grad_retain for c in calls])
+    uses_retain = any(c.grad_retain is not None and float(c.grad_retain.abs().sum()) > 0 for c in calls)
+    if not mean_gf > 1e-6 * scale_f:  # > 0, beyond rounding noise (scale_f > 0 here)
+        raise _Fail(
+            f"wrong direction: the loss must increase with the forget log-probs "
+            f"(mean d loss/d {roles['forget']} = {mean_gf:.4g}, expected > 0)"
+        )
+    if uses_retain and mean_gr > 1e-6 * scale_r:
+        raise _Fail(
+            f"wrong direction: the loss must not increase with the retain log-probs "
+            f"(mean d loss/d {roles['retain']} = {mean_gr:.4g}, expected <= 0)"
+        )
+    return ValidationResult(True, "ok", uses_retain=uses_retain, grad_forget=mean_gf, grad_retain=mean_gr)
 
 
-def validate_source(
-    source: str, interface: str = "faithful", only: str | None = None
-) -> list[dict[str, Any]]:
-    """Worker job: split `source`, check, compile and validate each candidate (`only`: just that one).
-
-    Returns one dict per candidate, in program order: {name, source, lineno, ok, reason, epochs,
-    fingerprint, probe_values, program, helpers, uses_retain}; `program` is the self-contained
-    text to train with (the helpers it needs, then the function; compile it with
-    `sandbox.compile_program(program, name)`). Later duplicates of a name get a record with
-    ok=False. A program-level problem gives a single record with name "".
-    """
-    pc = check_program(source, interface)
-    if pc.error is not None:
-        return [_record("", "", 0, pc.error)]
-    by_name = {f.name: f for f in pc.functions}
-    records: list[dict[str, Any]] = []
-    for f in pc.losses:
-        if only is not None and f.name != only:
-            continue
-        reason = pc.reasons.get(f.name, "rejected")
-        epochs = parse_epochs(f.source) if f.error is None else None
-        rec = _record(f.name, f.source, f.lineno, reason, epochs=epochs)
-        if reason == "ok":
-            helpers = pc.helpers[f.name]
-            rec["helpers"] = list(helpers)
-            rec["program"] = pc.program_text(f.name)
-            try:
-                fn = compile_function(f.source, [by_name[h].source for h in helpers], interface=interface)
-                vr = validate_candidate(fn, interface)
-            except SandboxError as e:
-                rec["reason"] = str(e)
-            except Exception as e:  # compile-time failures
-                rec["reason"] = f"compile error: {_short(e)}"
-            else:
-                rec.update(
-                    ok=vr.ok,
-                    reason=vr.reason,
-                    fingerprint=vr.fingerprint,
-                    probe_values=vr.probe_values,
-                    uses_retain=vr.uses_retain,
-                )
-        records.append(rec)
-    for d in pc.duplicates:
-        if only is None or d.name == only:
-            records.append(
-                _record(
-                    d.name,
-                    d.source,
-                    d.lineno,
-                    f"duplicate function name '{d.name}' (the first definition is kept)",
-                )
-            )
-    return records
+def _check_permutation(fn: Callable[..., Any], interface: str) -> None:
+    """Check 5: permuting the batch rows (consistently across arguments) keeps the value."""
+    kind, b, seed = PERMUTATION_PROBE
+    probe = make_probe(interface, kind, b, seed)
+    v0 = _call(fn, interface, probe, _label(kind, b)).value
+    perm = torch.roll(torch.arange(b), 3).flip(0)
+    v1 = _call(fn, interface, {k: t[perm] for k, t in probe.items()}, _label(kind, b) + " permuted").value
+    if abs(v1 - v0) > 1e-4 * (1.0 + abs(v0)):
+        raise _Fail(
+            f"not invariant to the order of the batch rows (value {v0:.6g} becomes {v1:.6g} "
+            "when the rows are permuted)"
+        )

@@ -1,8 +1,8 @@
 """Prompts for the LLM proposers (SPEC 2.1 "Prompts", 2.4 item 4).
 
-Templates live in `search/prompts/<kind>.txt` (package data, `string.Template` syntax: `$name`),
-one per request kind, plus `rules.txt` (output format + rules) which every template includes as
-`$rules`. Variables:
+Templates live in `templates/<kind>.txt` next to this module (package data, `string.Template`
+syntax: `$name`), one per request kind, plus `rules.txt` (output format + rules) which every
+template includes as `$rules`. Variables:
 
 - all kinds: `$n`, `$names` ("loss_fn_1 ... loss_fn_<n>"), `$benchmark`, `$benchmark_notes`, `$signature`, `$arguments`, `$rules`;
 - refine / tune: `$parent_code`, `$parent_fitness`, `$loss_history`, `$metrics_json`,
@@ -24,8 +24,8 @@ from importlib import resources
 from string import Template
 from typing import Any
 
-from ..errors import ConfigError
-from .proposers.base import ProposalRequest
+from ....errors import ConfigError
+from ..base import ProposalRequest
 
 __all__ = [
     "render_prompt",
@@ -74,7 +74,7 @@ _DEFAULT_GUIDANCE = [
 
 def _benchmark(name: str) -> Any:
     """The registered benchmark (its `prompt_notes` / `prompt_guidance`), or None when unknown."""
-    from ..benchmarks import get_benchmark
+    from ....benchmarks import get_benchmark
 
     try:
         return get_benchmark(name)
@@ -96,12 +96,12 @@ def guidance_for(benchmark: str) -> str:
 
 @cache
 def load_template(name: str) -> Template:
-    """The template `search/prompts/<name>.txt` (package data)."""
-    res = resources.files("evounlearn.search").joinpath("prompts", f"{name}.txt")
+    """The template `templates/<name>.txt` next to this module (package data)."""
+    res = resources.files(__package__).joinpath("templates", f"{name}.txt")
     try:
         text = res.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise ConfigError(f"prompt template {name!r} not found in evounlearn/search/prompts") from exc
+        raise ConfigError(f"prompt template {name!r} not found in {__package__}.templates") from exc
     return Template(text)
 
 

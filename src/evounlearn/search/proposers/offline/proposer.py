@@ -11,7 +11,7 @@ Request kinds map to operators (all deterministic from `request.seed` and the pa
 
 A parent whose code carries no (trusted) `# tree:` comment, e.g. one written by an LLM, is a
 leaf-level parent: only its numeric constants can be tuned (AST constant perturbation, keeping the
-source text). Every tree is checked numerically before it is proposed (`expr.check_tree`: finite
+source text). Every tree is checked numerically before it is proposed (`tree.check_tree`: finite
 scalar, increasing in the forget log-probs, decreasing in the retain log-probs); code is never
 executed here.
 """
@@ -22,9 +22,9 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .. import expr
-from ..expr import LossTree
-from .base import Proposal, ProposalRequest, Proposer
+from ..base import Proposal, ProposalRequest, Proposer
+from . import tree as loss_tree  # `tree` names a LossTree below
+from .tree import LossTree
 
 
 @dataclass
@@ -40,6 +40,7 @@ class OfflineProposer(Proposer):
     """Mutation and crossover of loss expression trees over the same primitives as the LLM."""
 
     name = "offline"
+    config_class = OfflineConfig
 
     def __init__(self, config: OfflineConfig | None = None) -> None:
         self.config = config or OfflineConfig()
@@ -60,9 +61,9 @@ class OfflineProposer(Proposer):
     # -- helpers ------------------------------------------------------------------------------
 
     def _ok(self, tree: LossTree) -> bool:
-        if expr.structure_problem(tree) is not None:
+        if loss_tree.structure_problem(tree) is not None:
             return False
-        return not self.config.check or expr.check_tree(tree) is None
+        return not self.config.check or loss_tree.check_tree(tree) is None
 
     def _collect(
         self,
@@ -85,7 +86,7 @@ class OfflineProposer(Proposer):
             if tree is not None:
                 if not self._ok(tree):
                     continue
-                code = expr.render(tree, request.interface)
+                code = loss_tree.render(tree, request.interface)
             if not code or code in seen:
                 continue
             seen.add(code)
@@ -97,17 +98,17 @@ class OfflineProposer(Proposer):
     def _mutate(self, tree: LossTree, rng: random.Random, kinds: tuple[str, ...]) -> tuple[LossTree, str]:
         op = rng.choice(kinds)
         if op == "subtree_mutation":
-            return expr.subtree_mutation(tree, rng, max_depth=max(1, self.config.max_depth - 1)), op
+            return loss_tree.subtree_mutation(tree, rng, max_depth=max(1, self.config.max_depth - 1)), op
         if op == "point_mutation":
-            return expr.point_mutation(tree, rng), op
+            return loss_tree.point_mutation(tree, rng), op
         if op == "retain_weight":
-            return expr.change_retain_weight(tree, rng), op
+            return loss_tree.change_retain_weight(tree, rng), op
         if op == "epochs":
-            return expr.change_epochs(tree, rng), op
-        return expr.perturb_constants(tree, rng, self.config.sigma), "tune_constants"
+            return loss_tree.change_epochs(tree, rng), op
+        return loss_tree.perturb_constants(tree, rng, self.config.sigma), "tune_constants"
 
     def _tune_code(self, code: str, rng: random.Random) -> tuple[None, str, str, str | None]:
-        new = expr.perturb_code_constants(code, rng, self.config.sigma)
+        new = loss_tree.perturb_code_constants(code, rng, self.config.sigma)
         return None, "tune_ast", "AST constant perturbation of a parent without a tree", new
 
     # -- operators ----------------------------------------------------------------------------
@@ -115,22 +116,22 @@ class OfflineProposer(Proposer):
     def _initial(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         out: list[Proposal] = []
         if self.config.include_seeds:
-            for name, tree in expr.seed_trees():
+            for name, tree in loss_tree.seed_trees():
                 if len(out) >= request.n:
                     break
                 if self._ok(tree):
                     out.append(
                         Proposal(
-                            code=expr.render(tree, request.interface),
+                            code=loss_tree.render(tree, request.interface),
                             operator=f"seed:{name}",
                             notes=f"literature seed {name}",
                         )
                     )
-        seeds = [t for _, t in expr.seed_trees()]
+        seeds = [t for _, t in loss_tree.seed_trees()]
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             if r.random() < 0.5:
-                return expr.random_tree(r, self.config.max_depth), "random", "random tree", None
+                return loss_tree.random_tree(r, self.config.max_depth), "random", "random tree", None
             base = r.choice(seeds)
             tree, op = self._mutate(base, r, ("subtree_mutation", "point_mutation", "tune_constants"))
             return tree, f"random:{op}", "random variant of a literature seed", None
@@ -139,7 +140,7 @@ class OfflineProposer(Proposer):
 
     def _refine(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         code = str(request.parents[0].get("code", ""))
-        tree = expr.tree_from_code(code)
+        tree = loss_tree.tree_from_code(code)
         if tree is None:
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
         kinds = (
@@ -158,13 +159,13 @@ class OfflineProposer(Proposer):
         return self._collect(request, make, rng, [0])
 
     def _crossover(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
-        trees = [expr.tree_from_code(str(p.get("code", ""))) for p in request.parents[:2]]
+        trees = [loss_tree.tree_from_code(str(p.get("code", ""))) for p in request.parents[:2]]
         if len(trees) == 2 and trees[0] is not None and trees[1] is not None:
             a, b = trees
 
             def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
                 x, y = (a, b) if r.random() < 0.5 else (b, a)
-                return expr.crossover(x, y, r), "crossover", "crossover of two trees", None
+                return loss_tree.crossover(x, y, r), "crossover", "crossover of two trees", None
 
             return self._collect(request, make, rng, [0, 1])
         # Without two trees: mutate the parent that has one, else tune the first one's constants.
@@ -182,13 +183,13 @@ class OfflineProposer(Proposer):
 
     def _tune(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         code = str(request.parents[0].get("code", ""))
-        tree = expr.tree_from_code(code)
+        tree = loss_tree.tree_from_code(code)
         if tree is None:
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             return (
-                expr.perturb_constants(tree, r, self.config.sigma),
+                loss_tree.perturb_constants(tree, r, self.config.sigma),
                 "tune_constants",
                 "constants tuned",
                 None,
@@ -198,10 +199,10 @@ class OfflineProposer(Proposer):
 
     def _repair(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         broken, reason = request.repair_info()
-        tree = expr.tree_from_code(broken)
+        tree = loss_tree.tree_from_code(broken)
         idx = [0] if request.parents else []
         if tree is None and request.parents:
-            tree = expr.tree_from_code(str(request.parents[0].get("code", "")))
+            tree = loss_tree.tree_from_code(str(request.parents[0].get("code", "")))
         note = f"repair ({reason.strip()[:80]})" if reason else "repair"
         if tree is not None:
             base = tree
@@ -212,7 +213,7 @@ class OfflineProposer(Proposer):
 
             return self._collect(request, make, rng, idx)
         # Foreign broken code cannot be repaired without an LLM: propose a fresh seed variant.
-        seeds = [t for _, t in expr.seed_trees()]
+        seeds = [t for _, t in loss_tree.seed_trees()]
 
         def make_fresh(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             child, op = self._mutate(

@@ -169,10 +169,9 @@ def _scan(text: str) -> tuple[list[_Func], dict[str, str]]:
     lines = text.splitlines()
     funcs: list[_Func] = []
     consts: dict[str, str] = {}
-    segment = 0
+    segment = 0  # code fences seen so far: functions in one fence belong together
     i = 0
-    n = len(lines)
-    while i < n:
+    while i < len(lines):
         line = lines[i]
         if _FENCE_RE.match(line):
             segment += 1
@@ -180,63 +179,83 @@ def _scan(text: str) -> tuple[list[_Func], dict[str, str]]:
             continue
         m = _DEF_RE.match(line)
         if m is None:
-            am = _ASSIGN_RE.match(line)
-            if am is not None:
-                try:
-                    mod = ast.parse(line.strip())
-                except (SyntaxError, ValueError, RecursionError, MemoryError):
-                    mod = None
-                if (
-                    mod is not None
-                    and len(mod.body) == 1
-                    and isinstance(mod.body[0], (ast.Assign, ast.AnnAssign))
-                    and _is_numeric_expr(mod.body[0].value)
-                ):
-                    consts[am.group("name")] = line.strip()
+            name = _constant_name(line)
+            if name is not None:
+                consts[name] = line.strip()
             i += 1
             continue
         indent = m.group("indent")
-        block = [line]
-        header = line
-        j = i + 1
-        # A multi-line signature may put its closing parenthesis at column 0.
-        while not _header_done(header) and j < n and j - i < 30 and not _FENCE_RE.match(lines[j]):
-            block.append(lines[j])
-            header += "\n" + lines[j]
-            j += 1
-        in_string: str | None = None
-        while j < n:
-            nxt = lines[j]
-            if in_string is None and _FENCE_RE.match(nxt):
-                break
-            if in_string is None and nxt.strip():
-                lead = len(nxt) - len(nxt.lstrip(" \t"))
-                if lead <= len(indent):
-                    break
-            block.append(nxt)
-            for q in ('"""', "'''"):
-                count = nxt.count(q)
-                if count % 2 == 1 and (in_string is None or in_string == q):
-                    in_string = None if in_string == q else q
-            j += 1
-        while block and not block[-1].strip():
-            block.pop()
+        block, i = _function_block(lines, i, indent)
         src, node = _trim_to_parse(_dedent_block(block, indent))
-        f = _Func(name=m.group("name"), source=src, segment=segment, order=len(funcs), tree=node)
-        if node is not None:
-            args = node.args
-            f.params = [a.arg for a in args.posonlyargs + args.args]
-            for sub in ast.walk(node):
-                if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
-                    f.calls.add(sub.func.id)
-                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
-                    f.names.add(sub.id)
-        else:
-            f.calls = set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", "\n".join(src.splitlines()[1:])))
-            f.names = set(re.findall(r"\b([A-Za-z_]\w*)\b", "\n".join(src.splitlines()[1:])))
-        funcs.append(f)
-        i = j
+        funcs.append(_function(m.group("name"), src, node, segment, len(funcs)))
     return funcs, consts
+
+
+def _constant_name(line: str) -> str | None:
+    """NAME when the line is `NAME = <numeric expression>` (a module-level constant a loss may read)."""
+    m = _ASSIGN_RE.match(line)
+    if m is None:
+        return None
+    try:
+        mod = ast.parse(line.strip())
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
+    if (
+        len(mod.body) == 1
+        and isinstance(mod.body[0], (ast.Assign, ast.AnnAssign))
+        and _is_numeric_expr(mod.body[0].value)
+    ):
+        return m.group("name")
+    return None
+
+
+def _function_block(lines: list[str], i: int, indent: str) -> tuple[list[str], int]:
+    """The lines of the function whose `def` is `lines[i]`, and the index of the line after it."""
+    n = len(lines)
+    block = [lines[i]]
+    header = lines[i]
+    j = i + 1
+    # A multi-line signature may put its closing parenthesis at column 0.
+    while not _header_done(header) and j < n and j - i < 30 and not _FENCE_RE.match(lines[j]):
+        block.append(lines[j])
+        header += "\n" + lines[j]
+        j += 1
+    in_string: str | None = None
+    while j < n:
+        nxt = lines[j]
+        if in_string is None and _FENCE_RE.match(nxt):
+            break
+        if in_string is None and nxt.strip():
+            lead = len(nxt) - len(nxt.lstrip(" \t"))
+            if lead <= len(indent):
+                break
+        block.append(nxt)
+        for q in ('"""', "'''"):
+            count = nxt.count(q)
+            if count % 2 == 1 and (in_string is None or in_string == q):
+                in_string = None if in_string == q else q
+        j += 1
+    while block and not block[-1].strip():
+        block.pop()
+    return block, j
+
+
+def _function(name: str, src: str, node: ast.FunctionDef | None, segment: int, order: int) -> _Func:
+    """A scanned function with its parameters, the names it calls and the names it reads."""
+    f = _Func(name=name, source=src, segment=segment, order=order, tree=node)
+    if node is not None:
+        args = node.args
+        f.params = [a.arg for a in args.posonlyargs + args.args]
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name):
+                f.calls.add(sub.func.id)
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                f.names.add(sub.id)
+    else:
+        body = "\n".join(src.splitlines()[1:])
+        f.calls = set(re.findall(r"\b([A-Za-z_]\w*)\s*\(", body))
+        f.names = set(re.findall(r"\b([A-Za-z_]\w*)\b", body))
+    return f
 
 
 def _is_numeric_expr(node: ast.AST | None) -> bool:

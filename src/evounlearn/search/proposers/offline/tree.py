@@ -435,11 +435,6 @@ def tree_from_code(code: str, verify: bool = True) -> LossTree | None:
     return None
 
 
-def interface_of(code: str) -> str:
-    """'extended' when the code's loss_fn takes token-level arguments, else 'faithful'."""
-    return "extended" if re.search(r"def\s+loss_fn\w*\s*\(\s*tok_logp_forget", code) else "faithful"
-
-
 # ---------------------------------------------------------------------------------------------
 # Interpreter and numeric check (our own trees only: nothing is exec-ed)
 # ---------------------------------------------------------------------------------------------

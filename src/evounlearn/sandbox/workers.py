@@ -1,7 +1,7 @@
 """Run untrusted work in separate worker processes with OS limits (SPEC 6, 2.4 item 6).
 
 A job is `(function_path, kwargs)`: `function_path` ("package.module:function") names a
-**trusted** module-level function of this package (e.g. `evounlearn.search.validate:validate_source`)
+**trusted** module-level function of this package (e.g. `evounlearn.sandbox.jobs:validate_source`)
 that itself compiles and runs the untrusted code; only paths under `trusted_prefixes` are accepted.
 The driver never imports or executes candidate code.
 
@@ -11,16 +11,21 @@ raised in the driver: exceptions come back as `error`; crashes, limits and kills
 `killed_reason`, after which the worker is restarted transparently for the next job.
 
 Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11):
-- start method: "forkserver" with torch and our validation modules preloaded in the fork server.
-  Starting a worker costs ~2 s once (the fork server imports torch), then ~0.02 s per worker or
-  restart; "spawn" costs ~1.8 s every time (each child imports torch). The fork server only
-  imports modules (no torch op runs there, so no OpenMP pool exists before the fork: the child
-  starts with one thread), which avoids the fork-after-threads problems of plain "fork".
-  Falls back to "spawn" where forkserver is unavailable.
+- start method: "forkserver" with torch and the sandbox modules preloaded in the fork server
+  (`set_forkserver_preload(PRELOAD)`); the child's entry point is the module-level
+  `worker_main` of this module. Starting a worker costs ~2 s once (the fork server imports
+  torch), then ~0.02 s per worker or restart; "spawn" costs ~1.8 s every time (each child
+  imports torch). The fork server only imports modules (no torch op runs there, so no OpenMP
+  pool exists before the fork: the child starts with one thread), which avoids the
+  fork-after-threads problems of plain "fork". Falls back to "spawn" where forkserver is
+  unavailable. As with any multiprocessing child, a driver started as a script file has that
+  script imported again in the child (as `__mp_main__`, so its `if __name__ == "__main__":`
+  block does not run); `python -m ...` entry points (`python -m evounlearn`, `python -m
+  pytest`) are not re-imported.
 - each worker calls `setsid()` (own process group, detached from the terminal), sets
   RLIMIT_CORE=0, runs in a fresh temporary directory (its cwd and TMPDIR, removed by the driver),
   sets torch to `threads` intra-op threads (default 1) and marks itself with
-  `sandbox.WORKER_ENV` so that `sandbox.compile_function` only works there.
+  `policy.WORKER_ENV` so that `compiler.compile_function` only works there.
 - wall clock: enforced by the driver; on timeout it kills the whole process group (SIGKILL) and
   reports "wall time limit".
 - CPU time: before each job the worker sets the soft RLIMIT_CPU to (its CPU time so far + limit);
@@ -46,11 +51,8 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
 killed_reason values: "wall time limit", "cpu time limit", "memory limit", "crash", or None.
 
 `WorkerPool(n)` runs up to n jobs in parallel, one worker process each, with the same API
-(`run`, `submit` -> concurrent.futures.Future[JobResult], `map`).
-
-`validate_in_worker(source, interface, worker)` is the driver-side entry point of candidate
-validation: it runs `validate.validate_source` in the worker and, when the whole job is killed
-(a runaway candidate), re-runs each candidate alone so that only the guilty one is rejected.
+(`run`, `submit` -> concurrent.futures.Future[JobResult], `map`). `Limits` bundles the three
+per-job limits (`Limits(...).as_kwargs()` gives the keyword arguments of `run` / `submit`).
 """
 
 from __future__ import annotations
@@ -68,13 +70,12 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from .sandbox import WORKER_ENV
-from .validate import validate_source
+from .policy import WORKER_ENV
 
 __all__ = [
     "CPU_LIMIT",
@@ -83,10 +84,10 @@ __all__ = [
     "WALL_LIMIT",
     "IsolatedWorker",
     "JobResult",
+    "Limits",
     "WorkerPool",
-    "diagnostic_job",
-    "validate_in_worker",
-    "validate_source",
+    "process_status_kb",
+    "worker_main",
 ]
 
 WALL_LIMIT = "wall time limit"
@@ -94,7 +95,8 @@ CPU_LIMIT = "cpu time limit"
 MEMORY_LIMIT = "memory limit"
 CRASH = "crash"
 
-PRELOAD = ("torch", "torch.nn.functional", "evounlearn.search.sandbox", "evounlearn.search.validate")
+#: Imported once by the fork server, so that a worker (re)starts in ~0.02 s.
+PRELOAD = ("torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
 RSS_MARGIN_MB = 256
 _POLL_S = 0.1
 
@@ -107,6 +109,19 @@ class _Default:
 
 
 DEFAULT = _Default()
+
+
+@dataclass
+class Limits:
+    """Per-job limits (None = no limit)."""
+
+    wall_s: float | None = 900.0
+    cpu_s: float | None = 1800.0
+    memory_mb: int | None = 4096
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `IsolatedWorker` / `run` / `submit`."""
+        return {"wall_limit_s": self.wall_s, "cpu_limit_s": self.cpu_s, "memory_limit_mb": self.memory_mb}
 
 
 @dataclass
@@ -125,7 +140,8 @@ class JobResult:
 # child side
 
 
-def _status_kb(field_name: str, pid: int | str = "self") -> int | None:
+def process_status_kb(field_name: str, pid: int | str = "self") -> int | None:
+    """A `kB` field of /proc/<pid>/status (VmRSS, VmData, ...), or None."""
     try:
         with open(f"/proc/{pid}/status") as fh:
             for line in fh:
@@ -171,7 +187,31 @@ def _is_alloc_error(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
-def _worker_main(conn: mpc.Connection, workdir: str, threads: int) -> None:  # pragma: no cover - child
+def worker_main(conn: mpc.Connection, workdir: str, threads: int) -> None:  # pragma: no cover - child
+    """The worker process's entry point: enter the sandbox, then run jobs until told to stop."""
+    _enter_sandbox(workdir, threads)
+    conn.send(("ready", {"pid": os.getpid(), "rss_kb": process_status_kb("VmRSS")}))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if not msg or msg[0] != "job":
+            break
+        _, function_path, kwargs, cpu_limit, mem_limit_mb = msg
+        cpu0 = _cpu_used()
+        ok, value, error, killed = _run_job(function_path, kwargs, cpu_limit, mem_limit_mb)
+        cpu = _cpu_used() - cpu0
+        try:
+            conn.send(("result", ok, value, error, cpu, killed))
+        except Exception as e:  # unpicklable value
+            conn.send(
+                ("result", False, None, f"result could not be sent: {type(e).__name__}: {e}", cpu, None)
+            )
+
+
+def _enter_sandbox(workdir: str, threads: int) -> None:  # pragma: no cover - child
+    """Own process group, no core dumps, a private working directory, the worker marker."""
     with contextlib.suppress(OSError):
         os.setsid()
     with contextlib.suppress(OSError, ValueError):
@@ -189,81 +229,40 @@ def _worker_main(conn: mpc.Connection, workdir: str, threads: int) -> None:  # p
             torch.set_num_interop_threads(1)
     except ImportError:
         pass
-    conn.send(("ready", {"pid": os.getpid(), "rss_kb": _status_kb("VmRSS")}))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if not msg or msg[0] != "job":
-            break
-        _, function_path, kwargs, cpu_limit, mem_limit_mb = msg
-        cpu0 = _cpu_used()
-        if cpu_limit is not None:
-            # RLIMIT_CPU counts this process only (all its threads), in whole seconds: round to
-            # nearest, but always at least one second ahead
-            own = _cpu_used(children=False)
-            _set_soft(resource.RLIMIT_CPU, max(int(own) + 1, int(own + cpu_limit + 0.5)))
-        if mem_limit_mb is not None:
-            data_kb = _status_kb("VmData") or 0
-            _set_soft(resource.RLIMIT_DATA, data_kb * 1024 + int(mem_limit_mb) * 1024 * 1024)
-        ok, value, error, killed = False, None, None, None
-        try:
-            value = _resolve(function_path)(**kwargs)
-            ok = True
-        except BaseException as e:  # noqa: BLE001 - everything is reported, nothing raised
-            error = f"{type(e).__name__}: {e}"
-            if _is_alloc_error(e):
-                killed = MEMORY_LIMIT
-            elif not isinstance(e, RecursionError):
-                error += "\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-        finally:
-            with contextlib.suppress(OSError, ValueError):
-                _reset_soft(resource.RLIMIT_DATA)
-            with contextlib.suppress(OSError, ValueError):
-                _reset_soft(resource.RLIMIT_CPU)
-        cpu = _cpu_used() - cpu0
-        try:
-            conn.send(("result", ok, value, error, cpu, killed))
-        except Exception as e:  # unpicklable value
-            value = None
-            conn.send(
-                ("result", False, None, f"result could not be sent: {type(e).__name__}: {e}", cpu, None)
-            )
+
+
+def _run_job(
+    function_path: str, kwargs: dict[str, Any], cpu_limit: float | None, mem_limit_mb: int | None
+) -> tuple[bool, Any, str | None, str | None]:  # pragma: no cover - child
+    """Run one job under the CPU and memory rlimits: (ok, value, error, killed_reason)."""
+    if cpu_limit is not None:
+        # RLIMIT_CPU counts this process only (all its threads), in whole seconds: round to
+        # nearest, but always at least one second ahead
+        own = _cpu_used(children=False)
+        _set_soft(resource.RLIMIT_CPU, max(int(own) + 1, int(own + cpu_limit + 0.5)))
+    if mem_limit_mb is not None:
+        data_kb = process_status_kb("VmData") or 0
+        _set_soft(resource.RLIMIT_DATA, data_kb * 1024 + int(mem_limit_mb) * 1024 * 1024)
+    try:
+        return True, _resolve(function_path)(**kwargs), None, None
+    except BaseException as e:  # noqa: BLE001 - everything is reported, nothing raised
+        error = f"{type(e).__name__}: {e}"
+        if _is_alloc_error(e):
+            return False, None, error, MEMORY_LIMIT
+        if not isinstance(e, RecursionError):
+            error += "\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
+        return False, None, error, None
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            _reset_soft(resource.RLIMIT_DATA)
+        with contextlib.suppress(OSError, ValueError):
+            _reset_soft(resource.RLIMIT_CPU)
 
 
 # --------------------------------------------------------------------------------------------
 # driver side
 
 _CTX_LOCK = threading.Lock()
-_LAUNCH_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _without_main_import() -> Iterator[None]:
-    """Start a process without re-importing the driver's `__main__` in the child.
-
-    spawn / forkserver children normally re-import the parent's main script (a script without
-    an `if __name__ == "__main__":` guard would run again, and the CLI's imports would be paid on
-    every worker restart). Our worker's target lives in this module, so the main module is not
-    needed: drop it from the preparation data while our process starts.
-    """
-    from multiprocessing import spawn
-
-    orig = spawn.get_preparation_data
-
-    def prep(name: str) -> dict[str, Any]:
-        data = orig(name)
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-        return data
-
-    with _LAUNCH_LOCK:
-        spawn.get_preparation_data = prep  # type: ignore[assignment]
-        try:
-            yield
-        finally:
-            spawn.get_preparation_data = orig  # type: ignore[assignment]
 
 
 def _context(start_method: str | None) -> mp.context.BaseContext:
@@ -339,13 +338,12 @@ class IsolatedWorker:
         self._workdir = tempfile.mkdtemp(prefix="evounlearn-worker-")
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
-            target=_worker_main,
+            target=worker_main,
             args=(child, self._workdir, self.threads),
             daemon=True,
             name="evounlearn-worker",
         )
-        with _without_main_import():
-            proc.start()
+        proc.start()
         child.close()
         self._proc, self._conn = proc, parent
         ready = mpc.wait([parent, proc.sentinel], timeout=self.start_timeout_s)
@@ -354,7 +352,7 @@ class IsolatedWorker:
             with contextlib.suppress(EOFError, OSError):
                 msg = parent.recv()
         if not msg or msg[0] != "ready":
-            self._kill()
+            self.kill()
             raise RuntimeError(f"isolated worker failed to start (exit code {proc.exitcode})")
         self.starts += 1
         self.last_start_seconds = time.monotonic() - t0
@@ -368,7 +366,7 @@ class IsolatedWorker:
             with contextlib.suppress(OSError, BrokenPipeError):
                 self._conn.send(("stop",))
             self._proc.join(2.0)
-        self._kill()
+        self.kill()
 
     def __enter__(self) -> IsolatedWorker:
         return self
@@ -378,9 +376,11 @@ class IsolatedWorker:
 
     def __del__(self) -> None:  # best effort
         with contextlib.suppress(Exception):
-            self._kill()
+            self.kill()
 
-    def _kill(self) -> None:
+    def kill(self) -> None:
+        """Kill the child's whole process group now (a job in flight completes with a "crash"
+        JobResult) and remove its working directory; the next job starts a fresh child."""
         proc = self._proc
         if proc is not None:
             if proc.is_alive():
@@ -405,7 +405,7 @@ class IsolatedWorker:
             self._workdir = None
 
     def _restart_after_failure(self) -> None:
-        self._kill()
+        self.kill()
         self.restarts += 1
 
     # -- jobs
@@ -453,10 +453,7 @@ class IsolatedWorker:
     ) -> JobResult:
         conn, proc = self._conn, self._proc
         assert conn is not None and proc is not None
-        pid = proc.pid
-        rss0 = _status_kb("VmRSS", pid) or 0
-        cpu_at_start = _proc_cpu(pid)
-        t0 = time.monotonic()
+        watch = _Watch(proc.pid, wall, mem)
         try:
             conn.send(("job", function_path, kwargs, cpu, mem if self.rlimit_data else None))
         except Exception as e:  # unpicklable kwargs or dead pipe
@@ -464,67 +461,14 @@ class IsolatedWorker:
                 self._restart_after_failure()
                 return JobResult(False, error=f"worker died before the job: {e}", killed_reason=CRASH)
             return JobResult(False, error=f"could not send the job: {type(e).__name__}: {e}")
-        last_cpu = cpu_at_start
-        killed: str | None = None
-        while True:
-            elapsed = time.monotonic() - t0
-            timeout = _POLL_S if wall is None else max(0.0, min(_POLL_S, wall - elapsed))
-            ready = mpc.wait([conn, proc.sentinel], timeout=timeout)
-            if conn in ready:
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    msg = None
-                if msg is not None and msg[0] == "result":
-                    _, ok, value, error, cpu_s, killed_in = msg
-                    res = JobResult(ok, value, error, float(cpu_s), time.monotonic() - t0, killed_in)
-                    if killed_in is not None:
-                        self._restart_after_failure()
-                    return res
-                proc.join(2.0)  # the pipe closed: the child is dying
-                break
-            if not proc.is_alive() or (proc.sentinel in ready):
-                proc.join(1.0)
-                break
-            now_cpu = _proc_cpu(pid)
-            if now_cpu is not None:
-                last_cpu = now_cpu
-            if wall is not None and time.monotonic() - t0 >= wall:
-                killed = WALL_LIMIT
-                break
-            if mem is not None:
-                rss = _status_kb("VmRSS", pid)
-                if rss is not None and rss - rss0 > (mem + RSS_MARGIN_MB) * 1024:
-                    killed = MEMORY_LIMIT
-                    break
-        wall_s = time.monotonic() - t0
-        cpu_s = (last_cpu - cpu_at_start) if (last_cpu is not None and cpu_at_start is not None) else 0.0
-        if killed is not None:
-            self._restart_after_failure()
-            limit = wall if killed == WALL_LIMIT else mem
-            unit = "s" if killed == WALL_LIMIT else " MB"
-            return JobResult(
-                False,
-                error=f"{killed} exceeded ({limit}{unit}); worker killed",
-                cpu_seconds=cpu_s,
-                wall_seconds=wall_s,
-                killed_reason=killed,
-            )
-        code = proc.exitcode
+        outcome = _wait_for_result(conn, proc, watch)
+        if isinstance(outcome, JobResult):
+            if outcome.killed_reason is not None:
+                self._restart_after_failure()
+            return outcome
+        result = _failure_result(outcome, proc.exitcode, watch, cpu)
         self._restart_after_failure()
-        if code is not None and code < 0 and -code == signal.SIGXCPU:
-            return JobResult(
-                False,
-                error=f"cpu time limit exceeded ({cpu} s)",
-                cpu_seconds=cpu_s,
-                wall_seconds=wall_s,
-                killed_reason=CPU_LIMIT,
-            )
-        if code is not None and code < 0:
-            why = f"worker died with {_signal_name(-code)}"
-        else:
-            why = f"worker exited with code {code}"
-        return JobResult(False, error=why, cpu_seconds=cpu_s, wall_seconds=wall_s, killed_reason=CRASH)
+        return result
 
     def submit(
         self, function_path: str, kwargs: Mapping[str, Any] | None = None, **limits: Any
@@ -539,6 +483,74 @@ class IsolatedWorker:
     ) -> list[JobResult]:
         """Run jobs one after the other; results in order."""
         return [self.run(function_path, kw, **limits) for kw in kwargs_list]
+
+
+class _Watch:
+    """The driver's view of one running job: elapsed time, CPU time and RSS of the child."""
+
+    def __init__(self, pid: int, wall: float | None, mem: int | None) -> None:
+        self.pid, self.wall, self.mem = pid, wall, mem
+        self.rss0 = process_status_kb("VmRSS", pid) or 0
+        self.cpu0 = self.last_cpu = _proc_cpu(pid)
+        self.t0 = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def cpu_seconds(self) -> float:
+        return (self.last_cpu - self.cpu0) if (self.last_cpu is not None and self.cpu0 is not None) else 0.0
+
+    def over_limit(self) -> str | None:
+        """WALL_LIMIT / MEMORY_LIMIT when the job is past one (the RSS watchdog), else None."""
+        now_cpu = _proc_cpu(self.pid)
+        if now_cpu is not None:
+            self.last_cpu = now_cpu
+        if self.wall is not None and self.elapsed() >= self.wall:
+            return WALL_LIMIT
+        if self.mem is not None:
+            rss = process_status_kb("VmRSS", self.pid)
+            if rss is not None and rss - self.rss0 > (self.mem + RSS_MARGIN_MB) * 1024:
+                return MEMORY_LIMIT
+        return None
+
+
+def _wait_for_result(conn: mpc.Connection, proc: Any, watch: _Watch) -> JobResult | str | None:
+    """The job's JobResult, or the limit it ran past, or None when the child died."""
+    while True:
+        timeout = _POLL_S if watch.wall is None else max(0.0, min(_POLL_S, watch.wall - watch.elapsed()))
+        ready = mpc.wait([conn, proc.sentinel], timeout=timeout)
+        if conn in ready:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = None
+            if msg is not None and msg[0] == "result":
+                _, ok, value, error, cpu_s, killed_in = msg
+                return JobResult(ok, value, error, float(cpu_s), watch.elapsed(), killed_in)
+            proc.join(2.0)  # the pipe closed: the child is dying
+            return None
+        if not proc.is_alive() or (proc.sentinel in ready):
+            proc.join(1.0)
+            return None
+        killed = watch.over_limit()
+        if killed is not None:
+            return killed
+
+
+def _failure_result(killed: str | None, code: int | None, watch: _Watch, cpu_limit: float | None) -> JobResult:
+    """The JobResult of a job whose child was killed for `killed` or died with exit `code`."""
+    times = {"cpu_seconds": watch.cpu_seconds(), "wall_seconds": watch.elapsed()}
+    if killed is not None:
+        limit, unit = (watch.wall, "s") if killed == WALL_LIMIT else (watch.mem, " MB")
+        error = f"{killed} exceeded ({limit}{unit}); worker killed"
+        return JobResult(False, error=error, killed_reason=killed, **times)
+    if code is not None and code < 0 and -code == signal.SIGXCPU:
+        return JobResult(False, error=f"cpu time limit exceeded ({cpu_limit} s)", killed_reason=CPU_LIMIT, **times)
+    if code is not None and code < 0:
+        why = f"worker died with {_signal_name(-code)}"
+    else:
+        why = f"worker exited with code {code}"
+    return JobResult(False, error=why, killed_reason=CRASH, **times)
 
 
 def _proc_cpu(pid: int) -> float | None:
@@ -610,127 +622,3 @@ class WorkerPool:
 
 
 # --------------------------------------------------------------------------------------------
-# validation entry point (driver side)
-
-VALIDATE_JOB = "evounlearn.search.validate:validate_source"
-LIST_JOB = "evounlearn.search.validate:list_functions"
-VALIDATION_LIMITS: dict[str, Any] = {"wall_limit_s": 30.0, "cpu_limit_s": 20.0, "memory_limit_mb": 2048}
-
-
-def _fail_record(name: str, source: str, lineno: int, reason: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "source": source,
-        "lineno": lineno,
-        "ok": False,
-        "reason": reason,
-        "epochs": None,
-        "fingerprint": None,
-        "probe_values": [],
-        "program": None,
-        "helpers": [],
-        "uses_retain": False,
-    }
-
-
-def _job_reason(res: JobResult) -> str:
-    if res.killed_reason is not None:
-        detail = (res.error or "").splitlines()[0] if res.error else ""
-        return f"{res.killed_reason} during validation" + (f" ({detail})" if detail else "")
-    return f"validation job failed: {(res.error or '').splitlines()[0] if res.error else 'unknown error'}"
-
-
-def validate_in_worker(
-    source: str,
-    interface: str = "faithful",
-    worker: IsolatedWorker | WorkerPool | None = None,
-    **limits: Any,
-) -> list[dict[str, Any]]:
-    """Validate every candidate of `source` in an isolated worker (records as `validate_source`).
-
-    `limits` override VALIDATION_LIMITS (wall_limit_s, cpu_limit_s, memory_limit_mb). When the
-    whole job is killed or crashes, each candidate is re-run alone; the ones that are killed get
-    a record with ok=False and the limit as reason (e.g. "cpu time limit during validation (...)").
-    With `worker=None` a temporary worker is started and closed.
-    """
-    lim = {**VALIDATION_LIMITS, **limits}
-    own = worker is None
-    w: IsolatedWorker | WorkerPool = IsolatedWorker(**lim) if worker is None else worker
-    try:
-        res = w.run(VALIDATE_JOB, {"source": source, "interface": interface}, **lim)
-        if res.ok:
-            return list(res.value)
-        listing = w.run(LIST_JOB, {"source": source}, **lim)
-        if not listing.ok:
-            return [_fail_record("", "", 0, _job_reason(res))]
-        records: list[dict[str, Any]] = []
-        losses = [f for f in listing.value if f["is_loss"]]
-        if len(losses) == 1:  # nothing to separate: no need to run it again
-            f = losses[0]
-            return [_fail_record(f["name"], f["source"], f["lineno"], _job_reason(res))]
-        jobs = [{"source": source, "interface": interface, "only": f["name"]} for f in losses]
-        for f, one in zip(losses, w.map(VALIDATE_JOB, jobs, **lim)):
-            if one.ok:
-                records.extend(r for r in one.value if r["name"] == f["name"])
-            else:
-                records.append(_fail_record(f["name"], f["source"], f["lineno"], _job_reason(one)))
-        if not records:
-            return [_fail_record("", "", 0, _job_reason(res))]
-        return records
-    finally:
-        if own:
-            w.close()
-
-
-# --------------------------------------------------------------------------------------------
-# self-test job
-
-
-def diagnostic_job(action: str = "echo", value: Any = None, seconds: float = 0.0, megabytes: int = 0) -> Any:
-    """A trusted job that misbehaves on purpose (tests and limit measurements).
-
-    action: "echo" (returns value), "info" (pid, cwd, env marker, process group), "sleep",
-    "spin" (burns CPU for `seconds`), "alloc" (allocates and touches `megabytes`), "segfault",
-    "exit" (os._exit(3)), "recursion" (unbounded recursion), "raise" (ValueError).
-    """
-    if action == "echo":
-        return value
-    if action == "info":
-        return {
-            "pid": os.getpid(),
-            "cwd": os.getcwd(),
-            "marker": os.environ.get(WORKER_ENV),
-            "pgid": os.getpgid(0),
-            "vm_data_kb": _status_kb("VmData"),
-            "vm_rss_kb": _status_kb("VmRSS"),
-            "vm_size_kb": _status_kb("VmSize"),
-        }
-    if action == "sleep":
-        time.sleep(seconds)
-        return seconds
-    if action == "spin":
-        end = time.process_time() + seconds
-        x = 0
-        while time.process_time() < end:
-            x += 1
-        return x
-    if action == "alloc":
-        import torch
-
-        t = torch.ones(int(megabytes) * (1 << 20) // 4, dtype=torch.float32)
-        return float(t.sum())
-    if action == "segfault":
-        import ctypes
-
-        ctypes.string_at(0)
-    if action == "exit":
-        os._exit(3)
-    if action == "recursion":
-
-        def f(n: int) -> int:
-            return f(n + 1) + 1
-
-        return f(0)
-    if action == "raise":
-        raise ValueError("diagnostic failure")
-    raise ValueError(f"unknown diagnostic action {action!r}")

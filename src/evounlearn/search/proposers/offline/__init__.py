@@ -1,0 +1,5 @@
+"""The offline proposer: evolution of loss expression trees (`tree`), no LLM."""
+
+from .proposer import OfflineConfig, OfflineProposer
+
+__all__ = ["OfflineConfig", "OfflineProposer"]
