@@ -14,7 +14,7 @@ Writes benchmarks/results/executors.json and prints it as the last line:
 `identical_fitness`: every candidate (by code) got the same search-part fitness in all three runs.
 
     python benchmarks/executors.py
-    python benchmarks/executors.py --budget 4 --evaluator fake   # a quick smoke run of this script
+    python benchmarks/executors.py --budget 4   # a shorter run of this script
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 
 def search_overrides(args: argparse.Namespace, cache: str) -> dict[str, Any]:
     return {
-        "mode": "ours", "budget": args.budget, "evaluator": args.evaluator, "seed": args.seed,
+        "mode": "ours", "budget": args.budget, "benchmark": args.benchmark, "seed": args.seed,
         "baselines": [], "finalists": 0, "ours.initial": args.budget, "ours.stage1_epochs": 0,
         "unlearn.prepare.cache_dir": cache,
     }
@@ -60,11 +60,10 @@ def run_search(overrides: dict[str, Any], run_dir: Path) -> tuple[float, dict[st
 def prepare_cache(overrides: dict[str, Any]) -> None:
     """Prepare the benchmark (target + oracle, their evaluations) once, outside the timings."""
     from evounlearn.search.config import load_search_config
-    from evounlearn.search.evaluate import target_info
+    from evounlearn.search.candidate import target_info
 
     cfg = load_search_config(None, overrides)
-    if cfg.evaluator == "real":
-        target_info(unlearn=dict(cfg.unlearn), benchmark=cfg.benchmark)
+    target_info(unlearn=dict(cfg.unlearn), benchmark=cfg.benchmark)
 
 
 def environment() -> dict[str, Any]:
@@ -79,8 +78,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=8, help="trained candidates (default 8)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--evaluator", choices=["real", "fake"], default="real",
-                    help="real (default; the benchmark) or fake (a quick check of this script)")
+    ap.add_argument("--benchmark", default="generated", help="registered benchmark (default: generated)")
     ap.add_argument("--cache-dir", help="prepared-benchmark cache (default: a new temporary folder)")
     ap.add_argument("--work-dir", help="where the three runs go (default: a new temporary folder)")
     ap.add_argument("--out", default=str(RESULTS / "executors.json"), help="results JSON path")
@@ -112,7 +110,7 @@ def main() -> None:
         "ray_overhead_per_candidate_seconds": round((ray2 - local2) / n, 3),
         "identical_fitness": bool(fit1) and fit1 == fit2 == fit_ray,
         "candidates": len(fit_ray),
-        "evaluator": args.evaluator,
+        "benchmark": args.benchmark,
         "ray_version": ray.__version__,
         "env": environment(),
     }

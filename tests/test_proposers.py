@@ -654,7 +654,7 @@ def test_driver_records_a_reply_without_function_and_asks_for_repair(tmp_path: P
             return self.offline.propose(request)
 
     cfg = load_search_config(None, {
-        "evaluator": "fake", "budget": 2, "workers": 1, "baselines": [], "finalists": 1,
+        "benchmark": "tests.fakes:FakeBenchmark", "budget": 2, "workers": 1, "baselines": [], "finalists": 1,
         "ours.initial": 2, "ours.per_generation": 1, "ours.stage1_epochs": 0,
         "unlearn.train.lora": True, "default_epochs": 4,
     })

@@ -27,11 +27,13 @@ from evounlearn.config import to_dict  # noqa: E402
 from evounlearn.sandbox import WALL_LIMIT, JobResult, Limits, WorkerPool  # noqa: E402
 from evounlearn.search.config import RayConfig, load_search_config  # noqa: E402
 from evounlearn.search.driver import SearchDriver  # noqa: E402
-from evounlearn.search.evaluate import EVALUATORS  # noqa: E402
 from evounlearn.search.executor import LocalExecutor, executor_options, make_executor  # noqa: E402
 from evounlearn.search.ray_executor import RayExecutor  # noqa: E402
 from evounlearn.search.store import Store  # noqa: E402
+from tests.fakes import BENCHMARK  # noqa: E402
 from tests.worker_jobs import DIAG, TRUSTED  # noqa: E402
+
+CANDIDATE_JOB = "evounlearn.search.candidate:evaluate_candidate"
 
 LIMITS = Limits(wall_s=60, cpu_s=60, memory_mb=1024)
 SIG = "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
@@ -68,10 +70,10 @@ def test_jobs_give_the_same_results_as_the_local_pool(tmp_path: Path) -> None:
     assert info.ok and info.value["marker"] == "1"  # inside the sandbox marker, in its own process group
     assert info.value["pgid"] == info.value["pid"] and "evounlearn-worker-" in info.value["cwd"]
     # the search's (fake) evaluation job, trusted by default
-    kw = {"code": LOSS_C, "seed": 1}
+    kw = {"code": LOSS_C, "seed": 1, "benchmark": BENCHMARK}
     with LocalExecutor(1) as lex:
-        lres = lex.submit(EVALUATORS["fake"].evaluate, {"run_dir": str(tmp_path / "l"), **kw}).result(60)
-    rres = ex.submit(EVALUATORS["fake"].evaluate, {"run_dir": str(tmp_path / "r"), **kw}).result(60)
+        lres = lex.submit(CANDIDATE_JOB, {"run_dir": str(tmp_path / "l"), **kw}).result(60)
+    rres = ex.submit(CANDIDATE_JOB, {"run_dir": str(tmp_path / "r"), **kw}).result(60)
     ex.close()
     assert rres.ok and rres.value["fitness"] == lres.value["fitness"] and math.isfinite(rres.value["fitness"])
     assert rres.value["summary"] == lres.value["summary"]
@@ -146,7 +148,7 @@ def test_a_ray_worker_killed_under_a_task_is_an_infra_fault_and_retried() -> Non
 
 
 def test_factory_and_shared_path_check(tmp_path: Path) -> None:
-    cfg = load_search_config(None, {"executor": "ray", "ray.retries": 1, "evaluator": "fake"})
+    cfg = load_search_config(None, {"executor": "ray", "ray.retries": 1, "benchmark": BENCHMARK})
     opts = executor_options(cfg, tmp_path / "run")
     ex = make_executor("ray", 1, LIMITS, **opts)
     assert isinstance(ex, RayExecutor) and ex.options.retries == 1
@@ -163,7 +165,7 @@ def test_factory_and_shared_path_check(tmp_path: Path) -> None:
 
 def fake_cfg(**over: Any) -> Any:
     base: dict[str, Any] = {
-        "evaluator": "fake", "budget": 6, "workers": 2, "baselines": [], "finalists": 1, "report_seeds": 1,
+        "benchmark": BENCHMARK, "budget": 6, "workers": 2, "baselines": [], "finalists": 1, "report_seeds": 1,
         "ours.initial": 4, "ours.per_generation": 2, "ours.min_history": 2,
     }
     base.update(over)
@@ -190,9 +192,9 @@ def test_search_through_ray_gives_the_local_fitness_values(tmp_path: Path) -> No
 
 def test_driver_kill_9_then_resume_with_ray(tmp_path: Path) -> None:
     d = tmp_path / "run"
-    cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), "executor=ray", "evaluator=fake",
+    cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), "executor=ray", f"benchmark={BENCHMARK}",
            "budget=6", "workers=2", "baselines=[]", "finalists=1", "report_seeds=1", "ours.initial=4",
-           "ours.per_generation=2", "job_options.sleep_s=0.5"]
+           "ours.per_generation=2", "unlearn.sleep_s=0.5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
     db = d / "search.sqlite"

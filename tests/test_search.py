@@ -3,7 +3,7 @@ repair, failures, resume after kill -9, the report, and the `evolved` method rep
 candidate's run.
 
 Most tests run the real driver, executor and worker processes with the FAKE evaluator job
-(`search.evaluate.fake_evaluate_candidate`: "metrics" are a deterministic function of the loss's
+(`tests/fakes.py`, `benchmark: tests.fakes:FakeBenchmark`, through the real candidate job: "metrics" are a deterministic function of the loss's
 probe values, no training); one test trains a tiny real candidate end to end.
 """
 
@@ -23,6 +23,8 @@ from typing import Any
 import pytest
 import torch
 
+from evounlearn.benchmarks import FAILED, compute_fitness, get_fitness, passes_floor, rank_score
+from evounlearn.benchmarks.tofu import tofu_fitness
 from evounlearn.cli.main import main
 from evounlearn.errors import ConfigError
 from evounlearn.search.archive import (
@@ -35,17 +37,11 @@ from evounlearn.search.archive import (
 )
 from evounlearn.search.config import load_search_config, scaled_evomu_schedule
 from evounlearn.search.driver import SearchDriver
-from evounlearn.search.fitness import (
-    FAILED,
-    compute_fitness,
-    get_fitness,
-    passes_floor,
-    rank_score,
-    tofu_fitness,
-)
 from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
 from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.store import TRAINED, Store
+
+from .fakes import BENCHMARK
 
 SIG = "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
 LOSS_A = SIG + '    """epochs: 3"""\n    return (2.0 * log_probs_forget).mean() - log_probs_retain.mean()\n'
@@ -58,7 +54,7 @@ LOSS_FAILS = SIG + "    return (0.777 * log_probs_forget).mean() - log_probs_ret
 
 def fake_cfg(**over: Any) -> Any:
     base: dict[str, Any] = {
-        "evaluator": "fake", "budget": 8, "workers": 2, "baselines": ["npo"], "finalists": 2,
+        "benchmark": BENCHMARK, "budget": 8, "workers": 2, "baselines": ["npo"], "finalists": 2,
         "ours.initial": 4, "ours.per_generation": 2, "ours.min_history": 2, "ours.stage1_epochs": 2,
     }
     base.update(over)
@@ -322,10 +318,12 @@ def test_extended_interface_search_and_baseline_epoch_variants(tmp_path: Path) -
 
 def test_resume_after_kill_9_loses_only_runs_in_flight(tmp_path: Path) -> None:
     d = tmp_path / "run"
-    cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), "evaluator=fake", "budget=10",
+    cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), f"benchmark={BENCHMARK}", "budget=10",
            "workers=2", "baselines=[npo]", "finalists=2", "ours.initial=4", "ours.per_generation=3",
-           "job_options.sleep_s=0.4"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+           "unlearn.sleep_s=0.4"]
+    root = str(Path(__file__).resolve().parents[1])  # the fake jobs live in tests/fakes.py
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     db = d / "search.sqlite"
@@ -376,12 +374,12 @@ def test_resume_after_kill_9_loses_only_runs_in_flight(tmp_path: Path) -> None:
 
 
 def test_executor_runs_the_fake_job_in_a_worker(tmp_path: Path) -> None:
-    from evounlearn.search.evaluate import EVALUATORS
     from evounlearn.search.executor import LocalExecutor
 
     with LocalExecutor(1) as ex:
-        res = ex.submit(EVALUATORS["fake"].evaluate, {"run_dir": str(tmp_path / "r"), "code": LOSS_C}).result()
-        bad = ex.submit(EVALUATORS["fake"].evaluate, {"run_dir": str(tmp_path / "b"), "code": LOSS_FAILS}).result()
+        job = "evounlearn.search.candidate:evaluate_candidate"
+        res = ex.submit(job, {"run_dir": str(tmp_path / "r"), "code": LOSS_C, "benchmark": BENCHMARK}).result()
+        bad = ex.submit(job, {"run_dir": str(tmp_path / "b"), "code": LOSS_FAILS, "benchmark": BENCHMARK}).result()
     assert res.ok and res.value["ok"] and math.isfinite(res.value["fitness"])
     assert not bad.ok and "fake training failure" in bad.error
 
@@ -402,10 +400,9 @@ TOKEN_LOSS = (
 
 
 def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path, capsys) -> None:
+    from evounlearn.benchmarks.tofu import build_config, run_unlearning
     from evounlearn.config import to_dict
-    from evounlearn.search.evaluate import EVALUATORS
     from evounlearn.search.executor import LocalExecutor
-    from evounlearn.training.unlearn import build_config, run_unlearning
 
     pcfg, p = tiny_prepared
     threads = torch.get_num_threads()
@@ -416,7 +413,7 @@ def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path
     try:
         # the search's job, in an isolated worker, staged (evaluated after epoch 1, then continued)
         with LocalExecutor(1) as ex:
-            res = ex.submit(EVALUATORS["tofu"].evaluate, {
+            res = ex.submit("evounlearn.search.candidate:evaluate_candidate", {
                 "run_dir": str(rd), "code": code, "epochs": 2, "seed": 3, "forget_part": "search",
                 "unlearn": unlearn, "stage1_epochs": 1, "promote_cutoff": None, "target_utility": 0.5}).result()
         assert res.ok, res.error

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..benchmarks.base import DEFAULT_BENCHMARK
 from ..errors import ConfigError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "evolve.yaml"
@@ -63,8 +64,10 @@ class SearchConfig:
     workers: int = 2  # candidates evaluated in parallel (one process each)
     seed: int = 0
     interface: str = "faithful"  # faithful | extended
-    benchmark: str = "generated"  # generated | tofu | a name of search.benchmarks (muse-news, wmdp-synthetic)
-    evaluator: str = "real"  # real (the benchmark's training + evaluation jobs) | fake (tests)
+    benchmark: str = DEFAULT_BENCHMARK  # a name or alias of the registry (evounlearn.benchmarks), or "module:attr"
+    # real = the candidate job (search.candidate); or an importable module with the same two jobs,
+    # `evaluate_candidate` and `target_info` (tests: "tests.fakes")
+    evaluator: str = "real"
     executor: str = "local"  # local (worker processes here) | ray (a Ray cluster or local instance; see `ray`)
     ray: RayConfig = field(default_factory=RayConfig)
     proposer: dict[str, Any] = field(default_factory=lambda: {"kind": "offline"})
@@ -99,41 +102,28 @@ class SearchConfig:
             raise ConfigError("report_seeds and baseline_seeds must be >= 1")
         if self.select_on not in ("search", "report"):
             raise ConfigError(f"select_on must be search or report, not {self.select_on!r}")
-        if self.evaluator not in ("real", "tofu", "fake"):
-            raise ConfigError(f"evaluator must be real or fake, not {self.evaluator!r}")
-        resolve_benchmark(self)
+        if self.evaluator != "real" and not all(p.isidentifier() for p in self.evaluator.split(".")):
+            raise ConfigError(f"evaluator must be real or an importable module path, not {self.evaluator!r}")
+        from ..benchmarks import get_benchmark
+
+        get_benchmark(self.benchmark)  # unknown names fail here, with the known ones
         return self
 
 
-def resolve_benchmark(cfg: SearchConfig) -> tuple[str, Any]:
-    """(fitness family, evaluator jobs) of the config's benchmark.
+@dataclass(frozen=True)
+class EvaluatorJobs:
+    """The worker jobs ("module:function") of one search: candidate evaluation and target information."""
 
-    `generated` / `tofu` run `search.evaluate` (training.unlearn + the TOFU evaluation); other
-    names come from the benchmark registry `search.benchmarks` (MUSE, WMDP settings), whose
-    jobs have the same contract. `evaluator: fake` swaps in the cheap test jobs."""
-    from .evaluate import EVALUATORS, EvaluatorJobs
-    from .fitness import FITNESS
+    evaluate: str
+    target: str
 
-    name = cfg.benchmark.lower()
-    if name in ("generated", "tofu"):
-        family, jobs = name, EVALUATORS["tofu"]
-    else:
-        try:
-            from .benchmarks import get_benchmark
-        except ImportError:  # pragma: no cover - the registry ships with the package
-            if name not in FITNESS:
-                raise ConfigError(f"unknown benchmark {cfg.benchmark!r}") from None
-            raise ConfigError(f"benchmark {cfg.benchmark!r} has no evaluator jobs") from None
-        spec = get_benchmark(name)
-        if spec.name == "tofu":
-            family, jobs = "tofu", EVALUATORS["tofu"]
-        else:
-            family, jobs = spec.fitness_family, EvaluatorJobs(spec.evaluate_job, spec.target_job)
-    if family not in FITNESS:
-        raise ConfigError(f"benchmark {cfg.benchmark!r}: no fitness {family!r}")
-    if cfg.evaluator == "fake":
-        jobs = EVALUATORS["fake"]
-    return family, jobs
+
+REAL_JOBS = "evounlearn.search.candidate"
+
+
+def evaluator_jobs(cfg: SearchConfig) -> EvaluatorJobs:
+    module = REAL_JOBS if cfg.evaluator == "real" else cfg.evaluator
+    return EvaluatorJobs(f"{module}:evaluate_candidate", f"{module}:target_info")
 
 
 def load_search_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> SearchConfig:
@@ -152,6 +142,7 @@ def load_search_config(path: str | Path | None = None, overrides: list[str] | di
 def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
     import yaml
 
+    from ..benchmarks.runs import flatten
     from ..config import apply_overrides
 
     if not path.is_file():
@@ -159,20 +150,8 @@ def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    apply_overrides(cfg, _flatten(data))
+    apply_overrides(cfg, flatten(data))
     return cfg
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys, so that a file merges into nested dict fields key by key."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def scaled_evomu_schedule(budget: int, schedule: list[list[int]] | None = None,

@@ -44,14 +44,14 @@ from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
+from ..benchmarks import FAILED, compute_fitness, get_benchmark, rank_score, utility
 from ..config import apply_overrides, to_dict
 from ..errors import ConfigError, EvoUnlearnError
 from ..sandbox import IsolatedWorker, JobResult
 from .archive import Archive, choose_operator, eligible, sort_ranked, stage_cutoff, truncation
-from .config import SearchConfig, resolve_benchmark, scaled_evomu_schedule
-from .evaluate import EVALUATORS, STAGE_SHORT
+from .candidate import STAGE_SHORT
+from .config import SearchConfig, evaluator_jobs, scaled_evomu_schedule
 from .executor import Executor, Limits, executor_options, make_executor
-from .fitness import FAILED, compute_fitness, rank_score, utility
 from .proposers import Proposal, ProposalRequest, Proposer, RunSettings, proposer_from_section
 from .store import Store
 from .validation import VALIDATION_LIMITS, validate_in_worker
@@ -119,8 +119,8 @@ class SearchDriver:
     ) -> None:
         self.cfg = cfg.check()
         self.run_dir = Path(run_dir).resolve()
-        if cfg.evaluator != "fake":  # pin the cache, so workers and reproductions use the same models
-            from ..training.prepare import default_cache_dir
+        if cfg.evaluator == "real":  # pin the cache, so workers and reproductions use the same models
+            from ..benchmarks import default_cache_dir
 
             prep = self.cfg.unlearn.setdefault("prepare", {})
             if not prep.get("cache_dir"):
@@ -129,7 +129,8 @@ class SearchDriver:
         self._proposer = proposer
         self._executor = executor
         self._own_executor = executor is None
-        self.family, self.jobs = resolve_benchmark(self.cfg)  # fitness family, worker jobs
+        get_benchmark(self.cfg.benchmark)  # fails early on an unknown name
+        self.family, self.jobs = self.cfg.benchmark, evaluator_jobs(self.cfg)  # benchmark (name or path), jobs
         self.validator: IsolatedWorker | None = None
         self.store: Store | None = None
         self._inflight: dict[Future[JobResult], int] = {}
@@ -253,9 +254,8 @@ class SearchDriver:
         info = self.db.get_meta("target")
         if info is None:
             log.info("preparing the benchmark and evaluating the target model (cached after the first time)")
-            kw: dict[str, Any] = {"unlearn": dict(self.cfg.unlearn), "benchmark": self.cfg.benchmark}
-            if self.jobs.target in (EVALUATORS["tofu"].target, EVALUATORS["fake"].target):
-                kw["log_file"] = str(self.run_dir / "target.log")
+            kw: dict[str, Any] = {"unlearn": dict(self.cfg.unlearn), "benchmark": self.cfg.benchmark,
+                                  "log_file": str(self.run_dir / "target.log")}
             fut = self.executor.submit(self.jobs.target, kw, Limits(None, None, None))
             res = fut.result()
             if not res.ok:

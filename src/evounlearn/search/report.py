@@ -21,9 +21,9 @@ from typing import Any
 
 import yaml
 
+from ..benchmarks import passes_floor
 from ..reports.tables import fmt_value, table
 from .archive import eligible, sort_ranked
-from .fitness import passes_floor
 from .store import Store, json_ready
 
 COLUMNS = ["rank", "name", "gen", "operator", "fit_search", "search_std", "fit_report", "report_std", "FQ", "MU",
@@ -265,8 +265,8 @@ def best_loss_text(data: Mapping[str, Any], run_dir: Path) -> str | None:
 
 def write_outputs(run_dir: str | Path, store: Store) -> dict[str, Any]:
     """Write leaderboard.md/.json, best_loss.py, best_config.yaml and fitness.png; returns the data."""
+    from ..benchmarks.tofu import run_settings
     from ..reports.plots import fitness_plot
-    from .evaluate import run_settings
 
     rd = Path(run_dir)
     data = collect(store)

@@ -1,0 +1,288 @@
+"""The Benchmark protocol, the benchmark registry and the one fitness registry.
+
+A benchmark is one object (a `Benchmark` subclass, registered with `@register_benchmark`) that
+owns everything benchmark-specific:
+
+- `prepare(options) -> prepared`: the target model and the retain oracle (trained once, cached);
+  `options` is the search config's `unlearn` mapping (or the CLI's config), read by the benchmark;
+- `reference(prepared, part) -> Reference`: the target's and the oracle's summaries on one part
+  of the forget set (`benchmarks.parts`: search = the first half, report = the rest);
+- `run(prepared, run, part=..., seed=..., run_dir=..., stage1_epochs=..., on_stage=...) ->
+  RunResult`: unlearn with one `methods.resolve.MethodRun` and evaluate on that part;
+- `fitness`: a `FitnessSpec` (the formula, the utility key the floor applies to, and whether
+  it needs the target's metrics); `prompt_notes`: what a loss proposer should know about it.
+
+The search's candidate job (`search.candidate`) and the CLI reach every benchmark only
+through this protocol; nothing outside a benchmark's module names it.
+
+Ranking (SPEC 2.4 item 7): a candidate whose utility is below `floor * target utility` ranks
+below every candidate that passes; a failed candidate has fitness -inf. `rank_score` folds this
+into one number: fitness (pass), fitness - 2 (below the floor), -inf (failed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+FAILED = float("-inf")
+BELOW_FLOOR_PENALTY = 2.0
+PARTS = ("all", "search", "report")
+
+FitnessFn = Callable[[Mapping[str, Any], Mapping[str, Any] | None], float]
+#: on_stage(model, evaluate) -> summary: the candidate job's stage-1 hook (it may raise to stop)
+StageHook = Callable[[Any, Callable[[Any], dict[str, Any]]], dict[str, Any]]
+
+
+def default_cache_dir() -> Path:
+    """Where prepared models are cached: $EVOUNLEARN_CACHE or ./cache."""
+    return Path(os.environ.get("EVOUNLEARN_CACHE", "cache"))
+
+
+# ------------------------------------------------------------------------------------------------
+# typed contracts
+
+
+@dataclass(frozen=True)
+class FitnessSpec:
+    """A benchmark's fitness: `fn(summary, target_summary) -> [0, 1]` (higher is better)."""
+
+    name: str
+    fn: FitnessFn
+    utility_key: str  # the summary key the utility floor applies to
+    formula: str = ""  # for reports and prompts
+    needs_target: bool = False  # fn reads the target model's summary on the same part
+
+
+@dataclass
+class Reference:
+    """The target model's and the retain oracle's summaries on one part."""
+
+    target: dict[str, Any]
+    retain: dict[str, Any] | None = None
+
+
+@dataclass
+class RunResult:
+    """One unlearning run: flat metrics, the full evaluation, the training record."""
+
+    summary: dict[str, Any]
+    results: dict[str, Any] = field(default_factory=dict)  # per-example values, for results.json
+    train: dict[str, Any] = field(default_factory=dict)  # loss history, seconds, epochs, ...
+    eval_seconds: float = 0.0
+    epochs: int | None = None
+
+
+@dataclass
+class TargetInfo:
+    """What `search.candidate.target_info` reports (converted to a dict at the worker boundary)."""
+
+    data: str
+    paths: dict[str, str | None]
+    parts: dict[str, Any]
+    target: dict[str, dict[str, Any]]  # part -> {"summary", "fitness"}
+    retain: dict[str, dict[str, Any]] | None
+    target_utility: float | None
+    seconds: float = 0.0
+
+
+class Benchmark(ABC):
+    """See the module docstring. Subclasses set the class attributes and the three methods."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+    fitness: FitnessSpec
+    metric_keys: tuple[str, ...] = ()
+    prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.proposers.llm.prompts)
+    prompt_guidance: tuple[str, ...] = ()  # metric-driven advice lines for refine / crossover / tune prompts
+    yaml_path: Path | None = None  # per-method defaults of this benchmark (`methods.resolve`)
+
+    def method_yaml(self) -> dict[str, Any]:
+        """This benchmark's layer of method defaults (empty without a YAML file)."""
+        import yaml
+
+        if self.yaml_path is None or not Path(self.yaml_path).is_file():
+            return {}
+        return dict(yaml.safe_load(Path(self.yaml_path).read_text()) or {})
+
+    @abstractmethod
+    def prepare(self, options: Mapping[str, Any] | None = None) -> Any:
+        """The target and the retain oracle (cached); any object `reference` and `run` accept."""
+
+    @abstractmethod
+    def reference(self, prepared: Any, part: str = "all", fraction: float | None = None) -> Reference:
+        """The target's and the oracle's summaries on one part (`fraction` None: the options')."""
+
+    @abstractmethod
+    def run(self, prepared: Any, run: Any, *, part: str = "all", fraction: float | None = None,
+            seed: int | None = None,
+            run_dir: str | Path | None = None, stage1_epochs: int = 0,
+            on_stage: StageHook | None = None) -> RunResult:
+        """Unlearn with `run` (a `MethodRun`) on one part and evaluate. With `0 < stage1_epochs <
+        epochs` the model is evaluated after epoch `stage1_epochs` through `on_stage`. With a
+        `run_dir`, the run writes RUN_DIR/results.json and RUN_DIR/train.json (and whatever
+        reproduces it)."""
+
+    # -- the command line (`evounlearn prepare|eval|unlearn --benchmark NAME`); defaults in runs.py
+
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+        """Prepare (cached) and report the target's and the oracle's metrics (a `runs.Report`)."""
+        from .runs import load_options, prepare_report
+
+        if force:
+            raise ConfigError(f"benchmark {self.name}: --force is not supported (delete its cache folder)")
+        return prepare_report(self, load_options(config, overrides))
+
+    def cli_eval(self, request: Any) -> Any:
+        """Evaluate models (a `runs.EvalRequest`); by default the prepared target and oracle only."""
+        from .runs import load_options, prepare_report
+
+        if request.model:
+            raise ConfigError(f"benchmark {self.name} evaluates its prepared target and retain oracle only "
+                              "(no --model)")
+        return prepare_report(self, load_options(request.config, request.overrides))
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Any:
+        """One unlearning run in a run directory (a `runs.Report`); `resume` runs it again."""
+        from .runs import load_options, resume_options, unlearn_report
+
+        if resume:
+            method, options = resume_options(resume)
+            return unlearn_report(self, method, options, resume)
+        return unlearn_report(self, method, load_options(config, overrides))
+
+    def paths(self, prepared: Any) -> dict[str, str | None]:
+        """The prepared models' paths (for reports)."""
+        target, retain = getattr(prepared, "target", None), getattr(prepared, "retain", None)
+        return {"target": str(target) if target else None, "retain": str(retain) if retain else None}
+
+    def data_name(self, prepared: Any) -> str:
+        return self.name
+
+
+# ------------------------------------------------------------------------------------------------
+# registry (adding a benchmark: its module, registered with @register_benchmark, + one line here)
+
+BENCHMARKS: dict[str, Benchmark] = {}
+_ALIASES: dict[str, str] = {}
+#: the built-in benchmark modules, imported on first lookup (one line per benchmark)
+BUILTIN_MODULES = ("evounlearn.benchmarks.tofu", "evounlearn.benchmarks.muse", "evounlearn.benchmarks.wmdp")
+DEFAULT_BENCHMARK = "generated"
+
+
+def register_benchmark(cls: type[Benchmark]) -> type[Benchmark]:
+    """Class decorator: register one instance under its name and aliases."""
+    bench = cls()
+    BENCHMARKS[bench.name] = bench
+    for alias in bench.aliases:
+        _ALIASES[alias] = bench.name
+    return cls
+
+
+def _load_builtins() -> None:
+    for mod in BUILTIN_MODULES:
+        importlib.import_module(mod)
+
+
+def aliases() -> dict[str, str]:
+    _load_builtins()
+    return dict(_ALIASES)
+
+
+def all_benchmarks() -> dict[str, Benchmark]:
+    """Every registered benchmark by name (the built-in ones imported first)."""
+    _load_builtins()
+    return dict(BENCHMARKS)
+
+
+def get_benchmark(name: str | Benchmark) -> Benchmark:
+    """A registered benchmark by name or alias (case-insensitive), or an importable
+    ``"module:attr"`` path to a `Benchmark` instance or class (e.g. a test fake)."""
+    if isinstance(name, Benchmark):
+        return name
+    if ":" in name:
+        module, _, attr = name.partition(":")
+        try:
+            obj: Any = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ConfigError(f"cannot import benchmark {name!r}: {e}") from None
+        obj = obj() if isinstance(obj, type) else obj
+        if not isinstance(obj, Benchmark):
+            raise ConfigError(f"{name!r} is not a Benchmark")
+        return obj
+    _load_builtins()
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in BENCHMARKS:
+        raise ConfigError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)}; aliases: "
+                          f"{', '.join(_ALIASES)})")
+    return BENCHMARKS[key]
+
+
+# ------------------------------------------------------------------------------------------------
+# the one fitness registry: every benchmark's FitnessSpec, by benchmark name or alias
+
+
+def get_fitness(benchmark: str | Benchmark) -> FitnessSpec:
+    return get_benchmark(benchmark).fitness
+
+
+def metric(summary: Mapping[str, Any], key: str) -> float:
+    """A finite summary value (plain or ``{"agg": x}``); KeyError / ValueError otherwise."""
+    v = summary.get(key)
+    if isinstance(v, Mapping):
+        v = v.get("agg")
+    if v is None:
+        raise KeyError(key)
+    v = float(v)
+    if not math.isfinite(v):
+        raise ValueError(f"{key} is not finite")
+    return v
+
+
+def compute_fitness(benchmark: str | Benchmark, summary: Mapping[str, Any] | None,
+                    target: Mapping[str, Any] | None = None) -> float:
+    """The benchmark's fitness, or -inf when the summary is missing or incomplete."""
+    if not summary:
+        return FAILED
+    spec = get_fitness(benchmark)
+    try:
+        f = float(spec.fn(summary, target))
+    except (KeyError, ValueError, TypeError):
+        return FAILED
+    return f if math.isfinite(f) else FAILED
+
+
+def utility(benchmark: str | Benchmark, summary: Mapping[str, Any] | None) -> float | None:
+    if not summary:
+        return None
+    try:
+        return metric(summary, get_fitness(benchmark).utility_key)
+    except (KeyError, ValueError, TypeError):
+        return None
+
+
+def passes_floor(utility_value: float | None, target_utility: float | None, floor: float) -> bool:
+    """utility >= floor * target utility (always true without a target or with floor 0)."""
+    if target_utility is None or floor <= 0:
+        return True
+    return utility_value is not None and utility_value >= floor * target_utility - 1e-12
+
+
+def rank_score(fitness: float | None, utility_value: float | None, target_utility: float | None,
+               floor: float) -> float:
+    """One sortable number: fitness (pass), fitness - 2 (below the utility floor), -inf (failed)."""
+    if fitness is None or not math.isfinite(fitness):
+        return FAILED
+    if passes_floor(utility_value, target_utility, floor):
+        return fitness
+    return fitness - BELOW_FLOOR_PENALTY
