@@ -59,8 +59,8 @@ def run_search(overrides: dict[str, Any], run_dir: Path) -> tuple[float, dict[st
 
 def prepare_cache(overrides: dict[str, Any]) -> None:
     """Prepare the benchmark (target + oracle, their evaluations) once, outside the timings."""
-    from evounlearn.search.config import load_search_config
     from evounlearn.search.candidate import target_info
+    from evounlearn.search.config import load_search_config
 
     cfg = load_search_config(None, overrides)
     target_info(unlearn=dict(cfg.unlearn), benchmark=cfg.benchmark)
