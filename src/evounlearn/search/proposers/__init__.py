@@ -20,6 +20,7 @@ from .base import (
     ProposalRequest,
     Proposer,
     ProposerError,
+    ReferenceLevels,
     RunSettings,
 )
 from .registry import PROPOSERS, make_proposer, proposer_class, proposer_from_section
@@ -33,6 +34,7 @@ __all__ = [
     "ProposalRequest",
     "Proposer",
     "ProposerError",
+    "ReferenceLevels",
     "RunSettings",
     "make_proposer",
     "proposer_class",

@@ -15,6 +15,10 @@ A parent is a dict: {"code": str, "fitness": float, "metrics": dict, "loss_histo
 epoch], optional "id": int | str}. `Proposal.parents` lists the parents' ids (their position in
 `request.parents` when they have no "id").
 
+`request.reference` (optional) holds the reference metric levels of the run (target, retain
+oracle, holdout), against which a parent's metrics say under- or over-forgetting; `request.history`
+(optional) lists evaluated candidates as {"code": str, "fitness": float} for model-based tuning.
+
 `request.run` states how every candidate is trained (full fine-tuning or LoRA, default epochs,
 batch size, learning rate), so prompts describe the run as it is. A `Proposal` with an `error`
 and no code stands for a reply that held no usable function: the driver records it as rejected
@@ -84,6 +88,52 @@ class RunSettings:
         )
 
 
+def metric_value(summary: Mapping[str, Any] | None, key: str) -> float | None:
+    """A finite float from a metric summary (a flat value or an {"agg": value} entry), else None."""
+    if not isinstance(summary, Mapping):
+        return None
+    v = summary.get(key)
+    if isinstance(v, Mapping):
+        v = v.get("agg")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+        return None
+    return float(v)
+
+
+@dataclass(frozen=True)
+class ReferenceLevels:
+    """Reference metric levels a candidate's metrics are read against; every field optional.
+
+    target_*: the model before unlearning; oracle_*: the retain-only model (never saw the forget
+    set); holdout_*: the target on held-out data of the forget distribution (the level a
+    forgotten set should fall to)."""
+
+    target_utility: float | None = None
+    target_forget_rouge: float | None = None
+    target_forget_prob: float | None = None
+    oracle_forget_rouge: float | None = None
+    oracle_forget_prob: float | None = None
+    holdout_rouge: float | None = None
+    holdout_prob: float | None = None
+
+    @classmethod
+    def from_target_info(cls, info: Mapping[str, Any], part: str = "search") -> ReferenceLevels:
+        """From a `search.candidate.target_info` dict: target[part]["summary"], retain[part]["summary"]
+        and target_utility (missing keys stay None)."""
+        target = ((info.get("target") or {}).get(part) or {}).get("summary")
+        oracle = ((info.get("retain") or {}).get(part) or {}).get("summary")
+        utility = info.get("target_utility")
+        return cls(
+            target_utility=metric_value({"u": utility}, "u") if utility is not None else metric_value(target, "model_utility"),
+            target_forget_rouge=metric_value(target, "forget_rouge"),
+            target_forget_prob=metric_value(target, "forget_prob"),
+            oracle_forget_rouge=metric_value(oracle, "forget_rouge"),
+            oracle_forget_prob=metric_value(oracle, "forget_prob"),
+            holdout_rouge=metric_value(target, "holdout_rouge"),
+            holdout_prob=metric_value(target, "holdout_prob"),
+        )
+
+
 @dataclass
 class ProposalRequest:
     """What the search asks a proposer for."""
@@ -99,6 +149,9 @@ class ProposalRequest:
     leaderboard: list[tuple[float, str]] = field(default_factory=list)  # (fitness, short code), ascending
     seed: int = 0
     run: RunSettings = field(default_factory=RunSettings)
+    reference: ReferenceLevels | None = None
+    # Evaluated candidates, {"code": str, "fitness": float} each (model-based constant tuning).
+    history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
