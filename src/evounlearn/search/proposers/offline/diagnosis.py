@@ -22,7 +22,7 @@ UTILITY = "utility loss"
 
 # Margins: a gap smaller than these is read as "at the level" (metric noise on small splits).
 LEVEL_MARGIN = 0.05  # absolute, on ROUGE / probability
-LEVEL_REL = 0.25  # ... or this share of the target-to-holdout gap, whichever is larger
+LEVEL_REL = 0.25  # ... or this share of the target-to-level gap (below: of the level), if larger
 AUC_MARGIN = 0.1  # |AUC - 0.5| beyond this is a finding
 UTILITY_DROP = 0.1  # relative utility drop against the target that counts as utility loss
 MIA_KEYS = ("mia_loss", "mia_min_k", "mia_min_k_plus_plus", "mia_zlib", "mia_auc")
@@ -51,11 +51,14 @@ def _level_finding(name: str, value: float | None, goal: tuple[float, str] | Non
     if value is None or goal is None:
         return None
     level, label = goal
-    margin = max(LEVEL_MARGIN, LEVEL_REL * abs(target - level)) if target is not None else LEVEL_MARGIN
+    # Above the level the gap is read against the target-to-level gap, below it against the
+    # level itself (the level may sit near 0, where any fall is a large one).
+    up = max(LEVEL_MARGIN, LEVEL_REL * abs(target - level)) if target is not None else LEVEL_MARGIN
+    down = max(LEVEL_MARGIN, LEVEL_REL * abs(level))
     why = f"{name} {value:.2f} vs {label} {level:.2f}"
-    if value > level + margin:
+    if value > level + up:
         return UNDER, why
-    if value < level - margin:
+    if value < level - down:
         return OVER, why
     return None
 

@@ -12,7 +12,7 @@ Nodes (JSON-compatible, stored as tuples):
 - ("clamp", child, lo, hi) with lo / hi a number or None;
 - (op, a, b) with op in "+", "-", "*", "/".
 
-Token-level nodes (extended interface only, `tokens.py` documents them): ("tmean", side, tok) is
+Token-level nodes (extended interface only; `TOKEN_SEEDS` shows them in use): ("tmean", side, tok) is
 the masked mean over the answer tokens of a per-token expression `tok`, whose leaves are the
 per-token log-probs "tlpf" / "tlpr", the reference's "trpf" / "trpr" and "tdF" / "tdR" (token
 log-prob minus reference, an UnDIAL-like target), and which may be weighted by ("focal", tok,

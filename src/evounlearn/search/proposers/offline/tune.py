@@ -8,7 +8,7 @@ evounlearn[tune]`): without it, or with too few points, `propose` returns None a
 falls back to random jitter.
 
 Search space, per constant position, from the values seen: a positive constant stays positive
-(log scale over [min / 4, max * 4]), a negative one negative; a constant seen with both signs
+(log scale over [min / 2, max * 2]), a negative one negative; a constant seen with both signs
 gets a linear range. Signs are what keeps a tree monotone, so they are never flipped.
 """
 
@@ -23,7 +23,9 @@ from typing import Any
 from . import tree as lt
 from .tree import LossTree, Node, rc
 
-SPREAD = 4.0  # range factor around the values seen
+SPREAD = 2.0  # range factor around the values seen (each tune round may widen it again)
+GOOD_SHARE = 0.25  # TPE's "good" share of the points (Optuna's default 10% is 1 point of 10)
+PRIOR_WEIGHT = 0.25  # less weight on the flat prior: few points, exploit them
 
 
 def _skeleton(node: Node | None) -> Any:
@@ -120,7 +122,10 @@ def propose(
     dists = _distributions(optuna, vectors)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # experimental-feature warnings (constant_liar)
-        sampler = optuna.samplers.TPESampler(seed=seed % (2**31), n_startup_trials=0, constant_liar=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=seed % (2**31), n_startup_trials=0, constant_liar=True, prior_weight=PRIOR_WEIGHT,
+            gamma=lambda k: max(2, math.ceil(GOOD_SHARE * k)),
+        )
         study = optuna.create_study(direction="maximize", sampler=sampler)
         for (t, fit), vec in zip(history, vectors):
             params: dict[str, Any] = {f"c{i}": v for i, v in enumerate(vec)}
