@@ -62,6 +62,9 @@ def test_diagnosis_reads_levels_mia_and_utility() -> None:
     assert diagnose(None, None).findings == []
     # The oracle's forget level serves when no holdout level is known.
     assert diagnose({"forget_prob": 0.5}, ReferenceLevels(oracle_forget_prob=0.1)).primary == UNDER
+    # A benchmark with another utility metric names it.
+    muse = ReferenceLevels(target_utility=0.5, utility_key="retain_knowmem_rouge")
+    assert diagnose({"retain_knowmem_rouge": 0.2, "model_utility": 0.9}, muse).primary == UTILITY
 
 
 def test_reference_levels_from_target_info() -> None:

@@ -28,6 +28,7 @@ with that reason, and the repair path sends the reason back.
 from __future__ import annotations
 
 import hashlib
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -95,7 +96,7 @@ def metric_value(summary: Mapping[str, Any] | None, key: str) -> float | None:
     v = summary.get(key)
     if isinstance(v, Mapping):
         v = v.get("agg")
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or v in (float("inf"), float("-inf")):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         return None
     return float(v)
 
@@ -115,22 +116,26 @@ class ReferenceLevels:
     oracle_forget_prob: float | None = None
     holdout_rouge: float | None = None
     holdout_prob: float | None = None
+    utility_key: str = "model_utility"  # the candidate metric read against target_utility
 
     @classmethod
-    def from_target_info(cls, info: Mapping[str, Any], part: str = "search") -> ReferenceLevels:
+    def from_target_info(
+        cls, info: Mapping[str, Any], part: str = "search", utility_key: str = "model_utility"
+    ) -> ReferenceLevels:
         """From a `search.candidate.target_info` dict: target[part]["summary"], retain[part]["summary"]
-        and target_utility (missing keys stay None)."""
+        and target_utility (missing keys stay None); `utility_key`: the benchmark's utility metric."""
         target = ((info.get("target") or {}).get(part) or {}).get("summary")
         oracle = ((info.get("retain") or {}).get(part) or {}).get("summary")
-        utility = info.get("target_utility")
+        utility = metric_value(info, "target_utility")
         return cls(
-            target_utility=metric_value({"u": utility}, "u") if utility is not None else metric_value(target, "model_utility"),
+            target_utility=utility if utility is not None else metric_value(target, utility_key),
             target_forget_rouge=metric_value(target, "forget_rouge"),
             target_forget_prob=metric_value(target, "forget_prob"),
             oracle_forget_rouge=metric_value(oracle, "forget_rouge"),
             oracle_forget_prob=metric_value(oracle, "forget_prob"),
             holdout_rouge=metric_value(target, "holdout_rouge"),
             holdout_prob=metric_value(target, "holdout_prob"),
+            utility_key=utility_key,
         )
 
 

@@ -93,7 +93,7 @@ def diagnose(metrics: Mapping[str, Any] | None, reference: ReferenceLevels | Non
                 level.append((OVER, f"{key} AUC {auc:.2f} << 0.5"))
             break  # one MIA is enough evidence; the first key present is the primary attack
     findings: list[tuple[str, str]] = []
-    utility, target_u = metric_value(m, "model_utility"), ref.target_utility
+    utility, target_u = metric_value(m, ref.utility_key), ref.target_utility
     if utility is not None and target_u is not None and target_u > 0 and utility < target_u * (1 - UTILITY_DROP):
         findings.append((UTILITY, f"model utility {utility:.2f} vs target {target_u:.2f}"))
     # The first forget-level finding decides (ROUGE before Prob before MIA); conflicting later
