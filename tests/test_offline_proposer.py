@@ -260,3 +260,17 @@ def test_every_proposal_passes_the_sandbox(sandbox_env: None, interface: str) ->
     assert len(out) >= 14 + 3 * len(parents) - 3
     for x in out:
         assert_sandbox_ok(x.code, interface)
+
+
+def test_foreign_parent_epochs_follow_the_metrics() -> None:
+    foreign = (
+        "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
+        '    """epochs: 4"""\n'
+        "    return 1.5 * torch.relu(log_probs_forget + 2.0).mean() - log_probs_retain.mean()\n"
+    )
+    p = OfflineProposer(OfflineConfig(directed_share=1.0))
+    for metrics, want in ((UNDER_METRICS, "epochs: 5"), (OVER_METRICS, "epochs: 3")):
+        parent = {"code": foreign, "fitness": 0.1, "metrics": metrics}
+        out = p.propose(ProposalRequest(kind="refine", n=3, parents=[parent], reference=REF))
+        assert len(out) == 3 and all(x.operator == "directed:tune_ast" and want in x.code for x in out)
+        assert out[0].notes.endswith(f"-> epochs 4 -> {want[-1]}")

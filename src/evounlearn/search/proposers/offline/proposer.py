@@ -17,7 +17,7 @@ Request kinds map to operators (all deterministic from `request.seed` and the pa
 
 A parent whose code carries no (trusted) `# tree:` comment, e.g. one written by an LLM, is a
 leaf-level parent: only its numeric constants can be tuned (AST constant perturbation, keeping the
-source text). In the extended interface the trees may hold token-level terms (masked means of
+source text), and, when its metrics call for a direction, its epochs docstring moved that way. In the extended interface the trees may hold token-level terms (masked means of
 per-token expressions: UnDIAL-like targets, focal / entropy weights, reference-confidence masks).
 Every tree is checked numerically before it is proposed (`tree.check_tree`: finite
 scalar, increasing in the forget log-probs, decreasing in the retain log-probs); code is never
@@ -34,7 +34,7 @@ from typing import Any
 from ..base import Proposal, ProposalRequest, Proposer
 from . import tree as loss_tree  # `tree` names a LossTree below
 from . import tune as tpe
-from .diagnosis import diagnose
+from .diagnosis import UNDER, Diagnosis, diagnose
 from .directed import directed_child
 from .tree import LossTree
 
@@ -163,10 +163,25 @@ class OfflineProposer(Proposer):
 
         return self._collect(request, make, rng, [], out)
 
+    def _directed_code(self, code: str, diagnosis: Diagnosis, rng: random.Random) -> tuple[None, str, str, str | None]:
+        """A parent without a tree: its epochs docstring moved one epoch the way the metrics call
+        for (more when under-forgetting, fewer otherwise), constants jittered; plain constant
+        tuning when it has no epochs docstring."""
+        delta = 1 if diagnosis.primary == UNDER else -1
+        shifted = loss_tree.shift_code_epochs(code, delta) if rng.random() < self.config.directed_share else None
+        if shifted is None:
+            return self._tune_code(code, rng)
+        new, change = shifted
+        new = loss_tree.perturb_code_constants(new, rng, self.config.sigma, epochs_p=0.0)
+        return None, "directed:tune_ast", f"directed: {diagnosis.describe()} -> {change}", new
+
     def _refine(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         code = str(request.parents[0].get("code", ""))
         tree = loss_tree.tree_from_code(code)
         if tree is None:
+            found = diagnose(request.parents[0].get("metrics"), request.reference)
+            if found.primary is not None:
+                return self._collect(request, lambda r: self._directed_code(code, found, r), rng, [0])
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
         kinds = (
             "subtree_mutation",

@@ -1088,6 +1088,21 @@ def tunable_constants(code: str) -> list[ast.Constant]:
     return out
 
 
+def shift_code_epochs(code: str, delta: int) -> tuple[str, str] | None:
+    """(code with its epochs docstring moved by `delta` within 1..10, "epochs a -> b"), or None
+    when the code has no epochs docstring or is already at the bound."""
+    m = _EPOCHS_RE.search(code)
+    if not m:
+        return None
+    old = int(m.group(3))
+    new = min(10, max(1, old + delta))
+    if new == old:
+        return None
+    out = code[: m.start(3)] + str(new) + code[m.end(3) :]
+    out = "\n".join(ln for ln in out.splitlines() if not _TREE_RE.match(ln)) + "\n"  # the tree is stale
+    return out, f"epochs {old} -> {new}"
+
+
 def perturb_code_constants(code: str, rng: random.Random, sigma: float = 0.35, epochs_p: float = 0.3) -> str:
     """Multiply tunable literals by log-normal factors, editing the source text in place (comments
     and layout kept); maybe shift the epochs docstring by one. Returns `code` unchanged if there is
