@@ -98,10 +98,8 @@ def unbound_forget(tree: LossTree, rng: random.Random) -> tuple[LossTree, str] |
 
 def bound_forget(tree: LossTree, rng: random.Random) -> tuple[LossTree, str] | None:
     f = tree.forget
-    if isinstance(f, tuple) and f[0] in ("softplus", "sigmoid") or (
-        isinstance(f, tuple) and f[0] == "*" and lt.is_const(f[1]) and isinstance(f[2], tuple)
-        and f[2][0] in ("softplus", "sigmoid")
-    ):
+    top = f[2] if isinstance(f, tuple) and f[0] == "*" and lt.is_const(f[1]) else f  # past a scale
+    if isinstance(top, tuple) and top[0] in ("softplus", "sigmoid"):
         return None  # already saturating at the top
     beta = rng.choice((0.5, 1.0, 2.0))
     child = replace(tree, forget=("*", rc(2.0 / beta), ("softplus", ("*", beta, f))))
