@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import torch
 from evounlearn.benchmarks import FAILED, compute_fitness, get_fitness, passes_floor, rank_score
 from evounlearn.benchmarks.tofu import tofu_fitness
 from evounlearn.cli.main import main
-from evounlearn.errors import ConfigError
+from evounlearn.errors import ConfigError, InfrastructureError
+from evounlearn.sandbox import JobResult
 from evounlearn.search.archive import (
     Archive,
     choose_operator,
@@ -36,7 +38,8 @@ from evounlearn.search.archive import (
     truncation,
 )
 from evounlearn.search.config import load_search_config, scaled_evomu_schedule
-from evounlearn.search.driver import SearchDriver
+from evounlearn.search.driver import INFRA_RETRIES, SearchDriver
+from evounlearn.search.executor import Executor, LocalExecutor
 from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
 from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.store import CandidateRow, EvaluationRow, Store
@@ -373,9 +376,67 @@ def test_resume_after_kill_9_loses_only_runs_in_flight(tmp_path: Path) -> None:
     st.close()
 
 
-def test_executor_runs_the_fake_job_in_a_worker(tmp_path: Path) -> None:
-    from evounlearn.search.executor import LocalExecutor
+class FaultyExecutor(Executor):
+    """A local executor whose candidate jobs are lost to the infrastructure while `lose(run_dir, n)`
+    is true (n = how many times that run was submitted before): the job's result says `infra`."""
 
+    def __init__(self, lose: Any, slots: int = 2) -> None:
+        self.inner = LocalExecutor(slots)
+        self.slots = slots
+        self.lose = lose
+        self.submitted: dict[str, int] = {}
+
+    def submit(self, job: str, kwargs: Any, limits: Any = None) -> Future[JobResult]:
+        rd = str(kwargs.get("run_dir", ""))
+        n = self.submitted.get(rd, 0)
+        self.submitted[rd] = n + 1
+        if job.endswith(":evaluate_candidate") and self.lose(rd, n):
+            fut: Future[JobResult] = Future()
+            fut.set_result(JobResult(True, value={"run_dir": rd, "ok": False, "infra": True,
+                                                  "error": "prepared model missing"}))
+            return fut
+        return self.inner.submit(job, kwargs, limits)
+
+    def close(self, kill: bool = False) -> None:
+        self.inner.close(kill)
+
+
+def test_infrastructure_faults_are_retried_then_stop_the_search_uncharged(tmp_path: Path, caplog) -> None:
+    # a small budget shrinks generation 0 so that later generations still evolve
+    cfg = fake_cfg(budget=4, baselines=[], finalists=1, report_seeds=1, **{"ours.stage1_epochs": 0})
+    first = f"{1:05d}{os.sep}search-seed0"
+    with caplog.at_level("INFO", logger="evounlearn.search"), FaultyExecutor(
+            lambda rd, n: rd.endswith(first) and n < 2) as ex:
+        SearchDriver(cfg, tmp_path / "ok", executor=ex).run()
+    assert "budget 4: generation 0 shrunk from 4 to 2 so that later generations get 2 candidates" in caplog.text
+    st = Store(tmp_path / "ok" / "search.sqlite")
+    assert st.get_meta("status") == "done" and st.trained_count() == 4 and st.trained_count(generation=0) == 2
+    e = st.evaluations_of(1, part="search", status="done")[0]
+    assert e.attempts == 3 and e.seed == 0  # lost twice, never charged, done at the third try
+    assert not st.candidates(kind="candidate", status="failed")
+    st.close()
+    # a fault that persists: the search stops after INFRA_RETRIES re-runs; nothing is charged
+    d = tmp_path / "stop"
+    second = f"{2:05d}{os.sep}search-seed0"
+    with FaultyExecutor(lambda rd, n: rd.endswith(second)) as ex, pytest.raises(InfrastructureError) as err:
+        SearchDriver(cfg, d, executor=ex).run()
+    assert "infrastructure fault 3 times" in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert ex.submitted[next(k for k in ex.submitted if k.endswith(second))] == INFRA_RETRIES + 1
+    st = Store(d / "search.sqlite")
+    assert st.get_meta("status") == "interrupted"
+    c2 = st.candidate(2)
+    assert c2.status == "validated" and c2.fitness_search is None and c2.error is None
+    assert [e.status for e in st.evaluations_of(2)] == ["queued"]
+    assert not st.candidates(kind="candidate", status="failed") and st.pending_count() >= 1
+    st.close()
+    SearchDriver.for_resume(d).run()  # the infrastructure is back: the search continues
+    st = Store(d / "search.sqlite")
+    assert st.get_meta("status") == "done" and st.trained_count() == 4
+    assert st.evaluations_of(2, part="search")[0].status == "done"
+    st.close()
+
+
+def test_executor_runs_the_fake_job_in_a_worker(tmp_path: Path) -> None:
     with LocalExecutor(1) as ex:
         job = "evounlearn.search.candidate:evaluate_candidate"
         res = ex.submit(job, {"run_dir": str(tmp_path / "r"), "code": LOSS_C, "benchmark": BENCHMARK}).result()
