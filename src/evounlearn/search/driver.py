@@ -54,7 +54,7 @@ from .config import SearchConfig, config_from_dict, evaluator_jobs
 from .executor import Executor, Limits, executor_options, make_executor
 from .modes import get_mode
 from .proposers import Proposal, ProposalRequest, Proposer, RunSettings, proposer_from_section
-from .store import DB_NAME, CandidateRow, EvaluationRow, Store, ValidationRecord
+from .store import DB_NAME, PENDING_STATUSES, CandidateRow, EvaluationRow, Store, ValidationRecord
 from .validation import VALIDATION_LIMITS, validate_in_worker
 
 __all__ = ["DB_NAME", "INFRA_RETRIES", "JobOutcome", "SearchDriver", "config_from_dict", "stable_seed"]
@@ -667,7 +667,7 @@ class SearchDriver:
         cols: dict[str, Any] = {}
         for part in ("search", "report"):
             cols.update(self._part_aggregates(part, [e for e in evs if e.part == part]))
-        pending = [e for e in evs if e.status in ("queued", "running")]
+        pending = [e for e in evs if e.status in PENDING_STATUSES]
         if pending:
             running = any(e.status == "running" for e in pending)
             # a run put back in the queue (infrastructure fault) takes its candidate back to validated
