@@ -51,8 +51,7 @@ def run_search(overrides: dict[str, Any], run_dir: Path) -> tuple[float, dict[st
     SearchDriver(cfg, run_dir).run()
     seconds = time.time() - t0
     st = Store(run_dir / "search.sqlite")
-    fitness = {c["code"]: c.get("fitness_search") for c in st.candidates("kind = 'candidate'")
-               if c.get("n_search")}
+    fitness = {c.code: c.fitness_search for c in st.candidates(kind="candidate") if c.n_search}
     st.close()
     return seconds, fitness
 

@@ -661,13 +661,13 @@ def test_driver_records_a_reply_without_function_and_asks_for_repair(tmp_path: P
     prop = NoFunctionFirst()
     SearchDriver(cfg, tmp_path / "run", proposer=prop).run()
     store = Store(tmp_path / "run" / "search.sqlite")
-    first = store.candidates("kind = 'candidate'")[0]
-    assert first["status"] == "rejected" and first["error"] == NO_FUNCTION
-    assert first["raw_response"] == "Only words."
+    first = store.candidates(kind="candidate")[0]
+    assert first.status == "rejected" and first.error == NO_FUNCTION
+    assert first.raw_response == "Only words."
     repair = [r for r in prop.requests if r.kind == "repair"]
     assert repair and repair[0].repair_info() == ("", NO_FUNCTION)
-    fixed = [c for c in store.candidates("kind = 'candidate'") if c.get("repair_of") == first["id"]]
-    assert fixed and fixed[0]["operator"] == "repair"
+    fixed = [c for c in store.candidates(kind="candidate") if c.repair_of == first.id]
+    assert fixed and fixed[0].operator == "repair"
     run = prop.requests[0].run  # the run's own settings, as the prompts state them
     assert run == RunSettings.from_train(cfg.unlearn["train"], 4) and run.lora and run.epochs == 4
     store.close()

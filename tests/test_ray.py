@@ -176,8 +176,8 @@ def _fitness_by_code(run_dir: Path) -> dict[tuple[str, str, int], float | None]:
     st = Store(run_dir / "search.sqlite")
     out = {}
     for c in st.candidates():
-        for e in st.evaluations("candidate_id = ?", [c["id"]]):
-            out[(c.get("code") or c.get("method") or "", e["part"], int(e["seed"]))] = e["fitness"]
+        for e in st.evaluations_of(c.id):
+            out[(c.code or c.method or "", e.part, e.seed)] = e.fitness
     st.close()
     return out
 
@@ -204,7 +204,7 @@ def test_driver_kill_9_then_resume_with_ray(tmp_path: Path) -> None:
             time.sleep(0.2)
             if db.is_file():
                 st = Store(db)
-                n_done = len(st.evaluations("status = 'done'"))
+                n_done = len(st.evaluations(status="done"))
                 st.close()
                 if n_done >= 1:
                     os.kill(proc.pid, signal.SIGKILL)  # the driver; its local Ray instance dies with it
@@ -218,10 +218,10 @@ def test_driver_kill_9_then_resume_with_ray(tmp_path: Path) -> None:
         proc.wait(10)
     st = Store(db)
     assert st.get_meta("status") == "running" and st.trained_count() < 6
-    in_flight = {e["id"] for e in st.evaluations("status = 'running'")}
+    in_flight = {e.id for e in st.evaluations(status="running")}
     st.close()
     SearchDriver.for_resume(d).run()  # the module's Ray instance runs the rest
     st = Store(db)
-    assert st.get_meta("status") == "done" and st.pending_evaluations() == 0 and st.trained_count() == 6
-    assert all(st.evaluation(eid)["attempts"] == 2 for eid in in_flight)  # re-queued, run again
+    assert st.get_meta("status") == "done" and st.pending_count() == 0 and st.trained_count() == 6
+    assert all(st.evaluation(eid).attempts == 2 for eid in in_flight)  # re-queued, run again
     st.close()

@@ -116,10 +116,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..search.report import format_report, write_outputs
     from ..search.store import Store
 
-    db = Path(args.run_dir) / "search.sqlite"
-    if not db.is_file():
-        raise ConfigError(f"{args.run_dir} holds no search database (search.sqlite)")
-    store = Store(db)
+    store = Store.open_run(args.run_dir)  # ConfigError when the directory holds no search
     try:
         data = write_outputs(args.run_dir, store)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,15 @@ REAL_JOBS = "evounlearn.search.candidate"
 def evaluator_jobs(cfg: SearchConfig) -> EvaluatorJobs:
     module = REAL_JOBS if cfg.evaluator == "real" else cfg.evaluator
     return EvaluatorJobs(f"{module}:evaluate_candidate", f"{module}:target_info")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> SearchConfig:
+    """A saved search config (the run database's `config` meta) back as a `SearchConfig`."""
+    from ..config import apply_overrides
+
+    cfg = SearchConfig()
+    apply_overrides(cfg, dict(data))
+    return cfg
 
 
 def load_search_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> SearchConfig:
