@@ -53,7 +53,14 @@ from .candidate import STAGE_SHORT, CandidateResult, StageResult
 from .config import SearchConfig, config_from_dict, evaluator_jobs
 from .executor import Executor, Limits, executor_options, make_executor
 from .modes import get_mode
-from .proposers import Proposal, ProposalRequest, Proposer, RunSettings, proposer_from_section
+from .proposers import (
+    Proposal,
+    ProposalRequest,
+    Proposer,
+    ReferenceLevels,
+    RunSettings,
+    proposer_from_section,
+)
 from .store import DB_NAME, PENDING_STATUSES, CandidateRow, EvaluationRow, Store, ValidationRecord
 from .validation import VALIDATION_LIMITS, validate_in_worker
 
@@ -423,8 +430,16 @@ class SearchDriver:
             parents=[self._parent_dict(p) for p in parents or []],
             leaderboard=self._leaderboard() if kind in ("refine", "crossover") else [],
             seed=stable_seed(self.cfg.seed, g, k, kind),
-            run=RunSettings.from_train(self.cfg.unlearn.get("train"), self.cfg.default_epochs), **extra,
+            run=RunSettings.from_train(self.cfg.unlearn.get("train"), self.cfg.default_epochs),
+            reference=ReferenceLevels.from_target_info(
+                self.target, part="search", utility_key=get_benchmark(self.cfg.benchmark).fitness.utility_key),
+            history=self._history() if kind == "tune" else [], **extra,
         )
+
+    def _history(self) -> list[dict[str, Any]]:
+        """(code, search fitness) of every evaluated candidate: what a model-based tuner learns from."""
+        return [{"code": c.code, "fitness": c.fitness_search} for c in self.db.done_candidates()
+                if c.code and c.fitness_search is not None]
 
     def _propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False) -> list[int]:
         """Ask the proposer; record every proposal as a candidate row (status proposed)."""
