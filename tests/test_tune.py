@@ -205,3 +205,22 @@ def test_evaluate_points_for_fixed_controls(tmp_path: Path) -> None:
     assert all(not r.report for r in reports[1:])
     mean, sd = reports[0].report_mean_sd
     assert mean is not None and sd is not None
+
+
+def test_runner_kwargs_reach_the_tofu_run_config(tmp_path: Path) -> None:
+    """The sampled params travel in the job's `unlearn.loss` / `unlearn.train` and `epochs`: what
+    the TOFU benchmark's run writes as its unlearn_config.yaml (TofuBenchmark.run) must hold them."""
+    import yaml
+
+    from evounlearn.benchmarks.tofu import build_config, run_settings
+
+    cfg = _cfg(benchmark="generated")
+    runner = JobRunner(None, "generated", cfg.unlearn, None)  # type: ignore[arg-type]
+    kw = runner.kwargs(MethodPoint("npo", {"beta": 0.3, "alpha": 2.0}, {"lr": 2e-4}, 3), "search", 0, tmp_path)
+    assert kw["method"] == "npo" and kw["epochs"] == 3 and kw["forget_part"] == "search"
+    unlearn = {**kw["unlearn"], "train": {**kw["unlearn"]["train"], "epochs": kw["epochs"]}}
+    (tmp_path / "unlearn_config.yaml").write_text(
+        yaml.safe_dump(run_settings(unlearn, seed=0, forget_part="search", epochs=None)))
+    run = build_config("npo", str(tmp_path / "unlearn_config.yaml"), [])
+    assert run.loss["beta"] == 0.3 and run.loss["alpha"] == 2.0 and run.loss["gamma"] == 1.0
+    assert run.train.lr == 2e-4 and run.train.epochs == 3 and run.train.batch_size == 4
