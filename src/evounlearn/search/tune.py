@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from ..benchmarks.base import DEFAULT_BENCHMARK, FAILED
 from ..errors import ConfigError, EvoUnlearnError
+from .config import RayConfig
 
 if TYPE_CHECKING:
-    from ..sandbox import JobResult
+    from ..sandbox import JobResult, Limits
     from .executor import Executor
 
 log = logging.getLogger("evounlearn.tune")
@@ -81,7 +82,7 @@ class TuneConfig:
     benchmark: str = field(default_factory=lambda: str(_evolve_default("benchmark", DEFAULT_BENCHMARK)))
     evaluator: str = "real"  # real = search.candidate, or a module with the same `evaluate_candidate`
     executor: str = "local"  # local | ray (see evolve's `ray` section)
-    ray: dict[str, Any] = field(default_factory=dict)
+    ray: RayConfig = field(default_factory=RayConfig)  # `executor: ray` (docs/DISTRIBUTED.md)
     # the UnlearnConfig fields shared by every run (evolve's `unlearn` section)
     unlearn: dict[str, Any] = field(default_factory=lambda: dict(_evolve_default("unlearn", {})))
     space: dict[str, Any] = field(default_factory=dict)  # param -> [lo, hi] | [lo, hi, log|linear] | value
@@ -286,7 +287,7 @@ class JobRunner:
     executor: Executor
     benchmark: str
     unlearn: Mapping[str, Any]
-    limits: Any  # sandbox.Limits of one run
+    limits: Limits | None  # of one run (None: the executor's)
     utility_floor: float = 0.9
     target_utility: float | None = None
     evaluator: str = "real"
@@ -317,7 +318,8 @@ class JobRunner:
         kw = {"unlearn": dict(self.unlearn), "benchmark": self.benchmark, "log_file": str(log_file)}
         res = self.executor.submit(f"{self.module}:target_info", kw, Limits(None, None, None)).result()
         if not res.ok:
-            raise EvoUnlearnError(f"could not prepare the benchmark: {(res.error or '').strip().splitlines()[-1:]}")
+            last = (res.error or res.killed_reason or "job failed").strip().splitlines()[-1]
+            raise EvoUnlearnError(f"could not prepare the benchmark: {last}")
         self.target_utility = res.value.get("target_utility")
         return dict(res.value)
 
