@@ -93,6 +93,10 @@ def test_tune_budget_store_leaderboard_and_best_config(tuned: tuple[Path, dict[s
     assert cfg.train.epochs == best["params"]["epochs"]
     assert cfg.loss["gamma"] == 2.0  # pinned by space.gamma=2.0, not tuned
     assert lb["best"]["trial"] == best["trial"]
+    with pytest.raises(ConfigError, match="already holds a tune"):  # a finished run is continued, not redone
+        Tuner(_cfg(), d).run()
+    with pytest.raises(ConfigError, match="tunes npo, not simnpo"):
+        Tuner.for_resume(d, ["method=simnpo"])
 
 
 def test_space_ranges_are_respected(tuned: tuple[Path, dict[str, Any]]) -> None:
@@ -177,6 +181,7 @@ def test_resume_after_kill_9_finishes_the_budget(tmp_path: Path) -> None:
             proc.kill()
             proc.wait(10)
     lost = [t for t in before if t.state.name == "RUNNING"]
+    assert lost, "no trial was in flight at the kill"
     assert sum(t.state.name == "COMPLETE" for t in before) < 6
     assert main(["tune", "--resume", str(d)]) == 0
     after = _trials(d)
