@@ -94,9 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value, e.g. eval.max_new_tokens=100")
     p.set_defaults(func=cmd_eval)
 
-    from . import extra_commands
+    from . import extra_commands, tune_command
 
     extra_commands.register(sub)
+    tune_command.register(sub)
     return parser
 
 
