@@ -428,7 +428,10 @@ def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path
         a = json.loads((rd / "results.json").read_text())["summary"]
         b = json.loads((tmp_path / "repro" / "results.json").read_text())["summary"]
         assert a == b
-        assert a == v["summary"]
+        # the job's summary = the run's, plus every fitness of the benchmark (for the leaderboards)
+        assert a == {k: x for k, x in v["summary"].items() if not k.startswith("fitness_")}
+        assert {"fitness_evomu", "fitness_calibrated", "fitness_oracle"} <= set(v["summary"])
+        assert v["fitness"] == v["summary"]["fitness_evomu"]  # no fitness= given: the default
         # the epochs docstring sets train.epochs unless given explicitly
         loss_file = tmp_path / "best.py"
         loss_file.write_text(LOSS_A)  # epochs: 3

@@ -255,7 +255,7 @@ class SearchDriver:
         if info is None:
             log.info("preparing the benchmark and evaluating the target model (cached after the first time)")
             kw: dict[str, Any] = {"unlearn": dict(self.cfg.unlearn), "benchmark": self.cfg.benchmark,
-                                  "log_file": str(self.run_dir / "target.log")}
+                                  "log_file": str(self.run_dir / "target.log"), "fitness": self.cfg.fitness_name()}
             fut = self.executor.submit(self.jobs.target, kw, Limits(None, None, None))
             res = fut.result()
             if not res.ok:
@@ -442,7 +442,7 @@ class SearchDriver:
         rd = self.run_dir / "candidates" / f"{int(c['id']):05d}" / f"{e['part']}-seed{int(e['seed'])}"
         kw: dict[str, Any] = {
             "run_dir": str(rd), "seed": int(e["seed"]), "forget_part": e["part"], "unlearn": dict(self.cfg.unlearn),
-            "benchmark": self.cfg.benchmark, "target_utility": self.target_utility,
+            "benchmark": self.cfg.benchmark, "fitness": self.cfg.fitness_name(), "target_utility": self.target_utility,
             "utility_floor": self.cfg.utility_floor, "keep_model": self.cfg.keep_models,
             "epochs": int(e.get("epochs") or c.get("epochs") or self.cfg.default_epochs),
             **dict(self.cfg.job_options),
