@@ -206,6 +206,9 @@ def test_ours_run_budget_elitism_staging_and_outputs(ours_run: tuple[Path, dict[
         assert bool(e["promoted"]) == promoted, e
         assert (e["stage"] == 2) == promoted and (e["metrics"] is not None) == promoted
     assert any(not e["promoted"] for e in staged), "no candidate was stopped at stage 1"
+    # the job reports every fitness of the benchmark in its summary (`fitness_<name>`)
+    done = store.evaluations("status = 'done' AND stage = 2")
+    assert done and all("fitness_fake" in e["metrics"] for e in done)
     # every proposal recorded with its code, prompt/response fields, validation and timings
     for c in cands:
         assert c["code"] and c["status"] in ("done", "failed", "rejected", "duplicate", "unused")
