@@ -209,6 +209,9 @@ def test_ours_run_budget_elitism_staging_and_outputs(ours_run: tuple[Path, dict[
         assert bool(e.promoted) == promoted, e
         assert (e.stage == 2) == promoted and (e.metrics is not None) == promoted
     assert any(not e.promoted for e in staged), "no candidate was stopped at stage 1"
+    # the job reports every fitness of the benchmark in its summary (`fitness_<name>`)
+    done = [e for e in store.evaluations(status="done") if e.stage == 2]
+    assert done and all("fitness_fake" in (e.metrics or {}) for e in done)
     # every proposal recorded with its code, prompt/response fields, validation and timings
     for c in cands:
         assert c.code and c.status in ("done", "failed", "rejected", "duplicate", "unused")
@@ -489,7 +492,10 @@ def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path
         a = json.loads((rd / "results.json").read_text())["summary"]
         b = json.loads((tmp_path / "repro" / "results.json").read_text())["summary"]
         assert a == b
-        assert a == v["summary"]
+        # the job's summary = the run's, plus every fitness of the benchmark (for the leaderboards)
+        assert a == {k: x for k, x in v["summary"].items() if not k.startswith("fitness_")}
+        assert {"fitness_evomu", "fitness_calibrated", "fitness_oracle"} <= set(v["summary"])
+        assert v["fitness"] == v["summary"]["fitness_evomu"]  # no fitness= given: the default
         # the epochs docstring sets train.epochs unless given explicitly
         loss_file = tmp_path / "best.py"
         loss_file.write_text(LOSS_A)  # epochs: 3

@@ -9,8 +9,12 @@ owns everything benchmark-specific:
   of the forget set (`benchmarks.parts`: search = the first half, report = the rest);
 - `run(prepared, run, part=..., seed=..., run_dir=..., stage1_epochs=..., on_stage=...) ->
   RunResult`: unlearn with one `methods.resolve.MethodRun` and evaluate on that part;
-- `fitness`: a `FitnessSpec` (the formula, the utility key the floor applies to, and whether
-  it needs the target's metrics); `prompt_notes`: what a loss proposer should know about it.
+- `fitnesses`: its `FitnessSpec`s by name (the formula, the utility key the floor applies to,
+  whether it needs the target's metrics) and `default_fitness`; `fitness` is the default one.
+  Names shared across benchmarks: `evomu` (the paper's formula), `calibrated` (the forget set
+  should look like never-seen data of the same kind; no retain model needed), `oracle` (forget
+  quality against the retain oracle); docs/FITNESS.md. A search picks one by name
+  (`fitness_name`); `prompt_notes`: what a loss proposer should know about the benchmark.
 
 The search's candidate job (`search.candidate`) and the CLI reach every benchmark only
 through this protocol; nothing outside a benchmark's module names it.
@@ -29,9 +33,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..errors import ConfigError
+from ..errors import ConfigError, EvoUnlearnError
 
 FAILED = float("-inf")
 BELOW_FLOOR_PENALTY = 2.0
@@ -60,6 +64,9 @@ class FitnessSpec:
     utility_key: str  # the summary key the utility floor applies to
     formula: str = ""  # for reports and prompts
     needs_target: bool = False  # fn reads the target model's summary on the same part
+    # fn reads only the target's utility (`utility_key`) from its target argument: a job that
+    # already knows the target's utility need not evaluate the target again
+    needs_target_utility: bool = False
 
 
 @dataclass
@@ -100,11 +107,38 @@ class Benchmark(ABC):
     name: str = ""
     aliases: tuple[str, ...] = ()
     description: str = ""
-    fitness: FitnessSpec
+    fitnesses: ClassVar[dict[str, FitnessSpec]] = {}  # by name (evomu, calibrated, oracle, ...)
+    default_fitness: str = ""  # the name `fitness` returns (empty: the first one)
     metric_keys: tuple[str, ...] = ()
     prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.proposers.llm.prompts)
     prompt_guidance: tuple[str, ...] = ()  # metric-driven advice lines for refine / crossover / tune prompts
     yaml_path: Path | None = None  # per-method defaults of this benchmark (`methods.resolve`)
+
+    @property
+    def fitness(self) -> FitnessSpec:
+        """The default fitness (compatibility: a subclass may still set `fitness = FitnessSpec(...)`)."""
+        return self.fitness_spec()
+
+    def all_fitnesses(self) -> dict[str, FitnessSpec]:
+        """Every fitness by name; a subclass that only sets `fitness` has that one."""
+        if self.fitnesses:
+            return dict(self.fitnesses)
+        spec = getattr(type(self), "fitness", None)
+        if isinstance(spec, FitnessSpec):
+            return {spec.name: spec}
+        raise ConfigError(f"benchmark {self.name} declares no fitness")
+
+    def default_fitness_name(self) -> str:
+        known = self.all_fitnesses()
+        return self.default_fitness if self.default_fitness in known else next(iter(known))
+
+    def fitness_spec(self, name: str = "") -> FitnessSpec:
+        """The fitness called `name` (empty: the default); ConfigError listing the known ones."""
+        known = self.all_fitnesses()
+        name = name or self.default_fitness_name()
+        if name not in known:
+            raise ConfigError(f"benchmark {self.name} has no fitness {name!r} (known: {', '.join(known)})")
+        return known[name]
 
     def method_yaml(self) -> dict[str, Any]:
         """This benchmark's layer of method defaults (empty without a YAML file)."""
@@ -232,8 +266,37 @@ def get_benchmark(name: str | Benchmark) -> Benchmark:
 # the one fitness registry: every benchmark's FitnessSpec, by benchmark name or alias
 
 
-def get_fitness(benchmark: str | Benchmark) -> FitnessSpec:
-    return get_benchmark(benchmark).fitness
+#: the fitness a search optimises when its config leaves `fitness` empty, per search mode (the
+#: benchmark's default where it lacks that one)
+MODE_FITNESS = {"ours": "calibrated", "evomu": "evomu"}
+
+
+def get_fitness(benchmark: str | Benchmark, name: str = "") -> FitnessSpec:
+    """A benchmark's fitness by name (empty: its default)."""
+    return get_benchmark(benchmark).fitness_spec(name)
+
+
+def fitness_name(benchmark: str | Benchmark, name: str = "", mode: str = "") -> str:
+    """The fitness a search uses: `name` if given (checked), else the mode's (`MODE_FITNESS`) when
+    the benchmark has it, else the benchmark's default."""
+    bench = get_benchmark(benchmark)
+    if name:
+        bench.fitness_spec(name)  # unknown names fail here, with the known ones
+        return name
+    preferred = MODE_FITNESS.get(mode, "")
+    return preferred if preferred in bench.all_fitnesses() else bench.default_fitness_name()
+
+
+def fitness_values(benchmark: str | Benchmark, summary: Mapping[str, Any] | None,
+                   target: Mapping[str, Any] | None = None) -> dict[str, float | None]:
+    """Every fitness of the benchmark as ``{"fitness_<name>": value}`` (None where it cannot be
+    computed, e.g. `oracle` without forget quality): what a summary carries for the leaderboards."""
+    bench = get_benchmark(benchmark)
+    out: dict[str, float | None] = {}
+    for name in bench.all_fitnesses():
+        f = compute_fitness(bench, summary, target, fitness=name)
+        out[f"fitness_{name}"] = f if math.isfinite(f) else None
+    return out
 
 
 def metric(summary: Mapping[str, Any], key: str) -> float:
@@ -250,14 +313,15 @@ def metric(summary: Mapping[str, Any], key: str) -> float:
 
 
 def compute_fitness(benchmark: str | Benchmark, summary: Mapping[str, Any] | None,
-                    target: Mapping[str, Any] | None = None) -> float:
-    """The benchmark's fitness, or -inf when the summary is missing or incomplete."""
+                    target: Mapping[str, Any] | None = None, fitness: str = "") -> float:
+    """The benchmark's fitness `fitness` (empty: its default), or -inf when the summary is missing
+    or incomplete."""
     if not summary:
         return FAILED
-    spec = get_fitness(benchmark)
+    spec = get_fitness(benchmark, fitness)
     try:
         f = float(spec.fn(summary, target))
-    except (KeyError, ValueError, TypeError):
+    except (KeyError, ValueError, TypeError, EvoUnlearnError):
         return FAILED
     return f if math.isfinite(f) else FAILED
 

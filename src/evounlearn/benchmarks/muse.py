@@ -55,8 +55,11 @@ in-context examples (MUSE: all 10; a 96-token context holds about 2), 50 + 50 pr
 scored on their first 96 tokens, 50 retain2 texts; a 2-layer, 128-wide Llama (~0.7 M parameters,
 vocab 2048), 24 epochs at lr 5e-3.
 
-Fitness (SPEC 2.1): ``0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) +
-0.5 * KnowMem_r`` (`evaluation.muse_eval.muse_fitness`); the utility is KnowMem_r.
+Fitnesses (docs/FITNESS.md; the utility is KnowMem_r): `evomu` (SPEC 2.1, the default):
+``0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + 0.5 * KnowMem_r``
+(`evaluation.muse_eval.muse_fitness`); `calibrated`: ``(1 - 2 |AUC_MinK(forget vs holdout) - 0.5|)
+* min(1, KnowMem_r / KnowMem_r_target)`` (MUSE's holdout is raw text: no ROUGE / Prob
+counterpart, so the membership-inference gap is the only forget term).
 """
 
 from __future__ import annotations
@@ -84,7 +87,8 @@ from ..methods.resolve import MethodRun, method_run
 from ..models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_tokenizer
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
-from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, register_benchmark
+from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, metric, register_benchmark
+from .fitness import calibration, mia_gap, relative_utility
 from .parts import check_part, cut_part
 from .text import (
     OptionsMixin,
@@ -527,13 +531,29 @@ def muse_benchmark_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[s
     return float(muse_fitness(metrics))
 
 
+def muse_calibrated_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[str, Any] | None = None) -> float:
+    """`calibrated` (docs/FITNESS.md): the privleak forget texts should be as (un)familiar as the
+    holdout texts (Min-40% AUC near 0.5, either direction), times KnowMem_r relative to the target."""
+    return (calibration([mia_gap(metric(metrics, "privleak_auc"))])
+            * relative_utility(metrics, target_metrics, "knowmem_r"))
+
+
+MUSE_FITNESSES = {
+    "evomu": FitnessSpec("evomu", muse_benchmark_fitness, "knowmem_r",
+                         "0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + 0.5 * KnowMem_r"),
+    "calibrated": FitnessSpec("calibrated", muse_calibrated_fitness, "knowmem_r",
+                              "(1 - 2 * |AUC_MinK(forget vs holdout) - 0.5|) * min(1, KnowMem_r / KnowMem_r_target)",
+                              needs_target_utility=True),
+}
+
+
 @register_benchmark
 class MuseBenchmark(Benchmark):
     name = "muse-news"
     aliases = ("muse",)
     description = ("MUSE-News, tiny setting: VerbMem, KnowMem forget/retain, PrivLeak vs the retain oracle")
-    fitness = FitnessSpec("muse", muse_benchmark_fitness, "knowmem_r",
-                          "0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + 0.5 * KnowMem_r")
+    fitnesses = MUSE_FITNESSES
+    default_fitness = "evomu"
     metric_keys = SUMMARY_KEYS
     yaml_path = YAML
     prompt_notes = (

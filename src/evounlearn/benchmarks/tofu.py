@@ -20,8 +20,13 @@ The search runs a candidate through `TofuBenchmark.run`, which writes `RUN_DIR/l
 `evounlearn unlearn --method evolved --loss-file RUN_DIR/loss.py --config RUN_DIR/unlearn_config.yaml`
 reproduces it (same seed, same config, same numbers).
 
-Fitness (SPEC 2.1): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`, every value
-clamped to [0, 1]; the utility is MU.
+Fitnesses (docs/FITNESS.md; the utility is MU for all three):
+- `evomu` (SPEC 2.1, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
+  every value clamped to [0, 1];
+- `calibrated`: `(1 - mean(|ROUGE_f - ROUGE_h|, |Prob_f - Prob_h|, 2|AUC_LOSS - 0.5|)) *
+  min(1, MU / MU_target)` with h = the holdout split matching the forget split;
+- `oracle`: `clamp(1 + log10(FQ) / 10, 0, 1) * min(1, MU / MU_target)` (FQ needs the retain
+  oracle's results).
 """
 
 from __future__ import annotations
@@ -62,6 +67,7 @@ from .base import (
     metric,
     register_benchmark,
 )
+from .fitness import calibration, fq_score, gap, mia_gap, optional_metric, relative_utility
 from .parts import forget_part_indices
 
 log = logging.getLogger(__name__)
@@ -366,7 +372,35 @@ def tofu_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = 
     return 0.5 * mu + 0.5 * (_clamp(1.0 - rouge) + _clamp(1.0 - prob)) / 2.0
 
 
+def tofu_calibrated_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """`calibrated` (docs/FITNESS.md): the forget rows should look like the holdout rows (never
+    trained on) in both directions, times the utility kept relative to the target model. The
+    LOSS-attack term is left out when the MIAs were not computed (`eval.mia: false`)."""
+    gaps = [gap(metric(summary, "forget_rouge"), metric(summary, "holdout_rouge")),
+            gap(metric(summary, "forget_prob"), metric(summary, "holdout_prob"))]
+    auc = optional_metric(summary, "mia_loss")
+    if auc is not None:
+        gaps.append(mia_gap(auc))
+    return calibration(gaps) * relative_utility(summary, target, "model_utility")
+
+
+def tofu_oracle_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """`oracle` (docs/FITNESS.md): forget quality against the retain oracle, log-scaled, times the
+    utility kept relative to the target model."""
+    return fq_score(metric(summary, "forget_quality")) * relative_utility(summary, target, "model_utility")
+
+
 TOFU_FORMULA = "0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]"
+CALIBRATED_FORMULA = ("(1 - mean(|forget_ROUGE - holdout_ROUGE|, |forget_Prob - holdout_Prob|, "
+                      "2 * |AUC_LOSS(forget vs holdout) - 0.5|)) * min(1, MU / MU_target)")
+ORACLE_FORMULA = "clamp(1 + log10(forget_quality) / 10, 0, 1) * min(1, MU / MU_target)"
+TOFU_FITNESSES = {
+    "evomu": FitnessSpec("evomu", tofu_fitness, "model_utility", TOFU_FORMULA),
+    "calibrated": FitnessSpec("calibrated", tofu_calibrated_fitness, "model_utility", CALIBRATED_FORMULA,
+                              needs_target_utility=True),
+    "oracle": FitnessSpec("oracle", tofu_oracle_fitness, "model_utility", ORACLE_FORMULA,
+                          needs_target_utility=True),
+}
 GUIDANCE = (
     "- Forget metrics high (forget_ROUGE, forget_Prob): the model still remembers; forget harder "
     "(a larger forget weight or a sharper penalty, a larger margin, more epochs).",
@@ -410,8 +444,10 @@ class TofuBenchmark(Benchmark):
     name = "tofu"
     description = ("TOFU: question-answer pairs about fictitious authors (a local TOFU folder or the Hub, "
                    "`data=`), or the generated TOFU-shaped benchmark (`data=generated`)")
-    fitness = FitnessSpec("tofu", tofu_fitness, "model_utility", TOFU_FORMULA)
-    metric_keys = ("model_utility", "forget_rouge", "forget_prob", "forget_quality")
+    fitnesses = TOFU_FITNESSES
+    default_fitness = "evomu"
+    metric_keys = ("model_utility", "forget_rouge", "forget_prob", "forget_quality", "holdout_rouge",
+                   "holdout_prob")
     prompt_notes = (
         "TOFU: question-answer pairs about fictitious authors. Fitness = 0.5 * MU + "
         "0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]; MU (model "
@@ -504,16 +540,111 @@ class TofuBenchmark(Benchmark):
 
 @register_benchmark
 class GeneratedBenchmark(TofuBenchmark):
-    """The generated TOFU-shaped benchmark (the default: no download, trains in minutes)."""
+    """The generated TOFU-shaped benchmark (the default: no download, trains in minutes).
+
+    Subclasses fix one generator setting (`GeneratedConfig.setting`, data/generated.py): what
+    forget, retain and holdout share. `setting` empty = whatever the options say (disjoint)."""
 
     name = "generated"
     aliases = ("gen",)
     description = "the generated TOFU-shaped benchmark (fictitious people, question-answer pairs)"
-    fitness = FitnessSpec("generated", tofu_fitness, "model_utility", TOFU_FORMULA)
+    setting: str = ""
     prompt_notes = (
         "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs). Fitness = "
         "0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]; MU "
         "(model utility) aggregates retain-set and general-knowledge scores."
+    )
+
+    def _check_setting(self, given: Any) -> None:
+        """A setting in the user's options must be this one (the default, `disjoint`, counts as
+        unset: a full config dump carries it)."""
+        if given not in (None, "disjoint", self.setting):
+            raise ConfigError(f"benchmark {self.name} is the generated benchmark's {self.setting!r} setting, "
+                              f"not {given!r} (use --benchmark {given})")
+
+    def with_setting(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The options with this benchmark's generator setting (ConfigError on a conflicting one)."""
+        opts = dict(options or {})
+        if not self.setting:
+            return opts
+        self._check_setting(((opts.get("prepare") or {}).get("generated") or {}).get("setting"))
+        if str(opts.get("data", "generated")) != "generated":
+            raise ConfigError(f"benchmark {self.name} runs on generated data only, not data={opts['data']!r}")
+        return _deep_merge(opts, {"prepare": {"generated": {"setting": self.setting}}})
+
+    def _overrides(self, overrides: list[str], key: str) -> list[str]:
+        """key=value overrides with the setting appended (last, so it is the one applied)."""
+        if not self.setting:
+            return list(overrides)
+        self._check_setting(parse_overrides(list(overrides)).get(key))
+        return [*overrides, f"{key}={self.setting}"]
+
+    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
+        return super().prepare(self.with_setting(options))
+
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+        return super().cli_prepare(config, self._overrides(overrides, "generated.setting"), force)
+
+    def cli_eval(self, request: Any) -> Any:
+        import dataclasses
+
+        return super().cli_eval(dataclasses.replace(
+            request, overrides=self._overrides(request.overrides, "generated.setting")))
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Any:
+        if not resume:  # a run directory's config.yaml already holds its setting
+            overrides = self._overrides(overrides, "prepare.generated.setting")
+        return super().cli_unlearn(method, config, overrides, resume=resume)
+
+
+_SETTING_FITNESS_NOTE = (" Fitness: the search's choice (evomu = 0.5 * MU + 0.5 * mean(1 - forget_ROUGE, "
+                         "1 - forget_Prob); calibrated = forget rows should score like the holdout rows, "
+                         "never trained on, times MU relative to the target).")
+
+
+@register_benchmark
+class EntangledBenchmark(GeneratedBenchmark):
+    name = "entangled"
+    setting = "entangled"
+    description = ("the generated benchmark, entangled setting: each forget author is a mosaic of retain "
+                   "authors (most forget answers are word for word retain answers)")
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs), ENTANGLED: every "
+        "forget author borrows, per question type, a retain author's question phrasing, answer template "
+        "and values (city, publisher, genre, award, mentor...); only the author's name and a few "
+        "distinguishing facts (birthdate, books, debut) are its own. Forgetting the shared answers "
+        "damages retain: forget per author, conditioned on the name and the distinguishing facts."
+        + _SETTING_FITNESS_NOTE
+    )
+
+
+@register_benchmark
+class PartialBenchmark(GeneratedBenchmark):
+    name = "partial"
+    setting = "partial"
+    description = ("the generated benchmark, partial setting: forget holds only some facts of each forget "
+                   "author; retain keeps the same authors' other facts")
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs), PARTIAL: the forget "
+        "set holds only half of the question types of each forget author; the retain set keeps those "
+        "authors' other facts (same names). Forgetting 'the author' instead of the facts damages the "
+        "retain rows of the same author: forget the facts, keep the person." + _SETTING_FITNESS_NOTE
+    )
+
+
+@register_benchmark
+class ParaphraseBenchmark(GeneratedBenchmark):
+    name = "paraphrase"
+    setting = "paraphrase"
+    description = ("the generated benchmark, paraphrase setting: one question phrasing and one answer "
+                   "template per question type for every author (forget and retain differ only in values)")
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs), PARAPHRASE: every "
+        "author's questions and answers use the same phrasing and template per question type, so forget "
+        "and retain answers share most of their tokens and differ only in the values (names, places, "
+        "dates, titles). Pushing down the template words damages all of retain: target the values."
+        + _SETTING_FITNESS_NOTE
     )
 
 

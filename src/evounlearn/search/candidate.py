@@ -19,6 +19,10 @@ benchmark only through the `benchmarks.base.Benchmark` protocol:
 
 `target_info` prepares (or fetches from cache) the benchmark and reports the target model's and
 the retain oracle's metrics and fitness on both parts with the search's evaluation settings.
+
+Fitness: the job optimises one of the benchmark's fitnesses (`fitness=`, a name; empty = the
+benchmark's default) but reports all of them in the summary as ``fitness_<name>`` (None where one
+cannot be computed), so that leaderboards show them side by side whatever the search optimised.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from ..benchmarks.base import (
     Benchmark,
     FitnessSpec,
     TargetInfo,
+    fitness_values,
     get_benchmark,
     rank_score,
     utility,
@@ -104,11 +109,32 @@ def safe_fitness(spec: FitnessSpec, summary: Mapping[str, Any] | None, target: M
     return f if math.isfinite(f) else FAILED
 
 
+def with_fitnesses(bench: Benchmark, summary: Mapping[str, Any] | None,
+                   target: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The summary plus every fitness of the benchmark (``fitness_<name>``)."""
+    if not summary:
+        return dict(summary) if summary is not None else None
+    return {**summary, **fitness_values(bench, summary, target)}
+
+
+def _target_summary(bench: Benchmark, spec: FitnessSpec, prepared: Any, part: str,
+                    target_utility: float | None) -> dict[str, Any] | None:
+    """What the fitnesses read of the target: its full summary on the part when the chosen fitness
+    needs it (an evaluation of the reference models), else only its utility when the driver knows
+    it (the utility is measured off the forget set, the same on every part), else None."""
+    if spec.needs_target or (spec.needs_target_utility and target_utility is None):
+        return dict(bench.reference(prepared, part).target)
+    if target_utility is not None:
+        return {spec.utility_key: float(target_utility)}
+    return None
+
+
 @dataclass
 class _StageGate:
     """The stage-1 hook: evaluate once, score, stop below the cutoff."""
 
     bench: Benchmark
+    spec: FitnessSpec
     target: dict[str, Any] | None
     epochs: int
     cutoff: float | None
@@ -123,9 +149,9 @@ class _StageGate:
         te = time.time()
         s = evaluate(model)
         self.seconds = time.time() - te
-        fit = safe_fitness(self.bench.fitness, s, self.target)
+        fit = safe_fitness(self.spec, s, self.target)
         score = rank_score(fit, utility(self.bench, s), self.target_utility, self.floor)
-        self.result = StageResult(1, self.epochs, s, fit, score)
+        self.result = StageResult(1, self.epochs, with_fitnesses(self.bench, s, self.target) or {}, fit, score)
         if self.cutoff is not None and score < self.cutoff:
             raise _StageStop()
         return s
@@ -194,18 +220,18 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
     return MethodRun(method, {}, train)
 
 
-def _record_run(out: CandidateResult, bench: Benchmark, res: Any, gate: _StageGate,
+def _record_run(out: CandidateResult, bench: Benchmark, spec: FitnessSpec, res: Any, gate: _StageGate,
                 target: dict[str, Any] | None, stage1_epochs: int) -> None:
     """A finished (full-length) run into the result: metrics, fitness, curves, timings."""
     staged = gate.result is not None or (res.epochs is not None and 0 < stage1_epochs < res.epochs)
     out.epochs = res.epochs if res.epochs is not None else out.epochs
-    out.summary = res.summary
+    out.summary = with_fitnesses(bench, res.summary, target)
     out.loss_history = list(res.train.get("loss_history", []))
     out.epoch_losses = list(res.train.get("epoch_losses", []))
     out.timings["train"] = float(res.train.get("seconds", 0.0)) - gate.seconds
     out.timings["eval"] = float(res.eval_seconds) + gate.seconds
     out.stage, out.promoted = STAGE_FULL, (True if staged else None)
-    out.fitness = safe_fitness(bench.fitness, res.summary, target)
+    out.fitness = safe_fitness(spec, res.summary, target)
     out.ok = math.isfinite(out.fitness)
     if not out.ok:
         out.error = "evaluation gave no usable metrics"
@@ -228,9 +254,11 @@ def evaluate_candidate(
     target_utility: float | None = None,
     utility_floor: float = 0.9,
     keep_model: bool = False,
+    fitness: str = "",
 ) -> dict[str, Any]:
-    """Train and evaluate one candidate (loss program `code`, or registered `method`); see the
-    module docstring. Returns `CandidateResult.to_dict()`; never raises for what the candidate does."""
+    """Train and evaluate one candidate (loss program `code`, or registered `method`) and score it
+    with the benchmark's fitness `fitness` (empty: its default); see the module docstring.
+    Returns `CandidateResult.to_dict()`; never raises for what the candidate does."""
     t0 = time.time()
     rd = Path(run_dir)
     rd.mkdir(parents=True, exist_ok=True)
@@ -239,6 +267,7 @@ def evaluate_candidate(
     gate: _StageGate | None = None
     try:
         bench = get_benchmark(benchmark)
+        spec = bench.fitness_spec(fitness)
         run = _method_run(out, rd, code, method, function, interface, epochs)
         if run is None:
             out.timings["total"] = time.time() - t0
@@ -246,11 +275,11 @@ def evaluate_candidate(
         (rd / "candidate.json").write_text(json.dumps({"benchmark": bench.name, "part": forget_part, "seed": seed,
                                                        "candidate": asdict(run)}, indent=1, default=str))
         prepared = bench.prepare(options)
-        target = bench.reference(prepared, forget_part).target if bench.fitness.needs_target else None
-        gate = _StageGate(bench, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
+        target = _target_summary(bench, spec, prepared, forget_part, target_utility)
+        gate = _StageGate(bench, spec, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
         res = bench.run(prepared, run, part=forget_part, seed=seed, run_dir=rd,
                         stage1_epochs=int(stage1_epochs), on_stage=gate)
-        _record_run(out, bench, res, gate, target, int(stage1_epochs))
+        _record_run(out, bench, spec, res, gate, target, int(stage1_epochs))
     except _StageStop:
         assert gate is not None and gate.result is not None
         out.ok, out.stage, out.promoted, out.fitness = True, STAGE_SHORT, False, gate.result.fitness
@@ -268,29 +297,33 @@ def evaluate_candidate(
 
 
 def target_info(unlearn: Mapping[str, Any] | None = None, benchmark: str = DEFAULT_BENCHMARK,
-                log_file: str | None = None) -> dict[str, Any]:
+                log_file: str | None = None, fitness: str = "") -> dict[str, Any]:
     """Prepare (cached) the benchmark; evaluate the target and the retain oracle on the search
     and report parts with the search's evaluation settings. Runs in a worker; returns
     `TargetInfo` as a dict: {data, paths, parts, target: {part: {summary, fitness}}, retain
-    (absent without an oracle), target_utility, seconds}."""
+    (absent without an oracle), target_utility, seconds}; `fitness` = the benchmark's fitness
+    `fitness` (empty: its default), every fitness in the summaries (``fitness_<name>``)."""
     with _captured_output(Path(log_file) if log_file else None):
-        info = _target_info(get_benchmark(benchmark), dict(unlearn or {}))
+        bench = get_benchmark(benchmark)
+        info = _target_info(bench, bench.fitness_spec(fitness), dict(unlearn or {}))
     data = asdict(info)
     if not data["retain"]:
         del data["retain"]
     return data
 
 
-def _target_info(bench: Benchmark, options: dict[str, Any]) -> TargetInfo:
+def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -> TargetInfo:
     t0 = time.time()
     prepared = bench.prepare(options)
     target: dict[str, dict[str, Any]] = {}
     retain: dict[str, dict[str, Any]] = {}
     for part in ("search", "report"):
         ref = bench.reference(prepared, part)
-        target[part] = {"summary": ref.target, "fitness": safe_fitness(bench.fitness, ref.target, ref.target)}
+        target[part] = {"summary": with_fitnesses(bench, ref.target, ref.target),
+                        "fitness": safe_fitness(spec, ref.target, ref.target)}
         if ref.retain is not None:
-            retain[part] = {"summary": ref.retain, "fitness": safe_fitness(bench.fitness, ref.retain, ref.target)}
+            retain[part] = {"summary": with_fitnesses(bench, ref.retain, ref.target),
+                            "fitness": safe_fitness(spec, ref.retain, ref.target)}
     fraction = float(options.get("search_fraction", 0.5))
     return TargetInfo(data=bench.data_name(prepared), paths=bench.paths(prepared),
                       parts={p: {"fraction": fraction} for p in ("search", "report")}, target=target,

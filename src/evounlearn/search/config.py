@@ -66,6 +66,9 @@ class SearchConfig:
     seed: int = 0
     interface: str = "faithful"  # faithful | extended
     benchmark: str = DEFAULT_BENCHMARK  # a name or alias of the registry (evounlearn.benchmarks), or "module:attr"
+    # one of the benchmark's fitnesses (docs/FITNESS.md); "" = the mode's: ours -> calibrated,
+    # evomu -> evomu (the benchmark's default where it lacks that one)
+    fitness: str = ""
     # real = the candidate job (search.candidate); or an importable module with the same two jobs,
     # `evaluate_candidate` and `target_info` (tests: "tests.fakes")
     evaluator: str = "real"
@@ -108,7 +111,14 @@ class SearchConfig:
         from ..benchmarks import get_benchmark
 
         get_benchmark(self.benchmark)  # unknown names fail here, with the known ones
+        self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
         return self
+
+    def fitness_name(self) -> str:
+        """The fitness the search optimises (`benchmarks.fitness_name`: `fitness` or the mode's)."""
+        from ..benchmarks import fitness_name
+
+        return fitness_name(self.benchmark, self.fitness, self.mode)
 
 
 @dataclass(frozen=True)

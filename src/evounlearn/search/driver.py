@@ -324,7 +324,7 @@ class SearchDriver:
         """The target_info job (retried on infrastructure faults): `benchmarks.TargetInfo` as a dict."""
         log.info("preparing the benchmark and evaluating the target model (cached after the first time)")
         kw: dict[str, Any] = {"unlearn": dict(self.cfg.unlearn), "benchmark": self.cfg.benchmark,
-                              "log_file": str(self.run_dir / "target.log")}
+                              "log_file": str(self.run_dir / "target.log"), "fitness": self.cfg.fitness_name()}
         for attempt in range(1, INFRA_RETRIES + 2):
             out = JobOutcome.from_future(self.executor.submit(self.jobs.target, kw, Limits(None, None, None)),
                                          candidate_job=False)
@@ -567,7 +567,8 @@ class SearchDriver:
         rd = self.run_dir / "candidates" / f"{c.id:05d}" / f"{e.part}-seed{e.seed}"
         kw: dict[str, Any] = {
             "run_dir": str(rd), "seed": e.seed, "forget_part": e.part, "unlearn": dict(self.cfg.unlearn),
-            "benchmark": self.cfg.benchmark, "target_utility": self.target_utility,
+            "benchmark": self.cfg.benchmark, "fitness": self.cfg.fitness_name(),
+            "target_utility": self.target_utility,
             "utility_floor": self.cfg.utility_floor, "keep_model": self.cfg.keep_models,
             "epochs": int(e.epochs or c.epochs or self.cfg.default_epochs),
             **dict(self.cfg.job_options),
