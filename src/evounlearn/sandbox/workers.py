@@ -443,7 +443,7 @@ class IsolatedWorker:
             try:
                 self.start()
             except Exception as e:
-                return JobResult(False, error=f"worker start failed: {e}", killed_reason=CRASH)
+                return JobResult(False, error=f"worker start failed: {e}", killed_reason=CRASH, infra=True)
             return self._run_locked(function_path, dict(kwargs or {}), wall, cpu, mem)  # type: ignore[arg-type]
 
     def _run_locked(
