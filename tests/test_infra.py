@@ -285,3 +285,21 @@ def test_a_cache_hit_writes_nothing(tiny_prepared):
     before = _files(Path(cfg.cache_dir))
     prepare(cfg)
     assert _files(Path(cfg.cache_dir)) == before
+
+
+# ------------------------------------------------------------------------------------------------
+# a worker that cannot start
+
+
+def test_a_worker_that_cannot_start_is_an_infra_fault(monkeypatch):
+    from evounlearn.sandbox.workers import IsolatedWorker
+
+    w = IsolatedWorker(wall_limit_s=5, trusted_prefixes=("evounlearn.", "tests.worker_jobs"))
+
+    def cannot_start() -> None:
+        raise RuntimeError("isolated worker failed to start (exit code 1)")
+
+    monkeypatch.setattr(w, "start", cannot_start)
+    res = w.run("tests.worker_jobs:diagnostic_job", {"action": "echo", "value": 1})
+    assert not res.ok and res.infra and "worker start failed" in (res.error or "")
+    w.close()
