@@ -265,7 +265,7 @@ def test_two_processes_preparing_the_same_entry_build_it_once(tmp_path):
     assert results[0]["root"] == results[1]["root"]
 
     root = Path(results[0]["root"])
-    entry = _Entry(root, cfg.forget_split)
+    entry = _Entry.at(root, cfg.forget_split)
     assert entry.complete()
     for folder in (entry.target, entry.retain):
         check_model_folder(folder)

@@ -148,30 +148,18 @@ class _Entry:
 
     root: Path
     split: str
+    tokenizer: Path
+    target: Path
+    retain: Path
+    target_results: Path
+    retain_results: Path
+    info: Path
 
-    @property
-    def tokenizer(self) -> Path:
-        return self.root / "tokenizer"
-
-    @property
-    def target(self) -> Path:
-        return self.root / "target"
-
-    @property
-    def retain(self) -> Path:
-        return self.root / f"retain-{self.split}"
-
-    @property
-    def target_results(self) -> Path:
-        return self.root / f"target_results-{self.split}.json"
-
-    @property
-    def retain_results(self) -> Path:
-        return self.root / f"retain_results-{self.split}.json"
-
-    @property
-    def info(self) -> Path:
-        return self.root / f"prepare-{self.split}.json"
+    @classmethod
+    def at(cls, root: Path, split: str) -> _Entry:
+        return cls(root, split, root / "tokenizer", root / "target", root / f"retain-{split}",
+                   root / f"target_results-{split}.json", root / f"retain_results-{split}.json",
+                   root / f"prepare-{split}.json")
 
     def complete(self) -> bool:
         """Every piece is there (the info JSON is written last, after everything else)."""
@@ -193,8 +181,8 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
     t0 = time.time()
     data_hash = _data_fingerprint(source, ["full", retain_split, "real_authors", "world_facts"])
     recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
-    entry = _Entry(Path(cfg.cache_dir or default_cache_dir()) / "prepare" / _hash({"data": data_hash, "recipe": recipe}),
-                   split)
+    key = _hash({"data": data_hash, "recipe": recipe})
+    entry = _Entry.at(Path(cfg.cache_dir or default_cache_dir()) / "prepare" / key, split)
     if force or not entry.complete():
         with file_lock(entry.root):
             if force:
@@ -218,7 +206,7 @@ def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[st
     trained = False
     for name, out, rows in (("target", entry.target, "full"), ("retain", entry.retain, retain_split)):
         if not (out / "config.json").exists():
-            log.info("training the %s on %s + general knowledge", name, rows)
+            log.info("training the %s model on %s + general knowledge", name, rows)
             pairs = [(r["question"], r["answer"]) for r in tofu.load_split(rows, source)] + general
             info[f"{name}_train"] = _train_one(name, out, tokenizer, pairs, cfg)
             trained = True
