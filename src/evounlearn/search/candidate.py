@@ -162,6 +162,13 @@ def check_model_folder(path: str | Path) -> None:
         raise ArtifactError(f"prepared model {folder} has no tokenizer", folder)
 
 
+def _prepared(bench: Benchmark, options: dict[str, Any], part: str) -> tuple[Any, dict[str, Any] | None]:
+    """The prepared benchmark (checked) and the target's summary on `part` when the fitness needs it."""
+    prepared = bench.prepare(options)
+    _check_prepared(bench, prepared)
+    return prepared, (bench.reference(prepared, part).target if bench.fitness.needs_target else None)
+
+
 def _check_prepared(bench: Benchmark, prepared: Any) -> None:
     """The prepared models are complete (`check_model_folder`), checked before the candidate runs
     so that a damaged cache entry is reported as such, naming the file."""
@@ -332,9 +339,7 @@ def evaluate_candidate(
             return out.to_dict()
         atomic_write_json(rd / "candidate.json", {"benchmark": bench.name, "part": forget_part, "seed": seed,
                                                   "candidate": asdict(run)}, default=str)
-        prepared = bench.prepare(options)
-        _check_prepared(bench, prepared)
-        target = bench.reference(prepared, forget_part).target if bench.fitness.needs_target else None
+        prepared, target = _prepared(bench, options, forget_part)
         gate = _StageGate(bench, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
         candidate_ran = True
         res = bench.run(prepared, run, part=forget_part, seed=seed, run_dir=rd,
@@ -345,7 +350,7 @@ def evaluate_candidate(
         out.ok, out.stage, out.promoted, out.fitness = True, STAGE_SHORT, False, gate.result.fitness
         out.loss_history, out.epoch_losses = _loss_history_from_checkpoint(rd)
         out.timings["eval"] = gate.seconds
-    except Exception as e:  # the candidate's own failure (runtime error in the loss, bad config, ...) or not
+    except Exception as e:  # the candidate's own failure (runtime error in the loss, ...) or the infrastructure's
         reason = classify_failure(e, candidate_ran=candidate_ran)
         out.error, out.infra = (reason, True) if reason else (_short(e), False)
     if gate is not None and gate.result is not None:
