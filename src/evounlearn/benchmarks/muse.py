@@ -64,7 +64,6 @@ counterpart, so the membership-inference gap is the only forget term).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -83,8 +82,9 @@ from ..data.prompting import EncodedQA, PromptFormatter
 from ..errors import DataError
 from ..evaluation.metrics import privleak
 from ..evaluation.muse_eval import evaluate_muse_model, knowmem_prompt, muse_fitness
+from ..files import file_lock, read_json, read_json_or_none
 from ..methods.resolve import MethodRun, method_run
-from ..models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_tokenizer
+from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, metric, register_benchmark
@@ -92,6 +92,7 @@ from .fitness import calibration, mia_gap, relative_utility
 from .parts import check_part, cut_part
 from .text import (
     OptionsMixin,
+    cached_tokenizer,
     content_hash,
     encode_ids,
     load_model,
@@ -428,29 +429,37 @@ def evaluate_muse_setting(model: Any, tokenizer: Any, material: MuseMaterial, cf
 def _evaluate_pair(root: Path, target: Path, retain: Path, material: MuseMaterial, cfg: MuseSettingConfig,
                    suffix: str = "") -> dict[str, dict[str, Any]]:
     """Evaluate the retain oracle (its own PrivLeak reference: 0 by definition), then the target
-    against it; cached as JSON next to the models."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, path in (("retain", retain), ("target", target)):
-        file = root / f"{name}_results{suffix}.json"
-        if not file.exists():
-            model, tok = load_model(path)
-            if name == "retain":
-                res = evaluate_muse_setting(model, tok, material, cfg)
-                auc = float(res["privleak"]["auc"])
-                res["privleak"].update(agg=privleak(auc, auc), auc_ref=auc)
-                res["summary"] = summarize(res)
-            else:
-                res = evaluate_muse_setting(model, tok, material, cfg, auc_ref=out["retain"]["privleak"]["auc"])
-            write_json(file, res)
-        out[name] = json.loads(file.read_text())
-    return out
+    against it; cached as JSON next to the models (built under a lock: candidate jobs sharing the
+    cache ask for the same part at once)."""
+    files = {name: root / f"{name}_results{suffix}.json" for name in ("retain", "target")}
+    if not all(f.exists() for f in files.values()):
+        with file_lock(root / f"results{suffix}"):
+            for name, path in (("retain", retain), ("target", target)):
+                if files[name].exists():
+                    continue
+                model, tok = load_model(path)
+                if name == "retain":
+                    res = evaluate_muse_setting(model, tok, material, cfg)
+                    auc = float(res["privleak"]["auc"])
+                    res["privleak"].update(agg=privleak(auc, auc), auc_ref=auc)
+                    res["summary"] = summarize(res)
+                else:
+                    auc_ref = read_json(files["retain"], "MUSE results")["privleak"]["auc"]
+                    res = evaluate_muse_setting(model, tok, material, cfg, auc_ref=auc_ref)
+                write_json(files[name], res)
+    return {name: read_json(f, "MUSE results") for name, f in files.items()}
+
+
+def _complete(root: Path) -> bool:
+    """Every piece of a prepared entry is there (info.json is written last)."""
+    return all((root / p).exists() for p in ("tokenizer/tokenizer.json", "target/config.json", "retain/config.json",
+                                             "target_results.json", "retain_results.json", "info.json"))
 
 
 def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> MusePrepared:
     """Train (or fetch from the cache) the tokenizer, the target and the retain oracle, and
-    evaluate both on every item (the oracle first: its AUC is PrivLeak's reference)."""
-    from transformers import AutoTokenizer
-
+    evaluate both on every item (the oracle first: its AUC is PrivLeak's reference). A cache hit
+    writes nothing; building holds the entry's lock (runs sharing the cache build it once)."""
     cfg = cfg or MuseSettingConfig()
     t0 = time.time()
     material = load_material(cfg)
@@ -458,16 +467,23 @@ def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> M
               "cfg": {k: v for k, v in to_dict(cfg).items() if k not in {"cache_dir", "source", "eval_batch_size"}}}
     key = content_hash({"material": asdict(material) | {"source": ""}, "recipe": recipe})
     root = _cache_root(cfg) / "muse" / key
-    if force:
-        shutil.rmtree(root, ignore_errors=True)
+    if force or not _complete(root):
+        with file_lock(root):
+            if force:
+                shutil.rmtree(root, ignore_errors=True)
+            if force or not _complete(root):  # another process may have built it while we waited
+                _build_muse(root, material, cfg, t0)
+    info = read_json(root / "info.json", "MUSE prepare info")
+    results = {name: read_json(root / f"{name}_results.json", "MUSE results") for name in ("target", "retain")}
+    return MusePrepared(root, root / "target", root / "retain", results["target"], results["retain"], material,
+                        cfg, info)
+
+
+def _build_muse(root: Path, material: MuseMaterial, cfg: MuseSettingConfig, t0: float) -> None:
+    """Build what the entry `root` lacks (under its lock); info.json last, marking it complete."""
     root.mkdir(parents=True, exist_ok=True)
-    info_path = root / "info.json"
-    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.exists() else {}
-    tok_dir = root / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        tokenizer = train_bpe_tokenizer(tokenizer_corpus(material), cfg.model.vocab_size, tok_dir)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    info: dict[str, Any] = read_json_or_none(root / "info.json") or {}
+    tokenizer = cached_tokenizer(root / "tokenizer", lambda: tokenizer_corpus(material), cfg.model.vocab_size)
     rows = build_rows(material, tokenizer, cfg)
     info["rows"] = rows.counts()
     fmt = PromptFormatter(tokenizer, max_length=cfg.context)
@@ -480,10 +496,9 @@ def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> M
             stats["parameters"] = sum(p.numel() for p in model.parameters())
             save_model(model, tokenizer, out)
             info[f"{name}_train"] = stats
-    results = _evaluate_pair(root, target_dir, retain_dir, material, cfg)
+    _evaluate_pair(root, target_dir, retain_dir, material, cfg)
     info.update(root=str(root), source=material.source, stand_ins=stand_ins(), total_seconds=time.time() - t0)
-    write_json(info_path, info)
-    return MusePrepared(root, target_dir, retain_dir, results["target"], results["retain"], material, cfg, info)
+    write_json(root / "info.json", info)
 
 
 def unlearn_muse(prepared: MusePrepared, method: str | MethodRun | dict[str, Any], *,

@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..files import atomic_write_text
 
 
 @dataclass
@@ -129,8 +130,8 @@ def unlearn_report(bench: Any, method: str | None, options: dict[str, Any], run_
     options.pop("run_dir", None)
     rd.mkdir(parents=True, exist_ok=True)
     run = MethodRun(str(name), loss, train)
-    (rd / "config.yaml").write_text(yaml.safe_dump({"benchmark": bench.name, "forget_part": part, "seed": seed,
-                                                    **asdict(run), "options": options}, sort_keys=False))
+    atomic_write_text(rd / "config.yaml", yaml.safe_dump({"benchmark": bench.name, "forget_part": part, "seed": seed,
+                                                          **asdict(run), "options": options}, sort_keys=False))
     prepared = bench.prepare(options)
     ref = bench.reference(prepared, part)
     res = bench.run(prepared, run, part=part, seed=seed, run_dir=rd)

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import torch
 
 from ..data.prompting import IGNORE_INDEX, EncodedQA, PromptFormatter
 from ..errors import ConfigError
+from ..files import atomic_dir
 from ..methods.resolve import MethodRun, resolve_method
 from ..training.loop import UnlearnData, Unlearner
 
@@ -62,12 +62,22 @@ def row_tokens(rows: Sequence[EncodedQA]) -> int:
 
 def save_model(model: Any, tokenizer: Any, out: Path) -> None:
     """`save_pretrained` to a temporary folder, then rename (a half-written model is never cached)."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+
+def cached_tokenizer(folder: Path, texts: Callable[[], Iterable[str]], vocab_size: int) -> Any:
+    """The BPE tokenizer saved in `folder`, or one trained on `texts()` and saved there
+    atomically (callers building a cache entry hold its lock)."""
+    if (folder / "tokenizer.json").exists():
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(folder))
+    from ..models.tiny import train_bpe_tokenizer
+
+    with atomic_dir(folder) as tmp:
+        return train_bpe_tokenizer(texts(), vocab_size, tmp)
 
 
 def load_model(path: str | Path) -> tuple[Any, Any]:

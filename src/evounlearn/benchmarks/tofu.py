@@ -51,10 +51,11 @@ from ..data.generated import GeneratedConfig, ensure_benchmark
 from ..data.prompting import PromptFormatter
 from ..errors import ConfigError
 from ..evaluation.tofu_eval import EvalConfig, TofuEvaluator, load_results, save_results
+from ..files import atomic_dir, atomic_write_json, atomic_write_text, file_lock, read_json, read_json_or_none
 from ..methods import get_method
 from ..methods.resolve import MethodRun, check_loss_params, configure, method_defaults
 from ..models.loading import load_model_and_tokenizer
-from ..models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_tokenizer
+from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune
 from ..training.loop import TrainConfig, UnlearnData, Unlearner, write_json
 from .base import (
@@ -69,6 +70,7 @@ from .base import (
 )
 from .fitness import calibration, fq_score, gap, mia_gap, optional_metric, relative_utility
 from .parts import forget_part_indices
+from .text import cached_tokenizer
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = "tiny-v1"
@@ -139,18 +141,44 @@ def _train_one(name: str, out: Path, tokenizer, pairs, cfg: PrepareConfig) -> di
     model = build_tiny_llama(tokenizer, cfg.model, seed=cfg.train.seed)
     fmt = PromptFormatter(tokenizer, max_length=cfg.train.max_length)
     stats = finetune(model, fmt, pairs, cfg.train, desc=f"prepare {name}")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:  # a half-written model is never cached
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
     stats["parameters"] = sum(p.numel() for p in model.parameters())
     return stats
 
 
+@dataclass(frozen=True)
+class _Entry:
+    """The files of one prepared cache entry (`cache/prepare/<hash>`, one forget split)."""
+
+    root: Path
+    split: str
+    tokenizer: Path
+    target: Path
+    retain: Path
+    target_results: Path
+    retain_results: Path
+    info: Path
+
+    @classmethod
+    def at(cls, root: Path, split: str) -> _Entry:
+        return cls(root, split, root / "tokenizer", root / "target", root / f"retain-{split}",
+                   root / f"target_results-{split}.json", root / f"retain_results-{split}.json",
+                   root / f"prepare-{split}.json")
+
+    def complete(self) -> bool:
+        """Every piece is there (the info JSON is written last, after everything else)."""
+        return all(p.exists() for p in (self.tokenizer / "tokenizer.json", self.target / "config.json",
+                                         self.retain / "config.json", self.target_results,
+                                         self.retain_results, self.info))
+
+
 def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
-    """Train (or fetch from cache) the target and retain models and evaluate both."""
+    """Train (or fetch from cache) the target and retain models and evaluate both.
+
+    A cache hit writes nothing. Building an entry holds `file_lock(entry)`, so runs sharing the
+    cache build it once: a second process waits, then finds it complete."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     split = tofu.check_forget_split(cfg.forget_split)
@@ -159,48 +187,49 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
     t0 = time.time()
     data_hash = _data_fingerprint(source, ["full", retain_split, "real_authors", "world_facts"])
     recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
-    root = Path(cfg.cache_dir or default_cache_dir()) / "prepare" / _hash({"data": data_hash, "recipe": recipe})
-    root.mkdir(parents=True, exist_ok=True)
-    target_dir, retain_dir = root / "target", root / f"retain-{split}"
-    info_path = root / f"prepare-{split}.json"
-    if force:
-        for p in (target_dir, retain_dir, info_path):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    key = _hash({"data": data_hash, "recipe": recipe})
+    entry = _Entry.at(Path(cfg.cache_dir or default_cache_dir()) / "prepare" / key, split)
+    if force or not entry.complete():
+        with file_lock(entry.root):
+            if force:
+                for p in (entry.target, entry.retain, entry.info):
+                    shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            if force or not entry.complete():  # another process may have built it while we waited
+                _build_entry(cfg, entry, source, recipe, t0)
+    info = read_json(entry.info, "prepare info")
+    return Prepared(entry.root, source, split, entry.target, entry.retain, entry.target_results,
+                    entry.retain_results, info)
 
-    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.exists() else {}
+
+def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[str, Any], t0: float) -> None:
+    """Build what `entry` lacks (under its lock); the info JSON last, marking it complete."""
+    split, retain_split = entry.split, tofu.FORGET_TO_RETAIN[entry.split]
+    entry.root.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = read_json_or_none(entry.info) or {}  # rebuilt: a corrupt one only loses old stats
     general = general_pairs(source)
-    tok_dir = root / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        tokenizer = train_bpe_tokenizer(tokenizer_corpus(source, split), cfg.model.vocab_size, tok_dir)
-    else:
-        from transformers import AutoTokenizer
+    tokenizer = cached_tokenizer(entry.tokenizer, lambda: tokenizer_corpus(source, split), cfg.model.vocab_size)
 
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
-
-    if not (target_dir / "config.json").exists():
-        log.info("training the target model on full + general knowledge")
-        pairs = [(r["question"], r["answer"]) for r in tofu.load_split("full", source)] + general
-        info["target_train"] = _train_one("target", target_dir, tokenizer, pairs, cfg)
-    if not (retain_dir / "config.json").exists():
-        log.info("training the retain oracle on %s + general knowledge", retain_split)
-        pairs = [(r["question"], r["answer"]) for r in tofu.load_split(retain_split, source)] + general
-        info["retain_train"] = _train_one("retain", retain_dir, tokenizer, pairs, cfg)
+    trained = False
+    for name, out, rows in (("target", entry.target, "full"), ("retain", entry.retain, retain_split)):
+        if not (out / "config.json").exists():
+            log.info("training the %s model on %s + general knowledge", name, rows)
+            pairs = [(r["question"], r["answer"]) for r in tofu.load_split(rows, source)] + general
+            info[f"{name}_train"] = _train_one(name, out, tokenizer, pairs, cfg)
+            trained = True
     train_seconds = time.time() - t0
 
-    retain_res, target_res = root / f"retain_results-{split}.json", root / f"target_results-{split}.json"
-    if not (retain_res.exists() and target_res.exists()):
+    if trained or not (entry.retain_results.exists() and entry.target_results.exists()):
         ev = TofuEvaluator(source, split, cfg.eval)
-        model, tok = load_model_and_tokenizer(retain_dir)
+        model, tok = load_model_and_tokenizer(entry.retain)
         res = ev.evaluate(model, tok)
         # The oracle is its own reference: forget quality 1.0, PrivLeak 0 by definition.
         res = ev.evaluate(model, tok, retain_results=res)
-        save_results(res, retain_res)
-        model, tok = load_model_and_tokenizer(target_dir)
-        save_results(ev.evaluate(model, tok, retain_results=res, reference_model=None), target_res)
-    info.update({"data": source, "forget_split": split, "recipe": recipe, "root": str(root),
+        save_results(res, entry.retain_results)
+        model, tok = load_model_and_tokenizer(entry.target)
+        save_results(ev.evaluate(model, tok, retain_results=res, reference_model=None), entry.target_results)
+    info.update({"data": source, "forget_split": split, "recipe": recipe, "root": str(entry.root),
                  "train_and_cache_seconds": train_seconds, "total_seconds": time.time() - t0})
-    info_path.write_text(json.dumps(info, indent=1))
-    return Prepared(root, source, split, target_dir, retain_dir, target_res, retain_res, info)
+    atomic_write_json(entry.info, info)
 
 
 def summaries(p: Prepared) -> dict[str, dict]:
@@ -330,8 +359,9 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
     if unlearner.acc.is_main_process:
         final = unlearner.unwrapped()
         out = run_dir / ("adapter" if cfg.train.lora else "model")
-        final.save_pretrained(str(out))
-        tok.save_pretrained(str(out))
+        with atomic_dir(out) as tmp:
+            final.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
         write_json(run_dir / "train.json", record)
         if evaluate:
             final.eval()
@@ -519,13 +549,13 @@ class TofuBenchmark(Benchmark):
                                 forget_part=part, epochs=None)
         if fraction is not None:
             settings["search_fraction"] = float(fraction)
-        (rd / "unlearn_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+        atomic_write_text(rd / "unlearn_config.yaml", yaml.safe_dump(settings, sort_keys=False))
         overrides = [f"run_dir={rd}"]
         loss = dict(run.loss)
         if loss.get("code"):
             # the program holds one candidate, whose signature gives the interface
             if not (rd / "loss.py").exists():
-                (rd / "loss.py").write_text(str(loss["code"]))
+                atomic_write_text(rd / "loss.py", str(loss["code"]))
             loss = {k: v for k, v in loss.items() if k not in ("code", "interface", "function")}
             overrides.append(f"loss.loss_file={rd / 'loss.py'}")
         overrides += [f"loss.{k}={v}" for k, v in loss.items()]

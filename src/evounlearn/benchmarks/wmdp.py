@@ -36,7 +36,6 @@ accuracy; the utility is acc_mmlu. The target's accuracies are copied into every
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -53,8 +52,9 @@ from ..data.hazard import HazardConfig, generate_hazard
 from ..data.prompting import EncodedQA, PromptFormatter
 from ..errors import ConfigError
 from ..evaluation.mcq import evaluate_mcq, wmdp_fitness
+from ..files import file_lock, read_json, read_json_or_none
 from ..methods.resolve import MethodRun, method_run
-from ..models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_tokenizer
+from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, register_benchmark
@@ -62,6 +62,7 @@ from .fitness import clamp
 from .parts import check_part, part_cut
 from .text import (
     OptionsMixin,
+    cached_tokenizer,
     content_hash,
     encode_text,
     load_model,
@@ -176,11 +177,20 @@ class HazardPrepared(OptionsMixin):
             if path is None:
                 continue
             file = self.root / f"{name}_results-{part}-{fraction:g}.json"
-            if not file.exists():
-                model, tok = load_model(path)
-                write_json(file, evaluate_hazard(model, tok, data, self.cfg.eval_batch_size))
-            out[name] = json.loads(file.read_text())
+            _cached_results(file, path, data, self.cfg)
+            out[name] = read_json(file, "hazard results")
         return out
+
+
+def _cached_results(file: Path, model_path: Path, data: dict[str, Any], cfg: HazardSettingConfig) -> None:
+    """`file` = the evaluation of the model at `model_path` on `data`, evaluated once (under the
+    file's lock: candidate jobs sharing the cache ask for the same part at once)."""
+    if file.exists():
+        return
+    with file_lock(file):
+        if not file.exists():
+            model, tok = load_model(model_path)
+            write_json(file, evaluate_hazard(model, tok, data, cfg.eval_batch_size))
 
 
 def stand_ins() -> dict[str, str]:
@@ -192,34 +202,48 @@ def stand_ins() -> dict[str, str]:
     }
 
 
+def _complete(root: Path, cfg: HazardSettingConfig) -> bool:
+    """Every piece of a prepared entry is there (info.json is written last)."""
+    names = ("target", "retain") if cfg.retain_oracle else ("target",)
+    return all((root / p).exists() for p in ("tokenizer/tokenizer.json", "info.json",
+                                             *(f"{n}/config.json" for n in names),
+                                             *(f"{n}_results.json" for n in names)))
+
+
 def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) -> HazardPrepared:
     """Train (or fetch from the cache) the tokenizer, the target (forget + retain text) and the
-    optional retain oracle (retain text only); evaluate them."""
-    from transformers import AutoTokenizer
-
+    optional retain oracle (retain text only); evaluate them. A cache hit writes nothing;
+    building holds the entry's lock (runs sharing the cache build it once)."""
     cfg = cfg or HazardSettingConfig()
     t0 = time.time()
     data = generate_hazard(cfg.hazard)
     recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
     root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE", "cache")) / "hazard" / content_hash(
         {"data": data, "recipe": recipe})
-    if force:
-        shutil.rmtree(root, ignore_errors=True)
+    if force or not _complete(root, cfg):
+        with file_lock(root):
+            if force:
+                shutil.rmtree(root, ignore_errors=True)
+            if force or not _complete(root, cfg):  # another process may have built it while we waited
+                _build_hazard(root, data, cfg, t0)
+    info = read_json(root / "info.json", "hazard prepare info")
+    results = {name: read_json(root / f"{name}_results.json", "hazard results")
+               for name in (("target", "retain") if cfg.retain_oracle else ("target",))}
+    return HazardPrepared(root, root / "target", root / "retain" if cfg.retain_oracle else None,
+                          results["target"], results.get("retain"), data, cfg, info)
+
+
+def _build_hazard(root: Path, data: dict[str, Any], cfg: HazardSettingConfig, t0: float) -> None:
+    """Build what the entry `root` lacks (under its lock); info.json last, marking it complete."""
     root.mkdir(parents=True, exist_ok=True)
-    info_path = root / "info.json"
-    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.exists() else {}
-    tok_dir = root / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        tokenizer = train_bpe_tokenizer(tokenizer_corpus(data), cfg.model.vocab_size, tok_dir)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    info: dict[str, Any] = read_json_or_none(root / "info.json") or {}
+    tokenizer = cached_tokenizer(root / "tokenizer", lambda: tokenizer_corpus(data), cfg.model.vocab_size)
     rows = build_rows(data, tokenizer, cfg)
     fmt = PromptFormatter(tokenizer, max_length=cfg.train.max_length)
     model_cfg = replace(cfg.model, max_position_embeddings=max(cfg.model.max_position_embeddings, cfg.train.max_length))
     plan = [("target", root / "target", rows.forget + rows.retain)]
     if cfg.retain_oracle:
         plan.append(("retain", root / "retain", rows.retain))
-    results: dict[str, Any] = {}
     for name, out, train in plan:
         if not (out / "config.json").exists():
             log.info("hazard setting: training the %s model on %d statements", name, len(train))
@@ -228,16 +252,10 @@ def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) 
             stats["parameters"] = sum(p.numel() for p in model.parameters())
             save_model(model, tokenizer, out)
             info[f"{name}_train"] = stats
-        path = root / f"{name}_results.json"
-        if not path.exists():
-            model, tok = load_model(out)
-            write_json(path, evaluate_hazard(model, tok, data, cfg.eval_batch_size))
-        results[name] = json.loads(path.read_text())
+        _cached_results(root / f"{name}_results.json", out, data, cfg)
     info.update(root=str(root), stand_ins=stand_ins(), scoring=SCORING, total_seconds=time.time() - t0,
                 sizes={k: len(v) for k, v in data.items() if isinstance(v, list)})
-    write_json(info_path, info)
-    return HazardPrepared(root, root / "target", root / "retain" if cfg.retain_oracle else None,
-                          results["target"], results.get("retain"), data, cfg, info)
+    write_json(root / "info.json", info)
 
 
 def unlearn_hazard(prepared: HazardPrepared, method: str | MethodRun | dict[str, Any], *,

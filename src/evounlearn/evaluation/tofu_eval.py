@@ -7,7 +7,6 @@ without the EOS prediction) come from `model_io.ScoredAnswer`; docs/METRICS.md l
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..data import tofu
 from ..data.prompting import PromptFormatter
-from ..files import atomic_write_json
+from ..files import atomic_write_json, read_json
 from . import metrics as M
 from .model_io import ScoredAnswer, generate_answers, score_answers
 
@@ -263,7 +262,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"results file {p} does not exist")
-    data = json.loads(p.read_text())
+    data = read_json(p, "results file")  # a corrupt file raises ArtifactError naming it
     if "metrics" not in data:
         raise DataError(f"{p} is not an evounlearn results file (no 'metrics')")
     return data

@@ -17,6 +17,10 @@ benchmark only through the `benchmarks.base.Benchmark` protocol:
 4. the result is a `CandidateResult`, returned as a plain JSON-ready dict (the worker boundary);
    the model and checkpoint folders are deleted unless `keep_model`.
 
+A failure is the candidate's (fitness -inf) or the infrastructure's (`infra: true`, `error` =
+the reason, e.g. a corrupt prepared model naming its file): `classify_failure` holds the rule.
+The driver never charges an infrastructure fault to the candidate.
+
 `target_info` prepares (or fetches from cache) the benchmark and reports the target model's and
 the retain oracle's metrics and fitness on both parts with the search's evaluation settings.
 
@@ -28,6 +32,7 @@ cannot be computed), so that leaderboards show them side by side whatever the se
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import math
@@ -49,9 +54,11 @@ from ..benchmarks.base import (
     rank_score,
     utility,
 )
-from ..errors import EvoUnlearnError
+from ..errors import DataError, EvoUnlearnError, ModelError
+from ..files import ArtifactError, atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "StageResult", "evaluate_candidate", "target_info"]
+__all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "StageResult", "classify_failure", "evaluate_candidate",
+           "target_info"]
 
 STAGE_SHORT = 1  # stopped after the first stage (not promoted)
 STAGE_FULL = 2  # trained to full length
@@ -81,6 +88,7 @@ class CandidateResult:
     loss_history: list[float] = field(default_factory=list)
     epoch_losses: list[float] = field(default_factory=list)
     epochs: int | None = None
+    infra: bool = False  # failed for the infrastructure, not the candidate (`error` says why)
     timings: dict[str, float] = field(default_factory=lambda: {"validate": 0.0, "train": 0.0, "eval": 0.0})
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +104,90 @@ def _short(e: BaseException, limit: int = 400) -> str:
     if len(msg) > limit:
         msg = msg[:limit] + "..."
     return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+# Errors that only a file, a folder or the disk produce: the sandboxed loss cannot open files, so
+# when one of these is raised while the candidate runs, a prepared artifact or the disk is at fault.
+# DataError / ModelError mean bad or missing data / model files (errors.py), never a loss's output.
+_ARTIFACT_ERRORS: tuple[type[BaseException], ...] = (ArtifactError, DataError, ModelError, OSError,
+                                                     json.JSONDecodeError)
+_NO_SPACE = "No space left on device"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the exceptions it was raised from (`__cause__` / `__context__`)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def classify_failure(error: BaseException, *, candidate_ran: bool) -> str | None:
+    """Whose fault a failed candidate job is: the infrastructure reason, or None for the candidate.
+
+    The rule (in this order):
+    1. out of disk (`OSError` ENOSPC, or "No space left on device", anywhere in the exception's
+       cause chain): infrastructure, whenever it happens;
+    2. raised before the candidate's own code ran (`candidate_ran` False: the benchmark lookup,
+       `benchmark.prepare`, `benchmark.reference`, the check of the prepared artifacts, writing
+       the run's files): infrastructure, since nothing of the candidate has run yet;
+    3. raised while the candidate is validated, trains or is evaluated: a missing or corrupt file
+       (a prepared model folder, tokenizer, data split, results JSON, cache info: `ArtifactError`,
+       `DataError`, `ModelError`, any `OSError`, `json.JSONDecodeError`, a corrupt safetensors
+       file) is infrastructure;
+    4. anything else raised while the candidate's loss runs (`RuntimeError`, `ValueError`,
+       `ConfigError` for its parameters, NaN checks...) is the candidate's failure.
+    """
+    chain = list(_chain(error))
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or _NO_SPACE in str(e) for e in chain):
+        return f"out of disk: {_short(error)}"
+    if not candidate_ran:
+        return f"infrastructure fault before the candidate ran: {_short(error)}"
+    if any(isinstance(e, _ARTIFACT_ERRORS) or type(e).__name__ == "SafetensorError" for e in chain):
+        return f"missing or corrupt prepared artifact: {_short(error)}"
+    return None
+
+
+def check_model_folder(path: str | Path) -> None:
+    """A prepared model folder (a `save_pretrained` output) is complete and readable: config.json
+    is a JSON object, weights and a tokenizer are there; else `ArtifactError` naming the file. A
+    path that is not a local folder (a Hub id) is left to the loader."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    if not isinstance(read_json(folder / "config.json", "prepared model config"), dict):
+        raise ArtifactError(f"prepared model config {folder / 'config.json'} is corrupt (not a JSON object)",
+                            folder / "config.json")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")) \
+            and not (folder / "adapter_config.json").exists():
+        raise ArtifactError(f"prepared model {folder} has no weights file", folder)
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ArtifactError(f"prepared model {folder} has no tokenizer", folder)
+
+
+def _prepared(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any], part: str,
+              target_utility: float | None) -> tuple[Any, dict[str, Any] | None]:
+    """The prepared benchmark (checked) and what the fitness reads of the target (`_target_summary`)."""
+    prepared = bench.prepare(options)
+    _check_prepared(bench, prepared)
+    return prepared, _target_summary(bench, spec, prepared, part, target_utility)
+
+
+def _check_prepared(bench: Benchmark, prepared: Any) -> None:
+    """The prepared models are complete (`check_model_folder`), checked before the candidate runs
+    so that a damaged cache entry is reported as such, naming the file."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        paths = bench.paths(prepared)  # TOFU prepares here (lazily), setting its own thread count
+    finally:
+        torch.set_num_threads(threads)  # the run keeps the job's thread count, as without the check
+    for path in paths.values():
+        if path:
+            check_model_folder(path)
 
 
 def safe_fitness(spec: FitnessSpec, summary: Mapping[str, Any] | None, target: Mapping[str, Any] | None) -> float:
@@ -211,7 +303,7 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
             out.error = f"validation: {rec.get('reason') if rec else 'no loss function'}"
             return None
         program = rec.get("program") or code
-        (rd / "loss.py").write_text(program)
+        atomic_write_text(rd / "loss.py", program)
         return MethodRun("evolved", {"code": program, "interface": interface,
                                      "function": rec.get("name") or function}, train)
     if not method:
@@ -265,18 +357,21 @@ def evaluate_candidate(
     out = CandidateResult(run_dir=str(rd), epochs=epochs)
     options = dict(unlearn or {})
     gate: _StageGate | None = None
+    candidate_ran = False  # for classify_failure: has any of the candidate's own code run yet?
     try:
         bench = get_benchmark(benchmark)
         spec = bench.fitness_spec(fitness)
+        candidate_ran = True  # validation runs the program on probe tensors
         run = _method_run(out, rd, code, method, function, interface, epochs)
+        candidate_ran = False
         if run is None:
             out.timings["total"] = time.time() - t0
             return out.to_dict()
-        (rd / "candidate.json").write_text(json.dumps({"benchmark": bench.name, "part": forget_part, "seed": seed,
-                                                       "candidate": asdict(run)}, indent=1, default=str))
-        prepared = bench.prepare(options)
-        target = _target_summary(bench, spec, prepared, forget_part, target_utility)
+        atomic_write_json(rd / "candidate.json", {"benchmark": bench.name, "part": forget_part, "seed": seed,
+                                                  "candidate": asdict(run)}, default=str)
+        prepared, target = _prepared(bench, spec, options, forget_part, target_utility)
         gate = _StageGate(bench, spec, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
+        candidate_ran = True
         res = bench.run(prepared, run, part=forget_part, seed=seed, run_dir=rd,
                         stage1_epochs=int(stage1_epochs), on_stage=gate)
         _record_run(out, bench, spec, res, gate, target, int(stage1_epochs))
@@ -285,8 +380,14 @@ def evaluate_candidate(
         out.ok, out.stage, out.promoted, out.fitness = True, STAGE_SHORT, False, gate.result.fitness
         out.loss_history, out.epoch_losses = _loss_history_from_checkpoint(rd)
         out.timings["eval"] = gate.seconds
-    except Exception as e:  # the candidate's own failure (runtime error in the loss, bad config, ...)
-        out.error = _short(e)
+    except Exception as e:  # the candidate's own failure (runtime error in the loss, ...) or the infrastructure's
+        reason = classify_failure(e, candidate_ran=candidate_ran)
+        out.error, out.infra = (reason, True) if reason else (_short(e), False)
+    return _finish(out, rd, gate, keep_model, t0)
+
+
+def _finish(out: CandidateResult, rd: Path, gate: _StageGate | None, keep_model: bool, t0: float) -> dict[str, Any]:
+    """Attach the stage-1 result, delete the model folders (unless kept), stamp the time."""
     if gate is not None and gate.result is not None:
         out.stages.append(gate.result)
     if not keep_model:
