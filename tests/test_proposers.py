@@ -941,3 +941,12 @@ def test_offline_foreign_parent_constant_tuning() -> None:
         )
         == []
     )
+
+
+def test_prompt_states_the_fitness_the_search_optimises() -> None:
+    from evounlearn.search.proposers.llm.prompts import benchmark_notes
+
+    calibrated = benchmark_notes("generated", "calibrated")
+    assert "Fitness (calibrated" in calibrated and "holdout" in calibrated
+    assert "Fitness (evomu" in benchmark_notes("generated", "evomu")
+    assert calibrated.count("Fitness") == 1  # the notes themselves describe the data only

@@ -573,8 +573,7 @@ class MuseBenchmark(Benchmark):
     yaml_path = YAML
     prompt_notes = (
         "MUSE: forget a corpus (news articles or books) while keeping knowledge of a retain corpus. "
-        "Fitness = 0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + "
-        "0.5 * KnowMem_r. PrivLeak should be close to 0: strongly negative means over-unlearning, "
+        "PrivLeak should be close to 0: strongly negative means over-unlearning, "
         "strongly positive means under-unlearning."
     )
     prompt_guidance = (

@@ -479,8 +479,7 @@ class TofuBenchmark(Benchmark):
     metric_keys = ("model_utility", "forget_rouge", "forget_prob", "forget_quality", "holdout_rouge",
                    "holdout_prob")
     prompt_notes = (
-        "TOFU: question-answer pairs about fictitious authors. Fitness = 0.5 * MU + "
-        "0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]; MU (model "
+        "TOFU: question-answer pairs about fictitious authors. MU (model "
         "utility) is the harmonic mean of probability, ROUGE and truth-ratio scores on the retain "
         "set, real authors and world facts."
     )
@@ -580,8 +579,7 @@ class GeneratedBenchmark(TofuBenchmark):
     description = "the generated TOFU-shaped benchmark (fictitious people, question-answer pairs)"
     setting: str = ""
     prompt_notes = (
-        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs). Fitness = "
-        "0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]; MU "
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs). MU "
         "(model utility) aggregates retain-set and general-knowledge scores."
     )
 
@@ -628,9 +626,7 @@ class GeneratedBenchmark(TofuBenchmark):
         return super().cli_unlearn(method, config, overrides, resume=resume)
 
 
-_SETTING_FITNESS_NOTE = (" Fitness: the search's choice (evomu = 0.5 * MU + 0.5 * mean(1 - forget_ROUGE, "
-                         "1 - forget_Prob); calibrated = forget rows should score like the holdout rows, "
-                         "never trained on, times MU relative to the target).")
+_SETTING_FITNESS_NOTE = ""  # the fitness formula is appended by the prompt (the search's choice)
 
 
 @register_benchmark

@@ -170,6 +170,8 @@ class SearchDriver:
         resume: bool = False,
     ) -> None:
         self.cfg = cfg.check()
+        # pin the resolved fitness, so that a resumed search (or a later default) never switches it
+        self.cfg.fitness = self.cfg.fitness_name()
         self.run_dir = Path(run_dir).resolve()
         if cfg.evaluator == "real":  # pin the cache, so workers and reproductions use the same models
             from ..benchmarks import default_cache_dir
@@ -433,7 +435,7 @@ class SearchDriver:
             run=RunSettings.from_train(self.cfg.unlearn.get("train"), self.cfg.default_epochs),
             reference=ReferenceLevels.from_target_info(
                 self.target, part="search", utility_key=get_benchmark(self.cfg.benchmark).fitness.utility_key),
-            history=self._history() if kind == "tune" else [], **extra,
+            history=self._history() if kind == "tune" else [], fitness=self.cfg.fitness_name(), **extra,
         )
 
     def _history(self) -> list[dict[str, Any]]:

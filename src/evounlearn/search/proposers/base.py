@@ -156,6 +156,7 @@ class ProposalRequest:
     run: RunSettings = field(default_factory=RunSettings)
     reference: ReferenceLevels | None = None
     # Evaluated candidates, {"code": str, "fitness": float} each (model-based constant tuning).
+    fitness: str = ""  # the fitness the search optimises (a name of the benchmark's; empty: its default)
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:

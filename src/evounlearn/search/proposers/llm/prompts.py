@@ -84,10 +84,18 @@ def _benchmark(name: str) -> Any:
         return None
 
 
-def benchmark_notes(benchmark: str) -> str:
-    """One paragraph describing the benchmark and its fitness."""
+def benchmark_notes(benchmark: str, fitness: str = "") -> str:
+    """One paragraph describing the benchmark, then the formula of the fitness the search optimises
+    (`fitness`: a name of the benchmark's fitnesses; empty: its default)."""
     b = _benchmark(benchmark)
-    return (b.prompt_notes if b is not None else "") or _DEFAULT_NOTES
+    notes = (b.prompt_notes if b is not None else "") or _DEFAULT_NOTES
+    if b is None:
+        return notes
+    try:
+        spec = b.fitness_spec(fitness)
+    except ConfigError:
+        return notes
+    return f"{notes.rstrip()} Fitness ({spec.name}, higher is better) = {spec.formula}."
 
 
 def guidance_for(benchmark: str) -> str:
@@ -216,7 +224,7 @@ def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
         "n": request.n,
         "names": "loss_fn_1" if request.n == 1 else f"loss_fn_1 ... loss_fn_{request.n}",
         "benchmark": request.benchmark,
-        "benchmark_notes": benchmark_notes(request.benchmark),
+        "benchmark_notes": benchmark_notes(request.benchmark, request.fitness),
         "signature": signature,
         "arguments": arguments,
         "guidance": guidance_for(request.benchmark),
