@@ -1,4 +1,4 @@
-"""`executor: ray` (search.ray_executor.RayExecutor) on a real local Ray instance (127.0.0.1).
+"""`executor: ray` (search.executors.ray.RayExecutor) on a real local Ray instance (127.0.0.1).
 
 Each job runs in the same isolated worker process as locally, inside a Ray task: same results
 and limit errors as the local pool, cancellation on close(kill=True), and a Ray worker killed
@@ -27,8 +27,8 @@ from evounlearn.config import to_dict  # noqa: E402
 from evounlearn.sandbox import WALL_LIMIT, JobResult, Limits, WorkerPool  # noqa: E402
 from evounlearn.search.config import RayConfig, load_search_config  # noqa: E402
 from evounlearn.search.driver import SearchDriver  # noqa: E402
-from evounlearn.search.executor import LocalExecutor, executor_options, make_executor  # noqa: E402
-from evounlearn.search.ray_executor import RayExecutor  # noqa: E402
+from evounlearn.search.executors import LocalExecutor, executor_options, make_executor  # noqa: E402
+from evounlearn.search.executors.ray import RayExecutor  # noqa: E402
 from evounlearn.search.store import Store  # noqa: E402
 from tests.fakes import BENCHMARK  # noqa: E402
 from tests.worker_jobs import DIAG, TRUSTED  # noqa: E402

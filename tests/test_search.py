@@ -39,7 +39,7 @@ from evounlearn.search.archive import (
 )
 from evounlearn.search.config import load_search_config, scaled_evomu_schedule
 from evounlearn.search.driver import INFRA_RETRIES, SearchDriver
-from evounlearn.search.executor import Executor, LocalExecutor
+from evounlearn.search.executors import Executor, LocalExecutor
 from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
 from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.store import CandidateRow, EvaluationRow, Store
@@ -466,7 +466,7 @@ TOKEN_LOSS = (
 def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path, capsys) -> None:
     from evounlearn.benchmarks.tofu import build_config, run_unlearning
     from evounlearn.config import to_dict
-    from evounlearn.search.executor import LocalExecutor
+    from evounlearn.search.executors import LocalExecutor
 
     pcfg, p = tiny_prepared
     threads = torch.get_num_threads()

@@ -196,7 +196,7 @@ def test_resume_after_kill_9_finishes_the_budget(tmp_path: Path) -> None:
 
 def test_evaluate_points_for_fixed_controls(tmp_path: Path) -> None:
     """The reusable part: fixed (method, params) points, finalists re-run with report seeds."""
-    from evounlearn.search.executor import LocalExecutor
+    from evounlearn.search.executors import LocalExecutor
     from evounlearn.search.tune import REAL_JOBS  # noqa: F401 - the job module the runner submits to
 
     cfg = _cfg()

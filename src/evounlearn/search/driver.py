@@ -51,7 +51,7 @@ from ..sandbox import CandidateRecord, IsolatedWorker, JobResult
 from .archive import eligible, sort_ranked, stable_seed, stage_cutoff
 from .candidate import STAGE_SHORT, CandidateResult, StageResult
 from .config import SearchConfig, config_from_dict, evaluator_jobs
-from .executor import Executor, Limits, executor_options, make_executor
+from .executors import Executor, Limits, executor_options, make_executor
 from .modes import get_mode
 from .proposers import (
     Proposal,

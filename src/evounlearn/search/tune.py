@@ -41,7 +41,7 @@ from .config import RayConfig
 
 if TYPE_CHECKING:
     from ..sandbox import JobResult, Limits
-    from .executor import Executor
+    from .executors import Executor
 
 log = logging.getLogger("evounlearn.tune")
 
@@ -500,7 +500,7 @@ class Tuner:
 
     def _runner(self) -> JobRunner:
         from ..sandbox import Limits
-        from .executor import executor_options, make_executor
+        from .executors import executor_options, make_executor
 
         lim = self.cfg.limits
         limits = Limits(lim.get("wall_s"), lim.get("cpu_s"), lim.get("memory_mb"))

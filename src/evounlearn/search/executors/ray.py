@@ -43,10 +43,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from ..sandbox import CRASH, IsolatedWorker, JobResult, Limits
-from .config import RayConfig
-from .executor import Executor
+from ...errors import ConfigError
+from ...sandbox import CRASH, IsolatedWorker, JobResult, Limits
+from ..config import RayConfig
+from .base import Executor
 
 __all__ = ["RayExecutor", "check_paths_task", "run_sandboxed"]
 
