@@ -133,16 +133,17 @@ def _kill_worker_under_task(deadline_s: float = 30.0) -> None:
 
 
 def test_a_ray_worker_killed_under_a_task_is_an_infra_fault_and_retried() -> None:
+    # the job sleeps long enough that the kill lands while it runs, even on a loaded machine
     ex = ray_executor(retries=1)
-    fut = ex.submit(DIAG, {"action": "sleep", "seconds": 3})
+    fut = ex.submit(DIAG, {"action": "sleep", "seconds": 10})
     _kill_worker_under_task()
-    res = fut.result(90)
-    assert res.ok and res.value == 3 and not res.infra and ex.infra_retries == 1
+    res = fut.result(120)
+    assert res.ok and res.value == 10 and not res.infra and ex.infra_retries == 1
     ex.close()
     ex = ray_executor(retries=0)  # no retries left: reported, distinguishable from a job's failure
-    fut = ex.submit(DIAG, {"action": "sleep", "seconds": 3})
+    fut = ex.submit(DIAG, {"action": "sleep", "seconds": 10})
     _kill_worker_under_task()
-    res = fut.result(90)
+    res = fut.result(120)
     ex.close()
     assert not res.ok and res.infra and "infrastructure fault" in res.error and ex.infra_retries == 0
 
