@@ -92,6 +92,7 @@ class TargetInfo:
     retain: dict[str, dict[str, Any]] | None
     target_utility: float | None
     seconds: float = 0.0
+    prepare_seconds: float = 0.0  # of that, preparing (training or fetching) the models
 
 
 class Benchmark(ABC):

@@ -552,6 +552,15 @@ class MuseBenchmark(Benchmark):
         "over-unlearning.",
     )
 
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """Every MUSE subset the setting reads from a local folder (the loaders check each row);
+        a Hub dataset is checked as it loads."""
+        from ..data.muse import _is_hub_id
+
+        cfg = setting_config(MuseSettingConfig, options)
+        if not _is_hub_id(str(cfg.source or default_muse_source())):
+            load_material(cfg)
+
     def prepare(self, options: Mapping[str, Any] | None = None) -> MusePrepared:
         prepared = prepare_muse(setting_config(MuseSettingConfig, options))
         prepared.options = dict(options or {})

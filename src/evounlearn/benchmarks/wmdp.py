@@ -332,6 +332,10 @@ class WmdpBenchmark(Benchmark):
         "log-probs to their reference, fewer epochs).",
     )
 
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """The setting's options (its data is generated from them, so there is no file to check)."""
+        setting_config(HazardSettingConfig, options)
+
     def prepare(self, options: Mapping[str, Any] | None = None) -> HazardPrepared:
         prepared = prepare_hazard(setting_config(HazardSettingConfig, options))
         prepared.options = dict(options or {})
