@@ -43,8 +43,8 @@ StageHook = Callable[[Any, Callable[[Any], dict[str, Any]]], dict[str, Any]]
 
 
 def default_cache_dir() -> Path:
-    """Where prepared models are cached: $EVOUNLEARN_CACHE or ./cache."""
-    return Path(os.environ.get("EVOUNLEARN_CACHE", "cache"))
+    """Where prepared models are cached: $EVOUNLEARN_CACHE or ./cache (an empty value = ./cache)."""
+    return Path(os.environ.get("EVOUNLEARN_CACHE") or "cache")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -377,7 +377,7 @@ class MusePrepared(OptionsMixin):
 
 
 def _cache_root(cfg: MuseSettingConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE", "cache"))
+    return Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache")
 
 
 def _model_config(cfg: MuseSettingConfig) -> TinyModelConfig:

@@ -144,6 +144,9 @@ def unlearn_report(bench: Any, method: str | None, options: dict[str, Any], run_
         return done  # --resume on a finished run changes nothing
     bench.check_data(options)  # before anything is written or trained
     run = MethodRun(str(name), loss, train)
+    from ..methods.resolve import resolve_method
+
+    resolve_method(run, bench.method_yaml())  # loss params and training options, before preparing
     with guard_run_dir(rd):
         rd.mkdir(parents=True, exist_ok=True)
         (rd / "config.yaml").write_text(yaml.safe_dump({"benchmark": bench.name, "forget_part": part, "seed": seed,

@@ -200,7 +200,7 @@ def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) 
     t0 = time.time()
     data = generate_hazard(cfg.hazard)
     recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
-    root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE", "cache")) / "hazard" / content_hash(
+    root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache") / "hazard" / content_hash(
         {"data": data, "recipe": recipe})
     if force:
         shutil.rmtree(root, ignore_errors=True)
