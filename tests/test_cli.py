@@ -285,3 +285,21 @@ def test_threads_never_follow_the_core_count():
     src = ROOT / "src" / "evounlearn"
     for path in [*(src / "benchmarks").glob("*.py"), src / "search" / "candidate.py"]:
         assert "cpu_count" not in path.read_text(), path
+
+
+def test_evolve_prepares_in_the_cli_process_before_the_search(caplog):
+    import logging
+    from types import SimpleNamespace
+
+    from evounlearn.cli.extra_commands import prepare_before_search
+
+    calls = []
+    fake = get_benchmark("tests.fakes:FakeBenchmark")
+    cfg = SimpleNamespace(evaluator="real", benchmark=fake, unlearn={"sleep_s": 0})
+    fake.prepare = lambda options=None: calls.append(dict(options or {})) or {}
+    with caplog.at_level(logging.INFO, logger="evounlearn"):
+        prepare_before_search(cfg)
+    assert calls == [{"sleep_s": 0}]
+    assert any("prepared in" in r.getMessage() for r in caplog.records)
+    prepare_before_search(SimpleNamespace(evaluator="tests.worker_jobs", benchmark=fake, unlearn={}))
+    assert len(calls) == 1  # a test evaluator prepares nothing
