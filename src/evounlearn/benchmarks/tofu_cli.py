@@ -127,6 +127,7 @@ def cli_unlearn(method: str | None, config: str | None, overrides: list[str], *,
         if done is not None:  # a finished run: report it, change nothing
             return done
         cfg = resume_config(resume)
+        check_tofu_data(cfg.data, cfg.forget_split)
     else:
         light, _ = check_config(method, config, overrides)  # every option, before importing torch
         check_tofu_data(light.data, light.forget_split)  # every split, before loading a model
