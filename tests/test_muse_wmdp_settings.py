@@ -226,5 +226,6 @@ def test_cli_reaches_any_benchmark_through_the_protocol(hazard_options, tmp_path
     out = capsys.readouterr().out
     assert f"run directory: {rd}" in out and "npo" in out
     assert {"config.yaml", "results.json", "train.json"} <= {p.name for p in rd.iterdir()}
-    assert main(["unlearn", "--benchmark", "wmdp", "--resume", str(rd)]) == 0  # runs it again from config.yaml
+    assert main(["unlearn", "--benchmark", "wmdp", "--resume", str(rd)]) == 0  # finished: reported, unchanged
+    assert "already finished" in capsys.readouterr().out
     assert main(["eval", "--benchmark", "wmdp", "--model", "x"]) == 2  # only the prepared models

@@ -47,8 +47,8 @@ StageHook = Callable[[Any, Callable[[Any], dict[str, Any]]], dict[str, Any]]
 
 
 def default_cache_dir() -> Path:
-    """Where prepared models are cached: $EVOUNLEARN_CACHE or ./cache."""
-    return Path(os.environ.get("EVOUNLEARN_CACHE", "cache"))
+    """Where prepared models are cached: $EVOUNLEARN_CACHE or ./cache (an empty value = ./cache)."""
+    return Path(os.environ.get("EVOUNLEARN_CACHE") or "cache")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -99,6 +99,7 @@ class TargetInfo:
     retain: dict[str, dict[str, Any]] | None
     target_utility: float | None
     seconds: float = 0.0
+    prepare_seconds: float = 0.0  # of that, preparing (training or fetching) the models
 
 
 class Benchmark(ABC):
@@ -195,6 +196,13 @@ class Benchmark(ABC):
             return unlearn_report(self, method, options, resume)
         return unlearn_report(self, method, load_options(config, overrides))
 
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """Check every data split a command with these options will read (schema, non-empty, known
+        split names), before any model is loaded or trained: a `DataError` naming the file, row and
+        column. Called first by `evounlearn prepare|eval|unlearn|evolve` and by the search's target
+        job. Default: nothing to check (data the benchmark generates itself)."""
+        return None
+
     def paths(self, prepared: Any) -> dict[str, str | None]:
         """The prepared models' paths (for reports)."""
         target, retain = getattr(prepared, "target", None), getattr(prepared, "retain", None)
@@ -209,8 +217,14 @@ class Benchmark(ABC):
 
 BENCHMARKS: dict[str, Benchmark] = {}
 _ALIASES: dict[str, str] = {}
-#: the built-in benchmark modules, imported on first lookup (one line per benchmark)
-BUILTIN_MODULES = ("evounlearn.benchmarks.tofu", "evounlearn.benchmarks.muse", "evounlearn.benchmarks.wmdp")
+#: the built-in benchmark modules and the names and aliases they register (one line per benchmark);
+#: a lookup imports only the module of the name asked for, so that an unknown name is reported
+#: without importing any benchmark module (torch)
+BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
+    "evounlearn.benchmarks.tofu": ("tofu", "generated", "gen"),
+    "evounlearn.benchmarks.muse": ("muse-news", "muse"),
+    "evounlearn.benchmarks.wmdp": ("wmdp-synthetic", "wmdp", "hazard"),
+}
 DEFAULT_BENCHMARK = "generated"
 
 
@@ -254,8 +268,14 @@ def get_benchmark(name: str | Benchmark) -> Benchmark:
         if not isinstance(obj, Benchmark):
             raise ConfigError(f"{name!r} is not a Benchmark")
         return obj
-    _load_builtins()
-    key = _ALIASES.get(name.lower(), name.lower())
+    key = name.lower()
+    module = next((m for m, names in BUILTIN_MODULES.items() if key in names), None)
+    if module is not None:
+        importlib.import_module(module)
+    elif key not in BENCHMARKS and key not in _ALIASES:
+        known = [n for names in BUILTIN_MODULES.values() for n in names] + list(BENCHMARKS) + list(_ALIASES)
+        raise ConfigError(f"unknown benchmark {name!r} (known: {', '.join(dict.fromkeys(known))})")
+    key = _ALIASES.get(key, key)
     if key not in BENCHMARKS:
         raise ConfigError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)}; aliases: "
                           f"{', '.join(_ALIASES)})")

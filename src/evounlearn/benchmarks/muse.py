@@ -382,7 +382,7 @@ class MusePrepared(OptionsMixin):
 
 
 def _cache_root(cfg: MuseSettingConfig) -> Path:
-    return Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE", "cache"))
+    return Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache")
 
 
 def _model_config(cfg: MuseSettingConfig) -> TinyModelConfig:
@@ -585,6 +585,15 @@ class MuseBenchmark(Benchmark):
         "unbounded terms, a smaller scale, fewer epochs); a very negative PrivLeak means "
         "over-unlearning.",
     )
+
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """Every MUSE subset the setting reads from a local folder (the loaders check each row);
+        a Hub dataset is checked as it loads."""
+        from ..data.muse import _is_hub_id
+
+        cfg = setting_config(MuseSettingConfig, options)
+        if not _is_hub_id(str(cfg.source or default_muse_source())):
+            load_material(cfg)
 
     def prepare(self, options: Mapping[str, Any] | None = None) -> MusePrepared:
         prepared = prepare_muse(setting_config(MuseSettingConfig, options))

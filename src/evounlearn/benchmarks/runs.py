@@ -14,8 +14,11 @@ A generic unlearning run keeps in RUN_DIR:
 
 from __future__ import annotations
 
+import contextlib
+import json
+import shutil
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,12 @@ import yaml
 
 from ..errors import ConfigError
 from ..files import atomic_write_text
+
+#: a run directory whose command failed after training started holds this file (one line: why);
+#: `evounlearn compare` shows such runs as failed
+FAILED_MARKER = "FAILED"
+#: what a run directory holds before training starts (written from the config alone)
+_SETUP_FILES = frozenset({"config.yaml", "unlearn_config.yaml", "loss.py"})
 
 
 @dataclass
@@ -108,6 +117,7 @@ def _with_fitness(bench: Any, summaries: dict[str, dict[str, Any]], target: Mapp
 
 def prepare_report(bench: Any, options: Mapping[str, Any]) -> Report:
     """Prepare (cached) and report the target's and the oracle's metrics on the whole forget set."""
+    bench.check_data(options)
     prepared = bench.prepare(options)
     ref = bench.reference(prepared, "all")
     summaries = {"target": ref.target} | ({"retain": ref.retain} if ref.retain else {})
@@ -123,18 +133,29 @@ def unlearn_report(bench: Any, method: str | None, options: dict[str, Any], run_
     name = method or options.pop("method", None)
     if not name:
         raise ConfigError("--method is required")
+    from ..methods.base import check_method_name
+
+    check_method_name(str(name))
     loss, train = dict(options.pop("loss", None) or {}), dict(options.pop("train", None) or {})
     part = str(options.pop("forget_part", "all"))
     seed = train.pop("seed", None)
     rd = Path(run_dir or options.pop("run_dir", "") or Path("runs") / f"{name}-{bench.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     options.pop("run_dir", None)
-    rd.mkdir(parents=True, exist_ok=True)
+    if run_dir and (done := finished_run_report(rd, (*bench.metric_keys, "fitness", "seconds"))) is not None:
+        return done  # --resume on a finished run changes nothing
+    bench.check_data(options)  # before anything is written or trained
     run = MethodRun(str(name), loss, train)
-    atomic_write_text(rd / "config.yaml", yaml.safe_dump({"benchmark": bench.name, "forget_part": part, "seed": seed,
-                                                          **asdict(run), "options": options}, sort_keys=False))
-    prepared = bench.prepare(options)
-    ref = bench.reference(prepared, part)
-    res = bench.run(prepared, run, part=part, seed=seed, run_dir=rd)
+    from ..methods.resolve import resolve_method
+
+    resolve_method(run, bench.method_yaml())  # loss params and training options, before preparing
+    with guard_run_dir(rd):
+        rd.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(rd / "config.yaml", yaml.safe_dump({"benchmark": bench.name, "forget_part": part,
+                                                              "seed": seed, **asdict(run), "options": options},
+                                                             sort_keys=False))
+        prepared = bench.prepare(options)
+        ref = bench.reference(prepared, part)
+        res = bench.run(prepared, run, part=part, seed=seed, run_dir=rd)
     summaries = {"target": ref.target} | ({"retain": ref.retain} if ref.retain else {})
     summaries[run.method] = {**res.summary, "seconds": res.train.get("seconds")}
     return Report(_with_fitness(bench, summaries, ref.target), (*bench.metric_keys, "fitness", "seconds"), [],
@@ -153,3 +174,38 @@ def resume_options(run_dir: str) -> tuple[str, dict[str, Any]]:
                                                           else {})},
                    forget_part=data.get("forget_part", "all"))
     return str(data.get("method")), options
+
+
+@contextlib.contextmanager
+def guard_run_dir(run_dir: str | Path) -> Iterator[None]:
+    """Leave no half-made run directory behind: when the command fails before training started
+    (the folder holds only its config), a folder this command created is removed; a run that
+    failed later gets a FAILED marker (`compare` shows it as failed; --resume may continue it)."""
+    rd = Path(run_dir)
+    existed = rd.exists()
+    try:
+        yield
+    except BaseException as exc:
+        if rd.is_dir() and not (rd / "results.json").exists():
+            started = {p.name for p in rd.iterdir()} - _SETUP_FILES
+            if not started and not existed:
+                shutil.rmtree(rd, ignore_errors=True)
+            elif isinstance(exc, Exception):
+                reason = " ".join(str(exc).split()) or type(exc).__name__
+                (rd / FAILED_MARKER).write_text(f"{type(exc).__name__}: {reason}\n")
+        raise
+    else:
+        (rd / FAILED_MARKER).unlink(missing_ok=True)
+
+
+def finished_run_report(run_dir: str | Path, keys: tuple[str, ...]) -> Report | None:
+    """The report of a run that already finished (its results.json exists), read from disk so
+    that `--resume` on it changes nothing; None for a run still to be finished."""
+    res = Path(run_dir) / "results.json"
+    if not res.is_file():
+        return None
+    data = json.loads(res.read_text())
+    summary = {**dict(data.get("summary") or {}), "seconds": data.get("train_seconds")}
+    name = str(data.get("method") or Path(run_dir).name)
+    return Report({name: summary}, keys, [f"{run_dir} already finished: nothing to resume (results unchanged)"],
+                  str(run_dir))

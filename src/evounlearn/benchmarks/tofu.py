@@ -34,30 +34,31 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
 from ..config import apply_overrides, parse_overrides, save_config, to_dict
 from ..data import tofu
-from ..data.generated import GeneratedConfig, ensure_benchmark
-from ..data.prompting import PromptFormatter
+from ..data.generated import ensure_benchmark
 from ..errors import ConfigError
-from ..evaluation.tofu_eval import EvalConfig, TofuEvaluator, load_results, save_results
 from ..files import atomic_dir, atomic_write_json, atomic_write_text, file_lock, read_json, read_json_or_none
 from ..methods import get_method
-from ..methods.resolve import MethodRun, check_loss_params, configure, method_defaults
-from ..models.loading import load_model_and_tokenizer
-from ..models.tiny import TinyModelConfig, build_tiny_llama
-from ..training.finetune import FinetuneConfig, finetune
-from ..training.loop import TrainConfig, UnlearnData, Unlearner, write_json
+from ..methods.resolve import check_loss_params, configure, method_defaults
+from .tofu_config import PrepareConfig, UnlearnConfig
+
+# torch, transformers and the evaluation stack are imported inside the functions that use them:
+# the command line imports this module to check a command's options and data in well under a
+# second, before anything heavy is loaded.
+if TYPE_CHECKING:
+    from ..data.prompting import PromptFormatter
+    from ..methods.resolve import MethodRun
+    from ..training.loop import UnlearnData
 from .base import (
     Benchmark,
     FitnessSpec,
@@ -74,18 +75,6 @@ from .text import cached_tokenizer
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = "tiny-v1"
-
-
-@dataclass
-class PrepareConfig:
-    data: str = "generated"  # "generated", a local TOFU-shaped folder, or a Hub dataset id
-    forget_split: str = "forget10"
-    generated: GeneratedConfig = field(default_factory=GeneratedConfig)
-    model: TinyModelConfig = field(default_factory=TinyModelConfig)
-    train: FinetuneConfig = field(default_factory=FinetuneConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    cache_dir: str = ""  # default: $EVOUNLEARN_CACHE or ./cache
-    threads: int = 0  # torch CPU threads; 0 = torch's default
 
 
 @dataclass
@@ -138,6 +127,10 @@ def tokenizer_corpus(source: str, forget_split: str) -> list[str]:
 
 
 def _train_one(name: str, out: Path, tokenizer, pairs, cfg: PrepareConfig) -> dict:
+    from ..data.prompting import PromptFormatter
+    from ..models.tiny import build_tiny_llama
+    from ..training.finetune import finetune
+
     model = build_tiny_llama(tokenizer, cfg.model, seed=cfg.train.seed)
     fmt = PromptFormatter(tokenizer, max_length=cfg.train.max_length)
     stats = finetune(model, fmt, pairs, cfg.train, desc=f"prepare {name}")
@@ -179,6 +172,8 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
 
     A cache hit writes nothing. Building an entry holds `file_lock(entry)`, so runs sharing the
     cache build it once: a second process waits, then finds it complete."""
+    import torch
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     split = tofu.check_forget_split(cfg.forget_split)
@@ -203,6 +198,9 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
 
 def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[str, Any], t0: float) -> None:
     """Build what `entry` lacks (under its lock); the info JSON last, marking it complete."""
+    from ..evaluation.tofu_eval import TofuEvaluator, save_results
+    from ..models.loading import load_model_and_tokenizer
+
     split, retain_split = entry.split, tofu.FORGET_TO_RETAIN[entry.split]
     entry.root.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = read_json_or_none(entry.info) or {}  # rebuilt: a corrupt one only loses old stats
@@ -232,7 +230,17 @@ def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[st
     atomic_write_json(entry.info, info)
 
 
+def check_tofu_data(data: str, forget_split: str) -> None:
+    """`data`'s splits that a run on `forget_split` reads (data.tofu.check_source); the forget
+    split's name is checked for every source."""
+    tofu.check_forget_split(forget_split)
+    if data != "generated":
+        tofu.check_source(data, forget_split)
+
+
 def summaries(p: Prepared) -> dict[str, dict]:
+    from ..evaluation.tofu_eval import load_results
+
     return {"target": load_results(p.target_results)["summary"], "retain": load_results(p.retain_results)["summary"]}
 
 
@@ -240,31 +248,25 @@ def summaries(p: Prepared) -> dict[str, dict]:
 # unlearning runs
 
 
-@dataclass
-class UnlearnConfig:
-    method: str = "npo"
-    data: str = "generated"  # generated | TOFU-shaped folder | Hub id
-    forget_split: str = "forget10"
-    model: str = ""  # default: the prepared target model of the benchmark
-    retain_results: str = ""  # default: the prepared retain oracle's results
-    loss: dict[str, Any] = field(default_factory=dict)  # the method's loss params (defaults from its YAML)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    prepare: PrepareConfig = field(default_factory=PrepareConfig)
-    forget_part: str = "all"  # all | search | report: which part of the forget split to unlearn and score
-    search_fraction: float = 0.5  # the search part = the first fraction of the split's rows (whole authors)
-    run_dir: str = ""  # default: runs/<method>-<split>-<time>
-    threads: int = 0
-
-
 def build_config(method: str | None, config_path: str | None, overrides: list[str]) -> UnlearnConfig:
     """Defaults <- the method's YAML defaults <- the user's YAML file <- key=value overrides."""
+    cfg, explicit = check_config(method, config_path, overrides)
+    configure(get_method(cfg.method), cfg, explicit)  # e.g. `evolved` reads and checks its loss program
+    return cfg
+
+
+def check_config(method: str | None, config_path: str | None,
+                 overrides: list[str]) -> tuple[UnlearnConfig, set[str]]:
+    """`build_config` without the method's `configure` hook, so without importing any method
+    module (torch): the method name, every key and value, the loss params. Returns the config and
+    the dotted keys the user set."""
+    from ..config import load_yaml
+    from ..methods.base import method_info
+
     ov = parse_overrides(overrides)
-    file_data: dict[str, Any] = {}
-    if config_path:
-        file_data = yaml.safe_load(Path(config_path).read_text()) or {}
+    file_data: dict[str, Any] = load_yaml(config_path) if config_path else {}
     name = method or ov.get("method") or file_data.get("method") or UnlearnConfig.method
-    spec = get_method(str(name))
+    spec = method_info(str(name))
     cfg = UnlearnConfig(method=spec.name)
     defaults = method_defaults(spec)  # the one resolver's layers (TOFU has no benchmark YAML)
     apply_overrides(cfg, {f"train.{k}": v for k, v in defaults["train"].items()})
@@ -275,10 +277,9 @@ def build_config(method: str | None, config_path: str | None, overrides: list[st
     cfg.method = spec.name
     check_loss_params(spec, cfg.loss)
     explicit = set(ov) | {f"{k}.{kk}" for k, v in file_data.items() if isinstance(v, dict) for kk in v}
-    configure(spec, cfg, explicit | set(file_data))  # e.g. `evolved` reads and checks its loss program
     # The data/split chosen for the run also decide which prepared models are used.
     cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
-    return cfg
+    return cfg, explicit | set(file_data)
 
 
 def _group(source: str, split: str) -> int:
@@ -294,6 +295,8 @@ def _group(source: str, split: str) -> int:
 
 def build_data(fmt: PromptFormatter, source: str, split: str, method: str, params: dict[str, Any],
                forget_indices: list[int] | None = None) -> UnlearnData:
+    from ..training.loop import UnlearnData
+
     forget_rows = tofu.load_split(split, source)
     if forget_indices is not None:
         forget_rows = [forget_rows[i] for i in forget_indices]
@@ -320,6 +323,13 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
     `on_epoch_eval(model, evaluate) -> summary`, when given, replaces the evaluation during
     training (every `train.eval_every_epochs`): it may call `evaluate(model)`, return {} to skip,
     or raise to stop the run (the search's staged evaluation)."""
+    import torch
+
+    from ..data.prompting import PromptFormatter
+    from ..evaluation.tofu_eval import TofuEvaluator, load_results, save_results
+    from ..models.loading import load_model_and_tokenizer
+    from ..training.loop import Unlearner, write_json
+
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     split = tofu.check_forget_split(cfg.forget_split)
@@ -452,11 +462,18 @@ class TofuSetting:
 
     def models(self) -> dict[str, Any]:
         """{"source", "target", "retain" (or None), "retain_results" (or None)}."""
+        import torch
+
+        from ..evaluation.tofu_eval import load_results
+
         if self._models is None:
             cfg = self.cfg
-            # Training the target and the retain oracle (first use only) gets every core, as in
-            # `evounlearn prepare`; the evaluations then use the runs' thread count.
-            torch.set_num_threads(cfg.prepare.threads or os.cpu_count() or 1)
+            # Threads follow the `prepare.threads` / `threads` options, else what the process has
+            # (OMP_NUM_THREADS, or the share a search worker was given): never every core, since
+            # workers run side by side.
+            threads = torch.get_num_threads()
+            if cfg.prepare.threads:
+                torch.set_num_threads(cfg.prepare.threads)
             if cfg.model:
                 m = {"source": resolve_data(cfg.prepare), "target": cfg.model, "retain": None,
                      "retain_results": load_results(cfg.retain_results) if cfg.retain_results else None}
@@ -464,7 +481,7 @@ class TofuSetting:
                 p = prepare(cfg.prepare)
                 m = {"source": p.data, "target": str(p.target), "retain": str(p.retain),
                      "retain_results": load_results(cfg.retain_results or p.retain_results)}
-            torch.set_num_threads(cfg.threads or 1)
+            torch.set_num_threads(cfg.threads or threads)
             self._models = m
         return self._models
 
@@ -490,6 +507,12 @@ class TofuBenchmark(Benchmark):
         apply_overrides(cfg, dict(options or {}))
         cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
         return TofuSetting(dict(options or {}), cfg)
+
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """Every split the run reads (a local folder; the generated benchmark is made by us and a
+        Hub dataset is checked as it loads)."""
+        check_tofu_data(str((options or {}).get("data") or "generated"),
+                        str((options or {}).get("forget_split") or "forget10"))
 
     def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
         from .tofu_cli import cli_prepare
@@ -523,6 +546,10 @@ class TofuBenchmark(Benchmark):
 
     def reference(self, prepared: TofuSetting, part: str = "all", fraction: float | None = None) -> Reference:
         """The target and the oracle evaluated on one part with the run's evaluation settings."""
+        from ..data.prompting import PromptFormatter
+        from ..evaluation.tofu_eval import TofuEvaluator
+        from ..models.loading import load_model_and_tokenizer
+
         cfg, m = prepared.cfg, prepared.models()
         split = tofu.check_forget_split(cfg.forget_split)
         idx = self.part_indices(prepared, part, fraction)

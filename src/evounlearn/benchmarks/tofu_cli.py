@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import ConfigError
 from .runs import EvalRequest, Report
 
 TOFU_TABLE_KEYS = (
@@ -22,27 +23,52 @@ COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob"
 
 def cli_prepare(config: str | None, overrides: list[str], force: bool = False) -> Report:
     from ..config import load_config
-    from .tofu import PrepareConfig, prepare, summaries
+    from .tofu import PrepareConfig, check_tofu_data, prepare, summaries
 
     cfg = load_config(PrepareConfig, config, overrides)
+    check_tofu_data(cfg.data, cfg.forget_split)  # before anything is trained
     p = prepare(cfg, force=force)
     return Report(summaries(p), TOFU_TABLE_KEYS,
                   [f"target: {p.target}", f"retain: {p.retain}", f"results: {p.target_results}, {p.retain_results}"])
 
 
+def model_label(model: str, adapter: str | None) -> str:
+    """How `eval` names a model: an adapter by its run (RUN/adapter -> RUN), else the model folder."""
+    if adapter:
+        a = Path(adapter)
+        return a.parent.name if a.name in ("adapter", "model") else a.name
+    return Path(model).name
+
+
 def cli_eval(req: EvalRequest) -> Report:
-    """The full TOFU suite on `req.model` (or the prepared target and oracle), retain first."""
+    """The full TOFU suite on `req.model` (or the prepared target and oracle). The oracle is
+    evaluated first (the target's forget quality needs it); the table shows the target first."""
     from ..config import load_config
-    from ..evaluation.attacks import parse_attacks
-    from ..evaluation.tofu_eval import TofuEvaluator, load_results, save_results
-    from ..models.loading import load_model_and_tokenizer
-    from .tofu import PrepareConfig, prepare, resolve_data
+    from .tofu import PrepareConfig, check_tofu_data
 
     cfg = load_config(PrepareConfig, req.config, req.overrides)
+    attacks: list[str] = []
+    if req.attacks:
+        from ..evaluation.attacks import parse_attacks
+
+        attacks = parse_attacks(req.attacks)
+    if req.adapter and not Path(req.adapter).is_dir():
+        raise ConfigError(f"adapter folder {req.adapter} does not exist")
+    if req.retain_results and not Path(req.retain_results).is_file():
+        raise ConfigError(f"retain results file {req.retain_results} does not exist")
+    check_tofu_data(cfg.data, cfg.forget_split)  # before any model is loaded
+    return _evaluate(req, cfg, attacks)
+
+
+def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str]) -> Report:
+    from ..evaluation.tofu_eval import TofuEvaluator, load_results, save_results
+    from ..models.loading import load_model_and_tokenizer
+    from .tofu import prepare, resolve_data
+
     models: dict[str, tuple[str, str | None]] = {}
     retain_results = load_results(req.retain_results) if req.retain_results else None
     if req.model:
-        models[Path(req.model).name] = (req.model, req.adapter)
+        models[model_label(req.model, req.adapter)] = (req.model, req.adapter)
         source = resolve_data(cfg)
     else:  # default: the prepared target and retain oracle of the benchmark
         p = prepare(cfg)
@@ -50,7 +76,6 @@ def cli_eval(req: EvalRequest) -> Report:
         models = {"target": (str(p.target), None), "retain": (str(p.retain), None)}
     ev = TofuEvaluator(source, cfg.forget_split, cfg.eval)
     reference = load_model_and_tokenizer(req.reference_model)[0] if req.reference_model else None
-    attacks = parse_attacks(req.attacks)
     summaries: dict[str, dict[str, Any]] = {}
     lines: list[str] = []
     for name in sorted(models, key=lambda n: n != "retain"):
@@ -70,18 +95,46 @@ def cli_eval(req: EvalRequest) -> Report:
         if name == "retain":
             retain_results = res
         res["model"] = path
+        if adapter:
+            res["adapter"] = adapter
         summaries[name] = res["summary"]
         if req.out:
-            save_results(res, Path(req.out) / f"{name}_results.json")
-            lines.append(f"saved {Path(req.out) / f'{name}_results.json'}")
-    return Report(summaries, TOFU_TABLE_KEYS + tuple(f"{a}_attack_rouge" for a in attacks), lines)
+            out = Path(req.out) / f"{name}_results.json"
+            save_results(res, out)
+            lines.append(f"wrote {name}'s results: {out}")
+    if not req.out:
+        lines.append("results not saved (add --out DIR to write them as JSON)")
+    order = sorted(summaries, key=lambda n: n == "retain")  # target (or the model) first, as prepare
+    return Report({n: summaries[n] for n in order}, TOFU_TABLE_KEYS + tuple(f"{a}_attack_rouge" for a in attacks),
+                  lines)
 
 
 def cli_unlearn(method: str | None, config: str | None, overrides: list[str], *, resume: str | None = None) -> Report:
-    from .tofu import build_config, prepare, resume_config, run_unlearning, summaries
+    from .runs import finished_run_report, guard_run_dir
+    from .tofu import (
+        build_config,
+        check_config,
+        check_tofu_data,
+        default_run_dir,
+        prepare,
+        resume_config,
+        run_unlearning,
+        summaries,
+    )
 
-    cfg = resume_config(resume) if resume else build_config(method, config, overrides)
-    record = run_unlearning(cfg, resume=bool(resume))
+    if resume:
+        done = finished_run_report(resume, COMPARE_KEYS)
+        if done is not None:  # a finished run: report it, change nothing
+            return done
+        cfg = resume_config(resume)
+        check_tofu_data(cfg.data, cfg.forget_split)
+    else:
+        light, _ = check_config(method, config, overrides)  # every option, before importing torch
+        check_tofu_data(light.data, light.forget_split)  # every split, before loading a model
+        cfg = build_config(method, config, overrides)
+    cfg.run_dir = cfg.run_dir or str(default_run_dir(cfg))
+    with guard_run_dir(cfg.run_dir):
+        record = run_unlearning(cfg, resume=bool(resume))
     table: dict[str, dict[str, Any]] = {}
     if not cfg.model:
         table.update(summaries(prepare(cfg.prepare)))

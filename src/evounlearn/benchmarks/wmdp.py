@@ -218,7 +218,7 @@ def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) 
     t0 = time.time()
     data = generate_hazard(cfg.hazard)
     recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
-    root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE", "cache")) / "hazard" / content_hash(
+    root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache") / "hazard" / content_hash(
         {"data": data, "recipe": recipe})
     if force or not _complete(root, cfg):
         with file_lock(root):
@@ -378,6 +378,10 @@ class WmdpBenchmark(Benchmark):
         "- MMLU accuracy low: protect retention (a stronger retain term, anchor the retain "
         "log-probs to their reference, fewer epochs).",
     )
+
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """The setting's options (its data is generated from them, so there is no file to check)."""
+        setting_config(HazardSettingConfig, options)
 
     def prepare(self, options: Mapping[str, Any] | None = None) -> HazardPrepared:
         prepared = prepare_hazard(setting_config(HazardSettingConfig, options))

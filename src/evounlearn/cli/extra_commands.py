@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 from ..errors import ConfigError
+
+log = logging.getLogger("evounlearn")
 
 COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "privleak",
                 "extraction_strength", "seconds")  # `compare` reads results.json of any run
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from .main import benchmark_of, print_report
+    from ..methods.base import check_method_name, method_names
+    from .main import benchmark_of, is_main_process, print_report
 
+    if not args.resume:
+        if not args.method:
+            raise ConfigError(f"--method is required (known: {', '.join(method_names())})")
+        check_method_name(args.method)  # before anything is imported or written
     ov = list(args.overrides or [])
     if not args.resume:
         for flag, key in ((args.split, "forget_split"), (args.tofu_dir or args.data, "data"), (args.model, "model"),
@@ -22,20 +31,34 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
             if flag:
                 ov.append(f"{key}={flag}")
     report = benchmark_of(args).cli_unlearn(args.method, args.config, ov, resume=args.resume)
-    print(f"run directory: {report.run_dir}")
+    if is_main_process():
+        print(f"run directory: {report.run_dir}")
     print_report(report)
     return 0
 
 
-def _load_run(path: Path) -> tuple[str, dict]:
+def _load_run(path: Path) -> tuple[str, dict] | None:
+    """(row name, summary) of one run for `compare`; a run marked FAILED shows as failed, a folder
+    without results.json is skipped with a warning (None)."""
+    import sys
+
+    from ..benchmarks.runs import FAILED_MARKER
+
     res = path / "results.json" if path.is_dir() else path
+    if path.is_dir() and (path / FAILED_MARKER).is_file() and not res.is_file():
+        reason = (path / FAILED_MARKER).read_text().strip()
+        return f"{path.name} (FAILED: {reason[:80]})", {}
     if not res.is_file():
-        raise ConfigError(f"{path} holds no results.json")
-    data = json.loads(res.read_text())
+        print(f"warning: skipping {path}: no results.json (not a finished run)", file=sys.stderr)
+        return None
+    try:
+        data = json.loads(res.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{res} is not valid JSON ({exc.msg}, line {exc.lineno})") from None
     summary = dict(data.get("summary", {}))
     summary["seconds"] = data.get("train_seconds")
     name = data.get("method") or res.parent.name
-    return f"{name} ({res.parent.name})" if path.is_dir() else name, summary
+    return (f"{name} ({res.parent.name})" if path.is_dir() else name), summary
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -43,41 +66,70 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     rows = []
     for p in args.runs:
-        name, s = _load_run(Path(p))
-        rows.append({"run": name, **s})
+        loaded = _load_run(Path(p))
+        if loaded is not None:
+            rows.append({"run": loaded[0], **loaded[1]})
+    if not rows:
+        raise ConfigError("no finished run to compare (none of the folders holds a results.json)")
     print(table(rows, ["run", *COMPARE_KEYS], markdown=args.markdown))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unlearn", help="run one unlearning method and evaluate it against the retain oracle")
-    p.add_argument("--method", help="grad_ascent, grad_diff, npo, simnpo, idk_dpo, rmu, undial, pmc, evolved")
-    p.add_argument("--benchmark", help="a registered benchmark or alias (default generated)")
-    p.add_argument("--split", help="forget split (default forget10)")
-    p.add_argument("--data", help="'generated' (default), a TOFU-shaped folder, or a Hub dataset id")
-    p.add_argument("--tofu-dir", help="local folder with TOFU's files")
+    p.add_argument("--method", help="required: grad_ascent, grad_diff, npo, simnpo, idk_dpo, rmu, undial, pmc, "
+                   "evolved (default: none)")
+    p.add_argument("--benchmark", help="a registered benchmark or alias (default: generated)")
+    p.add_argument("--split", help="forget split (default: forget10)")
+    p.add_argument("--data", help="'generated', a TOFU-shaped folder, or a Hub dataset id (default: generated)")
+    p.add_argument("--tofu-dir", help="local folder with TOFU's files, same as --data PATH (default: none)")
     p.add_argument("--model", help="model to unlearn (default: the prepared target)")
-    p.add_argument("--loss-file", help="for --method evolved: a .py file with loss_fn")
-    p.add_argument("--run-dir", help="where to write the run (default runs/<method>-<split>-<time>)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--config", help="YAML file with the benchmark's run options (TOFU: UnlearnConfig fields)")
+    p.add_argument("--loss-file", help="for --method evolved: a .py file with loss_fn (default: none)")
+    p.add_argument("--run-dir", help="where to write the run (default: runs/<method>-<split>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint; a "
+                   "finished run is only reported (default: none)")
+    p.add_argument("--config", help="YAML file with the benchmark's run options (TOFU: UnlearnConfig fields; "
+                   "default: none)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 loss.beta=0.2 train.lora=true")
     p.set_defaults(func=cmd_unlearn)
 
     p = sub.add_parser("compare", help="one table of several runs")
     p.add_argument("runs", nargs="+", help="run directories or results.json files")
-    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.set_defaults(func=cmd_compare)
 
     register_search(sub)
+
+
+def check_search_data(cfg: Any) -> None:
+    """The search's benchmark name and every data split its runs read, before anything starts."""
+    from ..benchmarks import get_benchmark
+
+    get_benchmark(cfg.benchmark).check_data(dict(cfg.unlearn))
+
+
+def prepare_before_search(cfg: Any) -> None:
+    """Prepare the benchmark here, in the CLI process (trusted code), with its progress bars and
+    ETA on the terminal, so that the search's target job finds the models in the cache. The
+    options are the driver's (its pinned cache folder included)."""
+    import time
+
+    from ..benchmarks import get_benchmark
+
+    if cfg.evaluator != "real":  # a test's evaluator module prepares nothing real
+        return
+    bench = get_benchmark(cfg.benchmark)
+    bench.check_data(dict(cfg.unlearn))
+    log.info("preparing %s: the target model and the retain oracle (cached after the first run)", bench.name)
+    t0 = time.time()
+    bench.paths(bench.prepare(dict(cfg.unlearn)))  # a lazy benchmark (TOFU) trains its models here
+    log.info("prepared in %.0f s", time.time() - t0)
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:
     import time
 
     from ..search.config import load_search_config
-    from ..search.driver import SearchDriver
-    from ..search.report import format_report
 
     ov = list(args.overrides or [])
     if args.resume:
@@ -90,6 +142,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         if args.mode or args.config or args.proposer or args.split or args.data or args.benchmark:
             raise ConfigError("--resume continues a search with its saved config; only --budget, --workers "
                               "and key=value overrides may change")
+        from ..search.driver import SearchDriver  # after the checks: it imports torch
+
         driver = SearchDriver.for_resume(args.resume, extra)
         run_dir = Path(args.resume)
     else:
@@ -99,13 +153,19 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             if flag is not None:
                 ov.append(f"{key}={flag}")
         cfg = load_search_config(args.config, ov)
+        check_search_data(cfg)  # bad data: one line now, not in the target job after a minute
+        from ..search.driver import SearchDriver  # after the checks: it imports torch
+
         split = cfg.unlearn.get("forget_split", "forget10")
         run_dir = Path(args.run_dir or cfg.run_dir or
                        Path("runs") / f"evolve-{cfg.mode}-{split}-{time.strftime('%Y%m%d-%H%M%S')}")
         driver = SearchDriver(cfg, run_dir)
+    prepare_before_search(driver.cfg)
     print(f"run directory: {run_dir}  (continue after an interruption: evounlearn evolve --resume {run_dir})",
           flush=True)
     data = driver.run()
+    from ..search.report import format_report
+
     print(format_report(data))
     print(f"\nwritten: {run_dir / 'leaderboard.md'}, {run_dir / 'leaderboard.json'}, "
           f"{run_dir / 'best_loss.py'}, {run_dir / 'fitness.png'}")
@@ -134,7 +194,7 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--budget", type=int, help="number of trained candidates (default 12)")
     p.add_argument("--workers", type=int, help="candidates trained in parallel, one process each (default 2)")
     p.add_argument("--proposer", choices=["offline", "http", "hf"], help="who writes the losses (default offline)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search (default: none)")
     p.add_argument("--run-dir", help="where to write the search (default runs/evolve-<mode>-<split>-<time>)")
     p.add_argument("--split", help="forget split (default forget10)")
     p.add_argument("--data", help="'generated' (default) or a TOFU-shaped folder")
@@ -148,6 +208,6 @@ def register_search(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("report", help="print (and rewrite) a search's leaderboard, best loss and lineage")
     p.add_argument("run_dir", help="a search's run directory")
-    p.add_argument("--markdown", action="store_true")
+    p.add_argument("--markdown", action="store_true", help="print the leaderboard as Markdown")
     p.add_argument("--json", action="store_true", help="also print the leaderboard data as one JSON line")
     p.set_defaults(func=cmd_report)

@@ -1,7 +1,9 @@
 """The `evounlearn` command. Subcommands: prepare, eval, unlearn, compare, evolve, report.
 
 Each subcommand takes an optional YAML config (`--config`) and `key=value` overrides.
-Bad input ends with a one-line `error: ...` message and exit code 2.
+Bad input ends with a one-line `error: ...` message and exit code 2, in well under a second:
+arguments, options (method and benchmark names, key=value against the config dataclasses) and
+every data split a command reads are checked before torch or transformers are imported.
 """
 
 from __future__ import annotations
@@ -9,19 +11,45 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from ..errors import EvoUnlearnError
 
 log = logging.getLogger("evounlearn")
 
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (`evounlearn unlearn: error: ...`) and defaults in the help."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows every option's default: the value when there is one, `off` for a flag; an option
+    without a value (None) says its default in its own help text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        if action.default is False:
+            return f"{text} (default: off)"
+        return f"{text} (default: %(default)s)"
+
+
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--benchmark", help="a registered benchmark or alias (default: the generated TOFU-shaped one; "
+    p.add_argument("--benchmark", help="a registered benchmark or alias (default: generated; "
                    "docs/ARCHITECTURE.md lists them)")
-    p.add_argument("--data", help="'generated' (default), a TOFU-shaped folder, or a Hub dataset id")
-    p.add_argument("--tofu-dir", help="local folder with TOFU's files (same as --data PATH)")
-    p.add_argument("--split", help="forget split: forget01, forget05 or forget10 (default forget10)")
+    p.add_argument("--data", help="'generated', a TOFU-shaped folder, or a Hub dataset id (default: generated)")
+    p.add_argument("--tofu-dir", help="local folder with TOFU's files, same as --data PATH (default: none)")
+    p.add_argument("--split", help="forget split: forget01, forget05 or forget10 (default: forget10)")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -41,9 +69,16 @@ def benchmark_of(args: argparse.Namespace) -> Any:
     return get_benchmark(getattr(args, "benchmark", None) or DEFAULT_BENCHMARK)
 
 
+def is_main_process() -> bool:
+    """False in the other processes of an `accelerate launch` (they print nothing)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
 def print_report(report: Any) -> None:
     from ..reports.tables import metric_table
 
+    if not is_main_process():
+        return
     for line in report.lines:
         print(line)
     print(metric_table(report.summaries, report.keys))
@@ -62,19 +97,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
                       args.reference_model, args.out, args.attacks, args.attack_samples, args.attack_temperature)
     report = benchmark_of(args).cli_eval(req)
     print_report(report)
-    if args.json:
+    if args.json and is_main_process():
         print(json.dumps(report.summaries))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evounlearn", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="evounlearn", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the libraries' own logs and loading bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     p = sub.add_parser("prepare", help="train (or fetch from cache) the target model and the retain oracle")
     _data_args(p)
-    p.add_argument("--config", help="YAML file with PrepareConfig fields")
+    p.add_argument("--config", help="YAML file with PrepareConfig fields (default: none)")
     p.add_argument("--force", action="store_true", help="retrain even when cached")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=30 generated.authors=20")
     p.set_defaults(func=cmd_prepare)
@@ -82,15 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate models with the benchmark's suite (TOFU: the full suite, any model)")
     _data_args(p)
     p.add_argument("--model", help="model path or Hub id (default: the prepared target and retain oracle)")
-    p.add_argument("--adapter", help="LoRA adapter folder to load on top of --model")
-    p.add_argument("--retain-results", help="a retain run's results JSON, for forget quality and PrivLeak")
-    p.add_argument("--reference-model", help="model for the reference-model MIA")
-    p.add_argument("--out", help="folder for the results JSON files")
+    p.add_argument("--adapter", help="LoRA adapter folder to load on top of --model (default: none)")
+    p.add_argument("--retain-results", help="a retain run's results JSON, for forget quality and PrivLeak "
+                   "(default: the retain oracle's)")
+    p.add_argument("--reference-model", help="model for the reference-model MIA (default: none)")
+    p.add_argument("--out", help="folder for the results JSON files (default: none, nothing written)")
     p.add_argument("--json", action="store_true", help="also print the summaries as one JSON line")
-    p.add_argument("--attacks", help="leakage attacks on the forget split: sampling,prefill")
+    p.add_argument("--attacks", help="leakage attacks on the forget split: sampling,prefill (default: none)")
     p.add_argument("--attack-samples", type=int, default=16, help="samples per question (sampling attack)")
     p.add_argument("--attack-temperature", type=float, default=1.0, help="temperature (sampling attack)")
-    p.add_argument("--config", help="YAML file with PrepareConfig fields")
+    p.add_argument("--config", help="YAML file with PrepareConfig fields (default: none)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. eval.max_new_tokens=100")
     p.set_defaults(func=cmd_eval)
 
@@ -101,13 +138,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries(verbose: bool) -> None:
+    """The one place that silences the libraries: transformers / datasets / hub logs at error
+    level and without their loading bars, absl (rouge-score's "Using default tokenizer.") at
+    warning; `--verbose` keeps them. Environment variables, so that nothing heavy is imported
+    here (the libraries read them when the commands import them)."""
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if verbose:
+        return
+    for key, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DATASETS_VERBOSITY", "error"),
+                       ("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("HF_DATASETS_DISABLE_PROGRESS_BARS", "1"),
+                       ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        os.environ.setdefault(key, value)
+    try:  # absl installs its own logger class: configure it through its own API (cheap import)
+        import absl.logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.WARNING)
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv:  # a bare `evounlearn`: the help, not an error
+        parser.print_help()
+        return 0
     args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("httpx", "urllib3", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet_libraries(args.verbose)
     try:
         return args.func(args)
     except EvoUnlearnError as exc:

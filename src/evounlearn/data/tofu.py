@@ -49,7 +49,7 @@ def validate_rows(rows: Sequence[dict[str, Any]], split: str, where: str) -> lis
     """Check that a split is non-empty and every row has the split's columns."""
     rows = list(rows)
     if not rows:
-        raise DataError(f"split {split!r} in {where} is empty")
+        raise DataError(f"{where}: split {split!r} is empty (no rows)")
     required = SPLIT_COLUMNS.get(split, QA)
     for i, row in enumerate(rows):
         missing = [c for c in required if c not in row or row[c] is None]
@@ -123,3 +123,21 @@ def load_split(split: str, source: str | Path = HUB_ID) -> list[dict[str, Any]]:
 def available_splits(source: str | Path) -> list[str]:
     folder = Path(source)
     return sorted(s for s in SPLIT_COLUMNS if (folder / f"{s}.json").is_file() or (folder / f"{s}.jsonl").is_file())
+
+
+def splits_read(forget_split: str) -> list[str]:
+    """Every split that preparing, unlearning or evaluating on `forget_split` reads."""
+    split = check_forget_split(forget_split)
+    return ["full", split, FORGET_TO_RETAIN[split], FORGET_TO_HOLDOUT[split], f"{split}_perturbed",
+            "retain_perturbed", "real_authors", "real_authors_perturbed", "world_facts", "world_facts_perturbed"]
+
+
+def check_source(source: str | Path, forget_split: str) -> None:
+    """Validate every split a command on `forget_split` reads from a local folder (schema,
+    non-empty, file present) in one pass, before any model is loaded: a one-line `DataError`
+    naming the file, row and column. A Hub id is checked when it is loaded (no download here)."""
+    splits = splits_read(forget_split)
+    if is_hub_id(str(source)):
+        return
+    for split in splits:
+        load_split(split, source)

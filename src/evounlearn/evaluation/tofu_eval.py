@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from ..data import tofu
 from ..data.prompting import PromptFormatter
 from ..files import atomic_write_json, read_json
 from . import metrics as M
+from .config import EvalConfig  # noqa: F401  (re-exported)
 from .model_io import ScoredAnswer, generate_answers, score_answers
 
 log = logging.getLogger(__name__)
@@ -28,16 +28,6 @@ SUMMARY_KEYS = (
     "forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio",
     "privleak", "extraction_strength", "exact_memorization",
 )
-
-
-@dataclass
-class EvalConfig:
-    max_new_tokens: int = 200
-    batch_size: int = 64
-    min_k: float = 0.4
-    max_examples: int | None = None  # per split; None = all (open-unlearning); TOFU used 300
-    mia: bool = True
-    es_reference_quirk: bool = False  # reproduce open-unlearning's ES floor at 1/|y|
 
 
 def _values(arr, keys: list[int] | None = None) -> dict[str, float]:

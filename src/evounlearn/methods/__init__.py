@@ -5,11 +5,20 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from .base import METHODS, MethodInputs, MethodSpec, SideOutputs, get_method, register_method
+from .base import (
+    METHODS,
+    MethodInputs,
+    MethodSpec,
+    SideOutputs,
+    check_method_name,
+    get_method,
+    method_names,
+    register_method,
+)
 from .resolve import MethodRun, resolve_method
 
-__all__ = ["METHODS", "MethodInputs", "MethodRun", "MethodSpec", "SideOutputs", "get_method", "load_all",
-           "register_method", "resolve_method"]
+__all__ = ["METHODS", "MethodInputs", "MethodRun", "MethodSpec", "SideOutputs", "check_method_name", "get_method",
+           "load_all", "method_names", "register_method", "resolve_method"]
 
 _LOADED = False
 

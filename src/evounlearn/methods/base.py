@@ -35,14 +35,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
-from ..data.prompting import IGNORE_INDEX
 from ..errors import ConfigError
-from ..models.scoring import token_logprobs
+
+# torch is imported where tensors are touched: the registry (names, YAML defaults) stays
+# torch-free, so that the command line checks a method name before importing torch.
+if TYPE_CHECKING:
+    import torch
 
 NEEDS = frozenset(
     {"retain", "ref_seq_logp", "ref_seq_logp_retain", "ref_logits_forget", "ref_logits_retain", "hidden", "alt",
@@ -73,11 +75,15 @@ class SideOutputs:
     @property
     def mask(self) -> torch.Tensor:
         """Boolean mask of answer tokens."""
+        from ..data.prompting import IGNORE_INDEX
+
         return self.labels != IGNORE_INDEX
 
     @property
     def token_logps(self) -> torch.Tensor:
         """log p(label_t) per position, 0 where masked. [B, T]"""
+        from ..models.scoring import token_logprobs
+
         return token_logprobs(self.logits, self.labels)[0]
 
     @property
@@ -108,7 +114,7 @@ class MethodInputs:
     alt: SideOutputs | None = None
 
 
-LossFn = Callable[[MethodInputs, Mapping[str, Any]], torch.Tensor]
+LossFn = Callable[[MethodInputs, Mapping[str, Any]], "torch.Tensor"]
 
 
 @dataclass
@@ -167,11 +173,44 @@ def register_method(
     return deco
 
 
+def method_names() -> list[str]:
+    """Every known method name, without importing any method module (nor torch): the built-in
+    ones have a `configs/<name>.yaml`, others registered themselves already."""
+    return sorted({p.stem for p in CONFIG_DIR.glob("*.yaml")} | set(METHODS))
+
+
+def check_method_name(name: str) -> str:
+    """The registry key of `name`; a ConfigError naming the known methods when there is none."""
+    key = str(name).lower()
+    if key not in METHODS and key not in method_names():
+        raise ConfigError(f"unknown method {name!r} (known: {', '.join(method_names())})")
+    return key
+
+
+@dataclass
+class MethodInfo:
+    """What the registry knows of a method without importing its module: name and YAML defaults
+    (enough for `methods.resolve.method_defaults` / `check_loss_params`)."""
+
+    name: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def method_info(name: str) -> MethodSpec | MethodInfo:
+    """The registered spec, or the name and `configs/<name>.yaml` defaults of a built-in method
+    whose module is not imported yet (torch-free)."""
+    key = check_method_name(name)
+    if key in METHODS:
+        return METHODS[key]
+    path = CONFIG_DIR / f"{key}.yaml"
+    return MethodInfo(key, dict(yaml.safe_load(path.read_text()) or {}))
+
+
 def get_method(name: str) -> MethodSpec:
+    key = check_method_name(name)  # before importing the method modules (torch)
     from . import load_all  # registers the built-in methods on first use
 
     load_all()
-    key = name.lower()
     if key not in METHODS:
         raise ConfigError(f"unknown method {name!r} (known: {', '.join(sorted(METHODS))})")
     return METHODS[key]

@@ -5,24 +5,14 @@ back through the same code path as any Hub model."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .config import TinyModelConfig  # noqa: F401  (re-exported: the recipe's options)
+
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
-
-
-@dataclass
-class TinyModelConfig:
-    vocab_size: int = 2048
-    hidden_size: int = 128
-    intermediate_size: int = 384
-    num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    max_position_embeddings: int = 256
-    tie_word_embeddings: bool = True
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: str | Path | None = None) -> Any:

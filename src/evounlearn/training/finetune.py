@@ -9,27 +9,14 @@ import math
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
 from ..data.prompting import EncodedQA, PromptFormatter
+from .config import FinetuneConfig  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class FinetuneConfig:
-    epochs: int = 40
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    batch_size: int = 32
-    warmup_ratio: float = 0.05
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    max_length: int = 128
 
 
 def lr_lambda(total: int, warmup: int, min_ratio: float):
