@@ -16,7 +16,7 @@ import pytest
 
 from evounlearn.benchmarks import default_cache_dir, get_benchmark
 from evounlearn.benchmarks.runs import FAILED_MARKER, finished_run_report, guard_run_dir
-from evounlearn.benchmarks.tofu_cli import COMPARE_KEYS, model_label
+from evounlearn.benchmarks.tofu.cli import COMPARE_KEYS, model_label
 from evounlearn.data.tofu import SPLIT_COLUMNS
 from evounlearn.errors import DataError
 

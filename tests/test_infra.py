@@ -239,7 +239,7 @@ def _files(root: Path) -> dict[str, int]:
 
 
 def test_two_processes_preparing_the_same_entry_build_it_once(tmp_path):
-    from evounlearn.benchmarks.tofu import _Entry, prepare
+    from evounlearn.benchmarks.tofu.build import _Entry, prepare
     from evounlearn.config import save_config
     from evounlearn.search.candidate import check_model_folder
     from evounlearn.training.finetune import FinetuneConfig

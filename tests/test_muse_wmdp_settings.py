@@ -16,8 +16,8 @@ from evounlearn.benchmarks.muse import muse_benchmark_fitness
 from evounlearn.benchmarks.text import encode_text
 from evounlearn.benchmarks.wmdp import wmdp_benchmark_fitness
 from evounlearn.errors import ConfigError
-from evounlearn.methods.resolve import MethodRun, candidate_run
 from evounlearn.search.candidate import evaluate_candidate, target_info
+from evounlearn.training.resolve import MethodRun, candidate_run
 
 NPO_LIKE = '''def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):
     """epochs: 2"""

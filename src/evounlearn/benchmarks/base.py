@@ -8,7 +8,7 @@ owns everything benchmark-specific:
 - `reference(prepared, part) -> Reference`: the target's and the oracle's summaries on one part
   of the forget set (`benchmarks.parts`: search = the first half, report = the rest);
 - `run(prepared, run, part=..., seed=..., run_dir=..., stage1_epochs=..., on_stage=...) ->
-  RunResult`: unlearn with one `methods.resolve.MethodRun` and evaluate on that part;
+  RunResult`: unlearn with one `training.resolve.MethodRun` and evaluate on that part;
 - `fitnesses`: its `FitnessSpec`s by name (the formula, the utility key the floor applies to,
   whether it needs the target's metrics) and `default_fitness`; `fitness` is the default one.
   Names shared across benchmarks: `evomu` (the paper's formula), `calibrated` (the forget set
@@ -113,7 +113,7 @@ class Benchmark(ABC):
     metric_keys: tuple[str, ...] = ()
     prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.proposers.llm.prompts)
     prompt_guidance: tuple[str, ...] = ()  # metric-driven advice lines for refine / crossover / tune prompts
-    yaml_path: Path | None = None  # per-method defaults of this benchmark (`methods.resolve`)
+    yaml_path: Path | None = None  # per-method defaults of this benchmark (`training.resolve`)
 
     @property
     def fitness(self) -> FitnessSpec:
@@ -167,34 +167,21 @@ class Benchmark(ABC):
         `run_dir`, the run writes RUN_DIR/results.json and RUN_DIR/train.json (and whatever
         reproduces it)."""
 
-    # -- the command line (`evounlearn prepare|eval|unlearn --benchmark NAME`); defaults in runs.py
+    # -- the command line (`evounlearn prepare|eval|unlearn --benchmark NAME`). Most benchmarks
+    # take the generic versions by inheriting `runs.GenericCommands` first; TOFU has its own.
 
     def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
         """Prepare (cached) and report the target's and the oracle's metrics (a `runs.Report`)."""
-        from .runs import load_options, prepare_report
-
-        if force:
-            raise ConfigError(f"benchmark {self.name}: --force is not supported (delete its cache folder)")
-        return prepare_report(self, load_options(config, overrides))
+        raise ConfigError(f"benchmark {self.name} has no `evounlearn prepare` command")
 
     def cli_eval(self, request: Any) -> Any:
-        """Evaluate models (a `runs.EvalRequest`); by default the prepared target and oracle only."""
-        from .runs import load_options, prepare_report
-
-        if request.model:
-            raise ConfigError(f"benchmark {self.name} evaluates its prepared target and retain oracle only "
-                              "(no --model)")
-        return prepare_report(self, load_options(request.config, request.overrides))
+        """Evaluate models (a `runs.EvalRequest`)."""
+        raise ConfigError(f"benchmark {self.name} has no `evounlearn eval` command")
 
     def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
                     resume: str | None = None) -> Any:
-        """One unlearning run in a run directory (a `runs.Report`); `resume` runs it again."""
-        from .runs import load_options, resume_options, unlearn_report
-
-        if resume:
-            method, options = resume_options(resume)
-            return unlearn_report(self, method, options, resume)
-        return unlearn_report(self, method, load_options(config, overrides))
+        """One unlearning run in a run directory (a `runs.Report`); `resume` continues or reports it."""
+        raise ConfigError(f"benchmark {self.name} has no `evounlearn unlearn` command")
 
     def check_data(self, options: Mapping[str, Any] | None = None) -> None:
         """Check every data split a command with these options will read (schema, non-empty, known

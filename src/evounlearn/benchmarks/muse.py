@@ -41,7 +41,7 @@ the recipe, like `benchmarks.tofu.prepare`.
 Unlearning (`unlearn_muse`): forget rows = the forget corpus rows, retain rows = the retain corpus
 rows (labels on every token: raw-text language modelling), any registered method (NPO, UnDIAL,
 ..., `evolved`) through `training.loop.Unlearner`, with this setting's per-method defaults
-(`benchmarks/muse.yaml`, a layer of `methods.resolve`).
+(`benchmarks/muse.yaml`, a layer of `training.resolve`).
 
 Parts (held-out selection for the search): ``part="search"`` keeps the first half of every
 forget-side set (verbmem, knowmem forget with its sentences, privleak forget and holdout),
@@ -83,13 +83,14 @@ from ..errors import DataError
 from ..evaluation.metrics import privleak
 from ..evaluation.muse_eval import evaluate_muse_model, knowmem_prompt, muse_fitness
 from ..files import file_lock, read_json, read_json_or_none
-from ..methods.resolve import MethodRun, method_run
 from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
+from ..training.resolve import MethodRun, method_run
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, metric, register_benchmark
 from .fitness import calibration, mia_gap, relative_utility
 from .parts import check_part, cut_part
+from .runs import GenericCommands
 from .text import (
     OptionsMixin,
     cached_tokenizer,
@@ -107,7 +108,7 @@ from .text import (
 log = logging.getLogger(__name__)
 RECIPE_VERSION = "muse-tiny-v1"
 SUMMARY_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
-YAML = Path(__file__).with_suffix(".yaml")  # per-method defaults of this setting (methods.resolve)
+YAML = Path(__file__).with_suffix(".yaml")  # per-method defaults of this setting (training.resolve)
 
 
 def default_shared_data() -> Path | None:
@@ -563,7 +564,7 @@ MUSE_FITNESSES = {
 
 
 @register_benchmark
-class MuseBenchmark(Benchmark):
+class MuseBenchmark(GenericCommands, Benchmark):
     name = "muse-news"
     aliases = ("muse",)
     description = ("MUSE-News, tiny setting: VerbMem, KnowMem forget/retain, PrivLeak vs the retain oracle")

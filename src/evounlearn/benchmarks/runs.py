@@ -128,7 +128,7 @@ def prepare_report(bench: Any, options: Mapping[str, Any]) -> Report:
 def unlearn_report(bench: Any, method: str | None, options: dict[str, Any], run_dir: str | None = None) -> Report:
     """Unlearn with one method on the options' `forget_part` (default all) and evaluate; the run
     directory gets config.yaml (what reproduces the run), train.json and results.json."""
-    from ..methods.resolve import MethodRun
+    from ..training.resolve import MethodRun
 
     name = method or options.pop("method", None)
     if not name:
@@ -145,7 +145,7 @@ def unlearn_report(bench: Any, method: str | None, options: dict[str, Any], run_
         return done  # --resume on a finished run changes nothing
     bench.check_data(options)  # before anything is written or trained
     run = MethodRun(str(name), loss, train)
-    from ..methods.resolve import resolve_method
+    from ..training.resolve import resolve_method
 
     resolve_method(run, bench.method_yaml())  # loss params and training options, before preparing
     with guard_run_dir(rd):
@@ -209,3 +209,29 @@ def finished_run_report(run_dir: str | Path, keys: tuple[str, ...]) -> Report | 
     name = str(data.get("method") or Path(run_dir).name)
     return Report({name: summary}, keys, [f"{run_dir} already finished: nothing to resume (results unchanged)"],
                   str(run_dir))
+
+
+class GenericCommands:
+    """The `evounlearn prepare|eval|unlearn` commands of a benchmark, through the protocol alone
+    (`check_data`, `prepare`, `reference`, `run`). A benchmark takes them by listing this class
+    before `Benchmark` among its bases."""
+
+    name: str
+
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Report:
+        if force:
+            raise ConfigError(f"benchmark {self.name}: --force is not supported (delete its cache folder)")
+        return prepare_report(self, load_options(config, overrides))
+
+    def cli_eval(self, request: EvalRequest) -> Report:
+        if request.model:
+            raise ConfigError(f"benchmark {self.name} evaluates its prepared target and retain oracle only "
+                              "(no --model)")
+        return prepare_report(self, load_options(request.config, request.overrides))
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Report:
+        if resume:
+            method, options = resume_options(resume)
+            return unlearn_report(self, method, options, resume)
+        return unlearn_report(self, method, load_options(config, overrides))

@@ -21,8 +21,8 @@ import torch
 from ..data.prompting import IGNORE_INDEX, EncodedQA, PromptFormatter
 from ..errors import ConfigError
 from ..files import atomic_dir
-from ..methods.resolve import MethodRun, resolve_method
 from ..training.loop import UnlearnData, Unlearner
+from ..training.resolve import MethodRun, resolve_method
 
 
 def content_hash(obj: Any, n: int = 16) -> str:
@@ -133,7 +133,7 @@ class OptionsMixin:
 
     def method_run(self, run: MethodRun, seed: int | None = None) -> MethodRun:
         """`run` over the options' shared `loss` / `train` overrides (and the run's seed)."""
-        from ..methods.resolve import method_run
+        from ..training.resolve import method_run
 
         out = method_run(run)
         out.loss = {**dict(self.options.get("loss") or {}), **out.loss}

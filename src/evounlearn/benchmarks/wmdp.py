@@ -18,7 +18,7 @@ Rows: every statement is one LM row (its tokens and an EOS, labels on all tokens
 without a BOS, because cloze contexts are encoded with the tokenizer's default special tokens and
 the tiny tokenizer adds none. Unlearning (`unlearn_hazard`): forget rows = forget_text statements,
 retain rows = retain_text statements, any registered method through `training.loop.Unlearner`,
-with this setting's per-method defaults (`benchmarks/wmdp.yaml`, a layer of `methods.resolve`; RMU's
+with this setting's per-method defaults (`benchmarks/wmdp.yaml`, a layer of `training.resolve`; RMU's
 are tuned for the tiny model, see the comment there). Parts (`benchmarks.parts`): ``part="search"``
 keeps the facts of the first half of the forget entities (their statements and questions),
 ``"report"`` the rest; the retain domain stays whole.
@@ -53,13 +53,14 @@ from ..data.prompting import EncodedQA, PromptFormatter
 from ..errors import ConfigError
 from ..evaluation.mcq import evaluate_mcq, wmdp_fitness
 from ..files import file_lock, read_json, read_json_or_none
-from ..methods.resolve import MethodRun, method_run
 from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
+from ..training.resolve import MethodRun, method_run
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, register_benchmark
 from .fitness import clamp
 from .parts import check_part, part_cut
+from .runs import GenericCommands
 from .text import (
     OptionsMixin,
     cached_tokenizer,
@@ -76,7 +77,7 @@ log = logging.getLogger(__name__)
 RECIPE_VERSION = "hazard-tiny-v1"
 SCORING = "cloze"
 
-YAML = Path(__file__).with_suffix(".yaml")  # per-method defaults of this setting (methods.resolve)
+YAML = Path(__file__).with_suffix(".yaml")  # per-method defaults of this setting (training.resolve)
 
 
 def _default_model() -> TinyModelConfig:
@@ -350,7 +351,7 @@ def wmdp_summary(summary: Mapping[str, Any], target: Mapping[str, Any] | None = 
 
 
 @register_benchmark
-class WmdpBenchmark(Benchmark):
+class WmdpBenchmark(GenericCommands, Benchmark):
     name = "wmdp-synthetic"
     aliases = ("wmdp", "hazard")
     description = ("WMDP-shaped tiny setting on the generated hazard benchmark: forget-domain and "

@@ -18,7 +18,7 @@ COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob"
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from ..methods.base import check_method_name, method_names
-    from .main import benchmark_of, is_main_process, print_report
+    from .common import benchmark_of, is_main_process, print_report
 
     if not args.resume:
         if not args.method:

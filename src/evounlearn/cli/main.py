@@ -16,6 +16,7 @@ import sys
 from typing import Any, NoReturn
 
 from ..errors import EvoUnlearnError
+from .common import benchmark_of, is_main_process, print_report
 
 log = logging.getLogger("evounlearn")
 
@@ -60,28 +61,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     if getattr(args, "split", None):
         ov.append(f"forget_split={args.split}")
     return ov
-
-
-def benchmark_of(args: argparse.Namespace) -> Any:
-    """The benchmark a command works on (`--benchmark`, default the generated TOFU-shaped one)."""
-    from ..benchmarks import DEFAULT_BENCHMARK, get_benchmark
-
-    return get_benchmark(getattr(args, "benchmark", None) or DEFAULT_BENCHMARK)
-
-
-def is_main_process() -> bool:
-    """False in the other processes of an `accelerate launch` (they print nothing)."""
-    return os.environ.get("RANK", "0") in ("", "0")
-
-
-def print_report(report: Any) -> None:
-    from ..reports.tables import metric_table
-
-    if not is_main_process():
-        return
-    for line in report.lines:
-        print(line)
-    print(metric_table(report.summaries, report.keys))
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

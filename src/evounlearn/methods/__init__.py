@@ -15,10 +15,9 @@ from .base import (
     method_names,
     register_method,
 )
-from .resolve import MethodRun, resolve_method
 
-__all__ = ["METHODS", "MethodInputs", "MethodRun", "MethodSpec", "SideOutputs", "check_method_name", "get_method",
-           "load_all", "method_names", "register_method", "resolve_method"]
+__all__ = ["METHODS", "MethodInputs", "MethodSpec", "SideOutputs", "check_method_name", "get_method",
+           "load_all", "method_names", "register_method"]
 
 _LOADED = False
 
@@ -29,6 +28,6 @@ def load_all() -> None:
     if _LOADED:
         return
     for mod in pkgutil.iter_modules(__path__):
-        if mod.name not in {"base", "resolve"}:
+        if mod.name != "base":
             importlib.import_module(f"{__name__}.{mod.name}")
     _LOADED = True

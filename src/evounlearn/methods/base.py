@@ -23,7 +23,7 @@ is merged into `params`, e.g. RMU's random direction), `trainable(model, params)
 forward pass (PMC replaces the answers with the model's own samples). A hook with
 `state_dict()` / `load_state_dict(state)` has its state saved in checkpoints, so runs resume.
 Two config/data hooks complete the declaration:
-- `configure(cfg, explicit) -> None`: run when a run's config is resolved (`methods.resolve`);
+- `configure(cfg, explicit) -> None`: run when a run's config is resolved (`training.resolve`);
   `cfg.loss` / `cfg.train` may be changed, `explicit` = the dotted keys the user set (the
   `evolved` method reads its loss program here and lets its epochs docstring set `train.epochs`);
 - `build_data(fmt, forget_rows, params) -> {side: rows}`: extra encoded sides a QA benchmark
@@ -190,7 +190,7 @@ def check_method_name(name: str) -> str:
 @dataclass
 class MethodInfo:
     """What the registry knows of a method without importing its module: name and YAML defaults
-    (enough for `methods.resolve.method_defaults` / `check_loss_params`)."""
+    (enough for `training.resolve.method_defaults` / `check_loss_params`)."""
 
     name: str
     defaults: dict[str, Any] = field(default_factory=dict)

@@ -107,7 +107,7 @@ def check_loss_program(code: str, interface: str = "auto", function: str = "") -
 
 
 def configure(cfg: Any, explicit: set[str]) -> None:
-    """Config-time hook (`MethodSpec.configure`, run by `methods.resolve`): read `loss_file` into `code`,
+    """Config-time hook (`MethodSpec.configure`, run by `training.resolve`): read `loss_file` into `code`,
     check the program, and let its epochs docstring set `train.epochs` unless given explicitly."""
     params = cfg.loss
     if params.get("loss_file"):

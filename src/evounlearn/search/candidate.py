@@ -289,7 +289,7 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
                 interface: str, epochs: int | None) -> Any:
     """The candidate as a `MethodRun` (a validated program through `evolved`, or a registered
     method), or None with `out.error` set."""
-    from ..methods.resolve import MethodRun
+    from ..training.resolve import MethodRun
 
     train = {"epochs": int(epochs)} if epochs is not None else {}
     if code is not None:

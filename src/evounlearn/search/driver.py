@@ -393,7 +393,7 @@ class SearchDriver:
             proposed = self.db.original_proposal_count(generation=g)
             need = target - self.gen_trained(g)
             k = self.next_request_index(g)
-            ids = self._propose(g, k, self._request("initial", g, k, n=proposed + need), skip_known=True)
+            ids = self.propose(g, k, self.request("initial", g, k, n=proposed + need), skip_known=True)
             for cid in ids:
                 self.admit(cid, room)
 
@@ -425,7 +425,7 @@ class SearchDriver:
         best = self.ranked()[:k]
         return [(float(c.fitness_search), c.code or "") for c in reversed(best) if c.fitness_search is not None]
 
-    def _request(self, kind: str, g: int, k: int, parents: Sequence[CandidateRow] | None = None,
+    def request(self, kind: str, g: int, k: int, parents: Sequence[CandidateRow] | None = None,
                  n: int = 1, **extra: Any) -> ProposalRequest:
         return ProposalRequest(
             kind=kind, n=n, interface=self.cfg.interface, benchmark=self.cfg.benchmark,
@@ -443,7 +443,7 @@ class SearchDriver:
         return [{"code": c.code, "fitness": c.fitness_search} for c in self.db.done_candidates()
                 if c.code and c.fitness_search is not None]
 
-    def _propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False) -> list[int]:
+    def propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False) -> list[int]:
         """Ask the proposer; record every proposal as a candidate row (status proposed)."""
         t = time.time()
         try:
@@ -537,9 +537,9 @@ class SearchDriver:
         root = broken.repair_of or cid
         parents = [p for p in (self.db.candidate(i) for i in broken.parents) if p]
         for attempt in range(1, self.repair_attempts + 1):
-            req = self._request("repair", broken.generation, stable_seed(cid, attempt), parents=parents,
+            req = self.request("repair", broken.generation, stable_seed(cid, attempt), parents=parents,
                                 error={"reason": reason, "code": broken.code or ""})
-            ids = self._propose(broken.generation, broken.slot or 0, req)
+            ids = self.propose(broken.generation, broken.slot or 0, req)
             if not ids:
                 break
             for extra in ids[1:]:

@@ -220,7 +220,7 @@ def _user_range(name: str, value: Any, like: ParamRange | None) -> ParamRange | 
 
 def build_space(cfg: TuneConfig, benchmark_yaml: Mapping[str, Any] | None = None) -> SearchSpace:
     """The method's tunable params (module docstring), `cfg.space` applied over the defaults."""
-    from ..methods.resolve import benchmark_layer
+    from ..training.resolve import benchmark_layer
 
     method = check_method(cfg.method)
     own, layer = method_yaml(method), benchmark_layer(benchmark_yaml, method)

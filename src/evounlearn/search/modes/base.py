@@ -3,12 +3,35 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from ..config import SearchConfig
-    from ..driver import SearchDriver
+    from ..proposers import ProposalRequest
+    from ..store import CandidateRow, Store
+
+
+class ModeHost(Protocol):
+    """What a mode uses of the search driver (`driver.SearchDriver` implements it): the config, the
+    store, and the shared steps of proposing, admitting and evaluating a generation."""
+
+    cfg: SearchConfig
+    db: Store
+
+    def request(self, kind: str, g: int, k: int, parents: Sequence[CandidateRow] | None = None,
+                n: int = 1, **extra: Any) -> ProposalRequest: ...
+    def propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False) -> list[int]: ...
+    def admit(self, cid: int, room: Callable[[], bool]) -> bool: ...
+    def admit_leftovers(self, g: int, room: Callable[[], bool]) -> None: ...
+    def fill_initial(self, g: int, target: int) -> None: ...
+    def pump_generation(self, g: int) -> None: ...
+    def budget_left(self) -> int: ...
+    def gen_trained(self, g: int) -> int: ...
+    def generation_filled(self, g: int) -> bool: ...
+    def mark_filled(self, g: int) -> None: ...
+    def next_request_index(self, g: int) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -29,7 +52,7 @@ class SearchMode(ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, driver: SearchDriver) -> None:
+    def __init__(self, driver: ModeHost) -> None:
         self.driver = driver
 
     @classmethod

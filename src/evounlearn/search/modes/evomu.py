@@ -58,5 +58,5 @@ class EvoMUMode(SearchMode):
             tries += 1
             got = len(d.db.children_of(parent.id, g))
             kreq = d.next_request_index(g)
-            for cid in d._propose(g, kreq, d._request("refine", g, kreq, parents=[parent], n=want - got)):
+            for cid in d.propose(g, kreq, d.request("refine", g, kreq, parents=[parent], n=want - got)):
                 d.admit(cid, room)

@@ -91,8 +91,8 @@ class OursMode(SearchMode):
         rng = random.Random(stable_seed(d.cfg.seed, "ours", g, k))
         archive = Archive.build(d.db.candidates(kind="candidate"), o.archive_size, o.half_life, o.child_penalty)
         if len(archive) == 0:
-            req = d._request("initial", g, k, n=1 + d.db.original_proposal_count())
-            ids = d._propose(g, k, req, skip_known=True)
+            req = d.request("initial", g, k, n=1 + d.db.original_proposal_count())
+            ids = d.propose(g, k, req, skip_known=True)
             for extra in ids[1:]:
                 d.db.update_candidate(extra, status="unused", error="not needed")
             return ids[:1]
@@ -100,4 +100,4 @@ class OursMode(SearchMode):
         parents = archive.choose(rng, 2 if op == "crossover" else 1)
         if op == "crossover" and len(parents) < 2:
             op = "refine"
-        return d._propose(g, k, d._request(op, g, k, parents=parents))
+        return d.propose(g, k, d.request(op, g, k, parents=parents))

@@ -7,10 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..data.generated import GeneratedConfig
-from ..evaluation.config import EvalConfig
-from ..models.config import TinyModelConfig
-from ..training.config import FinetuneConfig, TrainConfig
+from ...data.generated import GeneratedConfig
+from ...evaluation.config import EvalConfig
+from ...models.config import TinyModelConfig
+from ...training.config import FinetuneConfig, TrainConfig
 
 
 @dataclass

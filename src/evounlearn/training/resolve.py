@@ -19,7 +19,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..errors import ConfigError
-from .base import MethodSpec, get_method
+from ..methods.base import MethodSpec, get_method
 
 #: loss params every method accepts besides its YAML's (the loss-program keys of `evolved`)
 PROGRAM_KEYS = frozenset({"loss_file", "interface"})
@@ -118,7 +118,7 @@ def resolve_method(run: MethodRun, benchmark_yaml: Mapping[str, Any] | None = No
     """The three layers (module docstring) for one run; `base_train` sits between layers 2 and 3
     (a benchmark's fixed loop options, e.g. its context length)."""
     from ..config import apply_overrides
-    from ..training.loop import TrainConfig
+    from .config import TrainConfig
 
     spec = get_method(run.method)
     defaults = method_defaults(spec, benchmark_yaml)

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
-from .runs import EvalRequest, Report
+from ...errors import ConfigError
+from ..runs import EvalRequest, Report
 
 TOFU_TABLE_KEYS = (
     "forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio",
@@ -22,8 +22,9 @@ COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob"
 
 
 def cli_prepare(config: str | None, overrides: list[str], force: bool = False) -> Report:
-    from ..config import load_config
-    from .tofu import PrepareConfig, check_tofu_data, prepare, summaries
+    from ...config import load_config
+    from .build import check_tofu_data, prepare, summaries
+    from .config import PrepareConfig
 
     cfg = load_config(PrepareConfig, config, overrides)
     check_tofu_data(cfg.data, cfg.forget_split)  # before anything is trained
@@ -43,13 +44,14 @@ def model_label(model: str, adapter: str | None) -> str:
 def cli_eval(req: EvalRequest) -> Report:
     """The full TOFU suite on `req.model` (or the prepared target and oracle). The oracle is
     evaluated first (the target's forget quality needs it); the table shows the target first."""
-    from ..config import load_config
-    from .tofu import PrepareConfig, check_tofu_data
+    from ...config import load_config
+    from .build import check_tofu_data
+    from .config import PrepareConfig
 
     cfg = load_config(PrepareConfig, req.config, req.overrides)
     attacks: list[str] = []
     if req.attacks:
-        from ..evaluation.attacks import parse_attacks
+        from ...evaluation.attacks import parse_attacks
 
         attacks = parse_attacks(req.attacks)
     if req.adapter and not Path(req.adapter).is_dir():
@@ -61,9 +63,9 @@ def cli_eval(req: EvalRequest) -> Report:
 
 
 def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str]) -> Report:
-    from ..evaluation.tofu_eval import TofuEvaluator, load_results, save_results
-    from ..models.loading import load_model_and_tokenizer
-    from .tofu import prepare, resolve_data
+    from ...evaluation.tofu_eval import TofuEvaluator, load_results, save_results
+    from ...models.loading import load_model_and_tokenizer
+    from .build import prepare, resolve_data
 
     models: dict[str, tuple[str, str | None]] = {}
     retain_results = load_results(req.retain_results) if req.retain_results else None
@@ -86,8 +88,8 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str]) -> Report:
             ref_res = ev.evaluate(model, tok)
         res = ev.evaluate(model, tok, retain_results=ref_res, reference_model=reference)
         if attacks:  # leakage attacks on the forget split (evaluation/attacks.py)
-            from ..data.prompting import PromptFormatter
-            from ..evaluation.attacks import AttackConfig, add_attacks
+            from ...data.prompting import PromptFormatter
+            from ...evaluation.attacks import AttackConfig, add_attacks
 
             add_attacks(res, model, PromptFormatter(tok), ev.forget, attacks, AttackConfig(
                 samples=req.attack_samples, temperature=req.attack_temperature,
@@ -110,17 +112,9 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str]) -> Report:
 
 
 def cli_unlearn(method: str | None, config: str | None, overrides: list[str], *, resume: str | None = None) -> Report:
-    from .runs import finished_run_report, guard_run_dir
-    from .tofu import (
-        build_config,
-        check_config,
-        check_tofu_data,
-        default_run_dir,
-        prepare,
-        resume_config,
-        run_unlearning,
-        summaries,
-    )
+    from ..runs import finished_run_report, guard_run_dir
+    from .build import check_tofu_data, prepare, summaries
+    from .unlearn import build_config, check_config, default_run_dir, resume_config, run_unlearning
 
     if resume:
         done = finished_run_report(resume, COMPARE_KEYS)

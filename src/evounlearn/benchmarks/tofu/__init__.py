@@ -1,0 +1,347 @@
+"""TOFU-shaped benchmarks: real TOFU (a local folder or the Hub), the generated benchmark and its
+settings (entangled, partial, paraphrase), registered through the Benchmark protocol.
+
+The package: `config.py` (PrepareConfig, UnlearnConfig; torch-free), `prepare.py` (target +
+retain oracle, cached), `unlearn.py` (one unlearning run in a run directory), `fitness.py` (evomu,
+calibrated, oracle), `cli.py` (the `prepare` / `eval` / `unlearn` commands), and here the
+benchmark classes.
+
+Prepare (`evounlearn prepare`, SPEC 5): target = tiny Llama fine-tuned on `full` + general
+knowledge (real_authors, world_facts); retain oracle = the same recipe on the matching
+`retainXX` + general knowledge. Both share one BPE tokenizer trained on the benchmark's text, are
+saved with `save_pretrained`, evaluated with the full TOFU suite, and cached by a hash of the data
+and the recipe, so a second run is instant.
+
+Unlearn (`evounlearn unlearn`): run one method on one forget split (or one part of it), evaluate
+it against the retain oracle, and keep everything needed to re-run it in a run directory:
+
+    RUN_DIR/config.yaml    the full config (method, loss params, training options, data)
+    RUN_DIR/train.json     loss history, timings, evaluations during training
+    RUN_DIR/results.json   the full evaluation (per-example values) + summary
+    RUN_DIR/model/         the unlearned model (or adapter/ for LoRA runs)
+    RUN_DIR/checkpoint/    the last good training state (for --resume)
+
+The search runs a candidate through `TofuBenchmark.run`, which writes `RUN_DIR/loss.py` and
+`RUN_DIR/unlearn_config.yaml` so that
+`evounlearn unlearn --method evolved --loss-file RUN_DIR/loss.py --config RUN_DIR/unlearn_config.yaml`
+reproduces it (same seed, same config, same numbers).
+
+Fitnesses (docs/FITNESS.md; the utility is MU for all three):
+- `evomu` (SPEC 2.1, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
+  every value clamped to [0, 1];
+- `calibrated`: `(1 - mean(|ROUGE_f - ROUGE_h|, |Prob_f - Prob_h|, 2|AUC_LOSS - 0.5|)) *
+  min(1, MU / MU_target)` with h = the holdout split matching the forget split;
+- `oracle`: `clamp(1 + log10(FQ) / 10, 0, 1) * min(1, MU / MU_target)` (FQ needs the retain
+  oracle's results).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from ...config import apply_overrides, parse_overrides
+from ...data import tofu
+from ...errors import ConfigError
+from ...files import atomic_write_text
+from ..base import Benchmark, Reference, RunResult, StageHook, register_benchmark
+from ..parts import forget_part_indices
+from .build import (
+    Prepared,
+    check_tofu_data,
+    general_pairs,
+    prepare,
+    resolve_data,
+    summaries,
+    tokenizer_corpus,
+)
+from .config import PrepareConfig, UnlearnConfig
+from .fitness import (
+    CALIBRATED_FORMULA,
+    GUIDANCE,
+    ORACLE_FORMULA,
+    TOFU_FITNESSES,
+    TOFU_FORMULA,
+    tofu_calibrated_fitness,
+    tofu_fitness,
+    tofu_oracle_fitness,
+)
+from .unlearn import (
+    _deep_merge,
+    _group,
+    build_config,
+    build_data,
+    check_config,
+    default_run_dir,
+    resume_config,
+    run_settings,
+    run_unlearning,
+)
+
+if TYPE_CHECKING:
+    from ...training.resolve import MethodRun
+
+# the package's API (the submodules' public names, so callers need not know the file layout)
+__all__ = [
+    "CALIBRATED_FORMULA", "GUIDANCE", "ORACLE_FORMULA", "TOFU_FITNESSES", "TOFU_FORMULA", "EntangledBenchmark",
+    "GeneratedBenchmark", "ParaphraseBenchmark", "PartialBenchmark", "PrepareConfig", "Prepared", "TofuBenchmark",
+    "TofuSetting", "UnlearnConfig", "build_config", "build_data", "check_config", "check_tofu_data",
+    "default_run_dir", "general_pairs", "prepare", "resolve_data", "resume_config", "run_settings",
+    "run_unlearning", "summaries", "tofu_calibrated_fitness", "tofu_fitness", "tofu_oracle_fitness",
+    "tokenizer_corpus",
+]
+
+
+@dataclass
+class TofuSetting:
+    """A TOFU-shaped benchmark's options (`UnlearnConfig` fields); the models are prepared on
+    first use (`models()`), since a candidate's run prepares them itself (cached)."""
+
+    options: dict[str, Any]
+    cfg: UnlearnConfig
+    _models: dict[str, Any] | None = None
+
+    def models(self) -> dict[str, Any]:
+        """{"source", "target", "retain" (or None), "retain_results" (or None)}."""
+        import torch
+
+        from ...evaluation.tofu_eval import load_results
+
+        if self._models is None:
+            cfg = self.cfg
+            # Threads follow the `prepare.threads` / `threads` options, else what the process has
+            # (OMP_NUM_THREADS, or the share a search worker was given): never every core, since
+            # workers run side by side.
+            threads = torch.get_num_threads()
+            if cfg.prepare.threads:
+                torch.set_num_threads(cfg.prepare.threads)
+            if cfg.model:
+                m = {"source": resolve_data(cfg.prepare), "target": cfg.model, "retain": None,
+                     "retain_results": load_results(cfg.retain_results) if cfg.retain_results else None}
+            else:
+                p = prepare(cfg.prepare)
+                m = {"source": p.data, "target": str(p.target), "retain": str(p.retain),
+                     "retain_results": load_results(cfg.retain_results or p.retain_results)}
+            torch.set_num_threads(cfg.threads or threads)
+            self._models = m
+        return self._models
+
+
+@register_benchmark
+class TofuBenchmark(Benchmark):
+    name = "tofu"
+    description = ("TOFU: question-answer pairs about fictitious authors (a local TOFU folder or the Hub, "
+                   "`data=`), or the generated TOFU-shaped benchmark (`data=generated`)")
+    fitnesses = TOFU_FITNESSES
+    default_fitness = "evomu"
+    metric_keys = ("model_utility", "forget_rouge", "forget_prob", "forget_quality", "holdout_rouge",
+                   "holdout_prob")
+    prompt_notes = (
+        "TOFU: question-answer pairs about fictitious authors. MU (model "
+        "utility) is the harmonic mean of probability, ROUGE and truth-ratio scores on the retain "
+        "set, real authors and world facts."
+    )
+    prompt_guidance = GUIDANCE
+
+    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
+        cfg = UnlearnConfig()
+        apply_overrides(cfg, dict(options or {}))
+        cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
+        return TofuSetting(dict(options or {}), cfg)
+
+    def check_data(self, options: Mapping[str, Any] | None = None) -> None:
+        """Every split the run reads (a local folder; the generated benchmark is made by us and a
+        Hub dataset is checked as it loads)."""
+        check_tofu_data(str((options or {}).get("data") or "generated"),
+                        str((options or {}).get("forget_split") or "forget10"))
+
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+        from .cli import cli_prepare
+
+        return cli_prepare(config, overrides, force)
+
+    def cli_eval(self, request: Any) -> Any:
+        from .cli import cli_eval
+
+        return cli_eval(request)
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Any:
+        from .cli import cli_unlearn
+
+        return cli_unlearn(method, config, overrides, resume=resume)
+
+    def paths(self, prepared: TofuSetting) -> dict[str, str | None]:
+        m = prepared.models()
+        return {k: m[k] for k in ("target", "retain") if m[k]}
+
+    def data_name(self, prepared: TofuSetting) -> str:
+        return str(prepared.models()["source"])
+
+    def part_indices(self, prepared: TofuSetting, part: str, fraction: float | None = None) -> list[int] | None:
+        cfg, source = prepared.cfg, prepared.models()["source"]
+        split = tofu.check_forget_split(cfg.forget_split)
+        n = len(tofu.load_split(split, source))
+        return forget_part_indices(n, part, cfg.search_fraction if fraction is None else fraction,
+                                   group=_group(source, split))
+
+    def reference(self, prepared: TofuSetting, part: str = "all", fraction: float | None = None) -> Reference:
+        """The target and the oracle evaluated on one part with the run's evaluation settings."""
+        from ...data.prompting import PromptFormatter
+        from ...evaluation.tofu_eval import TofuEvaluator
+        from ...models.loading import load_model_and_tokenizer
+
+        cfg, m = prepared.cfg, prepared.models()
+        split = tofu.check_forget_split(cfg.forget_split)
+        idx = self.part_indices(prepared, part, fraction)
+        out: dict[str, Any] = {}
+        for name in ("target", "retain"):
+            if not m[name]:
+                continue
+            model, tok = load_model_and_tokenizer(m[name], dtype="float32")
+            model.eval()
+            fmt = PromptFormatter(tok, max_length=cfg.train.max_length)
+            ev = TofuEvaluator(m["source"], split, cfg.eval, forget_indices=idx)
+            out[name] = ev.evaluate(model, tok, retain_results=m["retain_results"], fmt=fmt)["summary"]
+        return Reference(out["target"], out.get("retain"))
+
+    def run(self, prepared: TofuSetting, run: MethodRun, *, part: str = "all", fraction: float | None = None,
+            seed: int | None = None, run_dir: str | Path | None = None, stage1_epochs: int = 0,
+            on_stage: StageHook | None = None) -> RunResult:
+        """`run_unlearning` built from RUN_DIR/unlearn_config.yaml (+ RUN_DIR/loss.py for a loss
+        program), exactly what `evounlearn unlearn --config ... --loss-file ...` does."""
+        rd = Path(run_dir) if run_dir else default_run_dir(UnlearnConfig(method=run.method))
+        rd.mkdir(parents=True, exist_ok=True)
+        settings = run_settings(_deep_merge(prepared.options, {"train": dict(run.train)}), seed=seed,
+                                forget_part=part, epochs=None)
+        if fraction is not None:
+            settings["search_fraction"] = float(fraction)
+        atomic_write_text(rd / "unlearn_config.yaml", yaml.safe_dump(settings, sort_keys=False))
+        overrides = [f"run_dir={rd}"]
+        loss = dict(run.loss)
+        if loss.get("code"):
+            # the program holds one candidate, whose signature gives the interface
+            if not (rd / "loss.py").exists():
+                atomic_write_text(rd / "loss.py", str(loss["code"]))
+            loss = {k: v for k, v in loss.items() if k not in ("code", "interface", "function")}
+            overrides.append(f"loss.loss_file={rd / 'loss.py'}")
+        overrides += [f"loss.{k}={v}" for k, v in loss.items()]
+        cfg = build_config(run.method, str(rd / "unlearn_config.yaml"), overrides)
+        staged = 0 < int(stage1_epochs) < cfg.train.epochs
+        if staged:
+            cfg.train.eval_every_epochs = int(stage1_epochs)
+        record = run_unlearning(cfg, on_epoch_eval=on_stage if staged else None)
+        return RunResult(summary=record.get("summary") or {}, train=record,
+                         eval_seconds=float(record.get("eval_seconds", 0.0)), epochs=cfg.train.epochs)
+
+
+@register_benchmark
+class GeneratedBenchmark(TofuBenchmark):
+    """The generated TOFU-shaped benchmark (the default: no download, trains in minutes).
+
+    Subclasses fix one generator setting (`GeneratedConfig.setting`, data/generated.py): what
+    forget, retain and holdout share. `setting` empty = whatever the options say (disjoint)."""
+
+    name = "generated"
+    aliases = ("gen",)
+    description = "the generated TOFU-shaped benchmark (fictitious people, question-answer pairs)"
+    setting: str = ""
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs). MU "
+        "(model utility) aggregates retain-set and general-knowledge scores."
+    )
+
+    def _check_setting(self, given: Any) -> None:
+        """A setting in the user's options must be this one (the default, `disjoint`, counts as
+        unset: a full config dump carries it)."""
+        if given not in (None, "disjoint", self.setting):
+            raise ConfigError(f"benchmark {self.name} is the generated benchmark's {self.setting!r} setting, "
+                              f"not {given!r} (use --benchmark {given})")
+
+    def with_setting(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The options with this benchmark's generator setting (ConfigError on a conflicting one)."""
+        opts = dict(options or {})
+        if not self.setting:
+            return opts
+        self._check_setting(((opts.get("prepare") or {}).get("generated") or {}).get("setting"))
+        if str(opts.get("data", "generated")) != "generated":
+            raise ConfigError(f"benchmark {self.name} runs on generated data only, not data={opts['data']!r}")
+        return _deep_merge(opts, {"prepare": {"generated": {"setting": self.setting}}})
+
+    def _overrides(self, overrides: list[str], key: str) -> list[str]:
+        """key=value overrides with the setting appended (last, so it is the one applied)."""
+        if not self.setting:
+            return list(overrides)
+        self._check_setting(parse_overrides(list(overrides)).get(key))
+        return [*overrides, f"{key}={self.setting}"]
+
+    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
+        return super().prepare(self.with_setting(options))
+
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+        return super().cli_prepare(config, self._overrides(overrides, "generated.setting"), force)
+
+    def cli_eval(self, request: Any) -> Any:
+        import dataclasses
+
+        return super().cli_eval(dataclasses.replace(
+            request, overrides=self._overrides(request.overrides, "generated.setting")))
+
+    def cli_unlearn(self, method: str | None, config: str | None, overrides: list[str], *,
+                    resume: str | None = None) -> Any:
+        if not resume:  # a run directory's config.yaml already holds its setting
+            overrides = self._overrides(overrides, "prepare.generated.setting")
+        return super().cli_unlearn(method, config, overrides, resume=resume)
+
+
+_SETTING_FITNESS_NOTE = ""  # the fitness formula is appended by the prompt (the search's choice)
+
+
+@register_benchmark
+class EntangledBenchmark(GeneratedBenchmark):
+    name = "entangled"
+    setting = "entangled"
+    description = ("the generated benchmark, entangled setting: each forget author is a mosaic of retain "
+                   "authors (most forget answers are word for word retain answers)")
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs), ENTANGLED: every "
+        "forget author borrows, per question type, a retain author's question phrasing, answer template "
+        "and values (city, publisher, genre, award, mentor...); only the author's name and a few "
+        "distinguishing facts (birthdate, books, debut) are its own. Forgetting the shared answers "
+        "damages retain: forget per author, conditioned on the name and the distinguishing facts."
+        + _SETTING_FITNESS_NOTE
+    )
+
+
+@register_benchmark
+class PartialBenchmark(GeneratedBenchmark):
+    name = "partial"
+    setting = "partial"
+    description = ("the generated benchmark, partial setting: forget holds only some facts of each forget "
+                   "author; retain keeps the same authors' other facts")
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs), PARTIAL: the forget "
+        "set holds only half of the question types of each forget author; the retain set keeps those "
+        "authors' other facts (same names). Forgetting 'the author' instead of the facts damages the "
+        "retain rows of the same author: forget the facts, keep the person." + _SETTING_FITNESS_NOTE
+    )
+
+
+@register_benchmark
+class ParaphraseBenchmark(GeneratedBenchmark):
+    name = "paraphrase"
+    setting = "paraphrase"
+    description = ("the generated benchmark, paraphrase setting: one question phrasing and one answer "
+                   "template per question type for every author (forget and retain differ only in values)")
+    prompt_notes = (
+        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs), PARAPHRASE: every "
+        "author's questions and answers use the same phrasing and template per question type, so forget "
+        "and retain answers share most of their tokens and differ only in the values (names, places, "
+        "dates, titles). Pushing down the template words damages all of retain: target the values."
+        + _SETTING_FITNESS_NOTE
+    )
+

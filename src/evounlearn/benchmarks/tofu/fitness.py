@@ -1,0 +1,86 @@
+"""TOFU-shaped benchmarks, fitnesses (docs/FITNESS.md; the utility is MU for all three):
+
+- `evomu` (SPEC 2.1, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
+  every value clamped to [0, 1];
+- `calibrated`: `(1 - mean(|ROUGE_f - ROUGE_h|, |Prob_f - Prob_h|, 2|AUC_LOSS - 0.5|)) *
+  min(1, MU / MU_target)` with h = the holdout split matching the forget split;
+- `oracle`: `clamp(1 + log10(FQ) / 10, 0, 1) * min(1, MU / MU_target)` (FQ needs the retain
+  oracle's results).
+"""
+
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+# torch, transformers and the evaluation stack are imported inside the functions that use them:
+# the command line imports this module to check a command's options and data in well under a
+# second, before anything heavy is loaded.
+if TYPE_CHECKING:
+    pass
+from ..base import (
+    FitnessSpec,
+    metric,
+)
+from ..fitness import calibration, fq_score, gap, mia_gap, optional_metric, relative_utility
+
+
+def _clamp(x: float) -> float:
+    return min(1.0, max(0.0, x))
+
+
+def tofu_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """SPEC 2.1: `0.5 * MU + 0.5 * mean(1 - forget_rouge, 1 - forget_prob)`, clamped to [0, 1]."""
+    mu = _clamp(metric(summary, "model_utility"))
+    rouge = _clamp(metric(summary, "forget_rouge"))
+    prob = _clamp(metric(summary, "forget_prob"))
+    return 0.5 * mu + 0.5 * (_clamp(1.0 - rouge) + _clamp(1.0 - prob)) / 2.0
+
+
+def tofu_calibrated_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """`calibrated` (docs/FITNESS.md): the forget rows should look like the holdout rows (never
+    trained on) in both directions, times the utility kept relative to the target model. The
+    LOSS-attack term is left out when the MIAs were not computed (`eval.mia: false`)."""
+    gaps = [gap(metric(summary, "forget_rouge"), metric(summary, "holdout_rouge")),
+            gap(metric(summary, "forget_prob"), metric(summary, "holdout_prob"))]
+    auc = optional_metric(summary, "mia_loss")
+    if auc is not None:
+        gaps.append(mia_gap(auc))
+    return calibration(gaps) * relative_utility(summary, target, "model_utility")
+
+
+def tofu_oracle_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """`oracle` (docs/FITNESS.md): forget quality against the retain oracle, log-scaled, times the
+    utility kept relative to the target model."""
+    return fq_score(metric(summary, "forget_quality")) * relative_utility(summary, target, "model_utility")
+
+
+TOFU_FORMULA = "0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]"
+
+
+CALIBRATED_FORMULA = ("(1 - mean(|forget_ROUGE - holdout_ROUGE|, |forget_Prob - holdout_Prob|, "
+                      "2 * |AUC_LOSS(forget vs holdout) - 0.5|)) * min(1, MU / MU_target)")
+
+
+ORACLE_FORMULA = "clamp(1 + log10(forget_quality) / 10, 0, 1) * min(1, MU / MU_target)"
+
+
+TOFU_FITNESSES = {
+    "evomu": FitnessSpec("evomu", tofu_fitness, "model_utility", TOFU_FORMULA),
+    "calibrated": FitnessSpec("calibrated", tofu_calibrated_fitness, "model_utility", CALIBRATED_FORMULA,
+                              needs_target_utility=True),
+    "oracle": FitnessSpec("oracle", tofu_oracle_fitness, "model_utility", ORACLE_FORMULA,
+                          needs_target_utility=True),
+}
+
+
+GUIDANCE = (
+    "- Forget metrics high (forget_ROUGE, forget_Prob): the model still remembers; forget harder "
+    "(a larger forget weight or a sharper penalty, a larger margin, more epochs).",
+    "- Utility low (MU or its components, the retain scores): protect retention (a stronger "
+    "retain term, anchor the retain log-probs to their reference, bound the forget term with "
+    "softplus / sigmoid / clamp, fewer epochs).",
+    "- Training loss diverging or stuck: fix the scale of the terms and bound the forget term.",
+)
+
