@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 from ..base import (
     default_cache_dir,
 )
-from ..text import cached_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +163,7 @@ def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[st
     """Build what `entry` lacks (under its lock); the info JSON last, marking it complete."""
     from ...evaluation.tofu_eval import TofuEvaluator, save_results
     from ...models.loading import load_model_and_tokenizer
+    from ..text import cached_tokenizer  # torch: imported only when an entry is built
 
     split, retain_split = entry.split, tofu.FORGET_TO_RETAIN[entry.split]
     entry.root.mkdir(parents=True, exist_ok=True)
