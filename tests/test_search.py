@@ -244,7 +244,7 @@ def test_report_command_prints_from_the_database(ours_run: tuple[Path, dict[str,
     (d / "leaderboard.md").unlink()
     assert main(["report", str(d), "--json"]) == 0
     out = capsys.readouterr().out
-    assert "fitness(search)" in out and "fitness(report)" in out and "npo" in out
+    assert "search fitness, mean ± sd over 2 seeds" in out and "report fitness, mean ± sd over 2 seeds" in out and "npo" in out
     assert f"#{data['winner']['id']} (winner)" in out
     assert "lineage of the winner:" in out and "def loss_fn" in out
     assert (d / "leaderboard.md").is_file()

@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .safe_text import clean_text, md_text
+
 
 def fmt_value(v: Any) -> str:
     if v is None:
@@ -25,10 +27,13 @@ def fmt_value(v: Any) -> str:
 
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], markdown: bool = False,
           headers: Mapping[str, str] | None = None) -> str:
-    """Format rows (dicts) as a fixed-width or Markdown table with the given columns."""
+    """Format rows (dicts) as a fixed-width or Markdown table with the given columns. Cells are
+    made safe for their output (`reports.safe_text`): no control characters on the terminal, no
+    HTML, links or cell breaks in Markdown."""
     headers = headers or {}
-    head = [headers.get(c, c) for c in columns]
-    body = [[fmt_value(r.get(c)) for c in columns] for r in rows]
+    cell = md_text if markdown else _plain_cell
+    head = [cell(headers.get(c, c)) for c in columns]
+    body = [[cell(fmt_value(r.get(c))) for c in columns] for r in rows]
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -37,6 +42,10 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], markdown: b
     line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
     sep = "  ".join("-" * w for w in widths)
     return "\n".join([line, sep] + ["  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in body])
+
+
+def _plain_cell(text: str) -> str:
+    return clean_text(text).replace("\n", " ").replace("\t", " ")
 
 
 def metric_table(summaries: Mapping[str, Mapping[str, Any]], keys: Sequence[str], markdown: bool = False) -> str:

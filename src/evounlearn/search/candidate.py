@@ -294,6 +294,7 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
     train = {"epochs": int(epochs)} if epochs is not None else {}
     if code is not None:
         from ..sandbox import validate_source
+        from .report import checked_program
 
         tv = time.time()
         records = validate_source(code, interface)
@@ -303,7 +304,8 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
             out.error = f"validation: {rec.get('reason') if rec else 'no loss function'}"
             return None
         program = rec.get("program") or code
-        atomic_write_text(rd / "loss.py", program)
+        # the file holds the checked functions re-generated from their syntax trees, never raw text
+        atomic_write_text(rd / "loss.py", checked_program(program, interface, rec.get("name") or function) or "")
         return MethodRun("evolved", {"code": program, "interface": interface,
                                      "function": rec.get("name") or function}, train)
     if not method:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -286,6 +287,7 @@ class SearchDriver:
             if c.code:
                 self._codes.setdefault(c.code, c.id)
         db.set_meta("status", "running")
+        db.set_meta("pid", os.getpid())  # `evounlearn report` tells a live search from an interrupted one
         return db
 
     def _stopped(self, exc: BaseException) -> None:
