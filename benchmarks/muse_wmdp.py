@@ -226,6 +226,8 @@ def main() -> None:
     ap.add_argument("--muse-source", help="MUSE-News folder or Hub id (default: ../shared/data/muse-news)")
     ap.add_argument("--sweep", action="store_true", help="run the tuning grids instead (cached targets)")
     args = ap.parse_args()
+    if not args.muse_source:  # the repository's sibling shared/ folder (never the Hub by default here)
+        args.muse_source = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "muse-news")
     import torch
 
     cache = args.cache_dir or tempfile.mkdtemp(prefix="evounlearn-muse-wmdp-")

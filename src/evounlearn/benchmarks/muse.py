@@ -111,21 +111,13 @@ SUMMARY_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
 YAML = Path(__file__).with_suffix(".yaml")  # per-method defaults of this setting (training.resolve)
 
 
-def default_shared_data() -> Path | None:
-    """../shared/data as the tests find it: $EVOUNLEARN_SHARED_DATA, else next to the repository
-    or the working directory."""
-    env = os.environ.get("EVOUNLEARN_SHARED_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [Path(__file__).resolve().parents[3].parent / "shared" / "data", Path("../shared/data")]
-    return next((c for c in candidates if c.is_dir()), None)
+#: the MUSE-News data when `source` is not set: $EVOUNLEARN_MUSE_DATA (a local folder), else the Hub
+HUB_ID = "muse-bench/MUSE-News"
 
 
 def default_muse_source() -> str:
-    """The local MUSE-News folder when present, else the Hub dataset id."""
-    shared = default_shared_data()
-    if shared is not None and (shared / "muse-news").is_dir():
-        return str(shared / "muse-news")
-    return "muse-bench/MUSE-News"
+    """`$EVOUNLEARN_MUSE_DATA` (a local MUSE-News folder) when set, else the Hub dataset id."""
+    return os.environ.get("EVOUNLEARN_MUSE_DATA") or HUB_ID
 
 
 def _default_model() -> TinyModelConfig:

@@ -123,7 +123,7 @@ def prepare_before_search(cfg: Any) -> None:
     log.info("preparing %s: the target model and the retain oracle (cached after the first run)", bench.name)
     t0 = time.time()
     bench.paths(bench.prepare(dict(cfg.unlearn)))  # a lazy benchmark (TOFU) trains its models here
-    log.info("prepared in %.0f s", time.time() - t0)
+    log.info("prepared in %.1f s", time.time() - t0)
 
 
 def cmd_evolve(args: argparse.Namespace) -> int:

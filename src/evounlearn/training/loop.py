@@ -365,6 +365,7 @@ class Unlearner:
                    unit="step", disable=not self.acc.is_main_process, leave=False, mininterval=1.0)
         steps_this_session = 0
         stopped_early = False
+        first_step_at: float | None = None
         while self.state["step"] < self.total_steps:
             epoch = self.state["epoch"]
             order = self._forget_order(epoch)
@@ -394,6 +395,8 @@ class Unlearner:
                 if self.acc.sync_gradients:
                     self.state["step"] += 1
                     steps_this_session += 1
+                    if first_step_at is None:
+                        first_step_at = time.time()  # startup cost = this minus the process start
                     self.state["loss_history"].append(float(loss.detach()))
                     bar.update(1)
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{self.sched.get_last_lr()[0]:.2e}")
@@ -427,6 +430,7 @@ class Unlearner:
             "epoch_losses": self.state["epoch_losses"],
             "evals": self.state["evals"],
             "stopped_early": stopped_early,
+            "first_step_at": first_step_at,
             "best_step": self.state["best_step"],
         }
 
