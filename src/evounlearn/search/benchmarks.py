@@ -392,7 +392,7 @@ def evaluate_candidate(
         from ..sandbox import validate_source
 
         tv = time.time()
-        records = validate_source(code, interface)
+        records = validate_source(code, interface, function=function or None)
         timings["validate"] = time.time() - tv
         rec = next((r for r in records if not function or r.get("name") == function), records[0] if records else None)
         if rec is None or not rec.get("ok"):

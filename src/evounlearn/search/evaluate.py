@@ -189,7 +189,7 @@ def evaluate_candidate(
         from ..sandbox import validate_source
 
         tv = time.time()
-        records = validate_source(code, interface)
+        records = validate_source(code, interface, function=function or None)
         timings["validate"] = time.time() - tv
         rec = _pick_record(records, function)
         if rec is None or not rec.get("ok"):
@@ -369,7 +369,7 @@ def fake_evaluate_candidate(
     if code is not None:
         from ..sandbox import validate_source
 
-        rec = _pick_record(validate_source(code, interface), function)
+        rec = _pick_record(validate_source(code, interface, function=function or None), function)
         if rec is None or not rec.get("ok"):
             return {"ok": False, "error": f"validation: {rec.get('reason') if rec else 'no loss'}", "stage": 0,
                     "stages": [], "summary": None, "fitness": float("-inf"), "timings": {"total": 0.0},
