@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import extra_commands
 
     extra_commands.register(sub)
+    __import__("evounlearn.cli.check_command", fromlist=["register"]).register(sub)
     return parser
 
 

@@ -177,7 +177,12 @@ def _validate_all(
             with _deadline(share):
                 rec = _validate_one(pc, f, interface, profile, fingerprint_seed)
         except ValidationDeadline:
-            why = f"{WALL_LIMIT}: its share ({share:.3g} s) of the program's validation time ({deadline_s} s) ran out"
+            why = (
+                f"{WALL_LIMIT}: the program's validation time ({deadline_s:.3g} s) ran out while validating it"
+                if len(chosen) == 1
+                else f"{WALL_LIMIT}: its share ({share:.3g} s) of the program's validation time "
+                f"({deadline_s:.3g} s) ran out"
+            )
             rec = CandidateRecord(f.name, f.source, f.lineno, reason=why)
         records.append(rec.as_dict())
     return records

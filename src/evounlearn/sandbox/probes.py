@@ -97,7 +97,7 @@ class ProbeProfile:
     logp_mean: float | None = None
     logp_sd: float | None = None
     tokens_min: int = 1
-    tokens_max: int = EXTENDED_T
+    tokens_max: int | None = None  # None: a random width per probe (4..24)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | ProbeProfile | None) -> ProbeProfile:
@@ -107,12 +107,12 @@ class ProbeProfile:
         p = cls(**(d or {}))
         hi = min(float(p.logp_max), -1e-4)
         lo = min(float(p.logp_min), hi - 1e-3)
-        t_max = max(1, min(int(p.tokens_max), 512))
+        t_max = None if p.tokens_max is None else max(1, min(int(p.tokens_max), 512))
         return cls(
             batch_size=None if p.batch_size is None else max(1, min(int(p.batch_size), 1024)),
             logp_min=max(lo, -100.0), logp_max=hi,
             logp_mean=p.logp_mean, logp_sd=None if p.logp_sd is None else abs(float(p.logp_sd)),
-            tokens_min=max(1, min(int(p.tokens_min), t_max)), tokens_max=t_max,
+            tokens_min=max(1, min(int(p.tokens_min), t_max or 4)), tokens_max=t_max,
         )
 
 
@@ -163,7 +163,7 @@ def make_probe(
     prof = profile or DEFAULT_PROFILE
     gen = torch.Generator().manual_seed(seed)
     roles = _ROLES[interface]
-    width = prof.tokens_max
+    width = prof.tokens_max or 4 + seed % 21
     shape: tuple[int, ...] = (batch,) if interface == "faithful" else (batch, width)
 
     def current(lo: float, hi: float) -> torch.Tensor:
@@ -318,7 +318,7 @@ def _fingerprint(
     parts: list[str] = [interface]
     values: list[float] = []
     probes = _fingerprint_probes(seed, profile)
-    prof = DEFAULT_PROFILE if seed is None else profile
+    prof = ProbeProfile(tokens_max=EXTENDED_T) if seed is None else profile
     for dtype in (torch.float64, torch.float32):
         parts, values = [interface, str(dtype)], []
         try:
@@ -333,8 +333,26 @@ def _fingerprint(
         except _Fail:
             if dtype == torch.float32:
                 raise
+    if parts[1] == str(torch.float64):
+        _check_precision_consistent(fn, interface, probes, prof, values)
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return digest, values
+
+
+def _check_precision_consistent(
+    fn: Callable[..., Any], interface: str, probes: list[tuple[str, int, int]], prof: ProbeProfile,
+    values64: list[float],
+) -> None:
+    """The float64 fingerprint must describe the float32 loss that trains: a loss that behaves
+    differently when given float64 tensors (recognising the fingerprint probes) is rejected."""
+    for (kind, b, pseed), v64 in zip(probes, values64):
+        label = _label(kind, b)
+        v32 = _call(fn, interface, make_probe(interface, kind, b, pseed, torch.float32, prof), label).value
+        if abs(v32 - v64) > 1e-2 * (1.0 + abs(v64)):
+            raise _Fail(
+                f"the loss behaves differently on float64 and float32 inputs (value {v64:.6g} vs "
+                f"{v32:.6g} on probe '{label}')"
+            )
 
 
 

@@ -341,6 +341,8 @@ def _start_forkserver() -> None:
     os.environ[FORKSERVER_FLAG] = str(os.getpid())
     try:
         forkserver.ensure_running()
+    except RuntimeError:  # e.g. a script's main module being re-imported in a child: start lazily
+        pass
     finally:
         os.environ.pop(FORKSERVER_FLAG, None)
 
