@@ -193,10 +193,10 @@ def test_probes_are_fresh_for_every_validation(worker: IsolatedWorker) -> None:
 def test_fingerprint_theft_fails_with_a_secret_seed(worker: IsolatedWorker) -> None:
     thief = f"if {B} == 6:\n    return {NPO}\nreturn 2.0 * ({NPO})"
     src = loss(f"return {NPO}").replace("loss_fn(", "loss_fn_honest(") + loss(thief).replace("loss_fn(", "loss_fn_thief(")
-    legacy = {r["name"]: r for r in validate_in_worker(src, "faithful", worker, all_functions=True, fingerprint_seed=None)}
-    # (validate_in_worker always passes a secret seed; with the legacy fixed probes B=6 was the tell)
-    assert legacy["loss_fn_honest"]["ok"] and legacy["loss_fn_thief"]["ok"]
-    assert legacy["loss_fn_honest"]["fingerprint"] != legacy["loss_fn_thief"]["fingerprint"]
+    for seed in (1, 2, 3, 4, 5):  # the fixed legacy probes had B=6: the thief's tell
+        recs = {r["name"]: r for r in validate_in_worker(src, "faithful", worker, all_functions=True, fingerprint_seed=seed)}
+        assert recs["loss_fn_honest"]["ok"] and recs["loss_fn_thief"]["ok"]
+        assert recs["loss_fn_honest"]["fingerprint"] != recs["loss_fn_thief"]["fingerprint"], seed
     profiled = {r["name"]: r for r in validate_in_worker(src, "faithful", worker, all_functions=True,
                                                           profile=PROFILE, fingerprint_seed=123)}
     assert profiled["loss_fn_honest"]["fingerprint"] != profiled["loss_fn_thief"]["fingerprint"]
@@ -395,9 +395,10 @@ def test_guard_stops_a_slow_loss_and_a_retain_flip() -> None:
 
 def test_check_train_stops_a_loss_that_behaves_only_on_probes(tiny_prepared, tmp_path: Path) -> None:
     cfg, _ = tiny_prepared
-    # default probes have forget log-probs spread over [-6, -0.05]; the tiny target's real
-    # per-sequence log-probs are all close to 0: honest on every probe, backwards in training
-    sneaky = honest_unless("log_probs_forget.min() < -0.05 * 0 - 1.5", NPO, f"-({NPO})")
+    # backwards only where the reference equals the current log-probs on every row: the first
+    # steps of a real run; of the probes only the "init" one (outvoted by the four "normal" ones)
+    sneaky = honest_unless("(log_probs_forget - ref_log_probs_forget).abs().max() > 1e-3", NPO, f"-({NPO})")
+    assert one(validate_in_worker(sneaky, "faithful"))["ok"]  # it passes validation
     path = tmp_path / "sneaky.py"
     path.write_text(sneaky + "\n" + loss(f"return {NPO}").replace("loss_fn(", "loss_fn_npo("))
     verdicts = {v.name: v for v in check_file(path, train=True, prepare_config=cfg, train_steps=3)}

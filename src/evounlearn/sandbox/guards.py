@@ -87,8 +87,9 @@ class TrainingGuard:
         self.config = config or GuardConfig()
         self.calls = 0
 
-    def _fail(self, what: str) -> TrainingGuardError:
-        return TrainingGuardError(f"training guard: {what} on real batches at step {self.calls + 1}")
+    def _fail(self, what: str, detail: str = "") -> TrainingGuardError:
+        more = f" ({detail})" if detail else ""
+        return TrainingGuardError(f"training guard: {what} on real batches at step {self.calls + 1}{more}")
 
     def call(self, fn: Callable[..., Any], args: Sequence[torch.Tensor]) -> Any:
         """`fn(*args)` under the guards; returns its value (checked by the caller for type)."""
@@ -111,8 +112,8 @@ class TrainingGuard:
 
     def _slow(self, elapsed: float, budget: float) -> TrainingGuardError:
         return self._fail(
-            f"the loss took {elapsed:.3g} s, over its budget of {budget:.3g} s "
-            f"({self.config.time_ratio:g}x a plain NPO-like loss on the same tensors)"
+            f"the loss took {elapsed:.3g} s, over its budget of {budget:.3g} s",
+            f"{self.config.time_ratio:g}x a plain NPO-like loss on the same tensors, at least {self.config.time_floor_s:g} s",
         )
 
     def _reference_seconds(self, args: Sequence[torch.Tensor]) -> float:
@@ -150,6 +151,6 @@ class TrainingGuard:
             sums.append((0.0, 0.0) if g is None else (float(g.sum()), float(g.abs().sum())))
         (gf, sf), (gr, sr) = sums
         if gf < -1e-6 * sf:
-            raise self._fail(f"loss decreases in forget log-probs (sum of d loss/d {fk} = {gf:.4g}, expected >= 0)")
+            raise self._fail("loss decreases in forget log-probs", f"sum of d loss/d {fk} = {gf:.4g}, expected >= 0")
         if gr > 1e-6 * sr:
-            raise self._fail(f"loss increases with retain log-probs (sum of d loss/d {rk} = {gr:.4g}, expected <= 0)")
+            raise self._fail("loss increases with retain log-probs", f"sum of d loss/d {rk} = {gr:.4g}, expected <= 0")

@@ -298,8 +298,8 @@ def _fingerprint_probes(seed: int | None, profile: ProbeProfile) -> list[tuple[s
     if seed is None:
         return list(FINGERPRINT_PROBES)
     rng = _Rng(seed)
-    batch = profile.batch_size or 4 + rng.below(13)
-    return [(kind, batch, rng.below(2**62)) for kind in ("init", "normal", "forgotten")]
+    # the run's batch size, else a size of its own per probe: a loss cannot single them out by shape
+    return [(kind, profile.batch_size or 2 + rng.below(63), rng.below(2**62)) for kind in ("init", "normal", "forgotten")]
 
 
 class _Rng:

@@ -95,7 +95,7 @@ def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], s
     cfg.prepare = apply_overrides(PrepareConfig(), prepare)
     cfg.data, cfg.forget_split = cfg.prepare.data, cfg.prepare.forget_split
     cfg.loss.update(code=code, function=function)
-    cfg.train.max_steps, cfg.train.epochs = int(steps), 1
+    cfg.train.max_steps, cfg.train.epochs = int(steps), int(steps)  # max_steps stops it first
     cfg.run_dir = run_dir
     record = run_unlearning(cfg, evaluate=False)
     return {"steps": int(record.get("steps", 0)), "loss_history": list(record.get("loss_history") or [])}
