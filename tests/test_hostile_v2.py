@@ -179,6 +179,16 @@ def test_legitimate_losses_still_validate(worker: IsolatedWorker, name: str, pro
         assert rec["ok"], (name, rec["reason"])
 
 
+def test_profile_from_the_target_values_shapes_the_probes() -> None:
+    from evounlearn.sandbox.probes import ProbeProfile, make_probe, profile_from_values
+
+    prof = ProbeProfile.from_dict(profile_from_values([-0.2, -0.4, -0.3, -0.9], [3, 9, 5], batch_size=32))
+    assert prof.batch_size == 32 and prof.logp_min == -0.9 and prof.logp_max == -0.2 and prof.tokens_max == 9
+    probe = make_probe("faithful", "normal", 32, 5, profile=prof)["log_probs_forget"]
+    assert probe.shape == (32,) and float(probe.min()) >= -0.9 and float(probe.max()) <= -0.2
+    assert make_probe("extended", "normal", 4, 5, profile=prof)["tok_logp_forget"].shape == (4, 9)
+
+
 def test_probes_are_fresh_for_every_validation(worker: IsolatedWorker) -> None:
     # a loss whose value depends on the probe values: the fingerprint probes are fixed by the
     # seed (same value), the validation probes are not (the legacy sum never comes back)

@@ -22,11 +22,8 @@ counters; `methods/evolved.py` holds one per training run.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +32,7 @@ import torch.nn.functional as F
 
 from .policy import INTERFACES, SandboxError
 from .probes import _ROLES
+from .timers import interrupt_after
 
 __all__ = ["GuardConfig", "TrainingGuard", "TrainingGuardError"]
 
@@ -52,30 +50,6 @@ class GuardConfig:
 
 class _TimeUp(BaseException):
     pass
-
-
-@contextlib.contextmanager
-def _alarm(seconds: float) -> Iterator[None]:
-    """Interrupt the block after `seconds` (main thread, no other SIGALRM user); else no-op."""
-    usable = (
-        hasattr(signal, "setitimer")
-        and threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN, None)
-    )
-    if not usable:
-        yield
-        return
-
-    def _handler(signum: int, frame: Any) -> None:
-        raise _TimeUp()
-
-    previous = signal.signal(signal.SIGALRM, _handler)
-    signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0.0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 class TrainingGuard:
@@ -96,7 +70,7 @@ class TrainingGuard:
         budget = max(self.config.time_ratio * self._reference_seconds(args), self.config.time_floor_s)
         t0 = time.perf_counter()
         try:
-            with _alarm(budget * 1.5):
+            with interrupt_after(budget * 1.5, _TimeUp):
                 out = fn(*args)
         except _TimeUp:
             raise self._slow(time.perf_counter() - t0, budget) from None

@@ -7,25 +7,22 @@ plain data: one dict per candidate, made from `CandidateRecord` (the one definit
 Validation time: a program gets ONE deadline (`deadline_s`) for all the candidates validated, and
 only the candidates the caller will use are validated (`function`, default the first loss;
 `all_functions=True` for a verdict on each, as `evounlearn check` does). In the worker's main
-thread the deadline is an interval timer whose signal stops even a loss stuck in a Python loop;
-the candidate that was running and those not reached are rejected with the reason.
+thread the deadline is an interval timer (`timers.interrupt_after`) that stops even a loss stuck
+in a Python loop; the candidate that was running and those not reached are rejected with the reason.
 """
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .compiler import compile_function
 from .policy import SandboxError, is_loss_name
 from .probes import ProbeProfile, describe_error, validate_candidate
-from .workers import WALL_LIMIT
 from .program import FunctionSource, ProgramCheck, check_program, parse_epochs, split_functions
+from .timers import interrupt_after
+from .workers import WALL_LIMIT
 
 __all__ = [
     "LIST_JOB",
@@ -80,30 +77,6 @@ def list_functions(source: str) -> list[dict[str, Any]]:
 
 class ValidationDeadline(BaseException):
     """The program's validation time is up (a BaseException: probe code never swallows it)."""
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float | None) -> Iterator[None]:
-    """Raise ValidationDeadline in this thread after `seconds` (main thread only; elsewhere the
-    deadline is only checked between candidates, and the worker's wall limit is the backstop)."""
-    usable = (
-        seconds is not None and hasattr(signal, "setitimer")
-        and threading.current_thread() is threading.main_thread()
-    )
-    if not usable:
-        yield
-        return
-
-    def _alarm(signum: int, frame: Any) -> None:
-        raise ValidationDeadline()
-
-    previous = signal.signal(signal.SIGALRM, _alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(float(seconds), 1e-3))  # type: ignore[arg-type]
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0.0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def _targets(pc: ProgramCheck, function: str | None, all_functions: bool) -> list[FunctionSource] | str:
@@ -174,7 +147,7 @@ def _validate_all(
             records.append(failed_record(f.name, f.source, f.lineno, why))
             continue
         try:
-            with _deadline(share):
+            with interrupt_after(share, ValidationDeadline):
                 rec = _validate_one(pc, f, interface, profile, fingerprint_seed)
         except ValidationDeadline:
             why = (

@@ -53,7 +53,14 @@ import torch
 
 from .policy import INTERFACES, interface_args
 
-__all__ = ["ProbeProfile", "ValidationResult", "describe_error", "make_probe", "validate_candidate"]
+__all__ = [
+    "ProbeProfile",
+    "ValidationResult",
+    "describe_error",
+    "make_probe",
+    "profile_from_values",
+    "validate_candidate",
+]
 
 # (current forget, current retain, forget mask, retain mask, ref forget, ref retain) argument names
 _ROLES: dict[str, dict[str, str | None]] = {
@@ -114,6 +121,22 @@ class ProbeProfile:
             logp_mean=p.logp_mean, logp_sd=None if p.logp_sd is None else abs(float(p.logp_sd)),
             tokens_min=max(1, min(int(p.tokens_min), t_max or 4)), tokens_max=t_max,
         )
+
+
+def profile_from_values(
+    seq_logps: list[float], token_counts: list[int] | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """A probe profile (as the plain dict the validation job takes) from the target model's
+    per-sequence mean answer-token log-probs on the forget set and the answers' token counts."""
+    xs = [float(x) for x in seq_logps if math.isfinite(float(x))]
+    out: dict[str, Any] = {"batch_size": batch_size}
+    if xs:
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1))
+        out.update(logp_min=min(xs), logp_max=max(xs), logp_mean=mean, logp_sd=sd)
+    if token_counts:
+        out.update(tokens_min=max(1, min(token_counts)), tokens_max=max(token_counts))
+    return out
 
 
 DEFAULT_PROFILE = ProbeProfile()

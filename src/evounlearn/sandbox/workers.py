@@ -50,6 +50,22 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
 
 killed_reason values: "wall time limit", "cpu time limit", "memory limit", "crash", or None.
 
+Defence in depth (W7):
+- results come back as JSON text (`send_bytes`), never as pickles: the driver never unpickles
+  anything a worker sends. A job's return value must be JSON-ready; tensors / numpy values
+  (`.tolist()`), tuples (lists), sets, paths and dataclasses are converted at the job edge, and
+  anything else makes the job fail with "... not JSON-ready";
+- the child's stdout and stderr (Python's and C's: warnings, torch messages) go to `log_file`
+  (default: `worker.log` in its scratch directory), never to the driver's terminal;
+- OS layers (`confine.py`), each skipped with its reason where the OS refuses it: PR_SET_PDEATHSIG
+  (the worker dies with the fork server, which dies with the driver: no worker outlives a
+  `kill -9` of the driver), a new network namespace (`isolate_network`, default on: no network;
+  pass False for jobs that must download), Landlock (`write_paths`: None = off, default; a
+  sequence = writes confined to the scratch directory, those paths and /dev/null, reads allowed
+  everywhere; /tmp is not writable, TMPDIR is the scratch directory). The first start logs one
+  INFO line, e.g. "sandbox layers: rlimits, pdeathsig, netns=on, landlock=on (ABI 7)"; a pool
+  logs it once; `IsolatedWorker.layers` holds them.
+
 `WorkerPool(n)` runs up to n jobs in parallel, one worker process each, with the same API
 (`run`, `submit` -> concurrent.futures.Future[JobResult], `map`). `Limits` bundles the three
 per-job limits (`Limits(...).as_kwargs()` gives the keyword arguments of `run` / `submit`).

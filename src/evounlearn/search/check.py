@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..sandbox import IsolatedWorker, interface_of
-from .validation import VALIDATION_CONFINEMENT, VALIDATION_LIMITS, validate_in_worker
+from .validation import validate_in_worker
 
 __all__ = ["TRAIN_JOB", "Verdict", "check_file", "train_job"]
 
