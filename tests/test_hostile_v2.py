@@ -415,3 +415,13 @@ def test_check_train_stops_a_loss_that_behaves_only_on_probes(tiny_prepared, tmp
     assert verdicts["loss_fn"].stage == "training" and not verdicts["loss_fn"].ok
     assert "training guard: loss decreases in forget log-probs on real batches at step" in verdicts["loss_fn"].reason
     assert verdicts["loss_fn_npo"].ok, verdicts["loss_fn_npo"].reason
+
+
+def test_guard_options_are_config_keys(tmp_path: Path) -> None:
+    from evounlearn.training.unlearn import build_config
+
+    path = tmp_path / "npo.py"
+    path.write_text(LEGIT["NPO"])
+    cfg = build_config("evolved", None, [f"loss.loss_file={path}", "loss.guard=false", "loss.guard_steps=5"])
+    assert cfg.loss["guard"] is False and cfg.loss["guard_steps"] == 5
+    assert build_config("evolved", None, [f"loss.loss_file={path}"]).loss["guard"] is True
