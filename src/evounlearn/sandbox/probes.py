@@ -87,6 +87,7 @@ EXTREME_KINDS = ("confident", "forgotten", "far-ref")
 #: the legacy fixed fingerprint probes (used only when no fingerprint seed is given)
 FINGERPRINT_PROBES = (("init", 6, 101), ("normal", 6, 102), ("forgotten", 6, 103))
 EXTENDED_T = 7
+INIT_PROBE_ROWS = 64
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,8 @@ def _validation_draw(profile: ProbeProfile) -> tuple[list[tuple[str, int, int]],
     """(normal probes, extreme probes) as (kind, batch, seed), from a fresh secret seed.
 
     Most probes have the run's batch size (a loss that behaves only at other sizes is caught);
-    one normal probe has another size, the last extreme probe is a batch of one."""
+    one normal probe has another size, the "init" one at least INIT_PROBE_ROWS rows, the last
+    extreme probe is a batch of one."""
     rng = secrets.SystemRandom()
 
     def size() -> int:
@@ -393,6 +395,9 @@ def _validation_draw(profile: ProbeProfile) -> tuple[list[tuple[str, int, int]],
     other = rng.randint(2, max(3, 2 * (profile.batch_size or 16)))
     normal = [(kind, size(), rng.getrandbits(62)) for kind in NORMAL_KINDS]
     normal[-1] = (normal[-1][0], other, normal[-1][2])
+    # the "init" probe decides whether the first step can move at all: a large batch, so that a
+    # loss that moves only on some rows (a clamp, a hinge) gets the same verdict on every draw
+    normal[0] = ("init", max(INIT_PROBE_ROWS, profile.batch_size or 0), normal[0][2])
     extreme = [(kind, size(), rng.getrandbits(62)) for kind in EXTREME_KINDS]
     extreme.append(("normal", 1, rng.getrandbits(62)))
     return normal, extreme
