@@ -30,11 +30,11 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="PrepareConfig key=value overrides")
     args = ap.parse_args()
 
+    from evounlearn.benchmarks.tofu import PrepareConfig, prepare
     from evounlearn.config import load_config
     from evounlearn.evaluation.tofu_eval import TofuEvaluator
     from evounlearn.models.loading import count_parameters, load_model_and_tokenizer
     from evounlearn.reports.tables import metric_table
-    from evounlearn.training.prepare import PrepareConfig, prepare
 
     cache = args.cache_dir or tempfile.mkdtemp(prefix="evounlearn-harness-")
     ov = [f"cache_dir={cache}", f"forget_split={args.split}", *args.overrides]

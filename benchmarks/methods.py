@@ -24,7 +24,7 @@ KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "privl
 
 
 def run_method(method: str, cache: str, run_root: Path, overrides: list[str], pcfg=None) -> dict:
-    from evounlearn.training.unlearn import build_config, run_unlearning
+    from evounlearn.benchmarks.tofu import build_config, run_unlearning
 
     cfg = build_config(method, None, [f"run_dir={run_root / method}", *overrides])
     if pcfg is not None:  # the prepared benchmark this run unlearns (data, recipe, cache)
@@ -51,9 +51,9 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args()
 
+    from evounlearn.benchmarks.tofu import PrepareConfig, prepare, summaries
     from evounlearn.config import load_config
     from evounlearn.reports.tables import table
-    from evounlearn.training.prepare import PrepareConfig, prepare, summaries
 
     t0 = time.time()
     pcfg = load_config(PrepareConfig, None, [f"cache_dir={args.cache_dir}", f"data={args.data}", *args.prepare])

@@ -1,9 +1,9 @@
 """Benchmark of the tiny MUSE-News and WMDP-shaped settings (issue 6).
 
-MUSE-News (training.muse_setting): a tiny Llama target trained on a subset of the MUSE-News forget
+MUSE-News (benchmarks/muse.py in the package): a tiny Llama target trained on a subset of the MUSE-News forget
 material (verbmem passages, privleak members, knowmem facts) plus a retain corpus, and a retain
 oracle trained on the retain corpus only; NPO and UnDIAL unlearn the forget corpus through the
-engine. WMDP-shaped (training.hazard_setting): a tiny Llama trained on the generated hazard
+engine. WMDP-shaped (benchmarks/wmdp.py in the package): a tiny Llama trained on the generated hazard
 benchmark's forget and retain statements; RMU and NPO unlearn the forget domain; accuracies are
 4-way MCQ with cloze scoring.
 
@@ -57,7 +57,7 @@ def _r(x: Any) -> Any:
 
 
 def muse_entry(summary: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
-    from evounlearn.search.benchmarks import muse_benchmark_fitness
+    from evounlearn.benchmarks.muse import muse_benchmark_fitness
 
     out = {k: _r(summary[k]) for k in MUSE_KEYS if k in summary}
     out["fitness"] = _r(muse_benchmark_fitness(summary))
@@ -67,7 +67,7 @@ def muse_entry(summary: dict[str, Any], seconds: float | None = None) -> dict[st
 
 
 def wmdp_entry(summary: dict[str, Any], target: dict[str, Any], seconds: float | None = None) -> dict[str, Any]:
-    from evounlearn.search.benchmarks import wmdp_benchmark_fitness
+    from evounlearn.benchmarks.wmdp import wmdp_benchmark_fitness
 
     out = {k: _r(summary[k]) for k in WMDP_KEYS}
     out["fitness"] = _r(wmdp_benchmark_fitness(summary, target))
@@ -77,7 +77,7 @@ def wmdp_entry(summary: dict[str, Any], target: dict[str, Any], seconds: float |
 
 
 def run_muse(cache: str, source: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from evounlearn.training.muse_setting import MuseSettingConfig, prepare_muse, unlearn_muse
+    from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse, unlearn_muse
 
     t0 = time.time()
     p = prepare_muse(MuseSettingConfig(cache_dir=cache, source=source or ""))
@@ -99,7 +99,7 @@ def run_muse(cache: str, source: str | None) -> tuple[dict[str, Any], dict[str, 
 
 
 def run_wmdp(cache: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    from evounlearn.training.hazard_setting import HazardSettingConfig, prepare_hazard, unlearn_hazard
+    from evounlearn.benchmarks.wmdp import HazardSettingConfig, prepare_hazard, unlearn_hazard
 
     t0 = time.time()
     p = prepare_hazard(HazardSettingConfig(cache_dir=cache))
@@ -153,7 +153,7 @@ def markdown(out: dict[str, Any], details: dict[str, Any]) -> str:
         "# Tiny MUSE-News and WMDP-shaped settings (issue 6)", "",
         f"Total wall time {out['seconds']:.0f} s on this machine (2 CPU cores, `OMP_NUM_THREADS=1`), "
         "from an empty cache (every model trained).", "",
-        "## MUSE-News (training/muse_setting.py)", "",
+        "## MUSE-News (src/evounlearn/benchmarks/muse.py)", "",
         "VerbMem / KnowMem are ROUGE-L F1 in [0, 1] (MUSE reports x100); PrivLeak in percent, relative to "
         "the tiny retain oracle's own Min-40% AUC; fitness = SPEC 2.1's MUSE formula.", "",
         table(muse_rows, ["model", *MUSE_KEYS, "fitness", "lr", "epochs", "steps", "seconds"], markdown=True), "",
@@ -169,7 +169,7 @@ def markdown(out: dict[str, Any], details: dict[str, Any]) -> str:
         "Scale: 50 verbmem items (32-token prompt window + 64-token continuation, MUSE: 128), 100 knowmem "
         "forget/retain QA (2 in-context examples, MUSE: 10), 50 privleak forget/holdout texts (first 96 "
         "tokens), 50 retain2 texts; model 2 layers x 128, vocab 2048, context 96; 24 epochs at lr 5e-3.", "",
-        "## WMDP-shaped (training/hazard_setting.py)", "",
+        "## WMDP-shaped (src/evounlearn/benchmarks/wmdp.py)", "",
         "forget_acc = 4-way accuracy on the generated hazard benchmark's forget domain (WMDP's role), "
         "retain_acc = on its retain domain (MMLU's role), **cloze scoring** (a tiny model trained from "
         "scratch on statements answers the lettered zero-shot prompt at chance); chance = 0.25. "
@@ -185,9 +185,9 @@ def markdown(out: dict[str, Any], details: dict[str, Any]) -> str:
 
 
 def sweep(cache: str, source: str | None) -> None:
+    from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse, unlearn_muse
+    from evounlearn.benchmarks.wmdp import HazardSettingConfig, prepare_hazard, unlearn_hazard
     from evounlearn.reports.tables import table
-    from evounlearn.training.hazard_setting import HazardSettingConfig, prepare_hazard, unlearn_hazard
-    from evounlearn.training.muse_setting import MuseSettingConfig, prepare_muse, unlearn_muse
 
     rows: list[dict[str, Any]] = []
     hp = prepare_hazard(HazardSettingConfig(cache_dir=cache))
@@ -233,8 +233,8 @@ def main() -> None:
     if args.sweep:
         sweep(cache, args.muse_source)
         return
-    from evounlearn.training.hazard_setting import stand_ins as hazard_stand_ins
-    from evounlearn.training.muse_setting import stand_ins as muse_stand_ins
+    from evounlearn.benchmarks.muse import stand_ins as muse_stand_ins
+    from evounlearn.benchmarks.wmdp import stand_ins as hazard_stand_ins
 
     t0 = time.time()
     muse, muse_details = run_muse(cache, args.muse_source)

@@ -2,7 +2,7 @@
 
     python benchmarks/pmc.py [--threads 1] [--out benchmarks/results] [--attack-samples 16]
 
-- Models: the prepared target and retain oracle of `training.prepare` with the default config
+- Models: the prepared target and retain oracle of `benchmarks.tofu.prepare` with the default config
   (cached under $EVOUNLEARN_CACHE; trained first when missing).
 - Same compute budget: every method runs the same number of optimizer steps: `epochs` = PMC's
   registered default epochs, and the same `batch_size` / `grad_accum` (PMC's registered values,
@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from evounlearn.benchmarks.tofu import PrepareConfig, build_config, prepare, run_unlearning
 from evounlearn.data import tofu
 from evounlearn.data.prompting import PromptFormatter
 from evounlearn.evaluation.attacks import AttackConfig, add_attacks
@@ -42,8 +43,6 @@ from evounlearn.evaluation.pmc_metrics import add_pmc_metrics
 from evounlearn.evaluation.tofu_eval import EvalConfig, TofuEvaluator, load_results, save_results
 from evounlearn.methods import get_method
 from evounlearn.models.loading import load_model_and_tokenizer
-from evounlearn.training.prepare import PrepareConfig, prepare
-from evounlearn.training.unlearn import build_config, run_unlearning
 
 log = logging.getLogger("benchmarks.pmc")
 METHODS = ("pmc", "npo", "undial")

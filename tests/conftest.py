@@ -33,11 +33,11 @@ except ImportError:  # pragma: no cover
 
 def tiny_prepare_config(cache_dir: Path, **over):
     """A very small generated benchmark and model: trains in seconds on CPU."""
+    from evounlearn.benchmarks.tofu import PrepareConfig
     from evounlearn.data.generated import GeneratedConfig
     from evounlearn.evaluation.tofu_eval import EvalConfig
     from evounlearn.models.tiny import TinyModelConfig
     from evounlearn.training.finetune import FinetuneConfig
-    from evounlearn.training.prepare import PrepareConfig
 
     cfg = PrepareConfig(
         generated=GeneratedConfig(authors=10, questions_per_author=4, holdout_authors=2, general_items=8,
@@ -56,7 +56,7 @@ def tiny_prepare_config(cache_dir: Path, **over):
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """The tiny benchmark prepared once per test session: (config, Prepared)."""
-    from evounlearn.training.prepare import prepare
+    from evounlearn.benchmarks.tofu import prepare
 
     cfg = tiny_prepare_config(tmp_path_factory.mktemp("cache"))
     return cfg, prepare(cfg)

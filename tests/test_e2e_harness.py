@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from evounlearn.benchmarks.tofu import prepare
 from evounlearn.cli.main import main
 from evounlearn.evaluation.metrics import MU_COMPONENTS
 from evounlearn.evaluation.tofu_eval import load_results
-from evounlearn.training.prepare import prepare
 
 from .conftest import tiny_prepare_config
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from evounlearn.benchmarks.tofu import build_config, run_unlearning
 from evounlearn.cli.main import main
 from evounlearn.errors import ConfigError, ModelError
 from evounlearn.methods import get_method
 from evounlearn.training.loop import NonFiniteLossError
-from evounlearn.training.unlearn import build_config, run_unlearning
 
 METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
 
@@ -132,7 +132,7 @@ def test_two_process_run_matches_one_process(tiny_prepared, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(
         "import sys, pickle\n"
-        "from evounlearn.training.unlearn import build_config, run_unlearning\n"
+        "from evounlearn.benchmarks.tofu import build_config, run_unlearning\n"
         "cfg = build_config('npo', None, sys.argv[1:])\n"
         "cfg.prepare = pickle.load(open(%r, 'rb'))\n"
         "run_unlearning(cfg, evaluate=False)\n".replace("%r", repr(str(tmp_path / "pcfg.pkl"))))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from evounlearn.benchmarks.parts import forget_part_indices
 from evounlearn.errors import ConfigError
-from evounlearn.training.unlearn import forget_part_indices
 
 
 def test_parts_split_at_author_boundaries():

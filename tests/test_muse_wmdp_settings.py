@@ -1,4 +1,4 @@
-"""The tiny MUSE-News and WMDP-shaped settings, and the search's benchmark registry (issue 6).
+"""The tiny MUSE-News and WMDP-shaped benchmarks, the benchmark registry and the candidate job (issue 6).
 
 Very small settings (a few items, a one- or two-layer model) so the whole file runs in well under a
 minute on 2 CPU cores; the full-size numbers come from benchmarks/muse_wmdp.py.
@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
+from evounlearn.benchmarks import all_benchmarks, get_benchmark
+from evounlearn.benchmarks.muse import muse_benchmark_fitness
+from evounlearn.benchmarks.text import encode_text
+from evounlearn.benchmarks.wmdp import wmdp_benchmark_fitness
 from evounlearn.errors import ConfigError
-from evounlearn.search.benchmarks import (
-    BENCHMARKS,
-    candidate_run,
-    evaluate_candidate,
-    get_benchmark,
-    muse_benchmark_fitness,
-    target_info,
-    wmdp_benchmark_fitness,
-)
-from evounlearn.training.text_setting import MethodRun, encode_text
+from evounlearn.methods.resolve import MethodRun, candidate_run
+from evounlearn.search.candidate import evaluate_candidate, target_info
 
 NPO_LIKE = '''def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):
     """epochs: 2"""
@@ -62,10 +58,11 @@ def test_wmdp_fitness_on_hand_made_metrics():
 
 
 def test_registry_and_candidates(tmp_path: Path):
-    assert {"tofu", "muse-news", "wmdp-synthetic"} <= set(BENCHMARKS)
+    assert {"tofu", "generated", "muse-news", "wmdp-synthetic"} <= set(all_benchmarks())
     assert get_benchmark("muse").name == "muse-news" and get_benchmark("WMDP").name == "wmdp-synthetic"
-    assert get_benchmark("wmdp").fitness_family == "wmdp" and get_benchmark("muse").utility_key == "knowmem_r"
-    assert get_benchmark("tofu").evaluate_job == "evounlearn.search.evaluate:evaluate_candidate"
+    assert get_benchmark("wmdp").fitness.name == "wmdp" and get_benchmark("muse").fitness.utility_key == "knowmem_r"
+    assert get_benchmark("generated").fitness.utility_key == "model_utility"
+    assert get_benchmark("evounlearn.benchmarks.tofu:TofuBenchmark").name == "tofu"  # a "module:attr" path
     with pytest.raises(ConfigError):
         get_benchmark("nope")
     assert candidate_run("npo") == MethodRun("npo")
@@ -77,8 +74,8 @@ def test_registry_and_candidates(tmp_path: Path):
     assert candidate_run(str(f)).loss == {"loss_file": str(f)}
     with pytest.raises(ConfigError):
         candidate_run(str(tmp_path / "missing.py"))
-    out = evaluate_candidate(str(tmp_path / "r"), method="npo", benchmark="tofu")
-    assert not out["ok"] and "search.evaluate" in out["error"]
+    out = evaluate_candidate(str(tmp_path / "r"), method="npo", benchmark="nope")
+    assert not out["ok"] and "unknown benchmark" in out["error"]
 
 
 def test_text_rows_label_every_token_but_the_first():
@@ -91,7 +88,7 @@ def test_text_rows_label_every_token_but_the_first():
 
 
 def test_source_sentences_pick_the_answer_sentence():
-    from evounlearn.training.muse_setting import source_sentences
+    from evounlearn.benchmarks.muse import source_sentences
 
     articles = ["Orkney joined Scotland in 1472. The weather was mild in 1472 too.\n\nOther news here."]
     qa = [{"question": "When did Orkney join Scotland?", "answer": "1472"}, {"question": "Who?", "answer": "Zed"}]
@@ -104,8 +101,8 @@ def test_source_sentences_pick_the_answer_sentence():
 
 @pytest.fixture(scope="module")
 def muse_prepared(shared_data, tmp_path_factory):
+    from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse
     from evounlearn.training.finetune import FinetuneConfig
-    from evounlearn.training.muse_setting import MuseSettingConfig, prepare_muse
 
     cfg = MuseSettingConfig(
         source=str(shared_data / "muse-news"), n_verbmem=4, n_knowmem=4, n_privleak=4, n_retain_texts=4,
@@ -129,14 +126,14 @@ def test_muse_setting_builds_and_evaluates(muse_prepared):
     assert t["privleak"] < 0 and p.auc_ref == pytest.approx(r["privleak_auc"])
     assert "retain_corpus" in p.info["stand_ins"]
     # cached: a second prepare trains nothing
-    from evounlearn.training.muse_setting import prepare_muse
+    from evounlearn.benchmarks.muse import prepare_muse
 
     again = prepare_muse(p.cfg)
     assert again.root == p.root and again.target_results["summary"] == t
 
 
 def test_muse_unlearning_runs_on_a_part(muse_prepared, tmp_path):
-    from evounlearn.training.muse_setting import unlearn_muse
+    from evounlearn.benchmarks.muse import unlearn_muse
 
     ref = muse_prepared.reference("search")
     assert len(ref["target"]["verbmem_f"]["values"]) == 2
@@ -176,7 +173,7 @@ def test_hazard_target_answers_well_above_chance(hazard_options):
 
 
 def test_rmu_runs_on_the_hazard_setting(hazard_options):
-    from evounlearn.training.hazard_setting import unlearn_hazard
+    from evounlearn.benchmarks.wmdp import unlearn_hazard
 
     p = get_benchmark("wmdp-synthetic").prepare(hazard_options)
     out = unlearn_hazard(p, "rmu", loss={"layer": 1}, train={"epochs": 2, "batch_size": 4})
@@ -207,3 +204,27 @@ def test_search_jobs_on_the_hazard_setting(hazard_options, tmp_path, monkeypatch
     bad = evaluate_candidate(str(tmp_path / "e"), code="def loss_fn(a, b, c=None, d=None):\n    return a.sum(\n",
                              benchmark="wmdp", unlearn=hazard_options)
     assert not bad["ok"] and bad["error"].startswith("validation")
+
+
+def _dotted(data: dict, prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for k, v in data.items():
+        out += _dotted(v, f"{prefix}{k}.") if isinstance(v, dict) else [f"{prefix}{k}={v}"]
+    return out
+
+
+def test_cli_reaches_any_benchmark_through_the_protocol(hazard_options, tmp_path, capsys):
+    from evounlearn.cli.main import main
+
+    ov = _dotted(hazard_options)
+    assert main(["prepare", "--benchmark", "wmdp", *ov]) == 0
+    out = capsys.readouterr().out
+    assert "forget_acc" in out and "fitness" in out
+    rd = tmp_path / "run"
+    assert main(["unlearn", "--benchmark", "wmdp", "--method", "npo", "--run-dir", str(rd), *ov,
+                 "train.epochs=1", "train.batch_size=4"]) == 0
+    out = capsys.readouterr().out
+    assert f"run directory: {rd}" in out and "npo" in out
+    assert {"config.yaml", "results.json", "train.json"} <= {p.name for p in rd.iterdir()}
+    assert main(["unlearn", "--benchmark", "wmdp", "--resume", str(rd)]) == 0  # runs it again from config.yaml
+    assert main(["eval", "--benchmark", "wmdp", "--model", "x"]) == 2  # only the prepared models

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from evounlearn.benchmarks.tofu import build_config, general_pairs, run_unlearning, tokenizer_corpus
 from evounlearn.data import tofu
 from evounlearn.data.generated import GeneratedConfig, write_benchmark
 from evounlearn.data.prompting import PromptFormatter
@@ -34,8 +35,6 @@ from evounlearn.methods.pmc import PMCConfig, PMCHook, pmc_scores, select_least_
 from evounlearn.models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_tokenizer
 from evounlearn.training.finetune import FinetuneConfig, finetune
 from evounlearn.training.loop import TrainConfig, UnlearnData, Unlearner
-from evounlearn.training.prepare import general_pairs, tokenizer_corpus
-from evounlearn.training.unlearn import build_config, run_unlearning
 
 SPLIT = "forget10"
 

@@ -20,13 +20,17 @@ import torch
 
 from evounlearn.errors import ConfigError
 from evounlearn.search.proposers import (
+    NO_FUNCTION,
+    Proposal,
     ProposalRequest,
+    Proposer,
     ProposerError,
+    RunSettings,
     make_proposer,
     proposer_from_section,
 )
-from evounlearn.search.proposers.llm.http import HTTPConfig, HTTPProposer
-from evounlearn.search.proposers.llm.parse import extract_functions
+from evounlearn.search.proposers.llm.http import HTTPConfig, HTTPProposer, _partial_message
+from evounlearn.search.proposers.llm.parse import clean_reply, extract_functions, extract_programs
 from evounlearn.search.proposers.llm.prompts import format_leaderboard, format_metrics, render_prompt
 from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.proposers.offline import tree as loss_tree
@@ -375,7 +379,9 @@ def test_http_malformed_and_prose(llm_server: FakeLLM) -> None:
     assert len(bad) == 1 and not parses(bad[0].code)  # kept: the validator reports it for repair
     prose = p.propose(ProposalRequest(kind="initial", n=2))
     assert len(prose) == 1 and parses(prose[0].code) and "Sure" not in prose[0].code
-    assert p.propose(ProposalRequest(kind="initial", n=2)) == []
+    # Prose only: one proposal without code, carrying the reason (the driver asks for a repair).
+    (none,) = p.propose(ProposalRequest(kind="initial", n=2))
+    assert none.code == "" and none.error == NO_FUNCTION and none.raw_response == "I cannot help with that."
 
 
 @needs_openai
@@ -478,6 +484,193 @@ def test_http_connection_refused() -> None:
     )
     with pytest.raises(ProposerError, match="2 attempt"):
         p.propose(ProposalRequest(kind="initial", n=1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Bounds on untrusted replies: bytes, functions, time, control characters
+# ------------------------------------------------------------------------------------------------
+
+
+def small_functions(n: int) -> str:
+    return "```python\n" + "\n".join(
+        fn(f"loss_fn_{i}", f"return {i}.0 * log_probs_forget.mean() - log_probs_retain.mean()") for i in range(n)
+    ) + "```\n"
+
+
+def test_extraction_is_linear_in_the_number_of_functions() -> None:
+    text = small_functions(8000)
+    t0 = time.monotonic()
+    out = extract_functions(text)
+    assert time.monotonic() - t0 < 30.0  # linear: ~1.3 s here; the quadratic extraction took 194 s
+    assert len(out) == 8000 and "return 7999.0 *" in out[-1]
+    t0 = time.monotonic()
+    assert len(extract_programs(text, limit=3)) == 3
+    assert time.monotonic() - t0 < 30.0
+
+
+def test_extraction_of_a_5mb_reply_is_bounded() -> None:
+    prose = "Some thoughts about unlearning, margins and (brackets) and ``` fences.\n" * 30_000
+    long_line = "X = " + "1 + " * 250_000 + "1\n"  # a 1 MB "constant": not parsed
+    text = prose + long_line + f"```python\n{GOOD1}```\n" + prose + small_functions(500) + "def loss_fn_x(" * 1000
+    assert len(text) > 5_000_000
+    t0 = time.monotonic()
+    out = extract_functions(text)
+    assert time.monotonic() - t0 < 30.0
+    assert out and "softplus" in out[0] and "1 + 1 + 1" not in out[0]
+
+
+def test_program_with_50_functions_keeps_max_functions() -> None:
+    helpers = "".join(f"def h{i}(x):\n    return x * {i + 1}.0\n\n" for i in range(49))
+    calls = " + ".join(f"h{i}(log_probs_forget).mean()" for i in range(49))
+    reply = f"```python\n{helpers}{fn('loss_fn_1', 'return ' + calls)}```"
+    (whole,) = extract_programs(reply)
+    assert whole.functions == 50 and whole.dropped == 0
+    (cut,) = extract_programs(reply, max_functions=8)
+    mod = ast.parse(cut.code)
+    names = [n.name for n in mod.body if isinstance(n, ast.FunctionDef)]
+    assert len(names) == 8 and names[-1] == "loss_fn" and cut.functions == 50 and cut.dropped == 42
+    kept = [int(n[1:]) for n in names[:7]]  # seven of the helpers it calls, in order of appearance
+    assert kept == sorted(kept) and "def h48(" not in cut.code
+
+
+def test_reasoning_block_then_code_parses() -> None:
+    thought = "Let me think about the margin. " * 2000 + "def draft(x):\n    return x\n"
+    out = extract_functions(f"<think>{thought}</think>\n\n```python\n{GOOD2}```\n")
+    assert len(out) == 1 and "relu" in out[0] and "draft" not in out[0]
+
+
+def test_control_characters_are_stripped() -> None:
+    dirty = "a\x00b\x1b[31mc\x7f\x85d\te\r\nf\u200bg"
+    assert clean_reply(dirty) == "ab[31mcd\te\nf\u200bg"
+
+
+def test_partial_json_message_recovered() -> None:
+    body = json.dumps(chat_json('say "hi"\\n\u00e9\u2028 and more'), ensure_ascii=True)
+    for cut in range(len(body) // 2, len(body)):
+        msg = _partial_message(body[:cut])
+        if msg is not None:
+            text = msg["choices"][0]["message"]["content"]
+            assert 'say "hi"\\n\u00e9\u2028 and more'.startswith(text)
+    assert _partial_message('{"id": "x", "choi') is None
+
+
+def test_run_settings_in_prompts_match_training_defaults() -> None:
+    from evounlearn.training.loop import TrainConfig
+
+    train = TrainConfig()
+    run = RunSettings()
+    assert (run.lora, run.lora_r, run.batch_size, run.lr) == (
+        train.lora,
+        train.lora_r,
+        train.batch_size,
+        train.lr,
+    )
+    for kind in ("initial", "refine", "crossover", "tune"):
+        text = render_prompt(ProposalRequest(kind=kind, parents=[{"code": GOOD1}] * 2))
+        assert "Training: full fine-tuning (all weights), AdamW" in text and "LoRA" not in text
+    lora = RunSettings.from_train({"lora": True, "lora_r": 16, "lr": 3e-5, "batch_size": 4}, epochs=7)
+    text = render_prompt(ProposalRequest(kind="initial", run=lora))
+    assert "LoRA adapter of rank 16" in text and "3e-05" in text and "batches of 4" in text
+    assert "7 epochs when a loss declares none" in text
+    repair = render_prompt(ProposalRequest(kind="repair", error={"reason": NO_FUNCTION, "code": ""}))
+    assert NO_FUNCTION in repair and "no code" in repair
+
+
+@needs_openai
+def test_http_reply_over_byte_cap_is_cut_and_recorded(llm_server: FakeLLM) -> None:
+    tail = 'prose "quoted" \\ \u00e9\u4e2d\n' * 40_000  # escapes and multi-byte characters past the cap
+    llm_server.reply(f"<answer>\n```python\n{GOOD1}```\n</answer>\n{tail}")
+    p = http_proposer(llm_server.url, max_response_bytes=20_000, max_stored_response_bytes=2_000)
+    (prop,) = p.propose(ProposalRequest(kind="initial", n=2))
+    assert parses(prop.code) and "softplus" in prop.code
+    assert any("max_response_bytes=20000" in c for c in prop.cuts)
+    assert any("max_stored_response_bytes" in c for c in prop.cuts) and "cut:" in prop.notes
+    assert prop.raw_response.startswith("<answer>") and prop.raw_response.endswith(" bytes]")
+    assert "[truncated " in prop.raw_response and len(prop.raw_response.encode()) < 2_100
+    # The next reply, within the cap: nothing cut.
+    llm_server.reply(GOOD2)
+    (ok,) = p.propose(ProposalRequest(kind="initial", n=1))
+    assert ok.cuts == [] and "cut" not in ok.notes and ok.raw_response == GOOD2
+
+
+@needs_openai
+def test_http_prose_reasoning_and_control_characters(llm_server: FakeLLM) -> None:
+    dirty = GOOD2.replace("0.5 *", "0.5\x00 *")
+    llm_server.reply(f"<think>\nA long plan.\n</think>\n```python\n{dirty}```\x1b\n")
+    llm_server.reply("\x07Only words, no code.")
+    p = http_proposer(llm_server.url)
+    (a,) = p.propose(ProposalRequest(kind="initial", n=1))
+    assert parses(a.code) and "relu" in a.code and "\x00" not in a.raw_response and "\x1b" not in a.raw_response
+    (b,) = p.propose(ProposalRequest(kind="initial", n=1))
+    assert b.code == "" and b.error == NO_FUNCTION and b.raw_response == "Only words, no code."
+
+
+@needs_openai
+def test_http_program_keeps_max_functions(llm_server: FakeLLM) -> None:
+    helpers = "".join(f"def h{i}(x):\n    return x * {i + 1}.0\n\n" for i in range(49))
+    calls = " + ".join(f"h{i}(log_probs_forget).mean()" for i in range(49))
+    llm_server.reply(f"```python\n{helpers}{fn('loss_fn_1', 'return ' + calls)}```")
+    (prop,) = http_proposer(llm_server.url).propose(ProposalRequest(kind="initial", n=1))
+    assert len(ast.parse(prop.code).body) == 8
+    assert prop.cuts == ["program cut to 8 of 50 functions (max_functions=8)"] and "max_functions" in prop.notes
+
+
+@needs_openai
+def test_http_deadline_stops_retries(llm_server: FakeLLM) -> None:
+    for _ in range(5):
+        llm_server.fail(503, "overloaded")
+    p = http_proposer(llm_server.url, max_retries=4, backoff_s=2.0, deadline_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(ProposerError, match=r"deadline.*would pass before retry 1.*HTTP 503"):
+        p.propose(ProposalRequest(kind="initial", n=1))
+    assert time.monotonic() - t0 < 1.0 and len(llm_server.received) == 1
+    # A silent server: each attempt's timeout is cut to the time left.
+    llm_server.responses.clear()
+    llm_server.hang(10)
+    llm_server.hang(10)
+    p = http_proposer(llm_server.url, timeout_s=5.0, max_retries=3, backoff_s=0.01, deadline_s=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(ProposerError, match="deadline"):
+        p.propose(ProposalRequest(kind="initial", n=1))
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_driver_records_a_reply_without_function_and_asks_for_repair(tmp_path: Path) -> None:
+    from evounlearn.search.config import load_search_config
+    from evounlearn.search.driver import SearchDriver
+    from evounlearn.search.store import Store
+
+    class NoFunctionFirst(Proposer):
+        name = "no-function-first"
+
+        def __init__(self) -> None:
+            self.requests: list[ProposalRequest] = []
+            self.offline = OfflineProposer()
+
+        def propose(self, request: ProposalRequest) -> list[Proposal]:
+            self.requests.append(request)
+            if len(self.requests) == 1:
+                return [Proposal(code="", raw_response="Only words.", error=NO_FUNCTION, operator="llm:initial")]
+            return self.offline.propose(request)
+
+    cfg = load_search_config(None, {
+        "benchmark": "tests.fakes:FakeBenchmark", "budget": 2, "workers": 1, "baselines": [], "finalists": 1,
+        "ours.initial": 2, "ours.per_generation": 1, "ours.stage1_epochs": 0,
+        "unlearn.train.lora": True, "default_epochs": 4,
+    })
+    prop = NoFunctionFirst()
+    SearchDriver(cfg, tmp_path / "run", proposer=prop).run()
+    store = Store(tmp_path / "run" / "search.sqlite")
+    first = store.candidates(kind="candidate")[0]
+    assert first.status == "rejected" and first.error == NO_FUNCTION
+    assert first.raw_response == "Only words."
+    repair = [r for r in prop.requests if r.kind == "repair"]
+    assert repair and repair[0].repair_info() == ("", NO_FUNCTION)
+    fixed = [c for c in store.candidates(kind="candidate") if c.repair_of == first.id]
+    assert fixed and fixed[0].operator == "repair"
+    run = prop.requests[0].run  # the run's own settings, as the prompts state them
+    assert run == RunSettings.from_train(cfg.unlearn["train"], 4) and run.lora and run.epochs == 4
+    store.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -748,3 +941,12 @@ def test_offline_foreign_parent_constant_tuning() -> None:
         )
         == []
     )
+
+
+def test_prompt_states_the_fitness_the_search_optimises() -> None:
+    from evounlearn.search.proposers.llm.prompts import benchmark_notes
+
+    calibrated = benchmark_notes("generated", "calibrated")
+    assert "Fitness (calibrated" in calibrated and "holdout" in calibrated
+    assert "Fitness (evomu" in benchmark_notes("generated", "evomu")
+    assert calibrated.count("Fitness") == 1  # the notes themselves describe the data only

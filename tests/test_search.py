@@ -3,7 +3,7 @@ repair, failures, resume after kill -9, the report, and the `evolved` method rep
 candidate's run.
 
 Most tests run the real driver, executor and worker processes with the FAKE evaluator job
-(`search.evaluate.fake_evaluate_candidate`: "metrics" are a deterministic function of the loss's
+(`tests/fakes.py`, `benchmark: tests.fakes:FakeBenchmark`, through the real candidate job: "metrics" are a deterministic function of the loss's
 probe values, no training); one test trains a tiny real candidate end to end.
 """
 
@@ -17,14 +17,18 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from evounlearn.benchmarks import FAILED, compute_fitness, get_fitness, passes_floor, rank_score
+from evounlearn.benchmarks.tofu import tofu_fitness
 from evounlearn.cli.main import main
-from evounlearn.errors import ConfigError
+from evounlearn.errors import ConfigError, InfrastructureError
+from evounlearn.sandbox import JobResult
 from evounlearn.search.archive import (
     Archive,
     choose_operator,
@@ -34,18 +38,13 @@ from evounlearn.search.archive import (
     truncation,
 )
 from evounlearn.search.config import load_search_config, scaled_evomu_schedule
-from evounlearn.search.driver import SearchDriver
-from evounlearn.search.fitness import (
-    FAILED,
-    compute_fitness,
-    get_fitness,
-    passes_floor,
-    rank_score,
-    tofu_fitness,
-)
+from evounlearn.search.driver import INFRA_RETRIES, SearchDriver
+from evounlearn.search.executors import Executor, LocalExecutor
 from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
 from evounlearn.search.proposers.offline import OfflineProposer
-from evounlearn.search.store import TRAINED, Store
+from evounlearn.search.store import CandidateRow, EvaluationRow, Store
+
+from .fakes import BENCHMARK
 
 SIG = "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
 LOSS_A = SIG + '    """epochs: 3"""\n    return (2.0 * log_probs_forget).mean() - log_probs_retain.mean()\n'
@@ -58,7 +57,7 @@ LOSS_FAILS = SIG + "    return (0.777 * log_probs_forget).mean() - log_probs_ret
 
 def fake_cfg(**over: Any) -> Any:
     base: dict[str, Any] = {
-        "evaluator": "fake", "budget": 8, "workers": 2, "baselines": ["npo"], "finalists": 2,
+        "benchmark": BENCHMARK, "budget": 8, "workers": 2, "baselines": ["npo"], "finalists": 2,
         "ours.initial": 4, "ours.per_generation": 2, "ours.min_history": 2, "ours.stage1_epochs": 2,
     }
     base.update(over)
@@ -113,10 +112,10 @@ def test_tofu_fitness_clamps_and_floor_ranks_below_all_that_pass() -> None:
 
 
 def _rec(i: int, gen: int, fit: float, util: float = 0.85, stage: int = 2, parents: list[int] | None = None,
-         status: str = "done") -> dict[str, Any]:
-    return {"id": i, "kind": "candidate", "generation": gen, "fitness_search": fit, "utility_search": util,
-            "score_search": rank_score(fit, util, 0.9, 0.9), "stage": stage, "status": status,
-            "parents": parents or []}
+         status: str = "done") -> CandidateRow:
+    return CandidateRow(id=i, kind="candidate", generation=gen, fitness_search=fit, utility_search=util,
+                        score_search=rank_score(fit, util, 0.9, 0.9), stage=stage, status=status,
+                        parents=parents or [])
 
 
 def test_archive_elitism_selection_and_child_bonus() -> None:
@@ -125,19 +124,19 @@ def test_archive_elitism_selection_and_child_bonus() -> None:
              _rec(7, 1, 0.99, stage=1)]  # #7 stopped at stage 1: not eligible
     arch = Archive.build(cands, size=4)
     # elitism: the best of generation 0 survives a bad generation 1; floor before fitness
-    assert [c["id"] for c in arch.members] == [2, 1, 5, 4]
-    assert arch.best["id"] == 2
+    assert [c.id for c in arch.members] == [2, 1, 5, 4]
+    assert arch.best.id == 2
     # truncation (EvoMU) only looks at the latest generation
-    assert [c["id"] for c in truncation(cands, 1, 2)] == [5, 4]
-    assert [c["id"] for c in sort_ranked([c for c in cands if eligible(c)])] == [2, 1, 5, 4, 3]
+    assert [c.id for c in truncation(cands, 1, 2)] == [5, 4]
+    assert [c.id for c in sort_ranked([c for c in cands if eligible(c)])] == [2, 1, 5, 4, 3]
     # weights: rank-based, divided by (1 + children): #2 has two children
-    w = dict(zip([c["id"] for c in arch.members], arch.weights()))
+    w = dict(zip([c.id for c in arch.members], arch.weights()))
     assert w[2] == pytest.approx(1.0 / 3.0) and w[1] == pytest.approx(0.5 ** 0.5)
     rng = random.Random(0)
-    picks = [arch.choose(rng)[0]["id"] for _ in range(2000)]
+    picks = [arch.choose(rng)[0].id for _ in range(2000)]
     assert picks.count(1) > picks.count(2) > 0  # the bonus for few children beats rank 1 here
     pair = arch.choose(random.Random(1), 2)
-    assert len({c["id"] for c in pair}) == 2
+    assert len({c.id for c in pair}) == 2
     ops = [choose_operator(random.Random(i), 0.5, 0.25, 0.25, 4) for i in range(400)]
     assert {"refine", "crossover", "tune"} == set(ops)
     assert "crossover" not in {choose_operator(random.Random(i), 0.5, 0.5, 0.0, 1) for i in range(50)}
@@ -190,41 +189,44 @@ def ours_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
 def test_ours_run_budget_elitism_staging_and_outputs(ours_run: tuple[Path, dict[str, Any]]) -> None:
     d, data = ours_run
     store = Store(d / "search.sqlite")
-    cands = store.candidates("kind = 'candidate'")
-    trained = [c for c in cands if c["status"] in TRAINED]
+    cands = store.candidates(kind="candidate")
+    trained = [c for c in cands if c.trained]
     assert len(trained) == 10 and store.trained_count() == 10  # the budget, exactly
     assert store.get_meta("status") == "done"
-    assert store.pending_evaluations() == 0
-    assert {c["generation"] for c in trained} >= {0, 1, 2}
+    assert store.pending_count() == 0
+    assert {c.generation for c in trained} >= {0, 1, 2}
     # generation 0 starts with the literature seeds; later generations use refine / crossover / tune
-    ops0 = [c["operator"] for c in cands if c["generation"] == 0]
+    ops0 = [c.operator for c in cands if c.generation == 0]
     assert ops0[:4] == ["seed:GA", "seed:GradDiff", "seed:NPO", "seed:SimNPO"]
-    later = {c["operator"] for c in cands if c["generation"] > 0}
+    later = {c.operator for c in cands if c.generation > 0}
     assert later and not any(o.startswith("seed:") for o in later)
     # staged promotion: promoted exactly when the stage-1 score reaches the cutoff of the moment
-    staged = [e for e in store.evaluations("stage1_epochs > 0 AND status = 'done'")]
+    staged = store.evaluations(status="done", staged=True)
     assert staged
     for e in staged:
-        cut = e["promote_cutoff"]
-        promoted = cut is None or e["stage1_score"] >= cut
-        assert bool(e["promoted"]) == promoted, e
-        assert (e["stage"] == 2) == promoted and (e["metrics"] is not None) == promoted
-    assert any(not e["promoted"] for e in staged), "no candidate was stopped at stage 1"
+        cut = e.promote_cutoff
+        promoted = cut is None or e.stage1_score >= cut
+        assert bool(e.promoted) == promoted, e
+        assert (e.stage == 2) == promoted and (e.metrics is not None) == promoted
+    assert any(not e.promoted for e in staged), "no candidate was stopped at stage 1"
+    # the job reports every fitness of the benchmark in its summary (`fitness_<name>`)
+    done = [e for e in store.evaluations(status="done") if e.stage == 2]
+    assert done and all("fitness_fake" in (e.metrics or {}) for e in done)
     # every proposal recorded with its code, prompt/response fields, validation and timings
     for c in cands:
-        assert c["code"] and c["status"] in ("done", "failed", "rejected", "duplicate", "unused")
-        assert c["validation"] is not None or c["status"] in ("duplicate", "unused")
+        assert c.code and c.status in ("done", "failed", "rejected", "duplicate", "unused")
+        assert c.validation is not None or c.status in ("duplicate", "unused")
     # finalists: >= 2 seeds on the report part; baselines: 2 seeds on both parts
     fin = store.get_meta("finalists")
     assert len(fin) == 2 and store.get_meta("winner") in fin
     for cid in fin:
         c = store.candidate(cid)
-        assert c["n_report"] == 2 and c["n_search"] == 2 and c["fitness_report_std"] is not None
-    base = store.candidates("kind = 'baseline'")
-    assert [b["label"] for b in base] == ["npo"] and base[0]["n_report"] == 2 and base[0]["n_search"] == 2
+        assert c.n_report == 2 and c.n_search == 2 and c.fitness_report_std is not None
+    base = store.candidates(kind="baseline")
+    assert [b.label for b in base] == ["npo"] and base[0].n_report == 2 and base[0].n_search == 2
     # elitism: the winner is the best search-part candidate among the finalists
-    best = sort_ranked([c for c in cands if c["status"] == "done" and c["stage"] != 1])[0]
-    assert best["id"] in fin
+    best = sort_ranked([c for c in cands if c.status == "done" and c.stage != 1])[0]
+    assert best.id in fin
     # outputs
     for name in ("leaderboard.md", "leaderboard.json", "best_loss.py", "best_config.yaml", "fitness.png"):
         assert (d / name).is_file(), name
@@ -255,30 +257,31 @@ def test_dedup_repair_and_failed_candidate(tmp_path: Path) -> None:
     prop = ScriptedProposer({"initial": [LOSS_A, LOSS_A_TWIN, LOSS_BROKEN, LOSS_FAILS, LOSS_C],
                              "repair": [LOSS_FIXED]})
     d = tmp_path / "run"
-    SearchDriver(fake_cfg(budget=6, **{"ours.initial": 4}), d, proposer=prop).run()
+    # budget 8 = 2 x ours.initial: generation 0 keeps its 4 (a smaller budget would shrink it)
+    SearchDriver(fake_cfg(budget=8, **{"ours.initial": 4}), d, proposer=prop).run()
     store = Store(d / "search.sqlite")
-    by_code = {c["code"]: c for c in store.candidates("kind = 'candidate'")}
+    by_code = {c.code: c for c in store.candidates(kind="candidate")}
     a, twin = by_code[LOSS_A], by_code[LOSS_A_TWIN]
     # behavioural duplicate: recorded, not trained, not counted
-    assert twin["status"] == "duplicate" and twin["duplicate_of"] == a["id"]
-    assert twin["fingerprint"] == a["fingerprint"]
-    assert not store.evaluations("candidate_id = ?", [twin["id"]])
+    assert twin.status == "duplicate" and twin.duplicate_of == a.id
+    assert twin.fingerprint == a.fingerprint
+    assert not store.evaluations_of(twin.id)
     # repair: the rejection reason went back to the proposer; the fix is trained
     broken, fixed = by_code[LOSS_BROKEN], by_code[LOSS_FIXED]
-    assert broken["status"] == "rejected" and "open" in broken["error"]
+    assert broken.status == "rejected" and "open" in broken.error
     rep = [r for r in prop.requests if r.kind == "repair"]
     assert rep and "open" in rep[0].repair_info()[1] and rep[0].repair_info()[0] == LOSS_BROKEN
-    assert fixed["operator"] == "repair" and fixed["repair_of"] == broken["id"] and fixed["parents"] == [broken["id"]]
-    assert fixed["status"] == "done" and fixed["fitness_search"] is not None
-    assert fixed["prompt"] == "prompt repair" and fixed["raw_response"]
+    assert fixed.operator == "repair" and fixed.repair_of == broken.id and fixed.parents == [broken.id]
+    assert fixed.status == "done" and fixed.fitness_search is not None
+    assert fixed.prompt == "prompt repair" and fixed.raw_response
     # a failed candidate: -inf, its error recorded, never a finalist, the search went on
     bad = by_code[LOSS_FAILS]
-    assert bad["status"] == "failed" and bad["fitness_search"] == FAILED and bad["score_search"] == FAILED
-    assert "fake training failure" in bad["error"]
-    assert bad["id"] not in store.get_meta("finalists")
-    assert store.get_meta("status") == "done" and store.trained_count() == 6
+    assert bad.status == "failed" and bad.fitness_search == FAILED and bad.score_search == FAILED
+    assert "fake training failure" in bad.error
+    assert bad.id not in store.get_meta("finalists")
+    assert store.get_meta("status") == "done" and store.trained_count() == 8
     # epochs docstring recorded
-    assert a["epochs"] == 3 and by_code[LOSS_C]["epochs"] == 5
+    assert a.epochs == 3 and by_code[LOSS_C].epochs == 5
     store.close()
 
 
@@ -287,18 +290,18 @@ def test_evomu_mode_follows_the_scaled_schedule(tmp_path: Path) -> None:
     data = SearchDriver(fake_cfg(mode="evomu", budget=12, baselines=[]), d).run()
     store = Store(d / "search.sqlite")
     sched = scaled_evomu_schedule(12)
-    cands = store.candidates("kind = 'candidate'")
+    cands = store.candidates(kind="candidate")
     for g, (size, _, _) in enumerate(sched):
-        got = [c for c in cands if c["generation"] == g and c["status"] in TRAINED]
+        got = [c for c in cands if c.generation == g and c.trained]
         assert len(got) == size, (g, len(got), size)
     ranked_prev: dict[int, set[int]] = {}
     for g, (_, k, _) in enumerate(sched[1:], start=1):
-        ranked_prev[g] = {c["id"] for c in truncation(cands, g - 1, k)}
-        children = [c for c in cands if c["generation"] == g and c["status"] in TRAINED]
+        ranked_prev[g] = {c.id for c in truncation(cands, g - 1, k)}
+        children = [c for c in cands if c.generation == g and c.trained]
         for c in children:  # mutation only, parents from the previous generation's top-k
-            assert len(c["parents"]) == 1 and c["parents"][0] in ranked_prev[g]
-            assert c["operator"] != "crossover"
-    assert not store.evaluations("stage1_epochs > 0")  # no staging in the paper's mode
+            assert len(c.parents) == 1 and c.parents[0] in ranked_prev[g]
+            assert c.operator != "crossover"
+    assert not store.evaluations(staged=True)  # no staging in the paper's mode
     assert data["mode"] == "evomu" and data["counts"]["candidates"] == 12
     store.close()
 
@@ -308,12 +311,12 @@ def test_extended_interface_search_and_baseline_epoch_variants(tmp_path: Path) -
     data = SearchDriver(fake_cfg(interface="extended", budget=3, finalists=1, baselines=["npo@7"],
                                  **{"ours.initial": 3}), d).run()
     store = Store(d / "search.sqlite")
-    cands = [c for c in store.candidates("kind = 'candidate'") if c["status"] in TRAINED]
-    assert len(cands) == 3 and all("tok_logp_forget" in c["code"] for c in cands)
-    assert all(c["interface"] == "extended" for c in cands)
-    base = store.candidates("kind = 'baseline'")
-    assert [b["label"] for b in base] == ["npo@7"] and {e["epochs"] for e in store.evaluations(
-        "candidate_id = ?", [base[0]["id"]])} == {7}
+    cands = store.trained_candidates()
+    assert len(cands) == 3 and all("tok_logp_forget" in c.code for c in cands)
+    assert all(c.interface == "extended" for c in cands)
+    base = store.candidates(kind="baseline")
+    assert [b.label for b in base] == ["npo@7"] and {e.epochs for e in store.evaluations_of(
+        base[0].id)} == {7}
     assert data["winner"]["code"].startswith("def loss_fn(tok_logp_forget")
     with pytest.raises(ConfigError):
         SearchDriver(fake_cfg(baselines=["npo@x"]), tmp_path / "bad").run()
@@ -322,23 +325,24 @@ def test_extended_interface_search_and_baseline_epoch_variants(tmp_path: Path) -
 
 def test_resume_after_kill_9_loses_only_runs_in_flight(tmp_path: Path) -> None:
     d = tmp_path / "run"
-    cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), "evaluator=fake", "budget=10",
+    cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), f"benchmark={BENCHMARK}", "budget=10",
            "workers=2", "baselines=[npo]", "finalists=2", "ours.initial=4", "ours.per_generation=3",
-           "job_options.sleep_s=0.4"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+           "unlearn.sleep_s=0.4"]
+    root = str(Path(__file__).resolve().parents[1])  # the fake jobs live in tests/fakes.py
+    env = {**os.environ, "PYTHONUNBUFFERED": "1",
+           "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                             start_new_session=True)
     db = d / "search.sqlite"
     deadline = time.time() + 180
-    snapshot: list[dict[str, Any]] = []
+    snapshot: list[EvaluationRow] = []
     try:
         while time.time() < deadline:
             time.sleep(0.2)
             if not db.is_file():
                 continue
             st = Store(db)
-            done = st.evaluations("status = 'done' AND candidate_id IN (SELECT id FROM candidates "
-                                  "WHERE kind = 'candidate')")
+            done = st.evaluations(status="done", kind="candidate")
             if len(done) >= 4:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver only: its workers notice and exit
                 proc.wait(10)
@@ -354,34 +358,92 @@ def test_resume_after_kill_9_loses_only_runs_in_flight(tmp_path: Path) -> None:
     assert snapshot, "no progress before the deadline"
     st = Store(db)
     assert st.get_meta("status") == "running"
-    in_flight = {e["id"] for e in snapshot if e["status"] == "running"}
-    done_before = {e["id"]: e for e in snapshot if e["status"] == "done"}
+    in_flight = {e.id for e in snapshot if e.status == "running"}
+    done_before = {e.id: e for e in snapshot if e.status == "done"}
     trained_before = st.trained_count()
     st.close()
     assert trained_before < 10
     assert main(["evolve", "--resume", str(d)]) == 0
     st = Store(db)
-    assert st.get_meta("status") == "done" and st.pending_evaluations() == 0
+    assert st.get_meta("status") == "done" and st.pending_count() == 0
     assert st.trained_count() == 10  # the budget, respected across the crash
-    after = {e["id"]: e for e in st.evaluations()}
+    after = {e.id: e for e in st.evaluations()}
     for eid, e in done_before.items():  # finished work is kept, not redone
-        assert after[eid]["status"] == "done" and after[eid]["attempts"] == 1
-        assert after[eid]["fitness"] == e["fitness"]
+        assert after[eid].status == "done" and after[eid].attempts == 1
+        assert after[eid].fitness == e.fitness
     for eid in in_flight:  # runs in flight were re-queued and completed
-        assert after[eid]["status"] in ("done", "failed") and after[eid]["attempts"] == 2
-    assert all(e["attempts"] == 1 for eid, e in after.items() if eid not in in_flight)
-    for c in st.candidates("kind = 'candidate' AND status IN ('validated', 'running', 'done', 'failed')"):
-        assert st.evaluations("candidate_id = ? AND part = 'search' AND status = 'done'", [c["id"]]), c["id"]
+        assert after[eid].status in ("done", "failed") and after[eid].attempts == 2
+    assert all(e.attempts == 1 for eid, e in after.items() if eid not in in_flight)
+    for c in st.trained_candidates():
+        assert st.evaluations_of(c.id, part="search", status="done"), c.id
+    st.close()
+
+
+class FaultyExecutor(Executor):
+    """A local executor whose candidate jobs are lost to the infrastructure while `lose(run_dir, n)`
+    is true (n = how many times that run was submitted before): the job's result says `infra`."""
+
+    def __init__(self, lose: Any, slots: int = 2) -> None:
+        self.inner = LocalExecutor(slots)
+        self.slots = slots
+        self.lose = lose
+        self.submitted: dict[str, int] = {}
+
+    def submit(self, job: str, kwargs: Any, limits: Any = None) -> Future[JobResult]:
+        rd = str(kwargs.get("run_dir", ""))
+        n = self.submitted.get(rd, 0)
+        self.submitted[rd] = n + 1
+        if job.endswith(":evaluate_candidate") and self.lose(rd, n):
+            fut: Future[JobResult] = Future()
+            fut.set_result(JobResult(True, value={"run_dir": rd, "ok": False, "infra": True,
+                                                  "error": "prepared model missing"}))
+            return fut
+        return self.inner.submit(job, kwargs, limits)
+
+    def close(self, kill: bool = False) -> None:
+        self.inner.close(kill)
+
+
+def test_infrastructure_faults_are_retried_then_stop_the_search_uncharged(tmp_path: Path, caplog) -> None:
+    # a small budget shrinks generation 0 so that later generations still evolve
+    cfg = fake_cfg(budget=4, baselines=[], finalists=1, report_seeds=1, **{"ours.stage1_epochs": 0})
+    first = f"{1:05d}{os.sep}search-seed0"
+    with caplog.at_level("INFO", logger="evounlearn.search"), FaultyExecutor(
+            lambda rd, n: rd.endswith(first) and n < 2) as ex:
+        SearchDriver(cfg, tmp_path / "ok", executor=ex).run()
+    assert "budget 4: generation 0 shrunk from 4 to 2 so that later generations get 2 candidates" in caplog.text
+    st = Store(tmp_path / "ok" / "search.sqlite")
+    assert st.get_meta("status") == "done" and st.trained_count() == 4 and st.trained_count(generation=0) == 2
+    e = st.evaluations_of(1, part="search", status="done")[0]
+    assert e.attempts == 3 and e.seed == 0  # lost twice, never charged, done at the third try
+    assert not st.candidates(kind="candidate", status="failed")
+    st.close()
+    # a fault that persists: the search stops after INFRA_RETRIES re-runs; nothing is charged
+    d = tmp_path / "stop"
+    second = f"{2:05d}{os.sep}search-seed0"
+    with FaultyExecutor(lambda rd, n: rd.endswith(second)) as ex, pytest.raises(InfrastructureError) as err:
+        SearchDriver(cfg, d, executor=ex).run()
+    assert "infrastructure fault 3 times" in str(err.value) and len(str(err.value).splitlines()) == 1
+    assert ex.submitted[next(k for k in ex.submitted if k.endswith(second))] == INFRA_RETRIES + 1
+    st = Store(d / "search.sqlite")
+    assert st.get_meta("status") == "interrupted"
+    c2 = st.candidate(2)
+    assert c2.status == "validated" and c2.fitness_search is None and c2.error is None
+    assert [e.status for e in st.evaluations_of(2)] == ["queued"]
+    assert not st.candidates(kind="candidate", status="failed") and st.pending_count() >= 1
+    st.close()
+    SearchDriver.for_resume(d).run()  # the infrastructure is back: the search continues
+    st = Store(d / "search.sqlite")
+    assert st.get_meta("status") == "done" and st.trained_count() == 4
+    assert st.evaluations_of(2, part="search")[0].status == "done"
     st.close()
 
 
 def test_executor_runs_the_fake_job_in_a_worker(tmp_path: Path) -> None:
-    from evounlearn.search.evaluate import EVALUATORS
-    from evounlearn.search.executor import LocalExecutor
-
     with LocalExecutor(1) as ex:
-        res = ex.submit(EVALUATORS["fake"].evaluate, {"run_dir": str(tmp_path / "r"), "code": LOSS_C}).result()
-        bad = ex.submit(EVALUATORS["fake"].evaluate, {"run_dir": str(tmp_path / "b"), "code": LOSS_FAILS}).result()
+        job = "evounlearn.search.candidate:evaluate_candidate"
+        res = ex.submit(job, {"run_dir": str(tmp_path / "r"), "code": LOSS_C, "benchmark": BENCHMARK}).result()
+        bad = ex.submit(job, {"run_dir": str(tmp_path / "b"), "code": LOSS_FAILS, "benchmark": BENCHMARK}).result()
     assert res.ok and res.value["ok"] and math.isfinite(res.value["fitness"])
     assert not bad.ok and "fake training failure" in bad.error
 
@@ -402,10 +464,9 @@ TOKEN_LOSS = (
 
 
 def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path, capsys) -> None:
+    from evounlearn.benchmarks.tofu import build_config, run_unlearning
     from evounlearn.config import to_dict
-    from evounlearn.search.evaluate import EVALUATORS
-    from evounlearn.search.executor import LocalExecutor
-    from evounlearn.training.unlearn import build_config, run_unlearning
+    from evounlearn.search.executors import LocalExecutor
 
     pcfg, p = tiny_prepared
     threads = torch.get_num_threads()
@@ -416,7 +477,7 @@ def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path
     try:
         # the search's job, in an isolated worker, staged (evaluated after epoch 1, then continued)
         with LocalExecutor(1) as ex:
-            res = ex.submit(EVALUATORS["tofu"].evaluate, {
+            res = ex.submit("evounlearn.search.candidate:evaluate_candidate", {
                 "run_dir": str(rd), "code": code, "epochs": 2, "seed": 3, "forget_part": "search",
                 "unlearn": unlearn, "stage1_epochs": 1, "promote_cutoff": None, "target_utility": 0.5}).result()
         assert res.ok, res.error
@@ -431,7 +492,10 @@ def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path
         a = json.loads((rd / "results.json").read_text())["summary"]
         b = json.loads((tmp_path / "repro" / "results.json").read_text())["summary"]
         assert a == b
-        assert a == v["summary"]
+        # the job's summary = the run's, plus every fitness of the benchmark (for the leaderboards)
+        assert a == {k: x for k, x in v["summary"].items() if not k.startswith("fitness_")}
+        assert {"fitness_evomu", "fitness_calibrated", "fitness_oracle"} <= set(v["summary"])
+        assert v["fitness"] == v["summary"]["fitness_evomu"]  # no fitness= given: the default
         # the epochs docstring sets train.epochs unless given explicitly
         loss_file = tmp_path / "best.py"
         loss_file.write_text(LOSS_A)  # epochs: 3

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .errors import ConfigError
+from .files import atomic_write_text
 
 T = TypeVar("T")
 
@@ -200,4 +201,5 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """`cfg` as YAML, written atomically (a reader never sees half a config)."""
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -15,3 +15,9 @@ class ModelError(EvoUnlearnError):
 
 class ConfigError(EvoUnlearnError):
     """An unknown option, method or value."""
+
+
+class InfrastructureError(EvoUnlearnError):
+    """The machinery failed, not the user's input or a candidate: a worker that cannot start, a
+    lost node, a missing prepared artifact, persisting after retries. The search stops without
+    charging any candidate; `evounlearn evolve --resume RUN_DIR` continues it."""

@@ -9,39 +9,21 @@ from pathlib import Path
 from ..errors import ConfigError
 
 COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "privleak",
-                "extraction_strength", "seconds")
+                "extraction_strength", "seconds")  # `compare` reads results.json of any run
 
 
 def cmd_unlearn(args: argparse.Namespace) -> int:
-    from ..reports.tables import metric_table
-    from ..training.prepare import summaries as prepared_summaries
-    from ..training.unlearn import build_config, resume_config, run_unlearning
+    from .main import benchmark_of, print_report
 
-    if args.resume:
-        cfg = resume_config(args.resume)
-    else:
-        ov = list(args.overrides or [])
-        if args.split:
-            ov.append(f"forget_split={args.split}")
-        data = args.tofu_dir or args.data
-        if data:
-            ov.append(f"data={data}")
-        if args.model:
-            ov.append(f"model={args.model}")
-        if args.loss_file:
-            ov.append(f"loss.loss_file={args.loss_file}")
-        if args.run_dir:
-            ov.append(f"run_dir={args.run_dir}")
-        cfg = build_config(args.method, args.config, ov)
-    record = run_unlearning(cfg, resume=bool(args.resume))
-    table = {}
-    if not cfg.model:
-        from ..training.prepare import prepare
-
-        table.update(prepared_summaries(prepare(cfg.prepare)))
-    table[cfg.method] = {**record.get("summary", {}), "seconds": record["seconds"]}
-    print(f"run directory: {cfg.run_dir}")
-    print(metric_table(table, COMPARE_KEYS))
+    ov = list(args.overrides or [])
+    if not args.resume:
+        for flag, key in ((args.split, "forget_split"), (args.tofu_dir or args.data, "data"), (args.model, "model"),
+                          (args.loss_file, "loss.loss_file"), (args.run_dir, "run_dir")):
+            if flag:
+                ov.append(f"{key}={flag}")
+    report = benchmark_of(args).cli_unlearn(args.method, args.config, ov, resume=args.resume)
+    print(f"run directory: {report.run_dir}")
+    print_report(report)
     return 0
 
 
@@ -70,6 +52,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unlearn", help="run one unlearning method and evaluate it against the retain oracle")
     p.add_argument("--method", help="grad_ascent, grad_diff, npo, simnpo, idk_dpo, rmu, undial, pmc, evolved")
+    p.add_argument("--benchmark", help="a registered benchmark or alias (default generated)")
     p.add_argument("--split", help="forget split (default forget10)")
     p.add_argument("--data", help="'generated' (default), a TOFU-shaped folder, or a Hub dataset id")
     p.add_argument("--tofu-dir", help="local folder with TOFU's files")
@@ -77,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loss-file", help="for --method evolved: a .py file with loss_fn")
     p.add_argument("--run-dir", help="where to write the run (default runs/<method>-<split>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--config", help="YAML file with UnlearnConfig fields")
+    p.add_argument("--config", help="YAML file with the benchmark's run options (TOFU: UnlearnConfig fields)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 loss.beta=0.2 train.lora=true")
     p.set_defaults(func=cmd_unlearn)
 
@@ -133,10 +116,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..search.report import format_report, write_outputs
     from ..search.store import Store
 
-    db = Path(args.run_dir) / "search.sqlite"
-    if not db.is_file():
-        raise ConfigError(f"{args.run_dir} holds no search database (search.sqlite)")
-    store = Store(db)
+    store = Store.open_run(args.run_dir)  # ConfigError when the directory holds no search
     try:
         data = write_outputs(args.run_dir, store)
     finally:
@@ -159,8 +139,8 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", help="forget split (default forget10)")
     p.add_argument("--data", help="'generated' (default) or a TOFU-shaped folder")
     p.add_argument("--seed", type=int, help="search seed (default 0)")
-    p.add_argument("--benchmark", help="generated (default), tofu (with --data), or a search.benchmarks "
-                   "name: muse-news, wmdp-synthetic")
+    p.add_argument("--benchmark", help="a registered benchmark or alias (default: the generated TOFU-shaped one; "
+                   "docs/ARCHITECTURE.md lists them)")
     p.add_argument("--config", help="YAML file with search options (defaults: configs/evolve.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. ours.per_generation=8 unlearn.train.lr=5e-4 "
                    "proposer.base_url=http://127.0.0.1:8000/v1")

@@ -57,18 +57,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import random
 import re
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..files import atomic_write_bytes
+from ..files import atomic_dir, atomic_write_bytes, file_lock
 from .tofu import SPLIT_COLUMNS
 
 GENERATOR_VERSION = 2
@@ -737,7 +734,10 @@ def _complete(folder: Path, digest: str) -> bool:
 
 
 def ensure_benchmark(cfg: GeneratedConfig | None, cache_root: str | Path) -> Path:
-    """Return `cache_root/generated-<hash12>`, writing it first if it is missing or incomplete."""
+    """Return `cache_root/generated-<hash12>`, writing it first if it is missing or incomplete.
+
+    A complete folder is returned without any write. Writing holds `file_lock(folder)`, so runs
+    sharing the cache write it once (a second process waits, then finds it complete)."""
     cfg = cfg or GeneratedConfig()
     splits = generate(cfg)
     digest = content_hash(splits)
@@ -745,19 +745,11 @@ def ensure_benchmark(cfg: GeneratedConfig | None, cache_root: str | Path) -> Pat
     folder = root / f"generated-{digest[:12]}"
     if _complete(folder, digest):
         return folder
-    root.mkdir(parents=True, exist_ok=True)
-    if folder.exists():  # incomplete (an interrupted write): repair in place
-        return _write_splits(cfg, splits, folder)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=root))
-    try:
-        os.chmod(tmp, 0o755)
-        _write_splits(cfg, splits, tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:  # another process finished first
-            if not _complete(folder, digest):
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with file_lock(folder):
+        if _complete(folder, digest):  # another process wrote it while we waited
+            return folder
+        if folder.exists():  # incomplete (damaged or an interrupted write): repair in place
+            return _write_splits(cfg, splits, folder)
+        with atomic_dir(folder) as tmp:
+            _write_splits(cfg, splits, tmp)
     return folder

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..files import atomic_write_text
 
 LETTERS = ("A", "B", "C", "D")
 
@@ -452,12 +453,8 @@ def write_hazard(cfg: HazardConfig | None, out_dir: str | Path) -> dict[str, Pat
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
     for key in ("forget_text", "retain_text", "forget_mcq", "retain_mcq"):
-        path = out / f"{key}.jsonl"
-        with path.open("w", encoding="utf-8") as f:
-            for item in data[key]:
-                rec = {"text": item} if key.endswith("_text") else item
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        paths[key] = path
-    paths["config"] = out / "config.json"
-    paths["config"].write_text(json.dumps(data["config"], indent=2) + "\n", encoding="utf-8")
+        recs = ({"text": item} if key.endswith("_text") else item for item in data[key])
+        paths[key] = atomic_write_text(out / f"{key}.jsonl",
+                                       "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in recs))
+    paths["config"] = atomic_write_text(out / "config.json", json.dumps(data["config"], indent=2) + "\n")
     return paths

@@ -7,7 +7,6 @@ without the EOS prediction) come from `model_io.ScoredAnswer`; docs/METRICS.md l
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..data import tofu
 from ..data.prompting import PromptFormatter
-from ..files import atomic_write_json
+from ..files import atomic_write_json, read_json
 from . import metrics as M
 from .model_io import ScoredAnswer, generate_answers, score_answers
 
@@ -140,9 +139,11 @@ class TofuEvaluator:
                 comps[f"{name}_{key}"] = out[f"{name}_{key}"]["agg"]
         out["model_utility"] = _entry(M.model_utility(comps), None, components=comps)
 
-        # Membership inference: forget (members) vs holdout (non-members).
+        # Holdout (never-trained rows of the same kind): Prob and ROUGE, the reference of the
+        # `calibrated` fitness, and the non-members of the membership-inference attacks.
+        h_scored = self._holdout(model, fmt, out)
         if cfg.mia:
-            out.update(self._mia(model, fmt, f_scored, reference_model, retain_results))
+            out.update(self._mia(model, fmt, f_scored, h_scored, reference_model, retain_results))
 
         # Forget quality against the retain model's truth ratios on the same forget split.
         fqual = None
@@ -167,11 +168,25 @@ class TofuEvaluator:
             "summary": summarize(out),
         }
 
-    def _mia(self, model, fmt, f_scored, reference_model, retain_results) -> dict[str, Any]:
+    def _holdout(self, model, fmt, out: dict[str, Any]) -> list[ScoredAnswer]:
+        """holdout_prob and holdout_rouge (into `out`), as forget_prob / forget_rouge, on every
+        holdout row whatever the forget part (docs/FITNESS.md); returns the scored rows for the MIAs.
+        Costs one scoring pass and one greedy decoding of the holdout questions."""
         cfg = self.cfg
         hq = [r["question"] for r in self.holdout]
         ha = [r["answer"] for r in self.holdout]
-        h_scored = score_answers(model, fmt, hq, ha, cfg.batch_size, with_distribution_stats=True)
+        h_scored = score_answers(model, fmt, hq, ha, cfg.batch_size, with_distribution_stats=cfg.mia)
+        prob = M.length_normalized_prob(_avg_nlls(h_scored))
+        out["holdout_prob"] = _entry(float(np.mean(prob)), prob)
+        gen = generate_answers(model, fmt, hq, cfg.max_new_tokens, cfg.batch_size)
+        rouge = M.rouge_l_recall(gen, ha)
+        out["holdout_rouge"] = _entry(float(np.mean(rouge)), rouge, generations=gen)
+        return h_scored
+
+    def _mia(self, model, fmt, f_scored, h_scored, reference_model, retain_results) -> dict[str, Any]:
+        cfg = self.cfg
+        hq = [r["question"] for r in self.holdout]
+        ha = [r["answer"] for r in self.holdout]
         res: dict[str, Any] = {}
 
         def pack(name, sf, sh):
@@ -247,7 +262,7 @@ def load_results(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise DataError(f"results file {p} does not exist")
-    data = json.loads(p.read_text())
+    data = read_json(p, "results file")  # a corrupt file raises ArtifactError naming it
     if "metrics" not in data:
         raise DataError(f"{p} is not an evounlearn results file (no 'metrics')")
     return data

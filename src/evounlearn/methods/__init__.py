@@ -6,8 +6,10 @@ import importlib
 import pkgutil
 
 from .base import METHODS, MethodInputs, MethodSpec, SideOutputs, get_method, register_method
+from .resolve import MethodRun, resolve_method
 
-__all__ = ["METHODS", "MethodInputs", "MethodSpec", "SideOutputs", "get_method", "register_method", "load_all"]
+__all__ = ["METHODS", "MethodInputs", "MethodRun", "MethodSpec", "SideOutputs", "get_method", "load_all",
+           "register_method", "resolve_method"]
 
 _LOADED = False
 
@@ -18,6 +20,6 @@ def load_all() -> None:
     if _LOADED:
         return
     for mod in pkgutil.iter_modules(__path__):
-        if mod.name not in {"base"}:
+        if mod.name not in {"base", "resolve"}:
             importlib.import_module(f"{__name__}.{mod.name}")
     _LOADED = True

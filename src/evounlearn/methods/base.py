@@ -22,6 +22,12 @@ is merged into `params`, e.g. RMU's random direction), `trainable(model, params)
 `hook(model, indices, forget_rows) -> forget_rows` run on every forget micro-batch before the
 forward pass (PMC replaces the answers with the model's own samples). A hook with
 `state_dict()` / `load_state_dict(state)` has its state saved in checkpoints, so runs resume.
+Two config/data hooks complete the declaration:
+- `configure(cfg, explicit) -> None`: run when a run's config is resolved (`methods.resolve`);
+  `cfg.loss` / `cfg.train` may be changed, `explicit` = the dotted keys the user set (the
+  `evolved` method reads its loss program here and lets its epochs docstring set `train.epochs`);
+- `build_data(fmt, forget_rows, params) -> {side: rows}`: extra encoded sides a QA benchmark
+  builds from the forget rows (IdkDPO: `alt`, a refusal per forget question).
 """
 
 from __future__ import annotations
@@ -114,6 +120,8 @@ class MethodSpec:
     setup: Callable[[Any, Mapping[str, Any]], dict[str, Any]] | None = None
     trainable: Callable[[Any, Mapping[str, Any]], list[str]] | None = None
     batch_hook_factory: Callable[..., Any] | None = None
+    configure: Callable[[Any, set[str]], None] | None = None
+    build_data: Callable[..., dict[str, list[Any]]] | None = None
     description: str = ""
 
     def needs_for(self, params: Mapping[str, Any]) -> frozenset[str]:
@@ -131,6 +139,8 @@ def register_method(
     setup: Callable | None = None,
     trainable: Callable | None = None,
     batch_hook_factory: Callable | None = None,
+    configure: Callable | None = None,
+    build_data: Callable | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Register `fn` as method `name`; its defaults are read from configs/<name>.yaml."""
     unknown = set() if callable(needs) else set(needs) - NEEDS
@@ -148,6 +158,8 @@ def register_method(
             setup=setup,
             trainable=trainable,
             batch_hook_factory=batch_hook_factory,
+            configure=configure,
+            build_data=build_data,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         return fn

@@ -51,7 +51,7 @@ from ..errors import ConfigError
 from ..models.scoring import token_logprobs
 from ..sandbox import SandboxError, check_program, compile_program, interface_of, parse_epochs
 from ..sandbox.guards import GuardConfig, TrainingGuard
-from .base import METHODS, MethodInputs, SideOutputs, register_method
+from .base import MethodInputs, SideOutputs, register_method
 
 INTERFACE_CHOICES = ("auto", "faithful", "extended")
 _COMPILED: dict[str, Callable[..., Any]] = {}
@@ -116,7 +116,7 @@ def check_loss_program(code: str, interface: str = "auto", function: str = "") -
 
 
 def configure(cfg: Any, explicit: set[str]) -> None:
-    """Config-time hook (called by `training.unlearn.build_config`): read `loss_file` into `code`,
+    """Config-time hook (`MethodSpec.configure`, run by `methods.resolve`): read `loss_file` into `code`,
     check the program, and let its epochs docstring set `train.epochs` unless given explicitly."""
     params = cfg.loss
     if params.get("loss_file"):
@@ -208,7 +208,7 @@ def loss_arguments(inputs: MethodInputs, interface: str) -> tuple[torch.Tensor, 
     return (tf, f.mask.to(tf.dtype), tr, r.mask.to(tr.dtype), _ref_token_logps(f), _ref_token_logps(r))
 
 
-@register_method("evolved", needs=_needs, setup=_setup)
+@register_method("evolved", needs=_needs, setup=_setup, configure=configure)
 def evolved(inputs: MethodInputs, params: Mapping[str, Any]) -> torch.Tensor:
     """A loss program (evolved by the search or written by hand), checked and sandbox-compiled."""
     code, name, iface = str(params["code"]), str(params["function"]), str(params["interface"])
@@ -221,5 +221,3 @@ def evolved(inputs: MethodInputs, params: Mapping[str, Any]) -> torch.Tensor:
         raise ValueError(f"loss function {name} returned {what}, not a floating-point scalar")
     return out.reshape(())
 
-
-METHODS["evolved"].configure = configure  # type: ignore[attr-defined]  # read by build_config

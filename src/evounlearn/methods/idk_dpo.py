@@ -32,7 +32,13 @@ def _needs(params: Mapping[str, Any]) -> frozenset[str]:
     return retain_needs(params) | {"alt", "ref_seq_logp"}
 
 
-@register_method("idk_dpo", needs=_needs)
+def _build_data(fmt: Any, forget_rows: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The chosen side: one refusal per forget question (seeded by `idk_seed`)."""
+    seed = int(params.get("idk_seed", 0))
+    return {"alt": [fmt.encode(r["question"], pick_idk_answer(i, seed)) for i, r in enumerate(forget_rows)]}
+
+
+@register_method("idk_dpo", needs=_needs, build_data=_build_data)
 def idk_dpo(inputs: MethodInputs, params: Mapping[str, Any]) -> torch.Tensor:
     """IdkDPO: prefer a refusal over the forget answer (DPO against the frozen reference)."""
     f, a = inputs.forget, need(inputs.alt, "alt (refusal) batch")

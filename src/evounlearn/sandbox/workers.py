@@ -158,6 +158,9 @@ class JobResult:
     cpu_seconds: float = 0.0
     wall_seconds: float = 0.0
     killed_reason: str | None = None  # WALL_LIMIT | CPU_LIMIT | MEMORY_LIMIT | CRASH | None
+    # True when the job was lost to the infrastructure (a cluster node died, the executor was
+    # closed...), not to anything the job did: the caller may retry it without charging the job
+    infra: bool = False
 
 
 # --------------------------------------------------------------------------------------------
@@ -539,7 +542,7 @@ class IsolatedWorker:
             try:
                 self.start()
             except Exception as e:
-                return JobResult(False, error=f"worker start failed: {e}", killed_reason=CRASH)
+                return JobResult(False, error=f"worker start failed: {e}", killed_reason=CRASH, infra=True)
             return self._run_locked(function_path, dict(kwargs or {}), wall, cpu, mem)  # type: ignore[arg-type]
 
     def _run_locked(

@@ -1,4 +1,4 @@
-"""Selection logic of the search, pure functions over candidate records (no I/O).
+"""Selection logic of the search, pure functions over `store.CandidateRow`s (no I/O).
 
 - `rank_key` / `sort_ranked`: candidates that pass the utility floor first, then by fitness;
   failed (-inf) last. The score is `fitness.rank_score`, stored as `score_search`.
@@ -6,47 +6,46 @@
   bad generation) with parent choice weighted by rank and a bonus for parents with few children:
   `w = 0.5 ** (rank / half_life) / (1 + child_penalty * children)` (SPEC 2.4 item 3).
 - `truncation(...)`: the EvoMU paper's selection, the top-k of the latest generation only.
+- `stable_seed(...)`: a seed derived from any values (reproducible random choices on resume).
 - `stage_cutoff(...)`: the promotion threshold of staged evaluation, the score at the top
   `fraction` of the stage-1 scores seen so far (None while fewer than `min_history`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-Record = Mapping[str, Any]
+from .store import CandidateRow
+
+Record = CandidateRow
 
 
 def score_of(c: Record) -> float:
-    s = c.get("score_search")
-    return float(s) if s is not None else float("-inf")
+    return float(c.score_search) if c.score_search is not None else float("-inf")
 
 
 def eligible(c: Record) -> bool:
     """Trained to full length on the search part with a finite fitness."""
-    f = c.get("fitness_search")
-    return (c.get("kind", "candidate") == "candidate" and c.get("status") == "done" and f is not None
-            and math.isfinite(float(f)) and (c.get("stage") or 0) != 1)  # 1 = stopped at stage 1
+    f = c.fitness_search
+    return (c.kind == "candidate" and c.status == "done" and f is not None
+            and math.isfinite(float(f)) and (c.stage or 0) != 1)  # 1 = stopped at stage 1
 
 
 def sort_ranked(cands: Iterable[Record]) -> list[Record]:
     """Best first: by score (floor-aware fitness), ties broken by the earlier id."""
-    return sorted(cands, key=lambda c: (-score_of(c), c.get("id", 0)))
+    return sorted(cands, key=lambda c: (-score_of(c), c.id))
 
 
 def children_counts(cands: Iterable[Record]) -> dict[int, int]:
     """id -> number of proposals that name it as a parent (repairs count for the original)."""
     out: dict[int, int] = {}
     for c in cands:
-        for p in c.get("parents") or []:
-            try:
-                out[int(p)] = out.get(int(p), 0) + 1
-            except (TypeError, ValueError):
-                continue
+        for p in c.parents:
+            out[p] = out.get(p, 0) + 1
     return out
 
 
@@ -74,7 +73,7 @@ class Archive:
 
     def weights(self) -> list[float]:
         return [
-            0.5 ** (rank / max(1e-9, self.half_life)) / (1.0 + self.child_penalty * self.children.get(int(c["id"]), 0))
+            0.5 ** (rank / max(1e-9, self.half_life)) / (1.0 + self.child_penalty * self.children.get(c.id, 0))
             for rank, c in enumerate(self.members)
         ]
 
@@ -92,7 +91,7 @@ class Archive:
 
 def truncation(cands: Sequence[Record], generation: int, k: int) -> list[Record]:
     """EvoMU: the top-k of `generation` only (no elitism across generations)."""
-    return sort_ranked([c for c in cands if c.get("generation") == generation and eligible(c)])[:k]
+    return sort_ranked([c for c in cands if c.generation == generation and eligible(c)])[:k]
 
 
 def stage_cutoff(scores: Sequence[float], fraction: float = 0.5, min_history: int = 4) -> float | None:
@@ -116,3 +115,9 @@ def choose_operator(rng: random.Random, p_refine: float, p_crossover: float, p_t
         if r < 0:
             return name
     return ops[-1][0]
+
+
+def stable_seed(*parts: object) -> int:
+    """A 63-bit seed from the parts' text (the same on every run and resume)."""
+    h = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(h[:8], "big") >> 1

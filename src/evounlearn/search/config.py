@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..benchmarks.base import DEFAULT_BENCHMARK
 from ..errors import ConfigError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "evolve.yaml"
@@ -44,15 +46,34 @@ class EvoMUConfig:
 
 
 @dataclass
+class RayConfig:
+    """`executor: ray`: where and with what resources each candidate runs (docs/DISTRIBUTED.md)."""
+
+    address: str = ""  # "" = start a local Ray instance; "auto" / "host:port" / "ray://host:port" = a cluster
+    num_cpus: float = 1.0  # Ray resources reserved per candidate task
+    num_gpus: float = 0.0  # 1 = one GPU per candidate
+    memory_mb: int | None = None  # Ray's scheduling reservation (the hard limit stays limits.memory_mb)
+    shared_dir: str = ""  # a shared file system every node must see (checked at start, with run and cache dirs)
+    runtime_env: dict[str, Any] | None = None  # Ray runtime_env for small artifacts (working_dir, env_vars, ...)
+    retries: int = 2  # resubmits of a task lost to an infrastructure fault (node died, worker crashed)
+
+
+@dataclass
 class SearchConfig:
     mode: str = "ours"  # ours | evomu
     budget: int = 12  # trained candidates (baselines and finalists' re-runs not counted)
     workers: int = 2  # candidates evaluated in parallel (one process each)
     seed: int = 0
     interface: str = "faithful"  # faithful | extended
-    benchmark: str = "generated"  # generated | tofu | a name of search.benchmarks (muse-news, wmdp-synthetic)
-    evaluator: str = "real"  # real (the benchmark's training + evaluation jobs) | fake (tests)
-    executor: str = "local"
+    benchmark: str = DEFAULT_BENCHMARK  # a name or alias of the registry (evounlearn.benchmarks), or "module:attr"
+    # one of the benchmark's fitnesses (docs/FITNESS.md); "" = the mode's: ours -> calibrated,
+    # evomu -> evomu (the benchmark's default where it lacks that one)
+    fitness: str = ""
+    # real = the candidate job (search.candidate); or an importable module with the same two jobs,
+    # `evaluate_candidate` and `target_info` (tests: "tests.fakes")
+    evaluator: str = "real"
+    executor: str = "local"  # local (worker processes here) | ray (a Ray cluster or local instance; see `ray`)
+    ray: RayConfig = field(default_factory=RayConfig)
     proposer: dict[str, Any] = field(default_factory=lambda: {"kind": "offline"})
     # UnlearnConfig fields shared by every run (data, forget_split, train.*, eval.*, prepare.*, ...)
     unlearn: dict[str, Any] = field(default_factory=dict)
@@ -85,41 +106,44 @@ class SearchConfig:
             raise ConfigError("report_seeds and baseline_seeds must be >= 1")
         if self.select_on not in ("search", "report"):
             raise ConfigError(f"select_on must be search or report, not {self.select_on!r}")
-        if self.evaluator not in ("real", "tofu", "fake"):
-            raise ConfigError(f"evaluator must be real or fake, not {self.evaluator!r}")
-        resolve_benchmark(self)
+        if self.evaluator != "real" and not all(p.isidentifier() for p in self.evaluator.split(".")):
+            raise ConfigError(f"evaluator must be real or an importable module path, not {self.evaluator!r}")
+        from ..benchmarks import get_benchmark
+
+        get_benchmark(self.benchmark)  # unknown names fail here, with the known ones
+        self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
         return self
 
+    def fitness_name(self) -> str:
+        """The fitness the search optimises (`benchmarks.fitness_name`: `fitness` or the mode's)."""
+        from ..benchmarks import fitness_name
 
-def resolve_benchmark(cfg: SearchConfig) -> tuple[str, Any]:
-    """(fitness family, evaluator jobs) of the config's benchmark.
+        return fitness_name(self.benchmark, self.fitness, self.mode)
 
-    `generated` / `tofu` run `search.evaluate` (training.unlearn + the TOFU evaluation); other
-    names come from the benchmark registry `search.benchmarks` (MUSE, WMDP settings), whose
-    jobs have the same contract. `evaluator: fake` swaps in the cheap test jobs."""
-    from .evaluate import EVALUATORS, EvaluatorJobs
-    from .fitness import FITNESS
 
-    name = cfg.benchmark.lower()
-    if name in ("generated", "tofu"):
-        family, jobs = name, EVALUATORS["tofu"]
-    else:
-        try:
-            from .benchmarks import get_benchmark
-        except ImportError:  # pragma: no cover - the registry ships with the package
-            if name not in FITNESS:
-                raise ConfigError(f"unknown benchmark {cfg.benchmark!r}") from None
-            raise ConfigError(f"benchmark {cfg.benchmark!r} has no evaluator jobs") from None
-        spec = get_benchmark(name)
-        if spec.name == "tofu":
-            family, jobs = "tofu", EVALUATORS["tofu"]
-        else:
-            family, jobs = spec.fitness_family, EvaluatorJobs(spec.evaluate_job, spec.target_job)
-    if family not in FITNESS:
-        raise ConfigError(f"benchmark {cfg.benchmark!r}: no fitness {family!r}")
-    if cfg.evaluator == "fake":
-        jobs = EVALUATORS["fake"]
-    return family, jobs
+@dataclass(frozen=True)
+class EvaluatorJobs:
+    """The worker jobs ("module:function") of one search: candidate evaluation and target information."""
+
+    evaluate: str
+    target: str
+
+
+REAL_JOBS = "evounlearn.search.candidate"
+
+
+def evaluator_jobs(cfg: SearchConfig) -> EvaluatorJobs:
+    module = REAL_JOBS if cfg.evaluator == "real" else cfg.evaluator
+    return EvaluatorJobs(f"{module}:evaluate_candidate", f"{module}:target_info")
+
+
+def config_from_dict(data: Mapping[str, Any]) -> SearchConfig:
+    """A saved search config (the run database's `config` meta) back as a `SearchConfig`."""
+    from ..config import apply_overrides
+
+    cfg = SearchConfig()
+    apply_overrides(cfg, dict(data))
+    return cfg
 
 
 def load_search_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> SearchConfig:
@@ -138,6 +162,7 @@ def load_search_config(path: str | Path | None = None, overrides: list[str] | di
 def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
     import yaml
 
+    from ..benchmarks.runs import flatten
     from ..config import apply_overrides
 
     if not path.is_file():
@@ -145,20 +170,8 @@ def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    apply_overrides(cfg, _flatten(data))
+    apply_overrides(cfg, flatten(data))
     return cfg
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys, so that a file merges into nested dict fields key by key."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def scaled_evomu_schedule(budget: int, schedule: list[list[int]] | None = None,

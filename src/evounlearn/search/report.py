@@ -16,15 +16,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from ..benchmarks import passes_floor
+from ..benchmarks.base import TargetInfo
 from ..reports.tables import fmt_value, table
 from .archive import eligible, sort_ranked
-from .fitness import passes_floor
-from .store import Store, json_ready
+from .config import SearchConfig, config_from_dict
+from .store import CandidateRow, Store, json_ready
 
 COLUMNS = ["rank", "name", "gen", "operator", "fit_search", "search_std", "fit_report", "report_std", "FQ", "MU",
            "forget_ROUGE", "floor", "seeds"]
@@ -42,10 +45,46 @@ def _f(v: Any) -> float | None:
     return x
 
 
-def _cand_name(c: Mapping[str, Any]) -> str:
-    if c.get("kind") == "baseline":
-        return str(c.get("label"))
-    return f"#{c['id']}"
+@dataclass
+class RunView:
+    """What the outputs read from a run's database: its config, target information and rows."""
+
+    cfg: SearchConfig
+    target: TargetInfo | None
+    status: str | None
+    finalists: list[int]
+    winner: int | None
+    seconds: float
+    candidates: list[CandidateRow]
+    baselines: list[CandidateRow]
+
+    @classmethod
+    def load(cls, store: Store) -> RunView:
+        saved = store.get_meta("config") or {}
+        info = store.get_meta("target")
+        target = None
+        if isinstance(info, Mapping):
+            known = {f.name for f in fields(TargetInfo)}
+            target = TargetInfo(**{"data": "", "paths": {}, "parts": {}, "target": {}, "retain": None,
+                                   "target_utility": None, **{k: v for k, v in info.items() if k in known}})
+        winner = store.get_meta("winner")
+        return cls(config_from_dict(saved), target, store.get_meta("status"),
+                   [int(i) for i in store.get_meta("finalists") or []], None if winner is None else int(winner),
+                   float(store.get_meta("seconds", 0.0) or 0.0), store.candidates(kind="candidate"),
+                   store.candidates(kind="baseline"))
+
+    @property
+    def target_utility(self) -> float | None:
+        return _f(self.target.target_utility) if self.target else None
+
+    def references(self) -> dict[str, dict[str, Any]]:
+        """name -> {part: {summary, fitness}} for the target and the retain oracle (when there is one)."""
+        if self.target is None:
+            return {}
+        out = {"target": self.target.target}
+        if self.target.retain:
+            out["retain"] = self.target.retain
+        return out
 
 
 def lineage(store: Store, cid: int | None, max_nodes: int = 60) -> list[dict[str, Any]]:
@@ -61,14 +100,11 @@ def lineage(store: Store, cid: int | None, max_nodes: int = 60) -> list[dict[str
         c = store.candidate(i)
         if c is None:
             return
-        out.append({"id": i, "depth": depth, "generation": c.get("generation"), "operator": c.get("operator"),
-                    "parents": list(c.get("parents") or []), "status": c.get("status"),
-                    "fitness_search": _f(c.get("fitness_search")), "notes": c.get("notes") or ""})
-        for p in c.get("parents") or []:
-            try:
-                visit(int(p), depth + 1)
-            except (TypeError, ValueError):
-                continue
+        out.append({"id": i, "depth": depth, "generation": c.generation, "operator": c.operator,
+                    "parents": list(c.parents), "status": c.status,
+                    "fitness_search": _f(c.fitness_search), "notes": c.notes or ""})
+        for p in c.parents:
+            visit(p, depth + 1)
 
     if cid is not None:
         visit(int(cid), 0)
@@ -87,29 +123,35 @@ def format_lineage(nodes: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _row(c: Mapping[str, Any], rank: Any, tu: float | None, floor: float) -> dict[str, Any]:
-    rm = c.get("report_metrics") or {}
-    sm = c.get("metrics") or {}
-    util = _f(c.get("utility_report")) if c.get("utility_report") is not None else _f(c.get("utility_search"))
+def _metric(c: CandidateRow, key: str) -> float | None:
+    """A report-part metric (mean over seeds), else the search part's when no report run exists."""
+    if c.report_metrics:
+        return _f(c.report_metrics.get(key))
+    return _f((c.metrics or {}).get(key))
+
+
+def _row(c: CandidateRow, rank: Any, tu: float | None, floor: float) -> dict[str, Any]:
+    util = _f(c.utility_report) if c.utility_report is not None else _f(c.utility_search)
+    is_cand = c.kind == "candidate"
     return {
         "rank": rank,
-        "id": c.get("id"),
-        "kind": c.get("kind"),
-        "name": _cand_name(c),
-        "gen": c.get("generation") if c.get("kind") == "candidate" else "-",
-        "operator": c.get("operator") if c.get("kind") == "candidate" else c.get("method"),
-        "fit_search": _f(c.get("fitness_search")),
-        "search_std": _f(c.get("fitness_search_std")),
-        "fit_report": _f(c.get("fitness_report")),
-        "report_std": _f(c.get("fitness_report_std")),
-        "FQ": _f(rm.get("forget_quality", sm.get("forget_quality") if not rm else None)),
-        "MU": _f(rm.get("model_utility", sm.get("model_utility") if not rm else None)),
-        "forget_ROUGE": _f(rm.get("forget_rouge", sm.get("forget_rouge") if not rm else None)),
+        "id": c.id,
+        "kind": c.kind,
+        "name": c.name,
+        "gen": c.generation if is_cand else "-",
+        "operator": c.operator if is_cand else c.method,
+        "fit_search": _f(c.fitness_search),
+        "search_std": _f(c.fitness_search_std),
+        "fit_report": _f(c.fitness_report),
+        "report_std": _f(c.fitness_report_std),
+        "FQ": _metric(c, "forget_quality"),
+        "MU": _metric(c, "model_utility"),
+        "forget_ROUGE": _metric(c, "forget_rouge"),
         "floor": "ok" if passes_floor(util, tu, floor) else "below",
-        "seeds": f"{c.get('n_search') or 0}/{c.get('n_report') or 0}",
-        "status": c.get("status"),
-        "stage": c.get("stage"),
-        "error": c.get("error"),
+        "seeds": f"{c.n_search or 0}/{c.n_report or 0}",
+        "status": c.status,
+        "stage": c.stage,
+        "error": c.error,
     }
 
 
@@ -122,100 +164,102 @@ def _reference_row(name: str, info: Mapping[str, Any]) -> dict[str, Any]:
             "forget_ROUGE": _f(rs.get("forget_rouge")), "floor": "-", "seeds": "-"}
 
 
-def collect(store: Store) -> dict[str, Any]:
-    """Everything the outputs show, as one JSON-ready dict."""
-    cfg = store.get_meta("config") or {}
-    target = store.get_meta("target") or {}
-    tu = _f(target.get("target_utility"))
-    floor = float(cfg.get("utility_floor", 0.9))
-    finalists = [int(i) for i in store.get_meta("finalists") or []]
-    winner = store.get_meta("winner")
-    cands = store.candidates("kind = 'candidate'")
-    baselines = store.candidates("kind = 'baseline'")
-    ranked = sort_ranked([c for c in cands if eligible(c)])
-    rank_of = {int(c["id"]): i + 1 for i, c in enumerate(ranked)}
-    rows: list[dict[str, Any]] = []
-    for name in ("target", "retain"):
-        if name in target:
-            rows.append(_reference_row(name if name == "target" else "retain (oracle)", target[name]))
-    for b in baselines:
-        rows.append(_row(b, "-", tu, floor))
+def _rows(store: Store, run: RunView, ranked: list[CandidateRow]) -> list[dict[str, Any]]:
+    """The leaderboard: references, baselines, finalists (the winner marked), the best others."""
+    tu, floor = run.target_utility, run.cfg.utility_floor
+    rank_of = {c.id: i + 1 for i, c in enumerate(ranked)}
+    refs = run.references()
+    rows = [_reference_row(name if name == "target" else "retain (oracle)", refs[name])
+            for name in ("target", "retain") if name in refs]
+    rows += [_row(b, "-", tu, floor) for b in run.baselines]
     shown = set()
-    for i in sorted(finalists, key=lambda i: rank_of.get(i, len(rank_of) + 1)):
+    for i in sorted(run.finalists, key=lambda i: rank_of.get(i, len(rank_of) + 1)):
         c = store.candidate(i)
         if c:
             r = _row(c, rank_of.get(i, "-"), tu, floor)
-            r["name"] = r["name"] + (" (winner)" if winner == i else " (finalist)")
+            r["name"] = r["name"] + (" (winner)" if run.winner == i else " (finalist)")
             rows.append(r)
             shown.add(i)
-    for c in ranked[:10]:
-        if int(c["id"]) not in shown:
-            rows.append(_row(c, rank_of.get(int(c["id"]), "-"), tu, floor))
-    statuses: dict[str, int] = {}
-    for c in cands:
-        statuses[c["status"]] = statuses.get(c["status"], 0) + 1
-    trained = sum(statuses.get(s, 0) for s in ("validated", "running", "done", "failed"))
-    stopped = len([c for c in cands if c.get("status") == "done" and c.get("stage") == 1])
-    seconds = float(store.get_meta("seconds", 0.0) or 0.0)
-    evals = store.evaluations()
-    job_walls = [float((e.get("timings") or {}).get("job_wall", 0.0)) for e in evals if e["status"] in ("done", "failed")]
-    cand_evals = [e for e in evals if e["status"] in ("done", "failed")
-                  and any(int(e["candidate_id"]) == int(c["id"]) for c in cands)]
-    win = store.candidate(int(winner)) if winner is not None else None
-    base_stats = {}
-    for b in baselines:
-        base_stats[str(b["label"])] = {
-            "fitness_report_mean": _f(b.get("fitness_report")), "fitness_report_std": _f(b.get("fitness_report_std")),
-            "fitness_search_mean": _f(b.get("fitness_search")), "fitness_search_std": _f(b.get("fitness_search_std")),
-            "model_utility": _f((b.get("report_metrics") or {}).get("model_utility")),
-            "forget_quality": _f((b.get("report_metrics") or {}).get("forget_quality")),
-            "seeds": b.get("n_report"),
-        }
-    winner_info = None
-    if win:
-        rm = win.get("report_metrics") or {}
-        winner_info = {
-            "id": win["id"], "generation": win["generation"], "operator": win.get("operator"),
-            "fitness_search": _f(win.get("fitness_search")), "fitness_search_std": _f(win.get("fitness_search_std")),
-            "fitness_report": _f(win.get("fitness_report")), "fitness_report_std": _f(win.get("fitness_report_std")),
-            "forget_quality": _f(rm.get("forget_quality")), "model_utility": _f(rm.get("model_utility")),
-            "forget_rouge": _f(rm.get("forget_rouge")), "forget_prob": _f(rm.get("forget_prob")),
-            "epochs": win.get("epochs"), "code": win.get("code"),
-            "lineage": lineage(store, int(win["id"])),
-        }
+    rows += [_row(c, rank_of.get(c.id, "-"), tu, floor) for c in ranked[:10] if c.id not in shown]
+    return rows
+
+
+def _baseline_stats(run: RunView) -> dict[str, dict[str, Any]]:
+    return {str(b.label): {
+        "fitness_report_mean": _f(b.fitness_report), "fitness_report_std": _f(b.fitness_report_std),
+        "fitness_search_mean": _f(b.fitness_search), "fitness_search_std": _f(b.fitness_search_std),
+        "model_utility": _f((b.report_metrics or {}).get("model_utility")),
+        "forget_quality": _f((b.report_metrics or {}).get("forget_quality")),
+        "seeds": b.n_report,
+    } for b in run.baselines}
+
+
+def _winner_info(store: Store, run: RunView) -> dict[str, Any] | None:
+    win = store.candidate(run.winner) if run.winner is not None else None
+    if win is None:
+        return None
+    rm = win.report_metrics or {}
+    return {
+        "id": win.id, "generation": win.generation, "operator": win.operator,
+        "fitness_search": _f(win.fitness_search), "fitness_search_std": _f(win.fitness_search_std),
+        "fitness_report": _f(win.fitness_report), "fitness_report_std": _f(win.fitness_report_std),
+        "forget_quality": _f(rm.get("forget_quality")), "model_utility": _f(rm.get("model_utility")),
+        "forget_rouge": _f(rm.get("forget_rouge")), "forget_prob": _f(rm.get("forget_prob")),
+        "epochs": win.epochs, "code": win.code,
+        "lineage": lineage(store, win.id),
+    }
+
+
+def _counts_and_times(store: Store, run: RunView) -> dict[str, Any]:
+    statuses = store.status_counts("candidate")
+    trained = len([c for c in run.candidates if c.trained])
+    finished = store.evaluations(status=("done", "failed"))
+    cand_runs = store.evaluations(status=("done", "failed"), kind="candidate")
+    walls = [e.job_wall for e in finished]
+    return {
+        "counts": {"proposals": len(run.candidates), "candidates": trained, "rejected": statuses.get("rejected", 0),
+                   "duplicates": statuses.get("duplicate", 0), "failed": statuses.get("failed", 0),
+                   "unused": statuses.get("unused", 0),
+                   "stopped_at_stage1": len([c for c in run.candidates if c.status == "done" and c.stage == 1]),
+                   "runs": len(finished)},
+        "seconds": run.seconds,
+        "seconds_per_candidate": run.seconds / trained if trained else None,
+        "mean_run_seconds": (sum(walls) / len(walls)) if walls else None,
+        "mean_candidate_run_seconds": (sum(e.job_wall for e in cand_runs) / len(cand_runs)) if cand_runs else None,
+    }
+
+
+def collect(store: Store) -> dict[str, Any]:
+    """Everything the outputs show, as one JSON-ready dict."""
+    run = RunView.load(store)
+    tu, floor = run.target_utility, run.cfg.utility_floor
+    ranked = sort_ranked([c for c in run.candidates if eligible(c)])
     return json_ready({
-        "mode": cfg.get("mode"), "budget": cfg.get("budget"), "benchmark": cfg.get("benchmark"),
-        "forget_split": (cfg.get("unlearn") or {}).get("forget_split"), "status": store.get_meta("status"),
+        "mode": run.cfg.mode, "budget": run.cfg.budget, "benchmark": run.cfg.benchmark,
+        "forget_split": run.cfg.unlearn.get("forget_split"), "status": run.status,
         "target_utility": tu, "utility_floor": floor,
         "utility_threshold": None if tu is None else floor * tu,
-        "rows": rows, "winner": winner_info, "finalists": finalists, "baselines": base_stats,
-        "counts": {"proposals": len(cands), "candidates": trained, "rejected": statuses.get("rejected", 0),
-                   "duplicates": statuses.get("duplicate", 0), "failed": statuses.get("failed", 0),
-                   "unused": statuses.get("unused", 0), "stopped_at_stage1": stopped,
-                   "runs": len([e for e in evals if e["status"] in ("done", "failed")])},
-        "seconds": seconds,
-        "seconds_per_candidate": seconds / trained if trained else None,
-        "mean_run_seconds": (sum(job_walls) / len(job_walls)) if job_walls else None,
-        "mean_candidate_run_seconds": (sum(float((e.get("timings") or {}).get("job_wall", 0.0)) for e in cand_evals)
-                                       / len(cand_evals)) if cand_evals else None,
-        "points": _points(cands, store, tu, floor),
+        "rows": _rows(store, run, ranked), "winner": _winner_info(store, run), "finalists": run.finalists,
+        "baselines": _baseline_stats(run),
+        **_counts_and_times(store, run),
+        "points": _points(run.candidates, store, tu, floor),
     })
 
 
-def _points(cands: list[dict[str, Any]], store: Store, tu: float | None, floor: float) -> list[dict[str, Any]]:
+def _points(cands: list[CandidateRow], store: Store, tu: float | None, floor: float) -> list[dict[str, Any]]:
     pts = []
     for c in cands:
-        if c["status"] not in ("done", "failed"):
+        if c.status not in ("done", "failed"):
             continue
-        stage1_only = c.get("status") == "done" and c.get("stage") == 1
-        fit = _f(c.get("fitness_search"))
+        stage1_only = c.status == "done" and c.stage == 1
+        fit = _f(c.fitness_search)
         if stage1_only:
-            evs = store.evaluations("candidate_id = ? AND part = 'search' AND stage1_fitness IS NOT NULL", [c["id"]])
-            fit = _f(evs[0]["stage1_fitness"]) if evs else None
+            s1 = [e.stage1_fitness for e in store.evaluations_of(c.id, part="search") if e.stage1_fitness is not None]
+            fit = _f(s1[0]) if s1 else None
         if fit is None:
             continue
-        pts.append({"id": c["id"], "generation": c["generation"], "fitness": fit, "stage1_only": stage1_only,
-                    "passes_floor": passes_floor(_f(c.get("utility_search")), tu, floor)})
+        pts.append({"id": c.id, "generation": c.generation, "fitness": fit, "stage1_only": stage1_only,
+                    "passes_floor": passes_floor(_f(c.utility_search), tu, floor)})
     return pts
 
 
@@ -265,17 +309,17 @@ def best_loss_text(data: Mapping[str, Any], run_dir: Path) -> str | None:
 
 def write_outputs(run_dir: str | Path, store: Store) -> dict[str, Any]:
     """Write leaderboard.md/.json, best_loss.py, best_config.yaml and fitness.png; returns the data."""
+    from ..benchmarks.tofu import run_settings
     from ..reports.plots import fitness_plot
-    from .evaluate import run_settings
 
     rd = Path(run_dir)
     data = collect(store)
     (rd / "leaderboard.json").write_text(json.dumps(data, indent=1))
     (rd / "leaderboard.md").write_text(format_report(data, markdown=True) + "\n")
-    cfg = store.get_meta("config") or {}
+    run = RunView.load(store)
     w = data.get("winner")
     if w:
-        settings = run_settings(cfg.get("unlearn") or {}, seed=int(cfg.get("seed", 0)), forget_part="search",
+        settings = run_settings(run.cfg.unlearn, seed=int(run.cfg.seed), forget_part="search",
                                 epochs=w.get("epochs"))
         (rd / "best_config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
         text = best_loss_text(data, rd)
@@ -283,11 +327,7 @@ def write_outputs(run_dir: str | Path, store: Store) -> dict[str, Any]:
             (rd / "best_loss.py").write_text(text)
     base = {name: (b.get("fitness_search_mean"), b.get("fitness_search_std"))
             for name, b in (data.get("baselines") or {}).items()}
-    target = store.get_meta("target") or {}
-    refs = {}
-    for name in ("target", "retain"):
-        if name in target:
-            refs[name] = (target[name].get("search") or {}).get("fitness")
+    refs = {name: (info.get("search") or {}).get("fitness") for name, info in run.references().items()}
     try:
         fitness_plot(data.get("points") or [], base, rd / "fitness.png",
                      title=f"evounlearn search ({data.get('mode')}): fitness on the search part",

@@ -1,5 +1,6 @@
-"""Plain causal-LM fine-tuning on question/answer pairs: how `prepare` makes the target model
-and the retain oracle. Answer tokens only carry loss (SPEC 5)."""
+"""Plain causal-LM fine-tuning: how every benchmark's `prepare` makes the target model and the
+retain oracle, on question/answer pairs (answer tokens only carry loss, SPEC 5) or on ready-made
+rows (raw text: labels on every token after the first)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ def finetune(model, fmt: PromptFormatter, pairs: Sequence[tuple[str, str]], cfg:
 def finetune_rows(model, fmt: PromptFormatter, encoded: Sequence[EncodedQA], cfg: FinetuneConfig,
                   desc: str = "train") -> dict:
     """The training loop on ready-made rows (QA pairs or raw text); loss on the labelled tokens."""
+    if not encoded:
+        from ..errors import ConfigError
+
+        raise ConfigError("nothing to train on")
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     device = next(model.parameters()).device

@@ -12,17 +12,30 @@ candidate code is the sandbox's job. The concrete proposers are imported from th
 (this package imports none of them, see `registry`).
 """
 
-from .base import INTERFACES, KINDS, Proposal, ProposalRequest, Proposer, ProposerError
+from .base import (
+    INTERFACES,
+    KINDS,
+    NO_FUNCTION,
+    Proposal,
+    ProposalRequest,
+    Proposer,
+    ProposerError,
+    ReferenceLevels,
+    RunSettings,
+)
 from .registry import PROPOSERS, make_proposer, proposer_class, proposer_from_section
 
 __all__ = [
     "INTERFACES",
     "KINDS",
+    "NO_FUNCTION",
     "PROPOSERS",
     "Proposal",
     "ProposalRequest",
     "Proposer",
     "ProposerError",
+    "ReferenceLevels",
+    "RunSettings",
     "make_proposer",
     "proposer_class",
     "proposer_from_section",

@@ -5,11 +5,14 @@ model (`AutoModelForCausalLM.from_pretrained(path)`) and tokenizer are loaded la
 request; the tokenizer's chat template is used when it has one, else the prompt is fed as plain
 text. Sampling is seeded from `request.seed` inside `torch.random.fork_rng`, so the caller's
 global RNG state is untouched. Phase 2 of two-phase decoding continues the text
-`prompt + phase-1 + "<answer>"`.
+`prompt + phase-1 + "<answer>"`. Generation is bounded by the token limits and by the time left
+before the request's `deadline_s` (`generate(max_time=...)`: the text so far is kept and the cut
+recorded).
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,9 +112,14 @@ class HFLocalProposer(LLMProposer):
             kwargs.update(do_sample=False)
         if sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=tok)
+        left = self.check_time("generation started")
+        kwargs["max_time"] = left
         devices = [self._device.index or 0] if self._device.type == "cuda" else []
+        t0 = time.monotonic()
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             torch.manual_seed(int(seed))
             out = model.generate(**enc, **kwargs)
         new = out[0, enc["input_ids"].shape[1] :]
+        if time.monotonic() - t0 >= left and new.numel() < kwargs["max_new_tokens"]:
+            self.record_cut(f"generation stopped at the deadline (deadline_s={self.config.deadline_s:g})")
         return str(tok.decode(new, skip_special_tokens=True))

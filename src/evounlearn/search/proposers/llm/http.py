@@ -11,7 +11,14 @@ and timeouts are retried with exponential backoff from `backoff_s`, a jitter in 
 from the request's seed and the server's Retry-After as a lower bound, at most `max_retries`
 times; any other 4xx fails at once with a ProposerError naming the status and the server's
 message. `timeout_s` bounds each socket operation (connect, each read), so a silent server costs
-at most about `(max_retries + 1) * timeout_s` plus the backoff.
+at most about `(max_retries + 1) * timeout_s` plus the backoff; and all of it stays within the
+request's `deadline_s`: each attempt's timeout is cut to the time left, and when the next retry
+would start past the deadline the proposer stops with a ProposerError saying so.
+
+The body is untrusted: a response hook puts a cap on its stream, so at most `max_response_bytes`
+are read (asking for an uncompressed body; a gzip/deflate one is decoded within the cap) and
+reading stops at the deadline. A cut chat-completions body is no longer valid JSON: the message
+text is recovered from the partial JSON and the cut recorded on the proposals.
 
 Two-phase decoding (`decoding.LLMProposer`): phase 2 continues the assistant message
 `phase-1 text + "<answer>"` with vLLM's `continue_final_message: true, add_generation_prompt:
@@ -21,11 +28,15 @@ is wrapped in `<think>...</think>` in the stored raw response.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import random
+import re
 import time
 import urllib.parse
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +77,7 @@ class HTTPProposer(LLMProposer):
         self.config: HTTPConfig = config or HTTPConfig()
         self.url = self.config.base_url.rstrip("/") + "/chat/completions"
         self._client: Any = None
+        self._body: _BodyCap | None = None  # the cap on the body being read (set by the response hook)
 
     def source(self) -> str:
         return f"model {self.config.model}"
@@ -86,9 +98,10 @@ class HTTPProposer(LLMProposer):
                     "the 'http' proposer needs the openai client: pip install 'evounlearn[llm]'"
                 ) from exc
             host = urllib.parse.urlparse(self.url).hostname or ""
-            http_client = None
-            if host in _LOOPBACK:  # never send a local server's traffic through an environment proxy
-                http_client = openai.DefaultHttpxClient(trust_env=False)
+            http_client = openai.DefaultHttpxClient(
+                trust_env=host not in _LOOPBACK,  # never send a local server's traffic through a proxy
+                event_hooks={"response": [self._cap_body]},
+            )
             self._client = openai.OpenAI(
                 base_url=self.config.base_url.rstrip("/"),
                 api_key="unused",  # the client insists on one; the real key is set per request
@@ -107,6 +120,11 @@ class HTTPProposer(LLMProposer):
                 pass
         return min(delay, self.config.max_backoff_s)
 
+    def _cap_body(self, response: Any) -> None:
+        """Response hook: read the body through a `_BodyCap` (bytes and deadline)."""
+        self._body = _BodyCap(int(self.config.max_response_bytes), time.monotonic() + self.time_left())
+        self._body.install(response)
+
     def post(self, body: dict[str, Any], seed: int = 0) -> dict[str, Any]:
         """Send one chat-completions request with retries; return the response as a dict."""
         import openai
@@ -114,7 +132,7 @@ class HTTPProposer(LLMProposer):
         client = self._openai()
         key = os.environ.get(self.config.api_key_env, "") if self.config.api_key_env else ""
         # No key: no Authorization header at all (a local server may reject an empty bearer).
-        auth = {"Authorization": f"Bearer {key}" if key else openai.Omit()}
+        headers = {"Authorization": f"Bearer {key}" if key else openai.Omit(), "Accept-Encoding": "identity"}
         kwargs = {k: v for k, v in body.items() if k in _STANDARD}
         extra = {k: v for k, v in body.items() if k not in _STANDARD and k not in ("model", "messages")}
         rng = random.Random(seed)
@@ -122,12 +140,14 @@ class HTTPProposer(LLMProposer):
         last = ""
         for attempt in range(attempts):
             retry_after: str | None = None
+            left = self.check_time(f"attempt {attempt + 1}" + (f" (last error: {last})" if last else ""))
             try:
-                resp = client.chat.completions.create(
+                raw = client.chat.completions.with_raw_response.create(
                     model=body["model"],
                     messages=body["messages"],
                     extra_body=extra or None,
-                    extra_headers=auth,
+                    extra_headers=headers,
+                    timeout=min(float(self.config.timeout_s), left),
                     **kwargs,
                 )
             except openai.APIStatusError as exc:
@@ -140,15 +160,45 @@ class HTTPProposer(LLMProposer):
                 retry_after = exc.response.headers.get("Retry-After")
             except openai.APIConnectionError as exc:  # refused, reset, timed out
                 last = f"{type(exc).__name__}: {exc.__cause__ or exc}"
-            except (openai.OpenAIError, ValueError) as exc:  # a body that is not a chat completion
+            except (openai.OpenAIError, ValueError) as exc:
                 raise ProposerError(f"LLM server {self.url} returned an unreadable response: {exc}") from None
             else:
-                if not hasattr(resp, "model_dump"):  # the client hands back non-JSON bodies as text
-                    raise ProposerError(f"LLM server {self.url} returned a body that is not JSON: {resp!r:.200}")
-                return resp.model_dump()
+                return self._read(raw.http_response.content)
             if attempt + 1 < attempts:
-                time.sleep(self._delay(attempt, rng, retry_after))
+                self._wait(self._delay(attempt, rng, retry_after), attempt, last)
         raise ProposerError(f"LLM server {self.url} failed after {attempts} attempt(s); last error: {last}")
+
+    def _wait(self, delay: float, attempt: int, last: str) -> None:
+        """Sleep before a retry, unless the retry would start past the request's deadline."""
+        if delay >= self.time_left():
+            raise ProposerError(
+                f"LLM server {self.url}: the proposal deadline (deadline_s={self.config.deadline_s:g}) "
+                f"would pass before retry {attempt + 1}; stopped after {attempt + 1} attempt(s); "
+                f"last error: {last}"
+            )
+        time.sleep(delay)
+
+    def _read(self, content: bytes) -> dict[str, Any]:
+        """The response body as a dict; a body cut at the byte cap gives its message text as far as read."""
+        cut = self._body.cut if self._body is not None else 0
+        text = content.decode("utf-8", errors="replace")
+        try:
+            data = json.loads(text)
+        except ValueError:
+            if not cut:
+                raise ProposerError(f"LLM server {self.url} returned a body that is not JSON: {text[:200]!r}") from None
+            data = _partial_message(text)
+            if data is None:
+                raise ProposerError(
+                    f"LLM server {self.url}: the response was cut at max_response_bytes="
+                    f"{self.config.max_response_bytes} before any message text"
+                ) from None
+        if cut:
+            self.record_cut(f"response body cut at max_response_bytes={self.config.max_response_bytes}"
+                            f" ({cut} bytes or more not read)")
+        if not isinstance(data, dict):
+            raise ProposerError(f"LLM server {self.url} returned a body that is not JSON: {text[:200]!r}")
+        return data
 
     # -- protocol -----------------------------------------------------------------------------
 
@@ -210,3 +260,76 @@ def _message_text(resp: dict[str, Any], wrap_reasoning: bool) -> str:
             return f"<think>{reasoning}</think>" + content
         return content or reasoning
     return content
+
+
+class _BodyCap:
+    """Reads a response body up to `limit` bytes and until `deadline` (time.monotonic()).
+
+    `cut` becomes the number of bytes past the limit once the body was cut (exact with a
+    Content-Length, else a lower bound). A gzip / deflate body is decoded here, within the limit (a small compressed body can
+    expand a thousandfold); any other encoding is passed on undecoded and fails as "not JSON".
+    """
+
+    def __init__(self, limit: int, deadline: float) -> None:
+        self.limit = max(0, limit)
+        self.deadline = deadline
+        self.cut = 0
+        self.total = 0  # the Content-Length of an uncompressed body, when the server sent one
+
+    def install(self, response: Any) -> None:
+        """Replace `response.stream` (an httpx / httpx2 response) with a capped one."""
+        inner = response.stream
+        encoding = (response.headers.get("content-encoding") or "identity").strip().lower()
+        decoder = zlib.decompressobj(zlib.MAX_WBITS | 32) if encoding in ("gzip", "x-gzip", "deflate") else None
+        if encoding != "identity":  # the client must not decode it again
+            del response.headers["content-encoding"]
+        elif (response.headers.get("content-length") or "").isdigit():
+            self.total = int(response.headers["content-length"])
+        package = importlib.import_module(type(response).__module__.partition(".")[0])  # httpx or httpx2
+        chunks = self._chunks
+        timeout = package.ReadTimeout
+        capped = type(
+            "CappedBody",
+            (package.SyncByteStream,),
+            {"__iter__": lambda _self: chunks(inner, decoder, timeout), "close": lambda _self: inner.close()},
+        )
+        response.stream = capped()
+
+    def _chunks(self, inner: Any, decoder: Any, timeout: Callable[[str], Exception]) -> Iterator[bytes]:
+        read = 0
+        for chunk in inner:
+            if time.monotonic() > self.deadline:
+                raise timeout("the proposal deadline passed while reading the response")
+            room = self.limit - read
+            # room + 1: one byte more than fits tells that the body is longer than the cap
+            data = decoder.decompress(chunk, room + 1) if decoder is not None else chunk
+            if len(data) > room:
+                self.cut = max(1, self.total - self.limit, len(data) - room)
+                yield data[:room]
+                return  # stop reading: the rest of the body is never received
+            read += len(data)
+            yield data
+
+
+_TEXT_FIELD = re.compile(r'"(content|reasoning_content|reasoning)"\s*:\s*"')
+_STRING_BODY = re.compile(r'[^"\\]*(?:\\.[^"\\]*)*')  # a JSON string's body, up to its quote or the end
+
+
+def _partial_message(text: str) -> dict[str, Any] | None:
+    """A chat completion holding the message text fields of a cut JSON body (None: none found)."""
+    message: dict[str, str] = {}
+    for m in _TEXT_FIELD.finditer(text):
+        name = m.group(1)
+        if name in message:
+            continue
+        body = _STRING_BODY.match(text, m.end())
+        raw = body.group(0) if body else ""
+        for trim in range(7):  # the cut may fall inside an escape (\\, \\uXXXX)
+            try:
+                message[name] = json.loads('"' + raw[: len(raw) - trim] + '"', strict=False)
+                break
+            except ValueError:
+                continue
+    if not message:
+        return None
+    return {"choices": [{"index": 0, "message": {"role": "assistant", **message}, "finish_reason": "length"}]}

@@ -16,18 +16,32 @@ an `<answer>...</answer>` block, and several `def loss_fn_k(...)` functions that
 - a missing closing fence or closing tag means "to the end of the text";
 - a function that does not parse is trimmed line by line from its end until it does (trailing
   prose; at most 40 lines); if it never parses it is still returned (renamed) so that the validator can report the
-  syntax error and the search can ask for a repair. Pass `keep_broken=False` to drop it instead.
+  syntax error and the search can ask for a repair. Pass `keep_broken=False` to drop it instead;
+- `extract_programs` bounds the work: at most `limit` candidates and at most `max_functions`
+  functions per program (the candidate and its nearest helpers), the cut counted in `dropped`.
 
-Nothing here executes code: parsing uses `ast` only.
+Extraction is linear in the length of the reply: every function is scanned once, each name is
+looked up in an index built once (never a scan over all functions per candidate), and no line
+longer than `_MAX_CONSTANT_CHARS` is parsed as a constant. Nothing here executes code: parsing
+uses `ast` only.
 """
 
 from __future__ import annotations
 
 import ast
+import bisect
 import re
 from dataclasses import dataclass, field
 
-__all__ = ["extract_functions", "is_candidate_name", "strip_reasoning", "answer_text"]
+__all__ = [
+    "Extracted",
+    "answer_text",
+    "clean_reply",
+    "extract_functions",
+    "extract_programs",
+    "is_candidate_name",
+    "strip_reasoning",
+]
 
 _CANDIDATE_RE = re.compile(r"^loss_fn(?:_[A-Za-z0-9_]+)?$")
 _FIRST_PARAMS = ("log_probs_forget", "tok_logp_forget")
@@ -35,8 +49,27 @@ _REASONING_TAGS = ("think", "thinking", "reasoning")
 _DEF_RE = re.compile(r"^(?P<indent>[ \t]*)(?:async\s+)?def\s+(?P<name>[A-Za-z_]\w*)\s*\(")
 _ASSIGN_RE = re.compile(r"^(?P<name>[A-Za-z_]\w*)\s*(?::[^=]+)?=(?!=)")
 _FENCE_RE = re.compile(r"^\s*(```|~~~)")
-_MAX_FUNCTION_CHARS = 50_000
-_MAX_TRIM_LINES = 40  # trailing lines dropped at most when looking for a parsable prefix  # longer blocks are not parsed (the sandbox rejects them anyway)
+_WORD_RE = re.compile(r"\w+")
+_MAX_FUNCTION_CHARS = 50_000  # longer blocks are not parsed (the sandbox rejects them anyway)
+_MAX_TRIM_LINES = 40  # trailing lines dropped at most when looking for a parsable prefix
+_MAX_CONSTANT_CHARS = 200  # `NAME = <number expression>` lines longer than this are prose, not constants
+# C0 and C1 control characters, DEL included, but not tab and newline (a carriage return goes too:
+# CRLF replies become LF).
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """One candidate program and how many of its helper functions were cut (`max_functions`)."""
+
+    code: str
+    functions: int  # functions in the program as found (the candidate and the helpers it calls)
+    dropped: int = 0  # helpers left out to keep `max_functions`
+
+
+def clean_reply(text: str) -> str:
+    """`text` without C0/C1 control characters (tab and newline kept)."""
+    return _CONTROL_RE.sub("", text)
 
 
 def is_candidate_name(name: str) -> bool:
@@ -193,6 +226,8 @@ def _scan(text: str) -> tuple[list[_Func], dict[str, str]]:
 
 def _constant_name(line: str) -> str | None:
     """NAME when the line is `NAME = <numeric expression>` (a module-level constant a loss may read)."""
+    if len(line) > _MAX_CONSTANT_CHARS:
+        return None
     m = _ASSIGN_RE.match(line)
     if m is None:
         return None
@@ -270,13 +305,18 @@ def _is_numeric_expr(node: ast.AST | None) -> bool:
     return True
 
 
-def _rename(source: str, old: str, new: str) -> str:
-    return re.sub(rf"\b{re.escape(old)}\b", new, source)
+def _rename(source: str, renames: dict[str, str]) -> str:
+    """Rename whole-word occurrences of every key of `renames`, in one pass over `source`."""
+    if not renames:
+        return source
+    # `\bname\b` matches exactly the maximal word runs equal to `name`: one precompiled pattern
+    # (compiling one per name would dominate the time on replies with thousands of functions).
+    return _WORD_RE.sub(lambda m: renames.get(m.group(0), m.group(0)), source)
 
 
-def _inject_constants(func: _Func, consts: dict[str, str], source: str) -> str:
+def _inject_constants(func: _Func, consts: _Constants, source: str) -> str:
     """Copy module-level constants the function reads into the top of its body."""
-    if func.tree is None or not consts:
+    if func.tree is None or not consts.lines:
         return source
     params = set(func.params)
     assigned = {
@@ -285,7 +325,9 @@ def _inject_constants(func: _Func, consts: dict[str, str], source: str) -> str:
         for t in (sub.targets if isinstance(sub, ast.Assign) else [])
         if isinstance(t, ast.Name)
     }
-    needed = [c for c in consts if c in func.names and c not in params and c not in assigned]
+    # Over the names the function reads (few), not over every constant of the reply (many).
+    needed = [c for c in func.names if c in consts.lines and c not in params and c not in assigned]
+    needed.sort(key=consts.order.__getitem__)
     if not needed:
         return source
     node = _parse_function(source)
@@ -305,52 +347,83 @@ def _inject_constants(func: _Func, consts: dict[str, str], source: str) -> str:
         pad_node = first
     lines = source.splitlines()
     pad = " " * pad_node.col_offset
-    new_lines = lines[:insert_after] + [pad + consts[c] for c in needed] + lines[insert_after:]
+    new_lines = lines[:insert_after] + [pad + consts.lines[c] for c in needed] + lines[insert_after:]
     return "\n".join(new_lines).rstrip() + "\n"
 
 
-def _assemble(cand: _Func, funcs: list[_Func], consts: dict[str, str]) -> str:
-    by_name: dict[str, list[_Func]] = {}
-    for f in funcs:
-        by_name.setdefault(f.name, []).append(f)
+@dataclass
+class _Constants:
+    """Module-level numeric constants of a reply: NAME -> its line, and NAME -> first position."""
 
-    def resolve(name: str, near: _Func) -> _Func | None:
-        options = [f for f in by_name.get(name, []) if f is not near]
-        if not options:
-            return None
-        same = [f for f in options if f.segment == near.segment]
-        pool = same or options
-        before = [f for f in pool if f.order < near.order]
-        return before[-1] if before else pool[0]
+    lines: dict[str, str]
+    order: dict[str, int]
 
-    helpers: list[_Func] = []
+
+class _Index:
+    """The functions of one reply by name, in order of appearance, for the helper lookups.
+
+    Built once per reply, so resolving a call costs a bisection, not a scan over all functions
+    (a reply with thousands of functions would otherwise take quadratic time).
+    """
+
+    def __init__(self, funcs: list[_Func]) -> None:
+        self.by_name: dict[str, list[_Func]] = {}
+        self.by_segment: dict[tuple[str, int], list[_Func]] = {}
+        for f in funcs:  # in order of appearance: every list is sorted by `order`
+            self.by_name.setdefault(f.name, []).append(f)
+            self.by_segment.setdefault((f.name, f.segment), []).append(f)
+
+    def resolve(self, name: str, near: _Func) -> _Func | None:
+        """The function `name` that a call inside `near` means.
+
+        The last definition before `near` in its own fence, else the first one after it there;
+        when the fence holds none (but `near`), the same rule over the whole reply.
+        """
+        for pool in (self.by_segment.get((name, near.segment), []), self.by_name.get(name, [])):
+            i = bisect.bisect_left(pool, near.order, key=lambda f: f.order)
+            if i > 0:
+                return pool[i - 1]  # orders are unique: nothing before i is `near`
+            rest = pool[1:] if pool and pool[0] is near else pool
+            if rest:
+                return rest[0]
+        return None
+
+
+def _helpers(cand: _Func, index: _Index, max_helpers: int | None) -> tuple[list[_Func], int]:
+    """The functions `cand` calls, transitively: (the nearest `max_helpers` in order, how many were cut).
+
+    Breadth-first, so a cut drops the most distant helpers (by call depth).
+    """
+    found: list[_Func] = []  # also the queue of the walk: found[walked:] are still to visit
     seen = {id(cand)}
-    stack = [cand]
-    while stack:
-        cur = stack.pop()
+    walked = 0
+    cur = cand
+    while True:
         for name in sorted(cur.calls):
             if name == cand.name:
                 continue
-            h = resolve(name, cur)
+            h = index.resolve(name, cur)
             if h is not None and id(h) not in seen:
                 seen.add(id(h))
-                helpers.append(h)
-                stack.append(h)
-    helpers.sort(key=lambda f: f.order)
+                found.append(h)
+        if walked == len(found):
+            break
+        cur = found[walked]
+        walked += 1
+    keep = found if max_helpers is None else found[:max_helpers]
+    return sorted(keep, key=lambda f: f.order), len(found) - len(keep)
+
+
+def _assemble(cand: _Func, index: _Index, consts: _Constants, max_functions: int | None) -> Extracted:
+    max_helpers = None if max_functions is None else max(0, int(max_functions) - 1)
+    helpers, dropped = _helpers(cand, index, max_helpers)
     renames = {h.name: f"_helper_{h.name}" for h in helpers if is_candidate_name(h.name)}
-    parts = []
-    for h in helpers:
-        src = _inject_constants(h, consts, h.source)
-        for old, new in renames.items():
-            src = _rename(src, old, new)
-        parts.append(src.rstrip() + "\n")
-    main = _inject_constants(cand, consts, cand.source)
-    for old, new in renames.items():
-        main = _rename(main, old, new)
+    parts = [_rename(_inject_constants(h, consts, h.source), renames).rstrip() + "\n" for h in helpers]
     if cand.name != "loss_fn":
-        main = _rename(main, cand.name, "loss_fn")
+        renames[cand.name] = "loss_fn"  # never a helper's name: helpers named like cand are skipped
+    main = _rename(_inject_constants(cand, consts, cand.source), renames)
     parts.append(main.rstrip() + "\n")
-    return "\n\n".join(parts)
+    return Extracted("\n\n".join(parts), functions=len(helpers) + dropped + 1, dropped=dropped)
 
 
 def _candidates(funcs: list[_Func]) -> list[_Func]:
@@ -363,14 +436,19 @@ def _candidates(funcs: list[_Func]) -> list[_Func]:
     return [f for f in funcs if f.params[:1] and f.params[0] in _FIRST_PARAMS and f.name not in called]
 
 
-def _extract_from(text: str, keep_broken: bool) -> list[str]:
-    funcs, consts = _scan(text)
-    out: list[str] = []
+def _extract_from(text: str, keep_broken: bool, limit: int | None, max_functions: int | None) -> list[Extracted]:
+    funcs, lines = _scan(text)
+    consts = _Constants(lines, {name: i for i, name in enumerate(lines)})
+    index = _Index(funcs)
+    out: list[Extracted] = []
     seen: set[str] = set()
     for cand in _candidates(funcs):
+        if limit is not None and len(out) >= limit:
+            break
         if cand.tree is None and not keep_broken:
             continue
-        src = _assemble(cand, funcs, consts)
+        program = _assemble(cand, index, consts, max_functions)
+        src = program.code
         try:
             key = ast.dump(ast.parse(src)) if len(src) <= _MAX_FUNCTION_CHARS else src
         except (SyntaxError, ValueError, RecursionError, MemoryError):
@@ -378,8 +456,29 @@ def _extract_from(text: str, keep_broken: bool) -> list[str]:
         if key in seen:
             continue
         seen.add(key)
-        out.append(src)
+        out.append(program)
     return out
+
+
+def extract_programs(
+    response: str, *, keep_broken: bool = True, limit: int | None = None, max_functions: int | None = None
+) -> list[Extracted]:
+    """The candidate programs in `response`: at most `limit`, each of at most `max_functions` functions.
+
+    See `extract_functions` and the module docstring; `Extracted.dropped` counts the helpers cut.
+    """
+    if not response:
+        return []
+    outside, inside = strip_reasoning(response)
+    answer = answer_text(outside)
+    if answer is not None:
+        return _extract_from(answer, keep_broken, limit, max_functions)
+    found = _extract_from(outside, keep_broken, limit, max_functions)
+    if found or not inside.strip():
+        return found
+    inner_answer = answer_text(inside)
+    text = inner_answer if inner_answer is not None else inside
+    return _extract_from(text, keep_broken, limit, max_functions)
 
 
 def extract_functions(response: str, *, keep_broken: bool = True) -> list[str]:
@@ -388,14 +487,4 @@ def extract_functions(response: str, *, keep_broken: bool = True) -> list[str]:
     Each returned string is a self-contained program: the helpers the candidate calls, then the
     candidate itself. Duplicates (same AST) are returned once. See the module docstring.
     """
-    if not response:
-        return []
-    outside, inside = strip_reasoning(response)
-    answer = answer_text(outside)
-    if answer is not None:
-        return _extract_from(answer, keep_broken)
-    found = _extract_from(outside, keep_broken)
-    if found or not inside.strip():
-        return found
-    inner_answer = answer_text(inside)
-    return _extract_from(inner_answer if inner_answer is not None else inside, keep_broken)
+    return [p.code for p in extract_programs(response, keep_broken=keep_broken)]

@@ -4,7 +4,9 @@ Templates live in `templates/<kind>.txt` next to this module (package data, `str
 syntax: `$name`), one per request kind, plus `rules.txt` (output format + rules) which every
 template includes as `$rules`. Variables:
 
-- all kinds: `$n`, `$names` ("loss_fn_1 ... loss_fn_<n>"), `$benchmark`, `$benchmark_notes`, `$signature`, `$arguments`, `$rules`;
+- all kinds: `$n`, `$names` ("loss_fn_1 ... loss_fn_<n>"), `$benchmark`, `$benchmark_notes`,
+  `$signature`, `$arguments`, `$rules`, `$training` (how candidates are trained: the request's
+  `RunSettings`, e.g. full fine-tuning or a LoRA adapter, as the run is configured);
 - refine / tune: `$parent_code`, `$parent_fitness`, `$loss_history`, `$metrics_json`,
   `$guidance`, `$leaderboard` (refine only);
 - crossover: `$parent_a_code`, `$parent_a_fitness`, `$parent_a_loss_history`,
@@ -64,82 +66,42 @@ EXTENDED_ARGUMENTS = """Arguments (B = batch size, T = answer length; forget and
   before unlearning (no gradient). They are always passed during training.
 Average over tokens with the mask, e.g. (x * mask_forget).sum(-1) / mask_forget.sum(-1).clamp(min=1)."""
 
-_NOTES = {
-    "tofu": (
-        "TOFU: question-answer pairs about fictitious authors. Fitness = 0.5 * MU + "
-        "0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]; MU (model "
-        "utility) is the harmonic mean of probability, ROUGE and truth-ratio scores on the retain "
-        "set, real authors and world facts."
-    ),
-    "generated": (
-        "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs). Fitness = "
-        "0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]; MU "
-        "(model utility) aggregates retain-set and general-knowledge scores."
-    ),
-    "muse": (
-        "MUSE: forget a corpus (news articles or books) while keeping knowledge of a retain corpus. "
-        "Fitness = 0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + "
-        "0.5 * KnowMem_r. PrivLeak should be close to 0: strongly negative means over-unlearning, "
-        "strongly positive means under-unlearning."
-    ),
-    "wmdp": (
-        "WMDP: remove hazardous knowledge (multiple-choice accuracy should fall to chance, 0.25) "
-        "while keeping general knowledge (MMLU accuracy). Fitness = 0.5 * (1 - above-chance WMDP "
-        "accuracy) + 0.5 * MMLU accuracy relative to the original model."
-    ),
-}
 _DEFAULT_NOTES = "Fitness rewards forgetting the forget set while keeping utility (higher is better)."
 
-_GUIDANCE = {
-    "tofu": [
-        "- Forget metrics high (forget_ROUGE, forget_Prob): the model still remembers; forget harder "
-        "(a larger forget weight or a sharper penalty, a larger margin, more epochs).",
-        "- Utility low (MU or its components, the retain scores): protect retention (a stronger "
-        "retain term, anchor the retain log-probs to their reference, bound the forget term with "
-        "softplus / sigmoid / clamp, fewer epochs).",
-        "- Training loss diverging or stuck: fix the scale of the terms and bound the forget term.",
-    ],
-    "muse": [
-        "- Forget metrics high (VerbMem_f, KnowMem_f): forget harder (a larger forget weight, a "
-        "sharper penalty, more epochs).",
-        "- Utility low (KnowMem_r): protect retention (a stronger retain term, anchor the retain "
-        "log-probs to their reference, fewer epochs).",
-        "- |PrivLeak| large: use smoother penalties (softplus / sigmoid instead of hinges and "
-        "unbounded terms, a smaller scale, fewer epochs); a very negative PrivLeak means "
-        "over-unlearning.",
-    ],
-    "wmdp": [
-        "- WMDP accuracy well above chance (0.25): forget harder (a larger forget weight, a "
-        "sharper penalty, more epochs).",
-        "- MMLU accuracy low: protect retention (a stronger retain term, anchor the retain "
-        "log-probs to their reference, fewer epochs).",
-    ],
-}
-_GUIDANCE["generated"] = _GUIDANCE["tofu"]
 _DEFAULT_GUIDANCE = [
     "- Forget metrics high: forget harder (a larger forget weight, a sharper penalty, more epochs).",
     "- Utility low: protect retention (a stronger retain term, a bounded forget term, fewer epochs).",
 ]
 
 
-def _family(benchmark: str) -> str:
-    b = benchmark.lower()
-    for key in ("tofu", "muse", "wmdp", "generated"):
-        if b.startswith(key):
-            return key
-    if b.startswith("gen"):
-        return "generated"
-    return ""
+def _benchmark(name: str) -> Any:
+    """The registered benchmark (its `prompt_notes` / `prompt_guidance`), or None when unknown."""
+    from ....benchmarks import get_benchmark
+
+    try:
+        return get_benchmark(name)
+    except ConfigError:
+        return None
 
 
-def benchmark_notes(benchmark: str) -> str:
-    """One paragraph describing the benchmark and its fitness."""
-    return _NOTES.get(_family(benchmark), _DEFAULT_NOTES)
+def benchmark_notes(benchmark: str, fitness: str = "") -> str:
+    """One paragraph describing the benchmark, then the formula of the fitness the search optimises
+    (`fitness`: a name of the benchmark's fitnesses; empty: its default)."""
+    b = _benchmark(benchmark)
+    notes = (b.prompt_notes if b is not None else "") or _DEFAULT_NOTES
+    if b is None:
+        return notes
+    try:
+        spec = b.fitness_spec(fitness)
+    except ConfigError:
+        return notes
+    return f"{notes.rstrip()} Fitness ({spec.name}, higher is better) = {spec.formula}."
 
 
 def guidance_for(benchmark: str) -> str:
     """Metric-driven advice for refine / crossover / tune prompts."""
-    return "\n".join(_GUIDANCE.get(_family(benchmark), _DEFAULT_GUIDANCE))
+    b = _benchmark(benchmark)
+    return "\n".join((b.prompt_guidance if b is not None else ()) or _DEFAULT_GUIDANCE)
 
 
 @cache
@@ -262,11 +224,12 @@ def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
         "n": request.n,
         "names": "loss_fn_1" if request.n == 1 else f"loss_fn_1 ... loss_fn_{request.n}",
         "benchmark": request.benchmark,
-        "benchmark_notes": benchmark_notes(request.benchmark),
+        "benchmark_notes": benchmark_notes(request.benchmark, request.fitness),
         "signature": signature,
         "arguments": arguments,
         "guidance": guidance_for(request.benchmark),
         "leaderboard": format_leaderboard(request.leaderboard, max_leaderboard),
+        "training": request.run.describe(),
     }
     common["rules"] = load_template("rules").substitute(common).rstrip()
     kind = request.kind
@@ -291,5 +254,6 @@ def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
             )
     elif kind == "repair":
         code, reason = request.repair_info()
-        common.update(broken_code=_short(code, max_lines=200), reason=reason.strip() or "(no reason given)")
+        broken = _short(code, max_lines=200) if code.strip() else "# (no code: the reply held no function)"
+        common.update(broken_code=broken, reason=reason.strip() or "(no reason given)")
     return load_template(kind).substitute(common).rstrip() + "\n"

@@ -3,15 +3,23 @@
 Request kinds map to operators (all deterministic from `request.seed` and the parents' code):
 - initial:   the literature seeds (GA, GradDiff, NPO, SimNPO, then EvoMU-style margin / hinge /
              softplus / focal / bounded / ratio templates), then random variants of them;
-- refine:    a mutation of parents[0]: subtree mutation, point mutation, constant tuning, a
-             retain-weight change or an epochs change;
+- refine:    a mutation of parents[0]. When its metrics (read against `request.reference`,
+             `diagnosis`) show under-forgetting, over-forgetting or utility loss, most children
+             are directed mutations that move the way the finding calls for (`directed`; the
+             notes say why, e.g. "directed: under-forgetting (forget ROUGE 0.61 vs holdout 0.18)
+             -> retain weight 1.0 -> 0.5"); the others (and all children of a parent without
+             findings) are random: subtree / point mutation, constant tuning, a retain-weight or
+             an epochs change;
 - crossover: crossover of parents[0] and parents[1] (term swap or subtree graft);
-- tune:      constants only (and the epochs gene);
+- tune:      constants only (and the epochs gene): asked from a TPE study fed with the evaluated
+             points of the parent's structure (`tune`), random jitter without optuna or points;
 - repair:    a fresh (subtree / point) mutation of the broken candidate.
 
 A parent whose code carries no (trusted) `# tree:` comment, e.g. one written by an LLM, is a
 leaf-level parent: only its numeric constants can be tuned (AST constant perturbation, keeping the
-source text). Every tree is checked numerically before it is proposed (`tree.check_tree`: finite
+source text), and, when its metrics call for a direction, its epochs docstring moved that way. In the extended interface the trees may hold token-level terms (masked means of
+per-token expressions: UnDIAL-like targets, focal / entropy weights, reference-confidence masks).
+Every tree is checked numerically before it is proposed (`tree.check_tree`: finite
 scalar, increasing in the forget log-probs, decreasing in the retain log-probs); code is never
 executed here.
 """
@@ -21,9 +29,13 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..base import Proposal, ProposalRequest, Proposer
 from . import tree as loss_tree  # `tree` names a LossTree below
+from . import tune as tpe
+from .diagnosis import UNDER, Diagnosis, diagnose
+from .directed import directed_child
 from .tree import LossTree
 
 
@@ -34,6 +46,9 @@ class OfflineConfig:
     max_attempts: int = 40  # tries per wanted proposal before giving up
     check: bool = True  # numeric self-check of every tree before proposing it
     include_seeds: bool = True  # initial requests start with the literature seeds
+    directed_share: float = 0.75  # share of a refine's children that follow the parent's metrics
+    tpe_min_points: int = 3  # evaluated points of a structure before TPE replaces jitter
+    tokens: bool = True  # token-level terms in the extended interface
 
 
 class OfflineProposer(Proposer):
@@ -60,10 +75,15 @@ class OfflineProposer(Proposer):
 
     # -- helpers ------------------------------------------------------------------------------
 
-    def _ok(self, tree: LossTree) -> bool:
+    def _ok(self, tree: LossTree, interface: str = "faithful") -> bool:
         if loss_tree.structure_problem(tree) is not None:
             return False
+        if interface != "extended" and loss_tree.uses_tokens(tree):
+            return False
         return not self.config.check or loss_tree.check_tree(tree) is None
+
+    def _tokens(self, request: ProposalRequest) -> bool:
+        return self.config.tokens and request.interface == "extended"
 
     def _collect(
         self,
@@ -84,7 +104,7 @@ class OfflineProposer(Proposer):
             attempts += 1
             tree, operator, notes, code = make(rng)
             if tree is not None:
-                if not self._ok(tree):
+                if not self._ok(tree, request.interface):
                     continue
                 code = loss_tree.render(tree, request.interface)
             if not code or code in seen:
@@ -95,10 +115,13 @@ class OfflineProposer(Proposer):
             )
         return out
 
-    def _mutate(self, tree: LossTree, rng: random.Random, kinds: tuple[str, ...]) -> tuple[LossTree, str]:
+    def _mutate(
+        self, tree: LossTree, rng: random.Random, kinds: tuple[str, ...], tokens: bool = False
+    ) -> tuple[LossTree, str]:
         op = rng.choice(kinds)
         if op == "subtree_mutation":
-            return loss_tree.subtree_mutation(tree, rng, max_depth=max(1, self.config.max_depth - 1)), op
+            depth = max(1, self.config.max_depth - 1)
+            return loss_tree.subtree_mutation(tree, rng, max_depth=depth, tokens=tokens), op
         if op == "point_mutation":
             return loss_tree.point_mutation(tree, rng), op
         if op == "retain_weight":
@@ -115,11 +138,13 @@ class OfflineProposer(Proposer):
 
     def _initial(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         out: list[Proposal] = []
+        tokens = self._tokens(request)
+        seed_list = loss_tree.seed_trees(request.interface if tokens else "faithful")
         if self.config.include_seeds:
-            for name, tree in loss_tree.seed_trees():
+            for name, tree in seed_list:
                 if len(out) >= request.n:
                     break
-                if self._ok(tree):
+                if self._ok(tree, request.interface):
                     out.append(
                         Proposal(
                             code=loss_tree.render(tree, request.interface),
@@ -127,21 +152,36 @@ class OfflineProposer(Proposer):
                             notes=f"literature seed {name}",
                         )
                     )
-        seeds = [t for _, t in loss_tree.seed_trees()]
+        seeds = [t for _, t in seed_list]
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             if r.random() < 0.5:
-                return loss_tree.random_tree(r, self.config.max_depth), "random", "random tree", None
+                return loss_tree.random_tree(r, self.config.max_depth, tokens), "random", "random tree", None
             base = r.choice(seeds)
-            tree, op = self._mutate(base, r, ("subtree_mutation", "point_mutation", "tune_constants"))
+            tree, op = self._mutate(base, r, ("subtree_mutation", "point_mutation", "tune_constants"), tokens)
             return tree, f"random:{op}", "random variant of a literature seed", None
 
         return self._collect(request, make, rng, [], out)
+
+    def _directed_code(self, code: str, diagnosis: Diagnosis, rng: random.Random) -> tuple[None, str, str, str | None]:
+        """A parent without a tree: its epochs docstring moved one epoch the way the metrics call
+        for (more when under-forgetting, fewer otherwise), constants jittered; plain constant
+        tuning when it has no epochs docstring."""
+        delta = 1 if diagnosis.primary == UNDER else -1
+        shifted = loss_tree.shift_code_epochs(code, delta) if rng.random() < self.config.directed_share else None
+        if shifted is None:
+            return self._tune_code(code, rng)
+        new, change = shifted
+        new = loss_tree.perturb_code_constants(new, rng, self.config.sigma, epochs_p=0.0)
+        return None, "directed:tune_ast", f"directed: {diagnosis.describe()} -> {change}", new
 
     def _refine(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         code = str(request.parents[0].get("code", ""))
         tree = loss_tree.tree_from_code(code)
         if tree is None:
+            found = diagnose(request.parents[0].get("metrics"), request.reference)
+            if found.primary is not None:
+                return self._collect(request, lambda r: self._directed_code(code, found, r), rng, [0])
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
         kinds = (
             "subtree_mutation",
@@ -151,9 +191,18 @@ class OfflineProposer(Proposer):
             "retain_weight",
             "epochs",
         )
+        tokens = self._tokens(request)
+        diagnosis = diagnose(request.parents[0].get("metrics"), request.reference)
+        turn = [0]  # which directed action comes first next: the children cycle through them
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
-            child, op = self._mutate(tree, r, kinds)
+            if diagnosis.primary is not None and r.random() < self.config.directed_share:
+                directed = directed_child(tree, diagnosis, r, first=turn[0])
+                turn[0] += 1
+                if directed is not None:
+                    child, action, change = directed
+                    return child, f"directed:{action}", f"directed: {diagnosis.describe()} -> {change}", None
+            child, op = self._mutate(tree, r, kinds, tokens)
             return child, op, f"{op} of the parent", None
 
         return self._collect(request, make, rng, [0])
@@ -186,6 +235,15 @@ class OfflineProposer(Proposer):
         tree = loss_tree.tree_from_code(code)
         if tree is None:
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
+        history = tpe.structure_history(tree, _evaluated_points(request))
+        asked = tpe.propose(tree, history, request.n, rng.getrandbits(31), self.config.tpe_min_points)
+        note = f"TPE over {len(history)} evaluated points of this structure (best fitness {tpe.best_of(history)})"
+
+        def make_tpe(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
+            child = next(asked, None)
+            if child is not None:
+                return child, "tune_tpe", note, None
+            return make(r)  # optuna missing, too few points, or its proposals used up
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             return (
@@ -195,7 +253,7 @@ class OfflineProposer(Proposer):
                 None,
             )
 
-        return self._collect(request, make, rng, [0])
+        return self._collect(request, make_tpe, rng, [0])
 
     def _repair(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         broken, reason = request.repair_info()
@@ -208,7 +266,7 @@ class OfflineProposer(Proposer):
             base = tree
 
             def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
-                child, op = self._mutate(base, r, ("subtree_mutation", "point_mutation"))
+                child, op = self._mutate(base, r, ("subtree_mutation", "point_mutation"), self._tokens(request))
                 return child, f"repair:{op}", note, None
 
             return self._collect(request, make, rng, idx)
@@ -222,3 +280,12 @@ class OfflineProposer(Proposer):
             return child, f"repair:fresh_{op}", note + "; the broken code has no tree, fresh variant", None
 
         return self._collect(request, make_fresh, rng, idx)
+
+
+def _evaluated_points(request: ProposalRequest) -> list[dict[str, Any]]:
+    """Every {code, fitness} the request shows: parents, history, leaderboard (a leaderboard entry
+    whose code was shortened carries no valid tree and is skipped later)."""
+    points: list[dict[str, Any]] = [dict(p) for p in request.parents]
+    points += [dict(h) for h in request.history if isinstance(h, dict)]
+    points += [{"code": code, "fitness": fit} for fit, code in request.leaderboard]
+    return points

@@ -12,6 +12,12 @@ Nodes (JSON-compatible, stored as tuples):
 - ("clamp", child, lo, hi) with lo / hi a number or None;
 - (op, a, b) with op in "+", "-", "*", "/".
 
+Token-level nodes (extended interface only; `TOKEN_SEEDS` shows them in use): ("tmean", side, tok) is
+the masked mean over the answer tokens of a per-token expression `tok`, whose leaves are the
+per-token log-probs "tlpf" / "tlpr", the reference's "trpf" / "trpr" and "tdF" / "tdR" (token
+log-prob minus reference, an UnDIAL-like target), and which may be weighted by ("focal", tok,
+gamma), ("entw", tok) or ("refmask", tok, threshold) (detached weights: monotonicity is kept).
+
 Trees are built so that the forget term increases with lpf and the retain term decreases with lpr
 (monotone primitives composed with positive scales, retain terms written over -lpr / -dR), and
 `check_tree` verifies this numerically on probe tensors (gradients of the interpreted tree, our own
@@ -33,9 +39,15 @@ from typing import Any, Union
 
 Node = Union[float, str, tuple]  # noqa: UP007 - recursive alias, readable on 3.10
 
-LEAVES = ("lpf", "lpr", "rpf", "rpr", "dF", "dR")
+MEAN_LEAVES = ("lpf", "lpr", "rpf", "rpr", "dF", "dR")
+TOKEN_LEAVES = ("tlpf", "tlpr", "trpf", "trpr", "tdF", "tdR")
+LEAVES = MEAN_LEAVES + TOKEN_LEAVES
 FORGET_LEAVES = ("lpf", "dF")
 RETAIN_LEAVES = ("lpr", "dR")
+TOKEN_FORGET_LEAVES = ("tlpf", "tdF")
+TOKEN_RETAIN_LEAVES = ("tlpr", "tdR")
+TOKEN_WEIGHTS = ("focal", "entw", "refmask")  # detached, non-negative per-token weights
+SIDES = ("f", "r")
 UNARY = ("softplus", "logsigmoid", "sigmoid", "exp", "log", "relu", "abs", "square", "tanh", "neg")
 INCREASING_UNARY = ("softplus", "logsigmoid", "sigmoid", "exp", "relu", "tanh")
 POSITIVE_UNARY = ("softplus", "sigmoid", "exp")  # strictly positive outputs
@@ -53,6 +65,12 @@ _VAR = {
     "rpr": "ref_log_probs_retain",
     "dF": "d_forget",
     "dR": "d_retain",
+    "tlpf": "tok_logp_forget",
+    "tlpr": "tok_logp_retain",
+    "trpf": "ref_tok_logp_forget",
+    "trpr": "ref_tok_logp_retain",
+    "tdF": "tok_d_forget",
+    "tdR": "tok_d_retain",
 }
 FAITHFUL_ARGS = "log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None"
 EXTENDED_ARGS = "tok_logp_forget, mask_forget, tok_logp_retain, mask_retain, ref_tok_logp_forget=None, ref_tok_logp_retain=None"
@@ -155,6 +173,15 @@ def _from_json(obj: Any, depth: int = 0) -> Node:
             )
         if op in BINARY and len(obj) == 3:
             return (op, _from_json(obj[1], depth + 1), _from_json(obj[2], depth + 1))
+        if op == "tmean" and len(obj) == 3 and obj[1] in SIDES:
+            return ("tmean", obj[1], _from_json(obj[2], depth + 1))
+        if op == "entw" and len(obj) == 2:
+            return ("entw", _from_json(obj[1], depth + 1))
+        if op in ("focal", "refmask") and len(obj) == 3:
+            param = obj[2]
+            if isinstance(param, bool) or not isinstance(param, (int, float)) or not math.isfinite(param):
+                raise ValueError(f"bad {op} parameter")
+            return (op, _from_json(obj[1], depth + 1), float(param))
     raise ValueError(f"malformed node {obj!r}")
 
 
@@ -167,12 +194,24 @@ def is_const(node: Node) -> bool:
     return isinstance(node, float)
 
 
-def children(node: Node) -> list[Node]:
+def child_indices(node: Node) -> list[int]:
+    """Positions of the child nodes in an operator tuple (parameters excluded)."""
     if not isinstance(node, tuple):
         return []
-    if node[0] == "clamp":
-        return [node[1]]
-    return list(node[1:])
+    op = node[0]
+    if op == "tmean":
+        return [2]
+    if op in ("clamp", "focal", "refmask"):
+        return [1]
+    return list(range(1, len(node)))
+
+
+def children(node: Node) -> list[Node]:
+    return [node[i] for i in child_indices(node)]  # type: ignore[index]
+
+
+def uses_tokens(tree: LossTree) -> bool:
+    return bool((leaves_used(tree.forget) | leaves_used(tree.retain)) & set(TOKEN_LEAVES))
 
 
 def count_nodes(node: Node) -> int:
@@ -204,12 +243,10 @@ def constants(node: Node) -> list[float]:
     if isinstance(node, float):
         return [node]
     out: list[float] = []
-    if isinstance(node, tuple) and node[0] == "clamp":
-        out += constants(node[1])
-        out += [b for b in node[2:] if b is not None]
-        return out
-    for c in children(node):
-        out += constants(c)
+    if isinstance(node, tuple):  # children and parameters in tuple order (clamp: child, lo, hi)
+        for item in node[1:]:
+            if isinstance(item, (float, tuple)):
+                out += constants(item)
     return out
 
 
@@ -225,8 +262,7 @@ def paths(node: Node, prefix: tuple[int, ...] = ()) -> Iterator[tuple[int, ...]]
     yield prefix
     if _is_atomic(node) or not isinstance(node, tuple):
         return
-    idxs = [1] if node[0] == "clamp" else range(1, len(node))
-    for i in idxs:
+    for i in child_indices(node):
         yield from paths(node[i], prefix + (i,))
 
 
@@ -259,6 +295,8 @@ def map_constants(node: Node, fn: Any) -> Node:
         if new_lo is not None and new_hi is not None and new_lo > new_hi:
             new_lo, new_hi = new_hi, new_lo
         return ("clamp", map_constants(node[1], fn), new_lo, new_hi)
+    if node[0] == "tmean":
+        return ("tmean", node[1], map_constants(node[2], fn))
     return (node[0],) + tuple(map_constants(c, fn) for c in node[1:])
 
 
@@ -274,12 +312,42 @@ def structure_problem(tree: LossTree) -> str | None:
         bad = _const_only_ops(term)
         if bad:
             return f"the {name} term applies {bad} to a constant"
-    if not leaves_used(tree.forget) & {"lpf", "dF"}:
+        bad = _context_problem(term, None)
+        if bad:
+            return f"the {name} term {bad}"
+    if not leaves_used(tree.forget) & {"lpf", "dF", "tlpf", "tdF"}:
         return "the forget term does not use the forget log-probs"
-    if tree.retain is not None and not leaves_used(tree.retain) & {"lpr", "dR"}:
+    if tree.retain is not None and not leaves_used(tree.retain) & {"lpr", "dR", "tlpr", "tdR"}:
         return "the retain term does not use the retain log-probs"
     if not 1 <= tree.epochs <= 10:
         return "epochs out of 1..10"
+    return None
+
+
+def _context_problem(node: Node, side: str | None) -> str | None:
+    """Token leaves and weights only inside a ("tmean", side, ...) of their own side, mean leaves
+    only outside one (a [B] tensor against a [B, T] one would broadcast wrongly)."""
+    if isinstance(node, str):
+        if side is None and node in TOKEN_LEAVES:
+            return f"uses the token leaf {node} outside a token mean"
+        if side is not None and node in MEAN_LEAVES:
+            return f"uses the mean leaf {node} inside a token mean"
+        if side is not None and node[-1].lower() != side:
+            return f"uses {node} inside a token mean of the other side"
+        return None
+    if not isinstance(node, tuple):
+        return None
+    op = node[0]
+    if op == "tmean":
+        if side is not None:
+            return "nests token means"
+        side = node[1]
+    elif op in TOKEN_WEIGHTS and side is None:
+        return f"applies {op} outside a token mean"
+    for c in children(node):
+        bad = _context_problem(c, side)
+        if bad:
+            return bad
     return None
 
 
@@ -288,7 +356,7 @@ def _const_only_ops(node: Node) -> str | None:
         return None
     op = node[0]
     kids = children(node)
-    if op in UNARY or op == "clamp":
+    if op in UNARY or op in ("clamp", "tmean") or op in TOKEN_WEIGHTS:
         if not has_var(kids[0]):
             return op
     elif all(not has_var(k) for k in kids):
@@ -321,25 +389,48 @@ def _fmt(c: float) -> str:
     return repr(float(c))
 
 
-def render_expr(node: Node) -> tuple[str, int]:
-    """(source, precedence) of an element-wise expression."""
+_SIDE_NAME = {"f": "forget", "r": "retain"}
+
+
+def _render_token(node: tuple, side: str | None) -> tuple[str, int]:
+    """Source of a token-level node (tmean or a detached weight; see `_token_preamble`)."""
+    op = node[0]
+    if op == "tmean":
+        s = _SIDE_NAME[node[1]]
+        inner, p = render_expr(node[2], node[1])
+        inner = inner if p >= _MUL else f"({inner})"
+        return f"({inner} * mask_{s}).sum(-1) / mask_{s}.sum(-1).clamp(min=1.0)", _MUL
+    s = _SIDE_NAME[side or "f"]
+    inner, p = render_expr(node[1], side)
+    inner = inner if p > _MUL else f"({inner})"
+    if op == "focal":
+        return f"torch.pow(1.0 - p_tok_{s}, {_fmt(node[2])}) * {inner}", _MUL
+    if op == "entw":
+        return f"ent_tok_{s} * {inner}", _MUL
+    return f"(ref_tok_logp_{s} > {_fmt(node[2])}).float() * {inner}", _MUL
+
+
+def render_expr(node: Node, side: str | None = None) -> tuple[str, int]:
+    """(source, precedence) of an element-wise expression (`side`: inside a token mean of it)."""
     if isinstance(node, float):
         s = _fmt(node)
         return (f"({s})", _ATOM) if node < 0 else (s, _ATOM)
     if isinstance(node, str):
         return _VAR[node], _ATOM
     op = node[0]
+    if op == "tmean" or op in TOKEN_WEIGHTS:
+        return _render_token(node, side)
     if op == "neg":
-        inner, p = render_expr(node[1])
+        inner, p = render_expr(node[1], side)
         return ("-" + (inner if p >= _UNARY_PREC else f"({inner})"), _UNARY_PREC)
     if op in _FUNC:
-        return f"{_FUNC[op]}({render_expr(node[1])[0]})", _ATOM
+        return f"{_FUNC[op]}({render_expr(node[1], side)[0]})", _ATOM
     if op == "exp":
-        return f"torch.exp(torch.clamp({render_expr(node[1])[0]}, max={_fmt(EXP_MAX)}))", _ATOM
+        return f"torch.exp(torch.clamp({render_expr(node[1], side)[0]}, max={_fmt(EXP_MAX)}))", _ATOM
     if op == "log":
-        return f"torch.log(torch.clamp({render_expr(node[1])[0]}, min={_fmt(LOG_EPS)}))", _ATOM
+        return f"torch.log(torch.clamp({render_expr(node[1], side)[0]}, min={_fmt(LOG_EPS)}))", _ATOM
     if op == "clamp":
-        args = [render_expr(node[1])[0]]
+        args = [render_expr(node[1], side)[0]]
         if node[2] is not None:
             args.append(f"min={_fmt(node[2])}")
         if node[3] is not None:
@@ -347,8 +438,8 @@ def render_expr(node: Node) -> tuple[str, int]:
         return f"torch.clamp({', '.join(args)})", _ATOM
     if op in _PREC:
         p = _PREC[op]
-        left, lp = render_expr(node[1])
-        right, rp = render_expr(node[2])
+        left, lp = render_expr(node[1], side)
+        right, rp = render_expr(node[2], side)
         if lp < p:
             left = f"({left})"
         if rp <= p:
@@ -357,14 +448,46 @@ def render_expr(node: Node) -> tuple[str, int]:
     raise ValueError(f"unknown op {op!r}")
 
 
+def _ops_used(node: Node | None) -> set[str]:
+    if not isinstance(node, tuple):
+        return set()
+    out = {node[0]}
+    for c in children(node):
+        out |= _ops_used(c)
+    return out
+
+
+def _token_preamble(tree: LossTree) -> list[str]:
+    """The per-token locals a token tree needs: differences to the reference and the detached
+    probabilities / binary entropies of the weights."""
+    used = leaves_used(tree.forget) | leaves_used(tree.retain)
+    lines = []
+    for leaf, cur, ref in (("tdF", "tlpf", "trpf"), ("tdR", "tlpr", "trpr")):
+        if leaf in used:
+            lines.append(f"    {_VAR[leaf]} = {_VAR[cur]} - {_VAR[ref]}")
+    for side, term in (("forget", tree.forget), ("retain", tree.retain)):
+        ops = _ops_used(term)
+        if ops & {"focal", "entw"}:
+            lines.append(f"    p_tok_{side} = torch.exp(tok_logp_{side}.detach())")
+        if "entw" in ops:
+            lines.append(
+                f"    ent_tok_{side} = -(p_tok_{side} * tok_logp_{side}.detach() + (1.0 - p_tok_{side}) "
+                f"* torch.log(torch.clamp(1.0 - p_tok_{side}, min={_fmt(LOG_EPS)})))"
+            )
+    return lines
+
+
 def render(tree: LossTree, interface: str = "faithful", with_tree: bool = True) -> str:
-    """Python source of one `def loss_fn(...)` for the interface, ending with the `# tree:` comment."""
+    """Python source of one `def loss_fn(...)` for the interface, ending with the `# tree:` comment.
+    Token-level trees exist in the extended interface only (ValueError for "faithful")."""
     used = leaves_used(tree.forget) | leaves_used(tree.retain)
     lines: list[str] = []
+    if interface != "extended" and uses_tokens(tree):
+        raise ValueError("a token-level loss tree needs the extended interface")
     if interface == "extended":
         lines.append(f"def loss_fn({EXTENDED_ARGS}):")
         lines.append(f'    """epochs: {tree.epochs}"""')
-        need = set(used)
+        need = used & set(MEAN_LEAVES)
         if "dF" in used:
             need |= {"lpf", "rpf"}
         if "dR" in used:
@@ -379,6 +502,7 @@ def render(tree: LossTree, interface: str = "faithful", with_tree: bool = True) 
             if leaf in need:
                 tok, mask = src[leaf]
                 lines.append(f"    {_VAR[leaf]} = ({tok} * {mask}).sum(-1) / {mask}.sum(-1).clamp(min=1.0)")
+        lines += _token_preamble(tree)
     else:
         lines.append(f"def loss_fn({FAITHFUL_ARGS}):")
         lines.append(f'    """epochs: {tree.epochs}"""')
@@ -430,7 +554,11 @@ def tree_from_code(code: str, verify: bool = True) -> LossTree | None:
     if want is None:
         return None
     for interface in ("faithful", "extended"):
-        if _normalised(render(tree, interface)) == want:
+        try:
+            rendered = render(tree, interface)
+        except ValueError:  # a token tree has no faithful rendering
+            continue
+        if _normalised(rendered) == want:
             return tree
     return None
 
@@ -440,8 +568,28 @@ def tree_from_code(code: str, verify: bool = True) -> LossTree | None:
 # ---------------------------------------------------------------------------------------------
 
 
-def evaluate(node: Node, env: dict[str, Any]) -> Any:
-    """Evaluate an element-wise node with torch; `env` maps the six leaf names to tensors."""
+def _evaluate_token(node: tuple, env: dict[str, Any], side: str | None) -> Any:
+    """A token mean or a detached token weight (what `_render_token` writes)."""
+    import torch
+
+    op = node[0]
+    if op == "tmean":
+        mask = env[f"mask_{node[1]}"]
+        return (evaluate(node[2], env, node[1]) * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)
+    s = side or "f"
+    x = evaluate(node[1], env, side)
+    cur = env[f"tlp{s}"].detach()
+    p = torch.exp(cur)
+    if op == "focal":
+        return torch.pow(1.0 - p, node[2]) * x
+    if op == "entw":
+        return -(p * cur + (1.0 - p) * torch.log(torch.clamp(1.0 - p, min=LOG_EPS))) * x
+    return (env[f"trp{s}"] > node[2]).float() * x
+
+
+def evaluate(node: Node, env: dict[str, Any], side: str | None = None) -> Any:
+    """Evaluate an element-wise node with torch; `env` maps the leaf names to tensors (token trees:
+    also "mask_f" / "mask_r"); `side`: inside a token mean of that side."""
     import torch
     import torch.nn.functional as F
 
@@ -450,11 +598,13 @@ def evaluate(node: Node, env: dict[str, Any]) -> Any:
     if isinstance(node, str):
         return env[node]
     op = node[0]
+    if op == "tmean" or op in TOKEN_WEIGHTS:
+        return _evaluate_token(node, env, side)
     if op == "clamp":
-        x = evaluate(node[1], env)
+        x = evaluate(node[1], env, side)
         return torch.clamp(x, min=node[2], max=node[3])
     if op in UNARY:
-        x = evaluate(node[1], env)
+        x = evaluate(node[1], env, side)
         if op == "softplus":
             return F.softplus(x)
         if op == "logsigmoid":
@@ -475,8 +625,8 @@ def evaluate(node: Node, env: dict[str, Any]) -> Any:
             return torch.tanh(x)
         if op == "neg":
             return -x
-    a = evaluate(node[1], env)
-    b = evaluate(node[2], env)
+    a = evaluate(node[1], env, side)
+    b = evaluate(node[2], env, side)
     if op == "+":
         return a + b
     if op == "-":
@@ -491,6 +641,24 @@ def evaluate(node: Node, env: dict[str, Any]) -> Any:
 def loss_value(tree: LossTree, lpf: Any, lpr: Any, rpf: Any, rpr: Any) -> Any:
     """The scalar loss of `tree` on 1-D tensors (what the rendered faithful code computes)."""
     env = {"lpf": lpf, "lpr": lpr, "rpf": rpf, "rpr": rpr, "dF": lpf - rpf, "dR": lpr - rpr}
+    return _loss_from_env(tree, env)
+
+
+def token_env(tlpf: Any, mask_f: Any, tlpr: Any, mask_r: Any, trpf: Any, trpr: Any) -> dict[str, Any]:
+    """The leaves of a token tree from [B, T] per-token tensors (the means as the extended render)."""
+
+    def mean(t: Any, m: Any) -> Any:
+        return (t * m).sum(-1) / m.sum(-1).clamp(min=1.0)
+
+    lpf, lpr, rpf, rpr = mean(tlpf, mask_f), mean(tlpr, mask_r), mean(trpf, mask_f), mean(trpr, mask_r)
+    return {
+        "tlpf": tlpf, "tlpr": tlpr, "trpf": trpf, "trpr": trpr, "tdF": tlpf - trpf, "tdR": tlpr - trpr,
+        "mask_f": mask_f, "mask_r": mask_r,
+        "lpf": lpf, "lpr": lpr, "rpf": rpf, "rpr": rpr, "dF": lpf - rpf, "dR": lpr - rpr,
+    }
+
+
+def _loss_from_env(tree: LossTree, env: dict[str, Any]) -> Any:
     out = evaluate(tree.forget, env).mean()
     if tree.retain is not None:
         out = out + tree.weight * evaluate(tree.retain, env).mean()
@@ -515,30 +683,75 @@ def probe_inputs(batch: int = 64, seed: int = 0) -> dict[str, Any]:
     return {"lpf": lpf, "lpr": lpr, "rpf": rpf, "rpr": rpr}
 
 
+def token_probe_inputs(batch: int = 16, length: int = 8, seed: int = 0) -> dict[str, Any]:
+    """[B, T] probe tensors for token trees: per-token log-probs (0 on padding) and masks."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.tensor([0.05, 0.5, 2.0, 6.0, 15.0]).repeat(batch // 5 + 1)[:batch, None]
+
+    def lp() -> torch.Tensor:
+        return -(torch.rand(batch, length, generator=g) * scale + 1e-3)
+
+    def mask() -> torch.Tensor:
+        lengths = torch.randint(1, length + 1, (batch,), generator=g)
+        lengths[0] = length
+        return (torch.arange(length)[None, :] < lengths[:, None]).float()
+
+    mf, mr = mask(), mask()
+    tlpf, tlpr = lp(), lp()
+    near = (torch.arange(batch) % 2 == 0)[:, None]
+    trpf = torch.where(near, (tlpf + 0.8 * torch.randn(batch, length, generator=g)).clamp(max=-1e-3), lp())
+    trpr = torch.where(near, (tlpr + 0.8 * torch.randn(batch, length, generator=g)).clamp(max=-1e-3), lp())
+    return {"tlpf": tlpf * mf, "tlpr": tlpr * mr, "trpf": trpf * mf, "trpr": trpr * mr, "mask_f": mf, "mask_r": mr}
+
+
+def _probe_sets(tree: LossTree, seeds: tuple[int, ...]) -> list[tuple[dict[str, Any], bool]]:
+    """(probe, at_init) pairs; at the first step the reference equals the current model."""
+    if uses_tokens(tree):
+        probes = [(token_probe_inputs(seed=seed), False) for seed in seeds]
+        init = dict(token_probe_inputs(seed=seeds[0] if seeds else 0))
+        init.update(trpf=init["tlpf"], trpr=init["tlpr"])
+    else:
+        probes = [(probe_inputs(seed=seed), False) for seed in seeds]
+        init = dict(probe_inputs(seed=seeds[0] if seeds else 0))
+        init.update(rpf=init["lpf"], rpr=init["lpr"])
+    return probes + [(init, True)]
+
+
+def _loss_and_grads(tree: LossTree, p: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(loss, d loss / d forget log-probs, d loss / d retain log-probs) on one probe."""
+    import torch
+
+    tokens = "tlpf" in p
+    f = p["tlpf" if tokens else "lpf"].clone().requires_grad_(True)
+    r = p["tlpr" if tokens else "lpr"].clone().requires_grad_(True)
+    with torch.enable_grad():
+        if tokens:
+            loss = _loss_from_env(tree, token_env(f, p["mask_f"], r, p["mask_r"], p["trpf"], p["trpr"]))
+        else:
+            loss = loss_value(tree, f, r, p["rpf"], p["rpr"])
+        if not torch.is_tensor(loss) or loss.dim() != 0 or not torch.isfinite(loss):
+            return loss, None, None
+        gf, gr = torch.autograd.grad(loss, (f, r), allow_unused=True)
+    return loss, gf, gr
+
+
 def check_tree(tree: LossTree, seeds: tuple[int, ...] = (0, 1)) -> str | None:
     """None if the loss is a finite scalar, non-decreasing in every forget log-prob (increasing
     somewhere, also when the reference equals the current model) and non-increasing in every
-    retain log-prob (decreasing somewhere); else a reason."""
+    retain log-prob (decreasing somewhere); else a reason. Token trees are checked per token."""
     import torch
 
     problem = structure_problem(tree)
     if problem:
         return problem
-    probes = [(probe_inputs(seed=seed), False) for seed in seeds]
-    # At the first step the reference equals the current model: the forget gradient must not
-    # vanish there (a retain anchor such as relu(-dR) may still be idle).
-    init = probe_inputs(seed=seeds[0] if seeds else 0)
-    probes.append(({"lpf": init["lpf"], "lpr": init["lpr"], "rpf": init["lpf"], "rpr": init["lpr"]}, True))
-    for p, at_init in probes:
-        lpf = p["lpf"].clone().requires_grad_(True)
-        lpr = p["lpr"].clone().requires_grad_(True)
-        with torch.enable_grad():
-            loss = loss_value(tree, lpf, lpr, p["rpf"], p["rpr"])
-            if not torch.is_tensor(loss) or loss.dim() != 0:
-                return "the loss is not a scalar tensor"
-            if not torch.isfinite(loss):
-                return "the loss is not finite on probe inputs"
-            gf, gr = torch.autograd.grad(loss, (lpf, lpr), allow_unused=True)
+    for p, at_init in _probe_sets(tree, seeds):
+        loss, gf, gr = _loss_and_grads(tree, p)
+        if not torch.is_tensor(loss) or loss.dim() != 0:
+            return "the loss is not a scalar tensor"
+        if not torch.isfinite(loss):
+            return "the loss is not finite on probe inputs"
         if gf is None or not torch.isfinite(gf).all():
             return "no finite gradient reaches the forget log-probs"
         tol = 1e-7
@@ -599,8 +812,32 @@ SEEDS: tuple[tuple[str, LossTree], ...] = (
 )
 
 
-def seed_trees() -> list[tuple[str, LossTree]]:
-    return list(SEEDS)
+# Token-level templates (extended interface only).
+TOKEN_SEEDS: tuple[tuple[str, LossTree], ...] = (
+    # UnDIAL-like: push each token's log-prob down to `margin` below the reference's, then stop.
+    ("token_undial", LossTree(("tmean", "f", ("relu", ("+", "tdF", 2.0))), ("neg", "lpr"), 1.0, 5)),
+    # NPO per token, with a focal retain NLL ((1-p)^gamma: badly predicted retain tokens first).
+    (
+        "token_npo_focal_retain",
+        LossTree(
+            ("tmean", "f", ("*", 2.0, ("softplus", ("*", 1.0, "tdF")))),
+            ("tmean", "r", ("focal", ("neg", "tlpr"), 2.0)),
+            1.0,
+            5,
+        ),
+    ),
+    # Ascent weighted by the token's binary entropy: uncertain tokens move first.
+    ("token_entropy", LossTree(("tmean", "f", ("entw", ("softplus", ("*", 2.0, "tdF")))), ("neg", "lpr"), 1.0, 5)),
+    # Only the tokens the reference was confident on (log-prob above -1): the memorised ones.
+    (
+        "token_refmask",
+        LossTree(("tmean", "f", ("refmask", ("softplus", ("*", 1.0, "tdF")), -1.0)), ("neg", "lpr"), 1.0, 5),
+    ),
+)
+
+
+def seed_trees(interface: str = "faithful") -> list[tuple[str, LossTree]]:
+    return list(SEEDS) + (list(TOKEN_SEEDS) if interface == "extended" else [])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -612,66 +849,86 @@ def _pos_const(rng: random.Random, lo: float = 0.1, hi: float = 5.0) -> float:
     return rc(math.exp(rng.uniform(math.log(lo), math.log(hi))))
 
 
-def _main_leaf(rng: random.Random, side: str) -> Node:
+def _main_leaf(rng: random.Random, side: str, token: bool = False) -> Node:
     if side == "forget":
-        return rng.choice(FORGET_LEAVES)
-    return ("neg", rng.choice(RETAIN_LEAVES))  # the retain term increases in -lpr
+        return rng.choice(TOKEN_FORGET_LEAVES if token else FORGET_LEAVES)
+    return ("neg", rng.choice(TOKEN_RETAIN_LEAVES if token else RETAIN_LEAVES))  # increases in -lpr
 
 
-def _ref_leaf(side: str) -> Node:
-    return "rpf" if side == "forget" else "rpr"
+def _ref_leaf(side: str, token: bool = False) -> Node:
+    return ("t" if token else "") + ("rpf" if side == "forget" else "rpr")
 
 
-def random_increasing(rng: random.Random, side: str, max_depth: int = 3) -> Node:
-    """A random expression non-decreasing in the side's main variable, by construction."""
-    node, _ = _rand_inc(rng, side, max_depth)
+def random_increasing(rng: random.Random, side: str, max_depth: int = 3, token: bool = False) -> Node:
+    """A random expression non-decreasing in the side's main variable, by construction
+    (`token`: over the per-token leaves, to sit inside a token mean)."""
+    node, _ = _rand_inc(rng, side, max_depth, token)
     return node
 
 
-def _rand_inc(rng: random.Random, side: str, d: int) -> tuple[Node, bool]:
+def random_token_term(rng: random.Random, side: str, max_depth: int = 2) -> Node:
+    """("tmean", side, expr) with a random per-token expression, maybe under a detached weight."""
+    inner = random_increasing(rng, side, max_depth, token=True)
+    w = rng.random()
+    if w < 0.25:
+        inner = ("focal", inner, rc(rng.uniform(0.5, 3.0)))
+    elif w < 0.45:
+        inner = ("entw", inner)
+    elif w < 0.6:
+        inner = ("refmask", inner, rc(-rng.uniform(0.2, 3.0)))
+    return ("tmean", side[0], inner)
+
+
+def _rand_inc(rng: random.Random, side: str, d: int, token: bool = False) -> tuple[Node, bool]:
     """(node, strictly positive?)"""
     if d <= 0 or rng.random() < 0.25:
-        leaf = _main_leaf(rng, side)
+        leaf = _main_leaf(rng, side, token)
         if rng.random() < 0.5:
             return ("*", _pos_const(rng), leaf), False
         return leaf, False
     choice = rng.random()
     if choice < 0.45:
-        child, pos = _rand_inc(rng, side, d - 1)
+        child, pos = _rand_inc(rng, side, d - 1, token)
         op = rng.choice(INCREASING_UNARY)
         if op == "exp":
             child = ("*", _pos_const(rng, 0.1, 2.0), child)
         return (op, child), op in POSITIVE_UNARY
     if choice < 0.55:
-        child, pos = _rand_inc(rng, side, d - 1)
+        child, pos = _rand_inc(rng, side, d - 1, token)
         if not pos:
             child, pos = ("softplus", child), True
         return (rng.choice(("square", "log", "abs")), child), False
     if choice < 0.7:
-        a, pa = _rand_inc(rng, side, d - 1)
-        b, pb = _rand_inc(rng, side, d - 1)
+        a, pa = _rand_inc(rng, side, d - 1, token)
+        b, pb = _rand_inc(rng, side, d - 1, token)
         if rng.random() < 0.5 or not (pa and pb):
             return ("+", a, b), pa and pb
         return ("*", a, b), True  # product of positive increasing factors
     if choice < 0.8:
-        child, pos = _rand_inc(rng, side, d - 1)
+        child, pos = _rand_inc(rng, side, d - 1, token)
         c = rc(rng.uniform(-1.0, 1.0))
         return ("+", child, c), pos and c >= 0
     if choice < 0.9:
-        child, pos = _rand_inc(rng, side, d - 1)
+        child, pos = _rand_inc(rng, side, d - 1, token)
         if rng.random() < 0.5:
             return ("*", _pos_const(rng), child), pos
         return ("/", child, _pos_const(rng, 0.5, 5.0)), pos
-    child, pos = _rand_inc(rng, side, d - 1)
+    child, pos = _rand_inc(rng, side, d - 1, token)
     if rng.random() < 0.5:  # ratio to the reference magnitude (constant in the current model)
-        return ("/", child, ("+", ("abs", _ref_leaf(side)), _pos_const(rng, 0.5, 2.0))), pos
+        return ("/", child, ("+", ("abs", _ref_leaf(side, token)), _pos_const(rng, 0.5, 2.0))), pos
     lo = rc(-rng.uniform(0.5, 10.0))
     return ("clamp", child, lo, None), False
 
 
-def random_tree(rng: random.Random, max_depth: int = 3) -> LossTree:
-    forget = random_increasing(rng, "forget", max_depth)
+def random_tree(rng: random.Random, max_depth: int = 3, tokens: bool = False) -> LossTree:
+    """A random tree; with `tokens` (extended interface) its terms may be token means."""
+    if tokens and rng.random() < 0.5:
+        forget = random_token_term(rng, "forget", max(1, max_depth - 1))
+    else:
+        forget = random_increasing(rng, "forget", max_depth)
     retain = random_increasing(rng, "retain", max(1, max_depth - 1)) if rng.random() < 0.9 else None
+    if retain is not None and tokens and rng.random() < 0.3:
+        retain = random_token_term(rng, "retain", 1)
     return LossTree(forget, retain, _pos_const(rng, 0.25, 4.0), rng.randint(1, 10))
 
 
@@ -709,13 +966,30 @@ def _pick_side(tree: LossTree, rng: random.Random) -> str:
     return "forget" if rng.random() < 0.7 else "retain"
 
 
-def subtree_mutation(tree: LossTree, rng: random.Random, max_depth: int = 2) -> LossTree:
-    """Replace a random node of one term by a random small increasing subtree."""
+def _inside_token_mean(term: Node, path: tuple[int, ...]) -> bool:
+    node = term
+    for i in path:
+        if isinstance(node, tuple) and node[0] == "tmean":
+            return True
+        node = node[i]  # type: ignore[index]
+    return False
+
+
+def subtree_mutation(tree: LossTree, rng: random.Random, max_depth: int = 2, tokens: bool = False) -> LossTree:
+    """Replace a random node of one term by a random small increasing subtree (a per-token one
+    inside a token mean; with `tokens`, sometimes a new token mean)."""
     side = _pick_side(tree, rng)
     term = tree.forget if side == "forget" else tree.retain
     assert term is not None
     path = rng.choice(list(paths(term)))
-    new = set_at(term, path, random_increasing(rng, side, rng.randint(1, max_depth)))
+    depth_ = rng.randint(1, max_depth)
+    if _inside_token_mean(term, path):
+        sub = random_increasing(rng, side, depth_, token=True)
+    elif tokens and rng.random() < 0.3:
+        sub = random_token_term(rng, side, depth_)
+    else:
+        sub = random_increasing(rng, side, depth_)
+    new = set_at(term, path, sub)
     return replace(tree, forget=new) if side == "forget" else replace(tree, retain=new)
 
 
@@ -725,7 +999,11 @@ def point_mutation(tree: LossTree, rng: random.Random) -> LossTree:
     term = tree.forget if side == "forget" else tree.retain
     assert term is not None
     op_paths = [
-        p for p in paths(term) if isinstance(get_at(term, p), tuple) and not _is_atomic(get_at(term, p))
+        p
+        for p in paths(term)
+        if isinstance(get_at(term, p), tuple)
+        and not _is_atomic(get_at(term, p))
+        and get_at(term, p)[0] not in ("tmean", *TOKEN_WEIGHTS)  # structural, kept
     ]
     if not op_paths:  # a bare leaf: wrap it in a monotone function
         new_term: Node = (rng.choice(INCREASING_UNARY), term)
@@ -808,6 +1086,21 @@ def tunable_constants(code: str) -> list[ast.Constant]:
         elif isinstance(parent, ast.BinOp) and isinstance(parent.op, (ast.Add, ast.Sub, ast.Mult, ast.Div)):
             out.append(node)
     return out
+
+
+def shift_code_epochs(code: str, delta: int) -> tuple[str, str] | None:
+    """(code with its epochs docstring moved by `delta` within 1..10, "epochs a -> b"), or None
+    when the code has no epochs docstring or is already at the bound."""
+    m = _EPOCHS_RE.search(code)
+    if not m:
+        return None
+    old = int(m.group(3))
+    new = min(10, max(1, old + delta))
+    if new == old:
+        return None
+    out = code[: m.start(3)] + str(new) + code[m.end(3) :]
+    out = "\n".join(ln for ln in out.splitlines() if not _TREE_RE.match(ln)) + "\n"  # the tree is stale
+    return out, f"epochs {old} -> {new}"
 
 
 def perturb_code_constants(code: str, rng: random.Random, sigma: float = 0.35, epochs_p: float = 0.3) -> str:

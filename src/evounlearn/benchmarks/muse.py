@@ -1,4 +1,4 @@
-"""The tiny MUSE-News setting: a target and a retain oracle that fit a 2-core CPU (issue 6).
+"""The MUSE-News benchmark, tiny setting: a target and a retain oracle that fit a 2-core CPU (issue 6).
 
 MUSE's own recipe fine-tunes a 7B model on the whole forget corpus (raw/forget, 889 BBC
 articles) plus retain1. Here a tiny Llama (`models.tiny`) is trained from scratch, with its own
@@ -36,16 +36,16 @@ retain corpus only. Both are evaluated with `evaluate_muse_model` on the same su
 (few-shot with `knowmem_icl` examples, `knowmem_tokens` new tokens), PrivLeak (Min-40% AUC on the
 first `context` tokens, relative to the retain oracle's own AUC: the retrained model of this
 setting, not MUSE's published 7B constant). Everything is cached by a hash of the material and
-the recipe, like `training.prepare`.
+the recipe, like `benchmarks.tofu.prepare`.
 
 Unlearning (`unlearn_muse`): forget rows = the forget corpus rows, retain rows = the retain corpus
 rows (labels on every token: raw-text language modelling), any registered method (NPO, UnDIAL,
 ..., `evolved`) through `training.loop.Unlearner`, with this setting's per-method defaults
-(`MUSE_METHOD_LOSS` / `MUSE_METHOD_TRAIN`).
+(`benchmarks/muse.yaml`, a layer of `methods.resolve`).
 
 Parts (held-out selection for the search): ``part="search"`` keeps the first half of every
 forget-side set (verbmem, knowmem forget with its sentences, privleak forget and holdout),
-``"report"`` the second half; a run unlearns and is scored on its half only, the retain side stays
+``"report"`` the second half (`benchmarks.parts`); a run unlearns and is scored on its half only, the retain side stays
 whole. The target's and the oracle's metrics on each part are evaluated once and cached
 (`MusePrepared.reference`).
 
@@ -54,17 +54,22 @@ Default scale (fits the 30-minute CPU budget with everything else): 50 verbmem i
 in-context examples (MUSE: all 10; a 96-token context holds about 2), 50 + 50 privleak texts
 scored on their first 96 tokens, 50 retain2 texts; a 2-layer, 128-wide Llama (~0.7 M parameters,
 vocab 2048), 24 epochs at lr 5e-3.
+
+Fitnesses (docs/FITNESS.md; the utility is KnowMem_r): `evomu` (SPEC 2.1, the default):
+``0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + 0.5 * KnowMem_r``
+(`evaluation.muse_eval.muse_fitness`); `calibrated`: ``(1 - 2 |AUC_MinK(forget vs holdout) - 0.5|)
+* min(1, KnowMem_r / KnowMem_r_target)`` (MUSE's holdout is raw text: no ROUGE / Prob
+counterpart, so the membership-inference gap is the only forget term).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -74,43 +79,35 @@ import torch
 from ..config import to_dict
 from ..data.muse import MuseEvalData, load_muse_split, load_muse_texts
 from ..data.prompting import EncodedQA, PromptFormatter
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..evaluation.metrics import privleak
-from ..evaluation.muse_eval import evaluate_muse_model, knowmem_prompt
-from ..models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_tokenizer
-from .finetune import FinetuneConfig
-from .loop import write_json
-from .text_setting import (
-    MethodRun,
+from ..evaluation.muse_eval import evaluate_muse_model, knowmem_prompt, muse_fitness
+from ..files import file_lock, read_json, read_json_or_none
+from ..methods.resolve import MethodRun, method_run
+from ..models.tiny import TinyModelConfig, build_tiny_llama
+from ..training.finetune import FinetuneConfig, finetune_rows
+from ..training.loop import write_json
+from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, metric, register_benchmark
+from .fitness import calibration, mia_gap, relative_utility
+from .parts import check_part, cut_part
+from .text import (
+    OptionsMixin,
+    cached_tokenizer,
     content_hash,
     encode_ids,
     load_model,
-    method_run,
     row_tokens,
     save_model,
+    setting_config,
     text_ids,
-    train_rows,
     unlearn_rows,
+    write_run_files,
 )
 
 log = logging.getLogger(__name__)
 RECIPE_VERSION = "muse-tiny-v1"
 SUMMARY_KEYS = ("verbmem_f", "knowmem_f", "knowmem_r", "privleak")
-PARTS = ("all", "search", "report")
-
-# Per-method settings for this setting (from `benchmarks/muse_wmdp.py --sweep`, results in
-# benchmarks/results/muse_wmdp_sweep.md). `loss` entries override the method YAML's `loss:` section,
-# `train` entries its `train:` section; a caller's own loss/train dicts override both. UnDIAL gets
-# a retain NLL term (alpha = 1; the paper's alpha = 0 costs a third of KnowMem_r here).
-MUSE_METHOD_LOSS: dict[str, dict[str, Any]] = {
-    "undial": {"alpha": 1.0},
-}
-MUSE_METHOD_TRAIN: dict[str, dict[str, Any]] = {
-    "npo": {"lr": 3e-3, "epochs": 4, "batch_size": 8},
-    "undial": {"lr": 3e-3, "epochs": 4, "batch_size": 8},
-    "evolved": {"lr": 1e-3, "batch_size": 8},
-}
-DEFAULT_TRAIN: dict[str, Any] = {"batch_size": 8, "lr": 1e-3, "epochs": 4}
+YAML = Path(__file__).with_suffix(".yaml")  # per-method defaults of this setting (methods.resolve)
 
 
 def default_shared_data() -> Path | None:
@@ -184,7 +181,7 @@ class MuseMaterial:
             return self
 
         def cut(xs: list[Any]) -> list[Any]:
-            return xs[: part_cut(len(xs), fraction)] if part == "search" else xs[part_cut(len(xs), fraction):]
+            return cut_part(xs, part, fraction)
 
         check_part(part)
         return replace(self, verbmem=cut(self.verbmem), knowmem_forget=cut(self.knowmem_forget),
@@ -213,18 +210,6 @@ _SENTENCE = re.compile(r"(?<=[.!?\"])\s+|\n+")
 
 def _content_words(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text) if len(w) > 3}
-
-
-def check_part(part: str) -> None:
-    if part not in PARTS:
-        raise ConfigError(f"part must be one of {', '.join(PARTS)}, not {part!r}")
-
-
-def part_cut(n: int, fraction: float = 0.5) -> int:
-    """Where the search part ends: round(n * fraction), leaving at least one row on each side."""
-    if n < 2:
-        return n
-    return min(n - 1, max(1, int(round(n * fraction))))
 
 
 def source_sentences(articles: list[str], qa: list[dict[str, str]]) -> list[str]:
@@ -273,7 +258,7 @@ def load_material(cfg: MuseSettingConfig) -> MuseMaterial:
 
 def tokenizer_corpus(m: MuseMaterial) -> list[str]:
     """Every text of the setting, holdout included (the tokenizer is shared by all models, as in
-    `training.prepare`); long texts are cut to the part the setting reads."""
+    `benchmarks.tofu.prepare`); long texts are cut to the part the setting reads."""
     texts = [r["prompt"][-2000:] + r["gt"] for r in m.verbmem]
     texts += [t[:3000] for t in m.privleak_forget + m.privleak_holdout + m.retain_texts]
     for qa in (m.knowmem_forget, m.knowmem_forget_icl, m.knowmem_retain, m.knowmem_retain_icl):
@@ -368,7 +353,7 @@ def build_rows(m: MuseMaterial, tokenizer: Any, cfg: MuseSettingConfig) -> MuseR
 
 
 @dataclass
-class MusePrepared:
+class MusePrepared(OptionsMixin):
     root: Path
     target: Path
     retain: Path
@@ -377,6 +362,7 @@ class MusePrepared:
     material: MuseMaterial
     cfg: MuseSettingConfig
     info: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)  # the search's / CLI's options (train, loss, ...)
 
     @property
     def auc_ref(self) -> float:
@@ -443,29 +429,37 @@ def evaluate_muse_setting(model: Any, tokenizer: Any, material: MuseMaterial, cf
 def _evaluate_pair(root: Path, target: Path, retain: Path, material: MuseMaterial, cfg: MuseSettingConfig,
                    suffix: str = "") -> dict[str, dict[str, Any]]:
     """Evaluate the retain oracle (its own PrivLeak reference: 0 by definition), then the target
-    against it; cached as JSON next to the models."""
-    out: dict[str, dict[str, Any]] = {}
-    for name, path in (("retain", retain), ("target", target)):
-        file = root / f"{name}_results{suffix}.json"
-        if not file.exists():
-            model, tok = load_model(path)
-            if name == "retain":
-                res = evaluate_muse_setting(model, tok, material, cfg)
-                auc = float(res["privleak"]["auc"])
-                res["privleak"].update(agg=privleak(auc, auc), auc_ref=auc)
-                res["summary"] = summarize(res)
-            else:
-                res = evaluate_muse_setting(model, tok, material, cfg, auc_ref=out["retain"]["privleak"]["auc"])
-            write_json(file, res)
-        out[name] = json.loads(file.read_text())
-    return out
+    against it; cached as JSON next to the models (built under a lock: candidate jobs sharing the
+    cache ask for the same part at once)."""
+    files = {name: root / f"{name}_results{suffix}.json" for name in ("retain", "target")}
+    if not all(f.exists() for f in files.values()):
+        with file_lock(root / f"results{suffix}"):
+            for name, path in (("retain", retain), ("target", target)):
+                if files[name].exists():
+                    continue
+                model, tok = load_model(path)
+                if name == "retain":
+                    res = evaluate_muse_setting(model, tok, material, cfg)
+                    auc = float(res["privleak"]["auc"])
+                    res["privleak"].update(agg=privleak(auc, auc), auc_ref=auc)
+                    res["summary"] = summarize(res)
+                else:
+                    auc_ref = read_json(files["retain"], "MUSE results")["privleak"]["auc"]
+                    res = evaluate_muse_setting(model, tok, material, cfg, auc_ref=auc_ref)
+                write_json(files[name], res)
+    return {name: read_json(f, "MUSE results") for name, f in files.items()}
+
+
+def _complete(root: Path) -> bool:
+    """Every piece of a prepared entry is there (info.json is written last)."""
+    return all((root / p).exists() for p in ("tokenizer/tokenizer.json", "target/config.json", "retain/config.json",
+                                             "target_results.json", "retain_results.json", "info.json"))
 
 
 def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> MusePrepared:
     """Train (or fetch from the cache) the tokenizer, the target and the retain oracle, and
-    evaluate both on every item (the oracle first: its AUC is PrivLeak's reference)."""
-    from transformers import AutoTokenizer
-
+    evaluate both on every item (the oracle first: its AUC is PrivLeak's reference). A cache hit
+    writes nothing; building holds the entry's lock (runs sharing the cache build it once)."""
     cfg = cfg or MuseSettingConfig()
     t0 = time.time()
     material = load_material(cfg)
@@ -473,16 +467,23 @@ def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> M
               "cfg": {k: v for k, v in to_dict(cfg).items() if k not in {"cache_dir", "source", "eval_batch_size"}}}
     key = content_hash({"material": asdict(material) | {"source": ""}, "recipe": recipe})
     root = _cache_root(cfg) / "muse" / key
-    if force:
-        shutil.rmtree(root, ignore_errors=True)
+    if force or not _complete(root):
+        with file_lock(root):
+            if force:
+                shutil.rmtree(root, ignore_errors=True)
+            if force or not _complete(root):  # another process may have built it while we waited
+                _build_muse(root, material, cfg, t0)
+    info = read_json(root / "info.json", "MUSE prepare info")
+    results = {name: read_json(root / f"{name}_results.json", "MUSE results") for name in ("target", "retain")}
+    return MusePrepared(root, root / "target", root / "retain", results["target"], results["retain"], material,
+                        cfg, info)
+
+
+def _build_muse(root: Path, material: MuseMaterial, cfg: MuseSettingConfig, t0: float) -> None:
+    """Build what the entry `root` lacks (under its lock); info.json last, marking it complete."""
     root.mkdir(parents=True, exist_ok=True)
-    info_path = root / "info.json"
-    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.exists() else {}
-    tok_dir = root / "tokenizer"
-    if not (tok_dir / "tokenizer.json").exists():
-        tokenizer = train_bpe_tokenizer(tokenizer_corpus(material), cfg.model.vocab_size, tok_dir)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(tok_dir))
+    info: dict[str, Any] = read_json_or_none(root / "info.json") or {}
+    tokenizer = cached_tokenizer(root / "tokenizer", lambda: tokenizer_corpus(material), cfg.model.vocab_size)
     rows = build_rows(material, tokenizer, cfg)
     info["rows"] = rows.counts()
     fmt = PromptFormatter(tokenizer, max_length=cfg.context)
@@ -491,50 +492,116 @@ def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> M
         if not (out / "config.json").exists():
             log.info("MUSE setting: training the %s model on %d rows", name, len(train))
             model = build_tiny_llama(tokenizer, _model_config(cfg), seed=cfg.train.seed)
-            stats = train_rows(model, fmt, train, cfg.train, desc=f"muse {name}")
+            stats = finetune_rows(model, fmt, train, cfg.train, desc=f"muse {name}")
             stats["parameters"] = sum(p.numel() for p in model.parameters())
             save_model(model, tokenizer, out)
             info[f"{name}_train"] = stats
-    results = _evaluate_pair(root, target_dir, retain_dir, material, cfg)
+    _evaluate_pair(root, target_dir, retain_dir, material, cfg)
     info.update(root=str(root), source=material.source, stand_ins=stand_ins(), total_seconds=time.time() - t0)
-    write_json(info_path, info)
-    return MusePrepared(root, target_dir, retain_dir, results["target"], results["retain"], material, cfg, info)
+    write_json(root / "info.json", info)
 
 
 def unlearn_muse(prepared: MusePrepared, method: str | MethodRun | dict[str, Any], *,
                  loss: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
                  part: str = "all", fraction: float = 0.5, run_dir: str | Path | None = None,
-                 evaluate: bool = True, threads: int = 0,
-                 on_epoch_eval: Callable[[Any, Callable[[Any], dict[str, Any]]], dict[str, Any]] | None = None,
-                 ) -> dict[str, Any]:
+                 evaluate: bool = True, threads: int = 0, stage1_epochs: int = 0,
+                 on_stage: StageHook | None = None) -> dict[str, Any]:
     """Unlearn the forget corpus (of one part) from the prepared target with one method; returns
     ``{"summary", "results", "train", "model"}`` (results = the full MUSE evaluation on that part,
     per-example values included; PrivLeak relative to the retain oracle on the same items).
 
-    `on_epoch_eval(model, evaluate) -> summary` runs every `train["eval_every_epochs"]` epochs and
-    may call `evaluate(model)` (the same evaluation) or raise to stop (staged evaluation)."""
+    `on_stage(model, evaluate) -> summary` runs after epoch `stage1_epochs` (staged evaluation;
+    it may call `evaluate(model)`, the same evaluation, or raise to stop)."""
     if threads:
         torch.set_num_threads(threads)
     check_part(part)
-    run = method_run(method)
-    run.loss = {**MUSE_METHOD_LOSS.get(run.method, {}), **run.loss, **(loss or {})}
-    run.train.update(train or {})
+    run = method_run(method, loss, train)
     model, tok = load_model(prepared.target)
     rows = prepared.rows(tok, part, fraction)
     material = prepared.material.part(part, fraction)
     auc_ref = float(prepared.reference(part, fraction)["retain"]["privleak"]["auc"])
     fmt = PromptFormatter(tok, max_length=prepared.cfg.context)
-    base = {**DEFAULT_TRAIN, **MUSE_METHOD_TRAIN.get(run.method, {}), "max_length": prepared.cfg.context}
 
     def eval_now(m: Any) -> dict[str, Any]:
         return evaluate_muse_setting(m, tok, material, prepared.cfg, auc_ref=auc_ref)["summary"]
 
-    during = None if on_epoch_eval is None else (lambda m: on_epoch_eval(m, eval_now))
-    model, record = unlearn_rows(model, fmt, run, rows.forget, rows.retain, base_train=base, run_dir=run_dir,
-                                 evaluate=during)
+    during = None if on_stage is None else (lambda m: on_stage(m, eval_now))
+    model, record = unlearn_rows(model, fmt, run, rows.forget, rows.retain, benchmark_yaml=MuseBenchmark().method_yaml(),
+                                 base_train={"max_length": prepared.cfg.context}, run_dir=run_dir,
+                                 stage1_epochs=stage1_epochs, evaluate=during)
     out: dict[str, Any] = {"train": record, "part": part}
     if evaluate:
         res = evaluate_muse_setting(model, tok, material, prepared.cfg, auc_ref=auc_ref)
         out.update(results=res, summary=res["summary"])
     out["model"] = model
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the benchmark (protocol: benchmarks.base.Benchmark)
+
+
+def muse_benchmark_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[str, Any] | None = None) -> float:
+    """SPEC 2.1's MUSE fitness (the target is not needed)."""
+    return float(muse_fitness(metrics))
+
+
+def muse_calibrated_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[str, Any] | None = None) -> float:
+    """`calibrated` (docs/FITNESS.md): the privleak forget texts should be as (un)familiar as the
+    holdout texts (Min-40% AUC near 0.5, either direction), times KnowMem_r relative to the target."""
+    return (calibration([mia_gap(metric(metrics, "privleak_auc"))])
+            * relative_utility(metrics, target_metrics, "knowmem_r"))
+
+
+MUSE_FITNESSES = {
+    "evomu": FitnessSpec("evomu", muse_benchmark_fitness, "knowmem_r",
+                         "0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + 0.5 * KnowMem_r"),
+    "calibrated": FitnessSpec("calibrated", muse_calibrated_fitness, "knowmem_r",
+                              "(1 - 2 * |AUC_MinK(forget vs holdout) - 0.5|) * min(1, KnowMem_r / KnowMem_r_target)",
+                              needs_target_utility=True),
+}
+
+
+@register_benchmark
+class MuseBenchmark(Benchmark):
+    name = "muse-news"
+    aliases = ("muse",)
+    description = ("MUSE-News, tiny setting: VerbMem, KnowMem forget/retain, PrivLeak vs the retain oracle")
+    fitnesses = MUSE_FITNESSES
+    default_fitness = "evomu"
+    metric_keys = SUMMARY_KEYS
+    yaml_path = YAML
+    prompt_notes = (
+        "MUSE: forget a corpus (news articles or books) while keeping knowledge of a retain corpus. "
+        "PrivLeak should be close to 0: strongly negative means over-unlearning, "
+        "strongly positive means under-unlearning."
+    )
+    prompt_guidance = (
+        "- Forget metrics high (VerbMem_f, KnowMem_f): forget harder (a larger forget weight, a "
+        "sharper penalty, more epochs).",
+        "- Utility low (KnowMem_r): protect retention (a stronger retain term, anchor the retain "
+        "log-probs to their reference, fewer epochs).",
+        "- |PrivLeak| large: use smoother penalties (softplus / sigmoid instead of hinges and "
+        "unbounded terms, a smaller scale, fewer epochs); a very negative PrivLeak means "
+        "over-unlearning.",
+    )
+
+    def prepare(self, options: Mapping[str, Any] | None = None) -> MusePrepared:
+        prepared = prepare_muse(setting_config(MuseSettingConfig, options))
+        prepared.options = dict(options or {})
+        return prepared
+
+    def reference(self, prepared: MusePrepared, part: str = "all", fraction: float | None = None) -> Reference:
+        ref = prepared.reference(part, prepared.fraction(fraction))
+        return Reference(ref["target"]["summary"], ref["retain"]["summary"] if ref.get("retain") else None)
+
+    def run(self, prepared: MusePrepared, run: MethodRun, *, part: str = "all", fraction: float | None = None,
+            seed: int | None = None, run_dir: str | Path | None = None, stage1_epochs: int = 0,
+            on_stage: StageHook | None = None) -> RunResult:
+        run = prepared.method_run(run, seed)
+        res = unlearn_muse(prepared, run, part=part, fraction=prepared.fraction(fraction), run_dir=run_dir,
+                           stage1_epochs=stage1_epochs, on_stage=on_stage)
+        result = RunResult(res["summary"], res["results"], res["train"], float(res["results"]["eval_seconds"]),
+                           res["train"].get("epochs"))
+        write_run_files(run_dir, result)
+        return result

@@ -1,0 +1,432 @@
+"""The one candidate job: train and evaluate one candidate on any benchmark (SPEC 2.4 item 6).
+
+The driver submits `evaluate_candidate(...)` through an `executor.Executor`; generated code is only
+checked, compiled and run here, in the worker process. One job = one training run, reaching the
+benchmark only through the `benchmarks.base.Benchmark` protocol:
+
+1. the loss program is validated again (`validate.validate_source`: whitelist, probe tensors) and
+   its self-contained text is written to `RUN_DIR/loss.py`; a baseline is a registered `method`;
+2. `benchmark.prepare(unlearn)` (cached), then `benchmark.run(...)` on the run's part of the forget
+   set, with method `evolved` for a program (the benchmark writes what reproduces the run);
+3. staged evaluation (multi-fidelity, successive-halving style): with `stage1_epochs` k smaller
+   than the run's epochs, the model is evaluated after epoch k of its own schedule; the stage-1
+   fitness is ranked against `promote_cutoff` (the driver's quantile of the stage-1 scores of the
+   candidates evaluated so far) and a candidate below it stops there (not trained to full length);
+   the others continue and are evaluated again at the end. The evaluation in between does not
+   change the training (no randomness, no state), so the full-length result equals a plain run;
+4. the result is a `CandidateResult`, returned as a plain JSON-ready dict (the worker boundary);
+   the model and checkpoint folders are deleted unless `keep_model`.
+
+A failure is the candidate's (fitness -inf) or the infrastructure's (`infra: true`, `error` =
+the reason, e.g. a corrupt prepared model naming its file): `classify_failure` holds the rule.
+The driver never charges an infrastructure fault to the candidate.
+
+`target_info` prepares (or fetches from cache) the benchmark and reports the target model's and
+the retain oracle's metrics and fitness on both parts with the search's evaluation settings.
+
+Fitness: the job optimises one of the benchmark's fitnesses (`fitness=`, a name; empty = the
+benchmark's default) but reports all of them in the summary as ``fitness_<name>`` (None where one
+cannot be computed), so that leaderboards show them side by side whatever the search optimised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..benchmarks.base import (
+    DEFAULT_BENCHMARK,
+    FAILED,
+    Benchmark,
+    FitnessSpec,
+    TargetInfo,
+    fitness_values,
+    get_benchmark,
+    rank_score,
+    utility,
+)
+from ..errors import DataError, EvoUnlearnError, ModelError
+from ..files import ArtifactError, atomic_write_json, atomic_write_text, read_json
+
+__all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "StageResult", "classify_failure", "evaluate_candidate",
+           "target_info"]
+
+STAGE_SHORT = 1  # stopped after the first stage (not promoted)
+STAGE_FULL = 2  # trained to full length
+
+
+@dataclass
+class StageResult:
+    stage: int
+    epochs: int
+    summary: dict[str, Any]
+    fitness: float
+    score: float
+
+
+@dataclass
+class CandidateResult:
+    """What one candidate job reports (`to_dict()` crosses the worker boundary)."""
+
+    run_dir: str
+    ok: bool = False
+    error: str | None = None
+    stage: int = 0
+    promoted: bool | None = None
+    stages: list[StageResult] = field(default_factory=list)
+    summary: dict[str, Any] | None = None
+    fitness: float = FAILED
+    loss_history: list[float] = field(default_factory=list)
+    epoch_losses: list[float] = field(default_factory=list)
+    epochs: int | None = None
+    infra: bool = False  # failed for the infrastructure, not the candidate (`error` says why)
+    timings: dict[str, float] = field(default_factory=lambda: {"validate": 0.0, "train": 0.0, "eval": 0.0})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _StageStop(Exception):
+    """Raised from the stage-1 evaluation hook to stop a candidate below the cutoff."""
+
+
+def _short(e: BaseException, limit: int = 400) -> str:
+    msg = " ".join(str(e).split())
+    if len(msg) > limit:
+        msg = msg[:limit] + "..."
+    return f"{type(e).__name__}: {msg}" if msg else type(e).__name__
+
+
+# Errors that only a file, a folder or the disk produce: the sandboxed loss cannot open files, so
+# when one of these is raised while the candidate runs, a prepared artifact or the disk is at fault.
+# DataError / ModelError mean bad or missing data / model files (errors.py), never a loss's output.
+_ARTIFACT_ERRORS: tuple[type[BaseException], ...] = (ArtifactError, DataError, ModelError, OSError,
+                                                     json.JSONDecodeError)
+_NO_SPACE = "No space left on device"
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and the exceptions it was raised from (`__cause__` / `__context__`)."""
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def classify_failure(error: BaseException, *, candidate_ran: bool) -> str | None:
+    """Whose fault a failed candidate job is: the infrastructure reason, or None for the candidate.
+
+    The rule (in this order):
+    1. out of disk (`OSError` ENOSPC, or "No space left on device", anywhere in the exception's
+       cause chain): infrastructure, whenever it happens;
+    2. raised before the candidate's own code ran (`candidate_ran` False: the benchmark lookup,
+       `benchmark.prepare`, `benchmark.reference`, the check of the prepared artifacts, writing
+       the run's files): infrastructure, since nothing of the candidate has run yet;
+    3. raised while the candidate is validated, trains or is evaluated: a missing or corrupt file
+       (a prepared model folder, tokenizer, data split, results JSON, cache info: `ArtifactError`,
+       `DataError`, `ModelError`, any `OSError`, `json.JSONDecodeError`, a corrupt safetensors
+       file) is infrastructure;
+    4. anything else raised while the candidate's loss runs (`RuntimeError`, `ValueError`,
+       `ConfigError` for its parameters, NaN checks...) is the candidate's failure.
+    """
+    chain = list(_chain(error))
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or _NO_SPACE in str(e) for e in chain):
+        return f"out of disk: {_short(error)}"
+    if not candidate_ran:
+        return f"infrastructure fault before the candidate ran: {_short(error)}"
+    if any(isinstance(e, _ARTIFACT_ERRORS) or type(e).__name__ == "SafetensorError" for e in chain):
+        return f"missing or corrupt prepared artifact: {_short(error)}"
+    return None
+
+
+def check_model_folder(path: str | Path) -> None:
+    """A prepared model folder (a `save_pretrained` output) is complete and readable: config.json
+    is a JSON object, weights and a tokenizer are there; else `ArtifactError` naming the file. A
+    path that is not a local folder (a Hub id) is left to the loader."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return
+    if not isinstance(read_json(folder / "config.json", "prepared model config"), dict):
+        raise ArtifactError(f"prepared model config {folder / 'config.json'} is corrupt (not a JSON object)",
+                            folder / "config.json")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("pytorch_model*.bin")) \
+            and not (folder / "adapter_config.json").exists():
+        raise ArtifactError(f"prepared model {folder} has no weights file", folder)
+    if not any((folder / f).exists() for f in ("tokenizer.json", "tokenizer_config.json")):
+        raise ArtifactError(f"prepared model {folder} has no tokenizer", folder)
+
+
+def _prepared(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any], part: str,
+              target_utility: float | None) -> tuple[Any, dict[str, Any] | None]:
+    """The prepared benchmark (checked) and what the fitness reads of the target (`_target_summary`)."""
+    prepared = bench.prepare(options)
+    _check_prepared(bench, prepared)
+    return prepared, _target_summary(bench, spec, prepared, part, target_utility)
+
+
+def _check_prepared(bench: Benchmark, prepared: Any) -> None:
+    """The prepared models are complete (`check_model_folder`), checked before the candidate runs
+    so that a damaged cache entry is reported as such, naming the file."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        paths = bench.paths(prepared)  # TOFU prepares here (lazily), setting its own thread count
+    finally:
+        torch.set_num_threads(threads)  # the run keeps the job's thread count, as without the check
+    for path in paths.values():
+        if path:
+            check_model_folder(path)
+
+
+def safe_fitness(spec: FitnessSpec, summary: Mapping[str, Any] | None, target: Mapping[str, Any] | None) -> float:
+    """The fitness, or -inf when the summary is missing or incomplete."""
+    if not summary:
+        return FAILED
+    try:
+        f = float(spec.fn(summary, target))
+    except (KeyError, ValueError, TypeError, EvoUnlearnError):
+        return FAILED
+    return f if math.isfinite(f) else FAILED
+
+
+def with_fitnesses(bench: Benchmark, summary: Mapping[str, Any] | None,
+                   target: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The summary plus every fitness of the benchmark (``fitness_<name>``)."""
+    if not summary:
+        return dict(summary) if summary is not None else None
+    return {**summary, **fitness_values(bench, summary, target)}
+
+
+def _target_summary(bench: Benchmark, spec: FitnessSpec, prepared: Any, part: str,
+                    target_utility: float | None) -> dict[str, Any] | None:
+    """What the fitnesses read of the target: its full summary on the part when the chosen fitness
+    needs it (an evaluation of the reference models), else only its utility when the driver knows
+    it (the utility is measured off the forget set, the same on every part), else None."""
+    if spec.needs_target or (spec.needs_target_utility and target_utility is None):
+        return dict(bench.reference(prepared, part).target)
+    if target_utility is not None:
+        return {spec.utility_key: float(target_utility)}
+    return None
+
+
+@dataclass
+class _StageGate:
+    """The stage-1 hook: evaluate once, score, stop below the cutoff."""
+
+    bench: Benchmark
+    spec: FitnessSpec
+    target: dict[str, Any] | None
+    epochs: int
+    cutoff: float | None
+    target_utility: float | None
+    floor: float
+    result: StageResult | None = None
+    seconds: float = 0.0
+
+    def __call__(self, model: Any, evaluate: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+        if self.result is not None:
+            return {}
+        te = time.time()
+        s = evaluate(model)
+        self.seconds = time.time() - te
+        fit = safe_fitness(self.spec, s, self.target)
+        score = rank_score(fit, utility(self.bench, s), self.target_utility, self.floor)
+        self.result = StageResult(1, self.epochs, with_fitnesses(self.bench, s, self.target) or {}, fit, score)
+        if self.cutoff is not None and score < self.cutoff:
+            raise _StageStop()
+        return s
+
+
+def _loss_history_from_checkpoint(run_dir: Path) -> tuple[list[float], list[float]]:
+    p = run_dir / "checkpoint" / "state.pt"
+    if not p.exists():
+        return [], []
+    try:
+        import torch
+
+        state = torch.load(p, map_location="cpu", weights_only=False).get("state", {})
+        return list(state.get("loss_history", [])), list(state.get("epoch_losses", []))
+    except Exception:  # a damaged checkpoint only loses the curve
+        return [], []
+
+
+@contextlib.contextmanager
+def _captured_output(path: Path | None) -> Iterator[None]:
+    """Progress bars, warnings and logs of a job go to its own log file, not the driver's terminal."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh, contextlib.redirect_stderr(fh), contextlib.redirect_stdout(fh):
+        yield
+
+
+def _logged_in_run_dir(fn: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """Run a job with its output (progress bars, warnings) sent to RUN_DIR/job.log."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        run_dir = kwargs.get("run_dir", args[0] if args else None)
+        with _captured_output(Path(run_dir) / "job.log" if run_dir else None):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | None, function: str,
+                interface: str, epochs: int | None) -> Any:
+    """The candidate as a `MethodRun` (a validated program through `evolved`, or a registered
+    method), or None with `out.error` set."""
+    from ..methods.resolve import MethodRun
+
+    train = {"epochs": int(epochs)} if epochs is not None else {}
+    if code is not None:
+        from ..sandbox import validate_source
+
+        tv = time.time()
+        records = validate_source(code, interface, function=function or None)
+        out.timings["validate"] = time.time() - tv
+        rec = next((r for r in records if not function or r.get("name") == function), records[0] if records else None)
+        if rec is None or not rec.get("ok"):
+            out.error = f"validation: {rec.get('reason') if rec else 'no loss function'}"
+            return None
+        program = rec.get("program") or code
+        atomic_write_text(rd / "loss.py", program)
+        return MethodRun("evolved", {"code": program, "interface": interface,
+                                     "function": rec.get("name") or function}, train)
+    if not method:
+        out.error = "nothing to evaluate (neither code nor method)"
+        return None
+    return MethodRun(method, {}, train)
+
+
+def _record_run(out: CandidateResult, bench: Benchmark, spec: FitnessSpec, res: Any, gate: _StageGate,
+                target: dict[str, Any] | None, stage1_epochs: int) -> None:
+    """A finished (full-length) run into the result: metrics, fitness, curves, timings."""
+    staged = gate.result is not None or (res.epochs is not None and 0 < stage1_epochs < res.epochs)
+    out.epochs = res.epochs if res.epochs is not None else out.epochs
+    out.summary = with_fitnesses(bench, res.summary, target)
+    out.loss_history = list(res.train.get("loss_history", []))
+    out.epoch_losses = list(res.train.get("epoch_losses", []))
+    out.timings["train"] = float(res.train.get("seconds", 0.0)) - gate.seconds
+    out.timings["eval"] = float(res.eval_seconds) + gate.seconds
+    out.stage, out.promoted = STAGE_FULL, (True if staged else None)
+    out.fitness = safe_fitness(spec, res.summary, target)
+    out.ok = math.isfinite(out.fitness)
+    if not out.ok:
+        out.error = "evaluation gave no usable metrics"
+
+
+@_logged_in_run_dir
+def evaluate_candidate(
+    run_dir: str,
+    code: str | None = None,
+    method: str | None = None,
+    function: str = "",
+    interface: str = "faithful",
+    epochs: int | None = None,
+    seed: int = 0,
+    forget_part: str = "search",
+    unlearn: Mapping[str, Any] | None = None,
+    stage1_epochs: int = 0,
+    promote_cutoff: float | None = None,
+    benchmark: str = DEFAULT_BENCHMARK,
+    target_utility: float | None = None,
+    utility_floor: float = 0.9,
+    keep_model: bool = False,
+    fitness: str = "",
+) -> dict[str, Any]:
+    """Train and evaluate one candidate (loss program `code`, or registered `method`) and score it
+    with the benchmark's fitness `fitness` (empty: its default); see the module docstring.
+    Returns `CandidateResult.to_dict()`; never raises for what the candidate does."""
+    t0 = time.time()
+    rd = Path(run_dir)
+    rd.mkdir(parents=True, exist_ok=True)
+    out = CandidateResult(run_dir=str(rd), epochs=epochs)
+    options = dict(unlearn or {})
+    gate: _StageGate | None = None
+    candidate_ran = False  # for classify_failure: has any of the candidate's own code run yet?
+    try:
+        bench = get_benchmark(benchmark)
+        spec = bench.fitness_spec(fitness)
+        candidate_ran = True  # validation runs the program on probe tensors
+        run = _method_run(out, rd, code, method, function, interface, epochs)
+        candidate_ran = False
+        if run is None:
+            out.timings["total"] = time.time() - t0
+            return out.to_dict()
+        atomic_write_json(rd / "candidate.json", {"benchmark": bench.name, "part": forget_part, "seed": seed,
+                                                  "candidate": asdict(run)}, default=str)
+        prepared, target = _prepared(bench, spec, options, forget_part, target_utility)
+        gate = _StageGate(bench, spec, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
+        candidate_ran = True
+        res = bench.run(prepared, run, part=forget_part, seed=seed, run_dir=rd,
+                        stage1_epochs=int(stage1_epochs), on_stage=gate)
+        _record_run(out, bench, spec, res, gate, target, int(stage1_epochs))
+    except _StageStop:
+        assert gate is not None and gate.result is not None
+        out.ok, out.stage, out.promoted, out.fitness = True, STAGE_SHORT, False, gate.result.fitness
+        out.loss_history, out.epoch_losses = _loss_history_from_checkpoint(rd)
+        out.timings["eval"] = gate.seconds
+    except Exception as e:  # the candidate's own failure (runtime error in the loss, ...) or the infrastructure's
+        reason = classify_failure(e, candidate_ran=candidate_ran)
+        out.error, out.infra = (reason, True) if reason else (_short(e), False)
+    return _finish(out, rd, gate, keep_model, t0)
+
+
+def _finish(out: CandidateResult, rd: Path, gate: _StageGate | None, keep_model: bool, t0: float) -> dict[str, Any]:
+    """Attach the stage-1 result, delete the model folders (unless kept), stamp the time."""
+    if gate is not None and gate.result is not None:
+        out.stages.append(gate.result)
+    if not keep_model:
+        for sub in ("model", "adapter", "checkpoint", "checkpoint.tmp"):
+            shutil.rmtree(rd / sub, ignore_errors=True)
+    out.timings["total"] = time.time() - t0
+    return out.to_dict()
+
+
+def target_info(unlearn: Mapping[str, Any] | None = None, benchmark: str = DEFAULT_BENCHMARK,
+                log_file: str | None = None, fitness: str = "") -> dict[str, Any]:
+    """Prepare (cached) the benchmark; evaluate the target and the retain oracle on the search
+    and report parts with the search's evaluation settings. Runs in a worker; returns
+    `TargetInfo` as a dict: {data, paths, parts, target: {part: {summary, fitness}}, retain
+    (absent without an oracle), target_utility, seconds}; `fitness` = the benchmark's fitness
+    `fitness` (empty: its default), every fitness in the summaries (``fitness_<name>``)."""
+    with _captured_output(Path(log_file) if log_file else None):
+        bench = get_benchmark(benchmark)
+        info = _target_info(bench, bench.fitness_spec(fitness), dict(unlearn or {}))
+    data = asdict(info)
+    if not data["retain"]:
+        del data["retain"]
+    return data
+
+
+def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -> TargetInfo:
+    t0 = time.time()
+    prepared = bench.prepare(options)
+    target: dict[str, dict[str, Any]] = {}
+    retain: dict[str, dict[str, Any]] = {}
+    for part in ("search", "report"):
+        ref = bench.reference(prepared, part)
+        target[part] = {"summary": with_fitnesses(bench, ref.target, ref.target),
+                        "fitness": safe_fitness(spec, ref.target, ref.target)}
+        if ref.retain is not None:
+            retain[part] = {"summary": with_fitnesses(bench, ref.retain, ref.target),
+                            "fitness": safe_fitness(spec, ref.retain, ref.target)}
+    fraction = float(options.get("search_fraction", 0.5))
+    return TargetInfo(data=bench.data_name(prepared), paths=bench.paths(prepared),
+                      parts={p: {"fraction": fraction} for p in ("search", "report")}, target=target,
+                      retain=retain or None, target_utility=utility(bench, target["search"]["summary"]),
+                      seconds=time.time() - t0)

@@ -1,0 +1,37 @@
+"""`LocalExecutor(n)`: n isolated worker processes on this machine (`sandbox.WorkerPool`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Future
+from typing import Any
+
+from ...errors import ConfigError
+from ...sandbox import JobResult, Limits, WorkerPool
+from .base import Executor
+
+__all__ = ["LocalExecutor"]
+
+
+class LocalExecutor(Executor):
+    """`n` isolated worker processes on this machine (one candidate each)."""
+
+    def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1) -> None:
+        if n < 1:
+            raise ConfigError(f"workers must be >= 1, got {n}")
+        self.slots = n
+        self.limits = limits or Limits()
+        self.pool = WorkerPool(n, threads=threads, **self.limits.as_kwargs())
+
+    def start(self) -> None:
+        self.pool.start()
+
+    def submit(self, job: str, kwargs: Mapping[str, Any], limits: Limits | None = None) -> Future[JobResult]:
+        lim = (limits or self.limits).as_kwargs()
+        return self.pool.submit(job, dict(kwargs), **lim)
+
+    def close(self, kill: bool = False) -> None:
+        if kill:
+            for w in self.pool.workers:
+                w.kill()  # the pending futures then complete with a "crash" JobResult
+        self.pool.close()

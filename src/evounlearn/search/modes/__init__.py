@@ -1,0 +1,25 @@
+"""The search's modes: one generation loop per module, found by name (`SearchConfig.mode`).
+
+A mode (`base.SearchMode`) decides what each generation proposes and from which parents; the
+driver (`search.driver`) does everything else (target, baselines, validation, the evaluation
+pump, finalists, outputs). Adding a mode = a `SearchMode` subclass + one entry in `MODES` (and
+its name in `search.config.MODES`, which the config check uses).
+"""
+
+from __future__ import annotations
+
+from ...errors import ConfigError
+from .base import ModePolicy, SearchMode
+from .evomu import EvoMUMode
+from .ours import OursMode
+
+__all__ = ["MODES", "EvoMUMode", "ModePolicy", "OursMode", "SearchMode", "get_mode"]
+
+MODES: dict[str, type[SearchMode]] = {m.name: m for m in (OursMode, EvoMUMode)}
+
+
+def get_mode(name: str) -> type[SearchMode]:
+    """The mode class registered under `name`."""
+    if name not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {name!r}")
+    return MODES[name]

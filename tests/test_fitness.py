@@ -1,0 +1,184 @@
+"""The benchmarks' fitnesses (docs/FITNESS.md): `calibrated` and `oracle` reward forgetting down to
+the level of never-seen data, not beyond it; a destroyed model scores low; the retain oracle ranks
+at the top on the tiny generated benchmark. Also: selecting a fitness by name, and the generated
+settings registered as benchmarks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evounlearn.benchmarks import (
+    FAILED,
+    all_benchmarks,
+    compute_fitness,
+    fitness_name,
+    fitness_values,
+    get_benchmark,
+)
+from evounlearn.errors import ConfigError
+
+TARGET = {"model_utility": 0.8}
+HOLDOUT = {"holdout_rouge": 0.3, "holdout_prob": 0.2}
+
+
+def tofu_summary(rouge: float, prob: float, auc: float, mu: float = 0.8, fq: float | None = None) -> dict[str, Any]:
+    return {**HOLDOUT, "forget_rouge": rouge, "forget_prob": prob, "mia_loss": auc, "model_utility": mu,
+            "forget_quality": fq}
+
+
+def test_calibrated_penalises_forgetting_beyond_the_holdout_level_and_destruction() -> None:
+    like_unseen = tofu_summary(0.3, 0.2, 0.5)
+    beyond = tofu_summary(0.0, 0.01, 0.05)  # forgets more than a model that never saw the data
+    remembers = tofu_summary(0.95, 0.9, 0.97)
+    destroyed = tofu_summary(0.3, 0.2, 0.5, mu=0.02)
+
+    def cal(s: dict[str, Any]) -> float:
+        return compute_fitness("generated", s, TARGET, fitness="calibrated")
+
+    assert cal(like_unseen) == pytest.approx(1.0)
+    assert cal(beyond) < cal(like_unseen) and cal(remembers) < cal(like_unseen)
+    assert cal(destroyed) <= 0.03
+    # the problem it fixes: EvoMU's formula prefers the model that forgets beyond the holdout level
+    assert compute_fitness("generated", beyond, fitness="evomu") > compute_fitness("generated", like_unseen,
+                                                                                  fitness="evomu")
+    # utility relative to the target, capped at 1; without the target's utility it cannot be scored
+    assert cal(tofu_summary(0.3, 0.2, 0.5, mu=0.4)) == pytest.approx(0.5)
+    assert cal(tofu_summary(0.3, 0.2, 0.5, mu=0.95)) == pytest.approx(1.0)
+    assert compute_fitness("generated", like_unseen, None, fitness="calibrated") == FAILED
+    # without the MIAs (eval.mia: false) the two gaps remain
+    no_mia = {k: v for k, v in beyond.items() if k != "mia_loss"}
+    assert cal(no_mia) == pytest.approx(1.0 - (0.3 + 0.19) / 2)
+
+
+def test_oracle_fitness_follows_forget_quality_log_scaled() -> None:
+    def orc(fq: float | None, mu: float = 0.8) -> float:
+        return compute_fitness("tofu", tofu_summary(0.0, 0.0, 0.5, mu=mu, fq=fq), TARGET, fitness="oracle")
+
+    assert orc(1.0) == pytest.approx(1.0)
+    assert orc(1e-5) == pytest.approx(0.5)
+    assert orc(0.5) > orc(0.01) > orc(1e-4) > orc(1e-12) == 0.0
+    assert orc(1.0, mu=0.01) < 0.02
+    assert orc(None) == FAILED  # no retain oracle's results: no forget quality
+
+
+def test_muse_and_wmdp_calibrated() -> None:
+    def muse(auc: float, know_r: float = 0.6) -> float:
+        return compute_fitness("muse", {"privleak_auc": auc, "knowmem_r": know_r}, {"knowmem_r": 0.6},
+                               fitness="calibrated")
+
+    assert muse(0.5) == pytest.approx(1.0) and muse(0.1) < muse(0.4) and muse(0.95) < muse(0.6)
+    assert muse(0.5, know_r=0.0) == 0.0
+
+    target = {"forget_acc": 0.95, "retain_acc": 0.9}
+
+    def wmdp(acc_w: float, acc_m: float = 0.9) -> float:
+        return compute_fitness("wmdp", {"forget_acc": acc_w, "retain_acc": acc_m}, target, fitness="calibrated")
+
+    assert wmdp(0.25) == pytest.approx(1.0) and wmdp(0.0) < wmdp(0.25) and wmdp(0.9) < wmdp(0.3)
+    assert wmdp(0.25, acc_m=0.05) < 0.06
+
+
+def test_fitness_selection_by_name_and_mode() -> None:
+    from evounlearn.search.config import SearchConfig
+
+    gen = get_benchmark("generated")
+    assert set(gen.all_fitnesses()) == {"evomu", "calibrated", "oracle"} and gen.fitness.name == "evomu"
+    assert fitness_name("generated", "", "ours") == "calibrated"
+    assert fitness_name("generated", "", "evomu") == "evomu"
+    assert fitness_name("wmdp", "", "evomu") == "wmdp"  # no evomu formula there: its default
+    assert fitness_name("tests.fakes:FakeBenchmark", "", "ours") == "fake"  # a benchmark with one fitness
+    assert SearchConfig(mode="evomu").check().fitness_name() == "evomu"
+    assert SearchConfig(fitness="oracle").check().fitness_name() == "oracle"
+    with pytest.raises(ConfigError, match="known: evomu, calibrated, oracle"):
+        SearchConfig(fitness="nope").check()
+    vals = fitness_values("generated", tofu_summary(0.3, 0.2, 0.5), TARGET)
+    assert set(vals) == {"fitness_evomu", "fitness_calibrated", "fitness_oracle"}
+    assert vals["fitness_calibrated"] == pytest.approx(1.0) and vals["fitness_oracle"] is None
+
+
+def test_generated_settings_are_benchmarks(tmp_path: Path) -> None:
+    from evounlearn.benchmarks.tofu import resolve_data
+    from evounlearn.config import to_dict
+    from tests.conftest import tiny_prepare_config
+
+    names = all_benchmarks()
+    for name in ("entangled", "partial", "paraphrase"):
+        b = names[name]
+        assert b.setting == name and name.upper() in b.prompt_notes and b.description
+    pcfg = to_dict(tiny_prepare_config(tmp_path / "cache"))
+    sources = {}
+    for name in ("generated", "partial"):
+        setting = get_benchmark(name).prepare({"prepare": pcfg})  # lazy: builds no model
+        assert setting.cfg.prepare.generated.setting == ("disjoint" if name == "generated" else name)
+        sources[name] = Path(resolve_data(setting.cfg.prepare))
+    assert sources["generated"] != sources["partial"]
+    meta = json.loads((sources["partial"] / "meta.json").read_text())
+    assert meta["config"]["setting"] == "partial"
+    forget = [json.loads(line) for line in (sources["partial"] / "forget10.json").read_text().splitlines()]
+    base = [json.loads(line) for line in (sources["generated"] / "forget10.json").read_text().splitlines()]
+    assert forget != base
+    with pytest.raises(ConfigError, match="partial"):
+        get_benchmark("partial").prepare({"prepare": {"generated": {"setting": "entangled"}}})
+
+
+@pytest.fixture(scope="module")
+def learned_prepared(tmp_path_factory):
+    """The tiny benchmark trained long enough to learn it (MU ~0.95; the session's `tiny_prepared`
+    model is undertrained: MU 0, ROUGE 0), ~15 s."""
+    from evounlearn.benchmarks.tofu import prepare
+    from evounlearn.training.finetune import FinetuneConfig
+    from tests.conftest import tiny_prepare_config
+
+    cfg = tiny_prepare_config(tmp_path_factory.mktemp("learned"), train=FinetuneConfig(epochs=40, batch_size=8,
+                                                                                         lr=5e-3))
+    return cfg, prepare(cfg)
+
+
+def _destroy_with_grad_ascent(pcfg: Any, p: Any, run_dir: Path) -> dict[str, Any]:
+    from evounlearn.benchmarks.tofu import build_config, run_unlearning
+
+    cfg = build_config("grad_ascent", None, [f"model={p.target}", f"retain_results={p.retain_results}",
+                                             f"run_dir={run_dir}", "train.lr=0.05", "train.epochs=3",
+                                             "train.batch_size=2", "threads=1"])
+    cfg.prepare, cfg.eval = pcfg, pcfg.eval
+    return run_unlearning(cfg)["summary"]
+
+
+def test_retain_oracle_beats_the_target_on_the_session_benchmark(tiny_prepared) -> None:
+    """On the session's tiny benchmark the models are undertrained (MU 0, ROUGE 0: no utility to
+    lose, so a destroyed model cannot be told apart there; see the next test), but the oracle's
+    forget rows already look more like its holdout rows than the target's do."""
+    from evounlearn.benchmarks.tofu import summaries
+
+    s = summaries(tiny_prepared[1])
+    assert {"holdout_rouge", "holdout_prob"} <= set(s["target"])
+    target, oracle = s["target"], s["retain"]
+    for name in ("calibrated", "oracle"):
+        assert compute_fitness("generated", oracle, target, fitness=name) > compute_fitness(
+            "generated", target, target, fitness=name)
+
+
+def test_retain_oracle_scores_near_the_top_on_a_learned_tiny_benchmark(learned_prepared, tmp_path: Path) -> None:
+    """The oracle's calibrated (and oracle) fitness >= the target's and >= a model destroyed by
+    grad ascent (a few steps at a high lr), on a tiny benchmark the models did learn."""
+    from evounlearn.benchmarks.tofu import summaries
+
+    pcfg, p = learned_prepared
+    s = summaries(p)
+    target, oracle = s["target"], s["retain"]
+    destroyed = _destroy_with_grad_ascent(pcfg, p, tmp_path / "ga")
+    assert destroyed["model_utility"] < 0.5 * target["model_utility"]
+
+    def fit(summary: dict[str, Any], name: str = "calibrated") -> float:
+        return compute_fitness("generated", summary, target, fitness=name)
+
+    assert fit(oracle) > 0.5
+    assert fit(oracle) > fit(target) + 0.3 and fit(oracle) > fit(destroyed) + 0.3
+    assert fit(oracle, "oracle") >= fit(destroyed, "oracle") and fit(oracle, "oracle") >= fit(target, "oracle")
+    # what EvoMU's formula does with the same three models, for the record (not asserted: measured)
+    print({n: (round(fit(m), 3), round(fit(m, "evomu"), 3)) for n, m in
+           (("target", target), ("oracle", oracle), ("grad_ascent", destroyed))})
