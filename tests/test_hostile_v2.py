@@ -418,7 +418,7 @@ def test_check_train_stops_a_loss_that_behaves_only_on_probes(tiny_prepared, tmp
 
 
 def test_guard_options_are_config_keys(tmp_path: Path) -> None:
-    from evounlearn.training.unlearn import build_config
+    from evounlearn.benchmarks.tofu import build_config
 
     path = tmp_path / "npo.py"
     path.write_text(LEGIT["NPO"])

@@ -64,7 +64,8 @@ def check_file(
 
 def _train_verdict(code: str, v: Verdict, prepare_config: Any, steps: int) -> Verdict:
     """A short training of function `v.name` in a confined worker (writes: its run dir, the cache)."""
-    from ..training.prepare import PrepareConfig, default_cache_dir
+    from ..benchmarks.base import default_cache_dir
+    from ..benchmarks.tofu import PrepareConfig
 
     prep = prepare_config if prepare_config is not None else PrepareConfig()
     with tempfile.TemporaryDirectory(prefix="evounlearn-check-") as run_dir:
@@ -87,9 +88,8 @@ def _plain(cfg: Any) -> dict[str, Any]:
 
 def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], steps: int = 4) -> dict[str, Any]:
     """Worker job: train `function` of `code` for `steps` steps (method `evolved`, guards on)."""
+    from ..benchmarks.tofu import PrepareConfig, build_config, run_unlearning
     from ..config import apply_overrides
-    from ..training.prepare import PrepareConfig
-    from ..training.unlearn import build_config, run_unlearning
 
     cfg = build_config("evolved", None, [])
     cfg.prepare = apply_overrides(PrepareConfig(), prepare)
