@@ -260,7 +260,7 @@ def test_static_corpus_rejected(label: str, source: str, expected: str) -> None:
 RUNTIME_CORPUS = [
     ("log(-1) nan", loss("return torch.log(log_probs_forget).mean()"), "non-finite loss"),
     ("1/0", loss("return 1 / 0 * log_probs_forget.mean()"), "ZeroDivisionError"),
-    ("vector", loss("return log_probs_forget * 2.0"), "returns a tensor of shape [8] instead of a scalar"),
+    ("vector", loss("return log_probs_forget * 2.0"), "returns a tensor of shape ["),
     ("tuple", loss("return log_probs_forget.mean(), log_probs_retain.mean()"), "returns tuple"),
     ("None", loss("return None"), "returns NoneType"),
     ("python float", loss("return 1.5"), "returns float"),
@@ -331,7 +331,7 @@ return x
 
 def test_one_broken_function_does_not_drop_the_others(worker: IsolatedWorker) -> None:
     src = loss("return log_probs_forget.mean(") + "\n" + GRAD_DIFF.replace("loss_fn(", "loss_fn_2(")
-    records = validate_in_worker(src, "faithful", worker)
+    records = validate_in_worker(src, "faithful", worker, all_functions=True)
     assert not one(records, "loss_fn")["ok"] and "syntax error" in one(records, "loss_fn")["reason"]
     assert one(records, "loss_fn_2")["ok"]
     # a runaway candidate next to a good one: only the runaway is rejected
@@ -342,6 +342,7 @@ def test_one_broken_function_does_not_drop_the_others(worker: IsolatedWorker) ->
         runaway + "\n" + GA.replace("loss_fn(", "loss_fn_2("),
         "faithful",
         worker,
+        all_functions=True,
         cpu_limit_s=1,
         wall_limit_s=5,
     )
@@ -354,6 +355,7 @@ def test_driver_survives_corpus_and_valid_loss_still_validates(worker: IsolatedW
         "\n\n".join(s.replace("loss_fn(", f"loss_fn_{i}(") for i, s in enumerate(everything[:12])),
         "faithful",
         worker,
+        all_functions=True,
     )
     assert records and not any(r["ok"] for r in records)
     assert os.getcwd() and os.environ.get(WORKER_ENV) is None
@@ -400,7 +402,7 @@ def test_fingerprint_equates_same_function_and_separates_others(worker: Isolated
         "loss_fn_e": "return F.softplus(log_probs_forget).mean()",
     }
     src = "\n".join(loss(b, SIG.replace("loss_fn(", f"{n}(")) for n, b in variants.items())
-    recs = {r["name"]: r for r in validate_in_worker(src, "faithful", worker)}
+    recs = {r["name"]: r for r in validate_in_worker(src, "faithful", worker, all_functions=True)}
     assert all(r["ok"] for r in recs.values()), recs
     fp = {n: r["fingerprint"] for n, r in recs.items()}
     assert fp["loss_fn_a"] == fp["loss_fn_b"] == fp["loss_fn_c"]

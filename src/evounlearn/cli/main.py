@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     extra_commands.register(sub)
     tune_command.register(sub)
+    __import__("evounlearn.cli.check_command", fromlist=["register"]).register(sub)
     return parser
 
 

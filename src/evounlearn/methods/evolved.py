@@ -18,6 +18,12 @@ search's isolated worker it is compiled there; for a user's `evounlearn unlearn 
 passed: the user's own file is trusted like any other config. Generated code is never compiled in
 the search driver.
 
+Training guards (`sandbox.guards`, on by default; `loss.guard: false` turns them off): the
+loss's direction on the real batches of the first `loss.guard_steps` (3) steps, finite values
+and gradients, and a per-step time budget (`loss.guard_time_ratio`, 20x a plain NPO-like loss on
+the same tensors, at least 1 s). A tripped guard stops training with a `TrainingGuardError`
+("training guard: loss decreases in forget log-probs on real batches at step 2").
+
 The first-line docstring `\"\"\"epochs: K\"\"\"` sets `train.epochs` unless `train.epochs` is given
 explicitly (on the command line or in the config file).
 
@@ -34,6 +40,7 @@ float masks and the frozen model's per-token log-probs (from its logits, no grad
 from __future__ import annotations
 
 import hashlib
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,10 +50,12 @@ import torch
 from ..errors import ConfigError
 from ..models.scoring import token_logprobs
 from ..sandbox import SandboxError, check_program, compile_program, interface_of, parse_epochs
+from ..sandbox.guards import GuardConfig, TrainingGuard
 from .base import MethodInputs, SideOutputs, register_method
 
 INTERFACE_CHOICES = ("auto", "faithful", "extended")
 _COMPILED: dict[str, Callable[..., Any]] = {}
+_GUARDS: dict[str, TrainingGuard] = {}  # guard token (in the run's params) -> the run's guard
 
 
 def _one_line(text: str, limit: int = 300) -> str:
@@ -156,7 +165,22 @@ def _needs(params: Mapping[str, Any]) -> frozenset[str]:
 def _setup(model: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     code, name, iface = _resolved(params)
     compiled_loss(code, name, iface)  # fail before training, not at the first step
-    return {"code": code, "function": name, "interface": iface}
+    return {"code": code, "function": name, "interface": iface, "guard_token": uuid.uuid4().hex}
+
+
+def _guard(params: Mapping[str, Any], interface: str) -> TrainingGuard | None:
+    """The training run's guard (None when `loss.guard` is false); one per setup token."""
+    if not params.get("guard", True):
+        return None
+    token = str(params.get("guard_token") or "")
+    guard = _GUARDS.get(token)
+    if guard is None:  # also after a resume: the direction steps are checked again
+        config = GuardConfig(
+            direction_steps=int(params.get("guard_steps", GuardConfig.direction_steps)),
+            time_ratio=float(params.get("guard_time_ratio", GuardConfig.time_ratio)),
+        )
+        guard = _GUARDS[token] = TrainingGuard(interface, config)
+    return guard
 
 
 def _ref_token_logps(side: SideOutputs) -> torch.Tensor:
@@ -189,7 +213,9 @@ def evolved(inputs: MethodInputs, params: Mapping[str, Any]) -> torch.Tensor:
     """A loss program (evolved by the search or written by hand), checked and sandbox-compiled."""
     code, name, iface = str(params["code"]), str(params["function"]), str(params["interface"])
     fn = compiled_loss(code, name, iface)
-    out = fn(*loss_arguments(inputs, iface))
+    args = loss_arguments(inputs, iface)
+    guard = _guard(params, iface)
+    out = fn(*args) if guard is None else guard.call(fn, args)
     if not isinstance(out, torch.Tensor) or out.numel() != 1 or not out.is_floating_point():
         what = type(out).__name__ if not isinstance(out, torch.Tensor) else f"tensor of shape {list(out.shape)}"
         raise ValueError(f"loss function {name} returned {what}, not a floating-point scalar")

@@ -7,7 +7,10 @@ Layering: imports nothing above `models/` (never search/, methods/, training/, b
 - `checker`  the AST check of one function against the rules;
 - `program`  a whole program: split into functions, helpers, epochs, interface detection;
 - `compiler` compile checked code with restricted builtins (worker only);
-- `probes`   validation of a compiled loss on probe tensors, behavioural fingerprints;
+- `probes`   validation of a compiled loss on fresh secret probe tensors, behavioural fingerprints;
+- `guards`   training guards: the loss watched on the real batches (direction, finiteness, time);
+- `timers`   interrupting a loss stuck in a Python loop (SIGALRM in the main thread);
+- `confine`  the worker's OS layers (pdeathsig, network namespace, Landlock);
 - `jobs`     the trusted worker jobs (validate every candidate of a program);
 - `workers`  isolated worker processes with wall-clock, CPU and memory limits, and a pool.
 """
@@ -16,9 +19,10 @@ from __future__ import annotations
 
 from .checker import CheckResult, check_function
 from .compiler import compile_function, compile_program
+from .guards import GuardConfig, TrainingGuard, TrainingGuardError
 from .jobs import LIST_JOB, VALIDATE_JOB, CandidateRecord, failed_record, list_functions, validate_source
 from .policy import INTERFACES, WORKER_ENV, SandboxError, interface_args, is_loss_name
-from .probes import ValidationResult, make_probe, validate_candidate
+from .probes import ProbeProfile, ValidationResult, make_probe, validate_candidate
 from .program import (
     FunctionSource,
     ProgramCheck,
@@ -42,11 +46,15 @@ __all__ = [
     "CandidateRecord",
     "CheckResult",
     "FunctionSource",
+    "GuardConfig",
     "IsolatedWorker",
     "JobResult",
     "Limits",
+    "ProbeProfile",
     "ProgramCheck",
     "SandboxError",
+    "TrainingGuard",
+    "TrainingGuardError",
     "ValidationResult",
     "WorkerPool",
     "check_function",

@@ -19,14 +19,23 @@ order (the first failure is the reason):
    reverse, batch of one) still give a finite value and finite gradients;
 5. permutation invariance: permuting the batch rows (consistently across the arguments) keeps the
    value: `not invariant to the order of the batch rows (...)`;
-6. fingerprint: sha256 (16 hex digits) of the values and gradients on fixed float64 probes, each
+6. fingerprint: sha256 (16 hex digits) of the values and gradients on float64 probes, each
    rounded to 4 significant digits, so that the same function written differently (`2 * x` vs
    `x + x`, renamed variables) gets the same fingerprint (behavioural de-duplication).
 
-Probes (faithful interface): 1-D tensors, B in {1, 2, 4, 8, 16}; current log-probs uniform in
-[-6, -0.05], references within ~0.5 of them ("init" probe: reference == current), plus extreme
-ones (down to -25, up to -1e-5). Extended interface: [B, T] per-token log-probs (0 where the mask
-is 0), float masks with 1..T answer tokens per row, references per token; reductions use the mask.
+Probes are drawn fresh for every validation from a secret seed (`secrets`, held only in a local
+variable of `validate_candidate`: a loss cannot recognise them by their values and behave only
+there). A `ProbeProfile` shapes them like the run's real batches: the batch size of the run and
+the range / mean / sd of the target model's per-sequence log-probs, the answer-token counts;
+without one, the defaults below and random batch sizes. The fingerprint probes are a separate
+draw from `fingerprint_seed`, which the caller keeps secret and equal for all candidates of one
+search (fingerprints are comparable within a search only); without it, fixed legacy probes
+(deterministic, but recognisable: pass a seed wherever de-duplication matters).
+
+Default probes (faithful interface): 1-D tensors; current log-probs uniform in [-6, -0.05],
+references within ~0.5 of them ("init" probe: reference == current), plus extreme ones (down to
+-25, up to -1e-5). Extended interface: [B, T] per-token log-probs (0 where the mask is 0), float
+masks with 1..T answer tokens per row, references per token; reductions use the mask.
 
 The worker job that runs these checks on every candidate of a program is `jobs.validate_source`.
 """
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,7 +53,14 @@ import torch
 
 from .policy import INTERFACES, interface_args
 
-__all__ = ["ValidationResult", "describe_error", "make_probe", "validate_candidate"]
+__all__ = [
+    "ProbeProfile",
+    "ValidationResult",
+    "describe_error",
+    "make_probe",
+    "profile_from_values",
+    "validate_candidate",
+]
 
 # (current forget, current retain, forget mask, retain mask, ref forget, ref retain) argument names
 _ROLES: dict[str, dict[str, str | None]] = {
@@ -65,11 +82,65 @@ _ROLES: dict[str, dict[str, str | None]] = {
     },
 }
 
-NORMAL_PROBES = (("init", 8, 11), ("normal", 4, 12), ("normal", 8, 13), ("normal", 16, 14), ("normal", 2, 15))
-EXTREME_PROBES = (("confident", 8, 21), ("forgotten", 8, 22), ("far-ref", 8, 23), ("normal", 1, 24))
-PERMUTATION_PROBE = ("normal", 8, 31)
+NORMAL_KINDS = ("init", "normal", "normal", "normal", "normal")
+EXTREME_KINDS = ("confident", "forgotten", "far-ref")
+#: the legacy fixed fingerprint probes (used only when no fingerprint seed is given)
 FINGERPRINT_PROBES = (("init", 6, 101), ("normal", 6, 102), ("forgotten", 6, 103))
 EXTENDED_T = 7
+INIT_PROBE_ROWS = 64
+
+
+@dataclass(frozen=True)
+class ProbeProfile:
+    """What real batches look like, so that probes cannot be told apart from them by shape or range.
+
+    `batch_size`: the run's batch size (None: random sizes); per-sequence (mean answer-token)
+    log-probs of the target model on the forget set: `logp_min`..`logp_max`, and when given drawn
+    from N(`logp_mean`, `logp_sd`) clipped to the range (else uniform); `tokens_min`..`tokens_max`:
+    answer lengths (the extended interface's T is `tokens_max`)."""
+
+    batch_size: int | None = None
+    logp_min: float = -6.0
+    logp_max: float = -0.05
+    logp_mean: float | None = None
+    logp_sd: float | None = None
+    tokens_min: int = 1
+    tokens_max: int | None = None  # None: a random width per probe (4..24)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | ProbeProfile | None) -> ProbeProfile:
+        """From a plain dict (unknown keys rejected), sanitised: a sane range, T in [1, 512]."""
+        if isinstance(d, ProbeProfile):
+            return d
+        p = cls(**(d or {}))
+        hi = min(float(p.logp_max), -1e-4)
+        lo = min(float(p.logp_min), hi - 1e-3)
+        t_max = None if p.tokens_max is None else max(1, min(int(p.tokens_max), 512))
+        return cls(
+            batch_size=None if p.batch_size is None else max(1, min(int(p.batch_size), 1024)),
+            logp_min=max(lo, -100.0), logp_max=hi,
+            logp_mean=p.logp_mean, logp_sd=None if p.logp_sd is None else abs(float(p.logp_sd)),
+            tokens_min=max(1, min(int(p.tokens_min), t_max or 4)), tokens_max=t_max,
+        )
+
+
+def profile_from_values(
+    seq_logps: list[float], token_counts: list[int] | None = None, batch_size: int | None = None
+) -> dict[str, Any]:
+    """A probe profile (as the plain dict the validation job takes) from the target model's
+    per-sequence mean answer-token log-probs on the forget set and the answers' token counts."""
+    xs = [float(x) for x in seq_logps if math.isfinite(float(x))]
+    out: dict[str, Any] = {"batch_size": batch_size}
+    if xs:
+        mean = sum(xs) / len(xs)
+        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1))
+        out.update(logp_min=min(xs), logp_max=max(xs), logp_mean=mean, logp_sd=sd)
+    if token_counts:
+        out.update(tokens_min=max(1, min(token_counts)), tokens_max=max(token_counts))
+    return out
+
+
+DEFAULT_PROFILE = ProbeProfile()
 
 
 @dataclass
@@ -99,7 +170,12 @@ def _uniform(
 
 
 def make_probe(
-    interface: str, kind: str, batch: int, seed: int, dtype: torch.dtype = torch.float32
+    interface: str,
+    kind: str,
+    batch: int,
+    seed: int,
+    dtype: torch.dtype = torch.float32,
+    profile: ProbeProfile | None = None,
 ) -> dict[str, torch.Tensor]:
     """Seeded probe tensors for one call, by argument name.
 
@@ -108,12 +184,20 @@ def make_probe(
     reference near 0), "far-ref" (the reverse: forget near 0, reference in [-25, -10]).
     """
     interface_args(interface)
+    prof = profile or DEFAULT_PROFILE
     gen = torch.Generator().manual_seed(seed)
     roles = _ROLES[interface]
-    shape: tuple[int, ...] = (batch,) if interface == "faithful" else (batch, EXTENDED_T)
+    width = prof.tokens_max or 4 + seed % 21
+    shape: tuple[int, ...] = (batch,) if interface == "faithful" else (batch, width)
 
     def current(lo: float, hi: float) -> torch.Tensor:
         return -_uniform(gen, shape, -hi, -lo, dtype)
+
+    def typical() -> torch.Tensor:  # like the target model's log-probs
+        if prof.logp_mean is None or not prof.logp_sd:
+            return current(prof.logp_min, prof.logp_max)
+        x = torch.randn(shape, generator=gen, dtype=torch.float64) * prof.logp_sd + prof.logp_mean
+        return x.clamp(prof.logp_min, prof.logp_max).to(dtype)
 
     if kind == "confident":
         lpf, lpr = current(-1e-3, -1e-5), current(-1e-3, -1e-5)
@@ -122,7 +206,7 @@ def make_probe(
     elif kind == "far-ref":
         lpf, lpr = current(-1.0, -0.01), current(-3.0, -0.05)
     else:
-        lpf, lpr = current(-6.0, -0.05), current(-6.0, -0.05)
+        lpf, lpr = typical(), typical()
     if kind == "init":
         rf, rr = lpf.clone(), lpr.clone()
     elif kind == "forgotten":
@@ -139,11 +223,12 @@ def make_probe(
     rf, rr = rf.clamp(max=-1e-6), rr.clamp(max=-1e-6)
     out: dict[str, torch.Tensor] = {}
     if interface == "extended":
-        lengths = torch.randint(1, EXTENDED_T + 1, (batch,), generator=gen)
-        lengths[0] = EXTENDED_T
-        mf = (torch.arange(EXTENDED_T)[None, :] < lengths[:, None]).to(dtype)
-        lengths_r = torch.randint(1, EXTENDED_T + 1, (batch,), generator=gen)
-        mr = (torch.arange(EXTENDED_T)[None, :] < lengths_r[:, None]).to(dtype)
+        lo_t = prof.tokens_min
+        lengths = torch.randint(lo_t, width + 1, (batch,), generator=gen)
+        lengths[0] = width
+        mf = (torch.arange(width)[None, :] < lengths[:, None]).to(dtype)
+        lengths_r = torch.randint(lo_t, width + 1, (batch,), generator=gen)
+        mr = (torch.arange(width)[None, :] < lengths_r[:, None]).to(dtype)
         lpf, rf, lpr, rr = lpf * mf, rf * mf, lpr * mr, rr * mr
         out[roles["mask_forget"]] = mf  # type: ignore[index]
         out[roles["mask_retain"]] = mr  # type: ignore[index]
@@ -232,14 +317,37 @@ def _num(v: float) -> str:
     return f"{v:.3e}"
 
 
-def _fingerprint(fn: Callable[..., Any], interface: str) -> tuple[str, list[float]]:
+def _fingerprint_probes(seed: int | None, profile: ProbeProfile) -> list[tuple[str, int, int]]:
+    """(kind, batch, seed) of the fingerprint probes: the legacy fixed ones without a seed."""
+    if seed is None:
+        return list(FINGERPRINT_PROBES)
+    rng = _Rng(seed)
+    # the run's batch size, else a size of its own per probe: a loss cannot single them out by shape
+    return [(kind, profile.batch_size or 2 + rng.below(63), rng.below(2**62)) for kind in ("init", "normal", "forgotten")]
+
+
+class _Rng:
+    """A small deterministic generator for the fingerprint draw (same seed, same probes)."""
+
+    def __init__(self, seed: int) -> None:
+        self.gen = torch.Generator().manual_seed(int(seed) % 2**63)
+
+    def below(self, n: int) -> int:
+        return int(torch.randint(0, n, (1,), generator=self.gen))
+
+
+def _fingerprint(
+    fn: Callable[..., Any], interface: str, seed: int | None = None, profile: ProbeProfile = DEFAULT_PROFILE
+) -> tuple[str, list[float]]:
     parts: list[str] = [interface]
     values: list[float] = []
+    probes = _fingerprint_probes(seed, profile)
+    prof = ProbeProfile(tokens_max=EXTENDED_T) if seed is None else profile
     for dtype in (torch.float64, torch.float32):
         parts, values = [interface, str(dtype)], []
         try:
-            for kind, b, seed in FINGERPRINT_PROBES:
-                c = _call(fn, interface, make_probe(interface, kind, b, seed, dtype), _label(kind, b))
+            for kind, b, pseed in probes:
+                c = _call(fn, interface, make_probe(interface, kind, b, pseed, dtype, prof), _label(kind, b))
                 values.append(c.value)
                 parts.append(_num(c.value))
                 for g in (c.grad_forget, c.grad_retain):
@@ -249,26 +357,75 @@ def _fingerprint(fn: Callable[..., Any], interface: str) -> tuple[str, list[floa
         except _Fail:
             if dtype == torch.float32:
                 raise
+    if parts[1] == str(torch.float64):
+        _check_precision_consistent(fn, interface, probes, prof, values)
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return digest, values
 
 
+def _check_precision_consistent(
+    fn: Callable[..., Any], interface: str, probes: list[tuple[str, int, int]], prof: ProbeProfile,
+    values64: list[float],
+) -> None:
+    """The float64 fingerprint must describe the float32 loss that trains: a loss that behaves
+    differently when given float64 tensors (recognising the fingerprint probes) is rejected."""
+    for (kind, b, pseed), v64 in zip(probes, values64):
+        label = _label(kind, b)
+        v32 = _call(fn, interface, make_probe(interface, kind, b, pseed, torch.float32, prof), label).value
+        if abs(v32 - v64) > 1e-2 * (1.0 + abs(v64)):
+            raise _Fail(
+                f"the loss behaves differently on float64 and float32 inputs (value {v64:.6g} vs "
+                f"{v32:.6g} on probe '{label}')"
+            )
 
 
-def validate_candidate(fn: Callable[..., Any], interface: str = "faithful") -> ValidationResult:
-    """Run the probe checks of the module docstring on a compiled loss function."""
+
+
+def _validation_draw(profile: ProbeProfile) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """(normal probes, extreme probes) as (kind, batch, seed), from a fresh secret seed.
+
+    Most probes have the run's batch size (a loss that behaves only at other sizes is caught);
+    one normal probe has another size, the "init" one at least INIT_PROBE_ROWS rows, the last
+    extreme probe is a batch of one."""
+    rng = secrets.SystemRandom()
+
+    def size() -> int:
+        return profile.batch_size if profile.batch_size else rng.randint(2, 32)
+
+    other = rng.randint(2, max(3, 2 * (profile.batch_size or 16)))
+    normal = [(kind, size(), rng.getrandbits(62)) for kind in NORMAL_KINDS]
+    normal[-1] = (normal[-1][0], other, normal[-1][2])
+    # the "init" probe decides whether the first step can move at all: a large batch, so that a
+    # loss that moves only on some rows (a clamp, a hinge) gets the same verdict on every draw
+    normal[0] = ("init", max(INIT_PROBE_ROWS, profile.batch_size or 0), normal[0][2])
+    extreme = [(kind, size(), rng.getrandbits(62)) for kind in EXTREME_KINDS]
+    extreme.append(("normal", 1, rng.getrandbits(62)))
+    return normal, extreme
+
+
+def validate_candidate(
+    fn: Callable[..., Any],
+    interface: str = "faithful",
+    *,
+    profile: ProbeProfile | dict[str, Any] | None = None,
+    fingerprint_seed: int | None = None,
+) -> ValidationResult:
+    """Run the probe checks of the module docstring on a compiled loss function, on probes drawn
+    fresh from a secret seed and shaped by `profile`; fingerprint on the `fingerprint_seed` draw."""
     interface_args(interface)
+    prof = ProbeProfile.from_dict(profile)
+    normal, extreme = _validation_draw(prof)
     try:
         calls = [
-            (_label(kind, b), _call(fn, interface, make_probe(interface, kind, b, seed), _label(kind, b)))
-            for kind, b, seed in NORMAL_PROBES
+            (_label(kind, b), _call(fn, interface, make_probe(interface, kind, b, seed, profile=prof), _label(kind, b)))
+            for kind, b, seed in normal
         ]
         _check_gradient_exists(calls, interface)
         result = _check_direction([c for _, c in calls], interface)
-        for kind, b, seed in EXTREME_PROBES:
-            _call(fn, interface, make_probe(interface, kind, b, seed), _label(kind, b))
-        _check_permutation(fn, interface)
-        result.fingerprint, result.probe_values = _fingerprint(fn, interface)
+        for kind, b, seed in extreme:
+            _call(fn, interface, make_probe(interface, kind, b, seed, profile=prof), _label(kind, b))
+        _check_permutation(fn, interface, prof)
+        result.fingerprint, result.probe_values = _fingerprint(fn, interface, fingerprint_seed, prof)
     except _Fail as e:
         return ValidationResult(False, str(e))
     except RecursionError as e:  # pragma: no cover - caught in _call normally
@@ -322,12 +479,24 @@ def _check_direction(calls: list[_Call], interface: str) -> ValidationResult:
     return ValidationResult(True, "ok", uses_retain=uses_retain, grad_forget=mean_gf, grad_retain=mean_gr)
 
 
-def _check_permutation(fn: Callable[..., Any], interface: str) -> None:
+def _derangement(b: int, seed: int) -> torch.Tensor:
+    """A random permutation that moves every row (so a loss reading any fixed row is caught)."""
+    gen = torch.Generator().manual_seed(seed ^ 0x5EED)
+    rows = torch.arange(b)
+    for _ in range(100):  # ~e tries on average
+        perm = torch.randperm(b, generator=gen)
+        if not bool((perm == rows).any()):
+            return perm
+    return torch.roll(rows, 1)
+
+
+def _check_permutation(fn: Callable[..., Any], interface: str, profile: ProbeProfile) -> None:
     """Check 5: permuting the batch rows (consistently across arguments) keeps the value."""
-    kind, b, seed = PERMUTATION_PROBE
-    probe = make_probe(interface, kind, b, seed)
+    rng = secrets.SystemRandom()
+    kind, b, seed = "normal", max(2, profile.batch_size or rng.randint(4, 32)), rng.getrandbits(62)
+    probe = make_probe(interface, kind, b, seed, profile=profile)
     v0 = _call(fn, interface, probe, _label(kind, b)).value
-    perm = torch.roll(torch.arange(b), 3).flip(0)
+    perm = _derangement(b, seed)
     v1 = _call(fn, interface, {k: t[perm] for k, t in probe.items()}, _label(kind, b) + " permuted").value
     if abs(v1 - v0) > 1e-4 * (1.0 + abs(v0)):
         raise _Fail(

@@ -50,6 +50,22 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
 
 killed_reason values: "wall time limit", "cpu time limit", "memory limit", "crash", or None.
 
+Defence in depth (W7):
+- results come back as JSON text (`send_bytes`), never as pickles: the driver never unpickles
+  anything a worker sends. A job's return value must be JSON-ready; tensors / numpy values
+  (`.tolist()`), tuples (lists), sets, paths and dataclasses are converted at the job edge, and
+  anything else makes the job fail with "... not JSON-ready";
+- the child's stdout and stderr (Python's and C's: warnings, torch messages) go to `log_file`
+  (default: `worker.log` in its scratch directory), never to the driver's terminal;
+- OS layers (`confine.py`), each skipped with its reason where the OS refuses it: PR_SET_PDEATHSIG
+  (the worker dies with the fork server, which dies with the driver: no worker outlives a
+  `kill -9` of the driver), a new network namespace (`isolate_network`, default on: no network;
+  pass False for jobs that must download), Landlock (`write_paths`: None = off, default; a
+  sequence = writes confined to the scratch directory, those paths and /dev/null, reads allowed
+  everywhere; /tmp is not writable, TMPDIR is the scratch directory). The first start logs one
+  INFO line, e.g. "sandbox layers: rlimits, pdeathsig, netns=on, landlock=on (ABI 7)"; a pool
+  logs it once; `IsolatedWorker.layers` holds them.
+
 `WorkerPool(n)` runs up to n jobs in parallel, one worker process each, with the same API
 (`run`, `submit` -> concurrent.futures.Future[JobResult], `map`). `Limits` bundles the three
 per-job limits (`Limits(...).as_kwargs()` gives the keyword arguments of `run` / `submit`).
@@ -59,6 +75,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
+import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
@@ -75,7 +93,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .confine import apply_layers, describe_layers
+from .forkserver_init import FORKSERVER_FLAG
 from .policy import WORKER_ENV
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CPU_LIMIT",
@@ -96,8 +118,10 @@ MEMORY_LIMIT = "memory limit"
 CRASH = "crash"
 
 #: Imported once by the fork server, so that a worker (re)starts in ~0.02 s.
-PRELOAD = ("torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
+PRELOAD = ("evounlearn.sandbox.forkserver_init", "torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
 RSS_MARGIN_MB = 256
+MAX_RESULT_BYTES = 512 * 1024 * 1024  # a bigger JSON result is refused (the worker is killed)
+LOG_NAME = "worker.log"  # in the scratch directory when no log_file is given
 _POLL_S = 0.1
 
 
@@ -190,10 +214,40 @@ def _is_alloc_error(e: BaseException) -> bool:
     return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
 
 
-def worker_main(conn: mpc.Connection, workdir: str, threads: int) -> None:  # pragma: no cover - child
+def _send_json(conn: mpc.Connection, msg: list[Any]) -> None:  # pragma: no cover - child
+    """Results travel as JSON text, never as pickles: the driver never unpickles worker data."""
+    conn.send_bytes(json.dumps(msg, default=_json_default).encode())
+
+
+def _json_default(obj: Any) -> Any:
+    """The job edge's conversions: tensors / numpy arrays and scalars, paths, sets, dataclasses."""
+    import dataclasses
+
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj, key=repr)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"job result holds a {type(obj).__name__}, which is not JSON-ready")
+
+
+def worker_main(
+    conn: mpc.Connection,
+    workdir: str,
+    threads: int,
+    isolate_network: bool = True,
+    write_paths: list[str] | None = None,
+    log_file: str | None = None,
+) -> None:  # pragma: no cover - child
     """The worker process's entry point: enter the sandbox, then run jobs until told to stop."""
+    _redirect_output(log_file or os.path.join(workdir, LOG_NAME))
     _enter_sandbox(workdir, threads)
-    conn.send(("ready", {"pid": os.getpid(), "rss_kb": process_status_kb("VmRSS")}))
+    writable = None if write_paths is None else [workdir, *write_paths]
+    layers = apply_layers(isolate_network=isolate_network, write_paths=writable)
+    _send_json(conn, ["ready", {"pid": os.getpid(), "rss_kb": process_status_kb("VmRSS"), "layers": layers}])
     while True:
         try:
             msg = conn.recv()
@@ -206,11 +260,26 @@ def worker_main(conn: mpc.Connection, workdir: str, threads: int) -> None:  # pr
         ok, value, error, killed = _run_job(function_path, kwargs, cpu_limit, mem_limit_mb)
         cpu = _cpu_used() - cpu0
         try:
-            conn.send(("result", ok, value, error, cpu, killed))
-        except Exception as e:  # unpicklable value
-            conn.send(
-                ("result", False, None, f"result could not be sent: {type(e).__name__}: {e}", cpu, None)
-            )
+            _send_json(conn, ["result", ok, value, error, cpu, killed])
+        except (TypeError, ValueError) as e:  # not JSON-ready
+            _send_json(conn, ["result", False, None, f"result could not be sent: {type(e).__name__}: {e}", cpu, None])
+
+
+def _redirect_output(path: str) -> None:  # pragma: no cover - child
+    """stdout / stderr (Python's and C's: warnings, torch messages) to the worker's log file,
+    never the driver's terminal; Python warnings once per location."""
+    import sys
+    import warnings
+
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        for target in (1, 2):
+            os.dup2(fd, target)
+        os.close(fd)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    warnings.simplefilter("default")
 
 
 def _enter_sandbox(workdir: str, threads: int) -> None:  # pragma: no cover - child
@@ -276,7 +345,25 @@ def _context(start_method: str | None) -> mp.context.BaseContext:
     if method == "forkserver":
         with _CTX_LOCK:
             ctx.set_forkserver_preload(list(PRELOAD))
+            _start_forkserver()
     return ctx
+
+
+def _start_forkserver() -> None:
+    """Start the fork server now when on the main thread, flagged to die with this process
+    (`forkserver_init`); from another thread it starts later, unflagged (PR_SET_PDEATHSIG would
+    fire when that thread ends), and still exits when this process's pipe to it closes."""
+    from multiprocessing import forkserver
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    os.environ[FORKSERVER_FLAG] = str(os.getpid())
+    try:
+        forkserver.ensure_running()
+    except RuntimeError:  # e.g. a script's main module being re-imported in a child: start lazily
+        pass
+    finally:
+        os.environ.pop(FORKSERVER_FLAG, None)
 
 
 def _signal_name(num: int) -> str:
@@ -304,6 +391,9 @@ class IsolatedWorker:
         start_timeout_s: float = 180.0,
         trusted_prefixes: Iterable[str] = ("evounlearn.",),
         rlimit_data: bool = True,
+        isolate_network: bool = True,
+        write_paths: Iterable[str] | None = None,
+        log_file: str | None = None,
     ) -> None:
         self.wall_limit_s = wall_limit_s
         self.cpu_limit_s = cpu_limit_s
@@ -312,6 +402,10 @@ class IsolatedWorker:
         self.start_timeout_s = start_timeout_s
         self.trusted_prefixes = tuple(trusted_prefixes)
         self.rlimit_data = rlimit_data
+        self.isolate_network = isolate_network
+        self.write_paths = None if write_paths is None else [os.path.abspath(p) for p in write_paths]
+        self.log_file = None if log_file is None else os.path.abspath(log_file)
+        self.layers: dict[str, str] = {}  # the confinement layers of the running child
         self._ctx = _context(start_method)
         self.start_method = self._ctx.get_start_method()
         self._proc: Any = None
@@ -322,6 +416,7 @@ class IsolatedWorker:
         self.restarts = 0  # number of times the process was replaced after a kill or crash
         self.starts = 0
         self.last_start_seconds = 0.0
+        self.log_layers = True  # one INFO line at the first start (a pool logs once for all)
 
     # -- lifecycle
     @property
@@ -342,7 +437,7 @@ class IsolatedWorker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child, self._workdir, self.threads),
+            args=(child, self._workdir, self.threads, self.isolate_network, self.write_paths, self.log_file),
             daemon=True,
             name="evounlearn-worker",
         )
@@ -352,11 +447,15 @@ class IsolatedWorker:
         ready = mpc.wait([parent, proc.sentinel], timeout=self.start_timeout_s)
         msg = None
         if parent in ready:
-            with contextlib.suppress(EOFError, OSError):
-                msg = parent.recv()
-        if not msg or msg[0] != "ready":
+            with contextlib.suppress(EOFError, OSError, ValueError):
+                msg = json.loads(parent.recv_bytes(MAX_RESULT_BYTES))
+        if not isinstance(msg, list) or not msg or msg[0] != "ready":
             self.kill()
             raise RuntimeError(f"isolated worker failed to start (exit code {proc.exitcode})")
+        first = not self.layers
+        self.layers = dict(msg[1].get("layers") or {}) if isinstance(msg[1], dict) else {}
+        if first and self.log_layers:
+            log.info(describe_layers(self.layers))
         self.starts += 1
         self.last_start_seconds = time.monotonic() - t0
 
@@ -524,10 +623,10 @@ def _wait_for_result(conn: mpc.Connection, proc: Any, watch: _Watch) -> JobResul
         ready = mpc.wait([conn, proc.sentinel], timeout=timeout)
         if conn in ready:
             try:
-                msg = conn.recv()
-            except (EOFError, OSError):
+                msg = json.loads(conn.recv_bytes(MAX_RESULT_BYTES))
+            except (EOFError, OSError, ValueError):  # closed, too big, or not JSON
                 msg = None
-            if msg is not None and msg[0] == "result":
+            if isinstance(msg, list) and len(msg) == 6 and msg[0] == "result":
                 _, ok, value, error, cpu_s, killed_in = msg
                 return JobResult(ok, value, error, float(cpu_s), watch.elapsed(), killed_in)
             proc.join(2.0)  # the pipe closed: the child is dying
@@ -576,6 +675,8 @@ class WorkerPool:
             raise ValueError(f"a worker pool needs n >= 1, got {n}")
         self.n = n
         self.workers = [IsolatedWorker(**worker_kwargs) for _ in range(n)]
+        for w in self.workers[1:]:
+            w.log_layers = False  # one "sandbox layers" line per pool
         self._idle: queue.Queue[IsolatedWorker] = queue.Queue()
         for w in self.workers:
             self._idle.put(w)

@@ -297,7 +297,7 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
         from .report import checked_program
 
         tv = time.time()
-        records = validate_source(code, interface)
+        records = validate_source(code, interface, function=function or None)
         out.timings["validate"] = time.time() - tv
         rec = next((r for r in records if not function or r.get("name") == function), records[0] if records else None)
         if rec is None or not rec.get("ok"):

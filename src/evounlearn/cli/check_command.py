@@ -1,0 +1,23 @@
+"""`evounlearn check LOSS.py [--train]`: validate a loss file as the search does (search/check.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ..search.check import command
+
+    return command(args)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check",
+        help="validate a loss file as the search does (static check + probes in a sandboxed worker); "
+        "exit 0 when every function is valid, 2 otherwise",
+    )
+    p.add_argument("loss_file", help="a .py file with def loss_fn(...) (and loss_fn_<k>, helpers)")
+    p.add_argument("--train", action="store_true",
+                   help="also train each valid function a few steps on the default benchmark, guards on")
+    p.set_defaults(func=_run)

@@ -1,0 +1,109 @@
+"""`evounlearn check LOSS.py [--train]`: the search's validation of one loss file, a verdict per function.
+
+`check_file(path)` runs the same static and probe validation as the search (`validation.
+validate_in_worker`, every candidate of the file, one deadline for the program) in a confined
+isolated worker (no network, writes only in its scratch directory) and returns one `Verdict`
+per loss function (or a single one named "" for a problem of the whole file). With
+`train=True`, each valid function also trains a few steps on the default benchmark (or the
+given `PrepareConfig`) in an isolated worker with the training guards on (`sandbox.guards`): a
+loss that behaves on the probes but not on the real batches is stopped there.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..sandbox import IsolatedWorker, interface_of
+from .validation import validate_in_worker
+
+__all__ = ["TRAIN_JOB", "Verdict", "check_file", "train_job"]
+
+TRAIN_JOB = "evounlearn.search.check:train_job"
+TRAIN_LIMITS: dict[str, Any] = {"wall_limit_s": 900.0, "cpu_limit_s": 1800.0, "memory_limit_mb": 8192}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome for one function: `stage` is "validation" or "training"."""
+
+    name: str
+    ok: bool
+    reason: str
+    stage: str = "validation"
+
+    def line(self) -> str:
+        what = self.name or "(program)"
+        return f"{what}: {'ok' if self.ok else 'rejected'} ({self.stage}): {self.reason}"
+
+
+def check_file(
+    path: str | Path,
+    train: bool = False,
+    *,
+    prepare_config: Any = None,
+    train_steps: int = 4,
+    **limits: Any,
+) -> list[Verdict]:
+    """Validate every loss function of the file at `path`; with `train`, also a short guarded training."""
+    try:
+        code = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        return [Verdict("", False, f"cannot read {path}: {type(e).__name__}: {e}")]
+    interface = interface_of(code)
+    records = validate_in_worker(code, interface, None, all_functions=True, **limits)
+    verdicts = [Verdict(str(r.get("name") or ""), bool(r.get("ok")), str(r.get("reason"))) for r in records]
+    if not train:
+        return verdicts
+    return [
+        _train_verdict(code, v, prepare_config, train_steps) if v.ok else v for v in verdicts
+    ]
+
+
+def _train_verdict(code: str, v: Verdict, prepare_config: Any, steps: int) -> Verdict:
+    """A short training of function `v.name` in a confined worker (writes: its run dir, the cache)."""
+    from ..benchmarks.base import default_cache_dir
+    from ..benchmarks.tofu import PrepareConfig
+
+    prep = prepare_config if prepare_config is not None else PrepareConfig()
+    with tempfile.TemporaryDirectory(prefix="evounlearn-check-") as run_dir:
+        cache = Path(prep.cache_dir).expanduser() if prep.cache_dir else default_cache_dir()
+        writable = [run_dir, str(cache.resolve())]
+        with IsolatedWorker(**TRAIN_LIMITS, isolate_network=True, write_paths=writable) as w:
+            res = w.run(TRAIN_JOB, {"code": code, "function": v.name, "run_dir": run_dir,
+                                    "prepare": _plain(prep), "steps": steps})
+    if res.ok:
+        return Verdict(v.name, True, f"trained {res.value.get('steps')} steps with the guards on", "training")
+    first = (res.error or res.killed_reason or "training failed").splitlines()[0]
+    return Verdict(v.name, False, first, "training")
+
+
+def _plain(cfg: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], steps: int = 4) -> dict[str, Any]:
+    """Worker job: train `function` of `code` for `steps` steps (method `evolved`, guards on)."""
+    from ..benchmarks.tofu import PrepareConfig, build_config, run_unlearning
+    from ..config import apply_overrides
+
+    cfg = build_config("evolved", None, [])
+    cfg.prepare = apply_overrides(PrepareConfig(), prepare)
+    cfg.data, cfg.forget_split = cfg.prepare.data, cfg.prepare.forget_split
+    cfg.loss.update(code=code, function=function)
+    cfg.train.max_steps, cfg.train.epochs = int(steps), int(steps)  # max_steps stops it first
+    cfg.run_dir = run_dir
+    record = run_unlearning(cfg, evaluate=False)
+    return {"steps": int(record.get("steps", 0)), "loss_history": list(record.get("loss_history") or [])}
+
+
+def command(args: Any) -> int:
+    """The CLI: print a verdict per function; exit 0 when all are valid, 2 otherwise."""
+    verdicts = check_file(args.loss_file, train=bool(args.train))
+    for v in verdicts:
+        print(v.line())
+    return 0 if verdicts and all(v.ok for v in verdicts) else 2
