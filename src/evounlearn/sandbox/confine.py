@@ -133,6 +133,10 @@ def apply_layers(*, isolate_network: bool, write_paths: Iterable[str] | None) ->
     """Apply the layers in the child; `write_paths` None: no Landlock (writes unconfined)."""
     layers = {"pdeathsig": _safe(set_pdeathsig)}
     layers["netns"] = _safe(_new_netns) if isolate_network else "off (not requested)"
+    if isolate_network:
+        # no network: Hugging Face libraries read their local caches instead of timing out on the Hub
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if write_paths is None:
         layers["landlock"] = "off (not requested)"
     else:

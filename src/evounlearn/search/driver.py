@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -63,7 +64,7 @@ from .proposers import (
     proposer_from_section,
 )
 from .store import DB_NAME, PENDING_STATUSES, CandidateRow, EvaluationRow, Store, ValidationRecord
-from .validation import VALIDATION_LIMITS, validate_in_worker
+from .validation import VALIDATION_CONFINEMENT, VALIDATION_LIMITS, validate_in_worker
 
 __all__ = ["DB_NAME", "INFRA_RETRIES", "JobOutcome", "SearchDriver", "config_from_dict", "stable_seed"]
 
@@ -247,7 +248,7 @@ class SearchDriver:
 
         db = self._open()
         try:
-            self.validator = IsolatedWorker(**VALIDATION_LIMITS)
+            self.validator = IsolatedWorker(**VALIDATION_LIMITS, **VALIDATION_CONFINEMENT)
             self._target()
             self._ensure_baselines()
             self.mode(self).run_generations()
@@ -476,6 +477,26 @@ class SearchDriver:
         return ids
 
 
+    def _fingerprint_seed(self) -> int:
+        """The search's secret seed for fingerprint probes: drawn once, kept in the store so that a
+        resumed search compares fingerprints with the same probes (validation probes are drawn
+        afresh every time, from a seed that never leaves the worker)."""
+        seed = self.db.get_meta("fingerprint_seed")
+        if seed is None:
+            seed = secrets.randbits(62)
+            self.db.set_meta("fingerprint_seed", seed)
+        return int(seed)
+
+    def _probe_profile(self) -> dict[str, Any]:
+        """Probes shaped like this search's batches: its batch size, and per-sequence log-probs
+        centred on the target model's mean answer-token log-prob on the forget set."""
+        train = dict(self.cfg.unlearn.get("train") or {})
+        profile: dict[str, Any] = {"batch_size": int(train["batch_size"])} if train.get("batch_size") else {}
+        prob = ((self.target.get("target") or {}).get("search") or {}).get("summary", {}).get("forget_prob")
+        if isinstance(prob, (int, float)) and 0.0 < prob < 1.0:
+            profile.update(logp_mean=math.log(prob), logp_sd=1.0)
+        return profile
+
     def _ensure_validator(self) -> IsolatedWorker:
         """The validation worker, started (retried); one that cannot start stops the search."""
         assert self.validator is not None
@@ -503,7 +524,9 @@ class SearchDriver:
             return False, "duplicate"
         self._codes.setdefault(code, cid)
         t = time.time()
-        records = [_sandbox_record(r) for r in validate_in_worker(code, self.cfg.interface, self._ensure_validator())]
+        records = [_sandbox_record(r) for r in validate_in_worker(
+            code, self.cfg.interface, self._ensure_validator(), profile=self._probe_profile(),
+            fingerprint_seed=self._fingerprint_seed())]
         timings = {**c.timings, "validate": time.time() - t}
         rec = next((r for r in records if r.name), records[0] if records else None)
         slim = None if rec is None else ValidationRecord.from_mapping(asdict(rec))
