@@ -102,3 +102,19 @@ class FakeBenchmark(Benchmark):
         summary = fake_metrics(probe, seed, part, key)
         return RunResult(summary, {}, {"loss_history": [1.0, 0.5], "epoch_losses": [1.0, 0.5], "seconds": 0.0},
                          0.0, epochs)
+
+
+class Interrupted(Exception):
+    """A simulated interruption (Ctrl-C, a killed job) in the middle of a run."""
+
+
+def interrupt_after(n: int):
+    """An `on_step` monitor that stops the run after its n-th optimizer step of this session."""
+    seen = []
+
+    def on_step(step: int) -> None:
+        seen.append(step)
+        if len(seen) >= n:
+            raise Interrupted(f"stopped after {n} steps")
+
+    return on_step

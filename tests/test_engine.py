@@ -17,6 +17,8 @@ from evounlearn.errors import ConfigError, ModelError
 from evounlearn.methods import get_method
 from evounlearn.training.loop import NonFiniteLossError
 
+from .fakes import Interrupted, interrupt_after
+
 METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
 
 
@@ -63,9 +65,9 @@ def test_grad_ascent_raises_forget_nll(tiny_prepared, tmp_path):
 def test_resume_after_interruption_gives_the_same_weights(tiny_prepared, tmp_path):
     straight = _cfg(tiny_prepared, "npo", tmp_path / "a", "train.epochs=3")
     run_unlearning(straight, evaluate=False)
-    broken = _cfg(tiny_prepared, "npo", tmp_path / "b", "train.epochs=3", "train.stop_after_steps=3")
-    with pytest.raises(KeyboardInterrupt):
-        run_unlearning(broken, evaluate=False)
+    broken = _cfg(tiny_prepared, "npo", tmp_path / "b", "train.epochs=3", "train.checkpoint_every_steps=1")
+    with pytest.raises(Interrupted):
+        run_unlearning(broken, evaluate=False, on_step=interrupt_after(3))
     assert (tmp_path / "b" / "checkpoint" / "state.pt").exists()
     resumed = _cfg(tiny_prepared, "npo", tmp_path / "b", "train.epochs=3")
     record = run_unlearning(resumed, resume=True, evaluate=False)

@@ -36,6 +36,8 @@ from evounlearn.models.tiny import TinyModelConfig, build_tiny_llama, train_bpe_
 from evounlearn.training.finetune import FinetuneConfig, finetune
 from evounlearn.training.loop import TrainConfig, UnlearnData, Unlearner
 
+from .fakes import Interrupted, interrupt_after
+
 SPLIT = "forget10"
 
 
@@ -86,13 +88,14 @@ def _garbage_copy(data: Path, out: Path, seed: int = 1) -> Path:
     return out
 
 
-def _run(tiny: dict, data: Path, name: str, method: str = "pmc", *extra: str, resume: bool = False) -> Path:
+def _run(tiny: dict, data: Path, name: str, method: str = "pmc", *extra: str, resume: bool = False,
+         on_step=None) -> Path:
     run_dir = tiny["root"] / "runs" / name
     ov = [f"data={data}", f"forget_split={SPLIT}", f"model={tiny['model_dir']}", f"run_dir={run_dir}",
           "train.epochs=2", "train.batch_size=1", "train.lr=3e-3", "train.max_length=96", "train.seed=0",
           *(["loss.n_samples=3", "loss.max_new_tokens=12"] if method == "pmc" else []), *extra]
     cfg = build_config(method, None, ov)
-    run_unlearning(cfg, resume=resume, evaluate=False)
+    run_unlearning(cfg, resume=resume, evaluate=False, on_step=on_step)
     return run_dir
 
 
@@ -250,8 +253,8 @@ def test_hook_state_roundtrip(tiny):
 
 def test_resume_gives_same_hook_state_and_weights(tiny):
     whole = _run(tiny, tiny["data"], "whole")
-    with pytest.raises(KeyboardInterrupt):
-        _run(tiny, tiny["data"], "parted", "pmc", "train.stop_after_steps=4")
+    with pytest.raises(Interrupted):
+        _run(tiny, tiny["data"], "parted", "pmc", "train.checkpoint_every_steps=1", on_step=interrupt_after(4))
     parted = _run(tiny, tiny["data"], "parted", resume=True)
     sa = torch.load(whole / "checkpoint" / "state.pt", weights_only=False)
     sb = torch.load(parted / "checkpoint" / "state.pt", weights_only=False)

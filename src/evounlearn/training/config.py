@@ -31,7 +31,6 @@ class TrainConfig:
     early_stopping_mode: str = "max"
     early_stopping_patience: int = 0
     checkpoint_every_steps: int = 0  # 0 = at the end of every epoch only
-    stop_after_steps: int = 0  # simulate an interruption after this many steps (for tests)
     ref_cache: bool = True  # False: recompute per-sequence reference log-probs every step (naive baseline)
     pair_retain: bool = False  # forward the paired retain batch even when the loss ignores it (timing parity)
 

@@ -109,7 +109,8 @@ class Unlearner:
     def __init__(self, model, fmt: PromptFormatter, spec: MethodSpec, params: Mapping[str, Any],
                  data: UnlearnData, cfg: TrainConfig, run_dir: str | Path | None = None,
                  evaluate: Callable[[Any], dict[str, Any]] | None = None,
-                 batch_hook: Callable[[Any, list[int], list[EncodedQA]], list[EncodedQA]] | None = None):
+                 batch_hook: Callable[[Any, list[int], list[EncodedQA]], list[EncodedQA]] | None = None,
+                 on_step: Callable[[int], None] | None = None):
         from accelerate import Accelerator
 
         self.cfg = cfg
@@ -119,6 +120,9 @@ class Unlearner:
         self.run_dir = Path(run_dir) if run_dir else None
         self.evaluate = evaluate
         self.batch_hook = batch_hook  # e.g. PMC replaces forget answers with self-generations
+        # on_step(step) after each optimizer step, once the state is saved when the step is a
+        # checkpoint step: a caller's monitor (progress, time budget) that may stop the run by raising
+        self.on_step = on_step
         mp = cfg.mixed_precision
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -402,10 +406,8 @@ class Unlearner:
                     bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{self.sched.get_last_lr()[0]:.2e}")
                     if cfg.checkpoint_every_steps and self.state["step"] % cfg.checkpoint_every_steps == 0:
                         self.save_checkpoint()
-                    if cfg.stop_after_steps and steps_this_session >= cfg.stop_after_steps:
-                        self.save_checkpoint()
-                        bar.close()
-                        raise KeyboardInterrupt(f"stopped after {steps_this_session} steps (stop_after_steps)")
+                    if self.on_step is not None:
+                        self.on_step(self.state["step"])
                     if self.state["step"] >= self.total_steps:
                         break
             self.state["epoch_losses"].append(float(np.mean(epoch_loss)) if epoch_loss else float("nan"))

@@ -105,7 +105,7 @@ def default_run_dir(cfg: UnlearnConfig) -> Path:
 
 
 def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = True,
-                   batch_hook_factory=None, on_epoch_eval=None) -> dict[str, Any]:
+                   batch_hook_factory=None, on_epoch_eval=None, on_step=None) -> dict[str, Any]:
     """Unlearn, save the model, evaluate against the retain oracle; returns the run record.
 
     `on_epoch_eval(model, evaluate) -> summary`, when given, replaces the evaluation during
@@ -151,7 +151,8 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
     factory = batch_hook_factory or spec.batch_hook_factory
     hook = factory(model, fmt, source, split, params) if factory else None
     unlearner = Unlearner(model, fmt, spec, params, data, cfg.train, run_dir=run_dir,
-                          evaluate=during if cfg.train.eval_every_epochs else None, batch_hook=hook)
+                          evaluate=during if cfg.train.eval_every_epochs else None, batch_hook=hook,
+                          on_step=on_step)
     record = unlearner.run(resume=resume)
     record.update(method=spec.name, forget_split=split, model=model_path, data=source)
     if unlearner.acc.is_main_process:
