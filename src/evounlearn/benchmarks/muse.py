@@ -131,7 +131,7 @@ def _default_train() -> FinetuneConfig:
 
 @dataclass
 class MuseSettingConfig:
-    source: str = ""  # a local MUSE folder or the Hub id; default: ../shared/data/muse-news
+    source: str = ""  # a local MUSE folder or the Hub id; default: $EVOUNLEARN_MUSE_DATA, else the Hub
     n_verbmem: int = 50
     n_knowmem: int = 100  # forget and retain QA each
     n_privleak: int = 50  # privleak forget (members) and holdout texts

@@ -207,20 +207,7 @@ def make_probe(
         lpf, lpr = current(-1.0, -0.01), current(-3.0, -0.05)
     else:
         lpf, lpr = typical(), typical()
-    if kind == "init":
-        rf, rr = lpf.clone(), lpr.clone()
-    elif kind == "forgotten":
-        rf, rr = (
-            current(-1.0, -0.05),
-            lpr + 0.1 * torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype),
-        )
-    elif kind == "far-ref":
-        rf, rr = current(-25.0, -10.0), lpr.clone()
-    else:
-        noise = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-        rf = lpf + 0.5 * noise
-        rr = lpr + 0.3 * torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
-    rf, rr = rf.clamp(max=-1e-6), rr.clamp(max=-1e-6)
+    rf, rr = _references(kind, lpf, lpr, current, lambda: torch.randn(shape, generator=gen, dtype=torch.float64))
     out: dict[str, torch.Tensor] = {}
     if interface == "extended":
         lo_t = prof.tokens_min
@@ -238,6 +225,21 @@ def make_probe(
     out[roles["ref_retain"]] = rr  # type: ignore[index]
     return out
 
+
+
+def _references(kind: str, lpf: torch.Tensor, lpr: torch.Tensor, current: Callable[[float, float], torch.Tensor],
+                noise: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference model's log-probs for a probe of `kind` (see `make_probe`), kept below 0."""
+    if kind == "init":
+        rf, rr = lpf.clone(), lpr.clone()
+    elif kind == "forgotten":
+        rf, rr = current(-1.0, -0.05), lpr + 0.1 * noise().to(lpr.dtype)
+    elif kind == "far-ref":
+        rf, rr = current(-25.0, -10.0), lpr.clone()
+    else:
+        rf = lpf + 0.5 * noise().to(lpf.dtype)
+        rr = lpr + 0.3 * noise().to(lpr.dtype)
+    return rf.clamp(max=-1e-6), rr.clamp(max=-1e-6)
 
 def _is_alloc_error(e: BaseException) -> bool:
     if isinstance(e, MemoryError):

@@ -26,13 +26,7 @@ The search runs a candidate through `TofuBenchmark.run`, which writes `RUN_DIR/l
 `evounlearn unlearn --method evolved --loss-file RUN_DIR/loss.py --config RUN_DIR/unlearn_config.yaml`
 reproduces it (same seed, same config, same numbers).
 
-Fitnesses (docs/FITNESS.md; the utility is MU for all three):
-- `evomu` (SPEC 2.1, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
-  every value clamped to [0, 1];
-- `calibrated`: `(1 - mean(|ROUGE_f - ROUGE_h|, |Prob_f - Prob_h|, 2|AUC_LOSS - 0.5|)) *
-  min(1, MU / MU_target)` with h = the holdout split matching the forget split;
-- `oracle`: `clamp(1 + log10(FQ) / 10, 0, 1) * min(1, MU / MU_target)` (FQ needs the retain
-  oracle's results).
+Fitnesses: `evomu`, `calibrated`, `oracle` (`fitness.py`, docs/FITNESS.md).
 """
 
 from __future__ import annotations

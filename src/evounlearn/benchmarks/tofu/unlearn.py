@@ -127,13 +127,7 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
     cfg.run_dir = str(run_dir)
     save_config(cfg, run_dir / "config.yaml")
 
-    if cfg.model:
-        source = resolve_data(cfg.prepare)
-        model_path, retain_results_path = cfg.model, cfg.retain_results or None
-    else:
-        prepared = prepare(cfg.prepare)
-        source, model_path = prepared.data, str(prepared.target)
-        retain_results_path = cfg.retain_results or str(prepared.retain_results)
+    source, model_path, retain_results_path = _inputs(cfg)
     model, tok = load_model_and_tokenizer(model_path, dtype="float32" if not torch.cuda.is_available() else None)
     fmt = PromptFormatter(tok, max_length=cfg.train.max_length)
     params = dict(cfg.loss)
@@ -157,8 +151,7 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
     record.update(method=spec.name, forget_split=split, model=model_path, data=source)
     if unlearner.acc.is_main_process:
         final = unlearner.unwrapped()
-        out = run_dir / ("adapter" if cfg.train.lora else "model")
-        with atomic_dir(out) as tmp:
+        with atomic_dir(run_dir / ("adapter" if cfg.train.lora else "model")) as tmp:
             final.save_pretrained(str(tmp))
             tok.save_pretrained(str(tmp))
         write_json(run_dir / "train.json", record)
@@ -168,10 +161,18 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
             res.update(method=spec.name, run_dir=str(run_dir), train_seconds=record["seconds"],
                        seconds_per_step=record["seconds_per_step"], config=to_dict(cfg))
             save_results(res, run_dir / "results.json")
-            record["summary"] = res["summary"]
-            record["eval_seconds"] = res["eval_seconds"]
+            record.update(summary=res["summary"], eval_seconds=res["eval_seconds"])
     unlearner.acc.wait_for_everyone()
     return record
+
+
+def _inputs(cfg: UnlearnConfig) -> tuple[str, str, str | None]:
+    """(data source, model to unlearn, the retain oracle's results file or None): a given model,
+    or the benchmark's prepared target (prepared here when not cached)."""
+    if cfg.model:
+        return resolve_data(cfg.prepare), cfg.model, cfg.retain_results or None
+    prepared = prepare(cfg.prepare)
+    return prepared.data, str(prepared.target), cfg.retain_results or str(prepared.retain_results)
 
 
 def resume_config(run_dir: str | Path) -> UnlearnConfig:
