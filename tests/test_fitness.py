@@ -182,3 +182,21 @@ def test_retain_oracle_scores_near_the_top_on_a_learned_tiny_benchmark(learned_p
     # what EvoMU's formula does with the same three models, for the record (not asserted: measured)
     print({n: (round(fit(m), 3), round(fit(m, "evomu"), 3)) for n, m in
            (("target", target), ("oracle", oracle), ("grad_ascent", destroyed))})
+
+
+def test_every_registered_benchmark_is_found_by_name_alone() -> None:
+    """A lookup imports only the module `BUILTIN_MODULES` names for it: each module must list all
+    the names it registers (a fresh process, so no other lookup has imported them first)."""
+    import subprocess
+    import sys
+
+    code = ("from evounlearn.benchmarks.base import BUILTIN_MODULES, get_benchmark, all_benchmarks\n"
+            "names = [n for ns in BUILTIN_MODULES.values() for n in ns]\n"
+            "for n in ['entangled', 'partial', 'paraphrase', 'generated', 'muse-news', 'wmdp-synthetic']:\n"
+            "    assert n in names, n\n"
+            "    get_benchmark(n)\n"
+            "registered = all_benchmarks()\n"
+            "missing = [n for n, b in registered.items() if n not in names]\n"
+            "assert not missing, missing\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr

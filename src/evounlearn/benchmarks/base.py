@@ -208,7 +208,7 @@ _ALIASES: dict[str, str] = {}
 #: a lookup imports only the module of the name asked for, so that an unknown name is reported
 #: without importing any benchmark module (torch)
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
-    "evounlearn.benchmarks.tofu": ("tofu", "generated", "gen"),
+    "evounlearn.benchmarks.tofu": ("tofu", "generated", "gen", "entangled", "partial", "paraphrase"),
     "evounlearn.benchmarks.muse": ("muse-news", "muse"),
     "evounlearn.benchmarks.wmdp": ("wmdp-synthetic", "wmdp", "hazard"),
 }
