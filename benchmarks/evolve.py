@@ -129,6 +129,9 @@ def main() -> None:
     out["criteria"] = criteria(data, seconds)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = Path(args.out) if args.out else RESULTS / f"evolve{suffix}.json"
+    from evounlearn.models.device import runtime_info
+
+    out["runtime"] = runtime_info()
     path.write_text(json.dumps(out, indent=1) + "\n")
     path.with_suffix(".md").write_text(
         f"# EvoMU search benchmark (`python benchmarks/evolve.py --mode {args.mode} --budget {budget}`)\n\n"

@@ -72,6 +72,9 @@ def main() -> None:
     path = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         "harness_tofu.json" if args.tofu_dir else "harness.json")
     path.parent.mkdir(parents=True, exist_ok=True)
+    from evounlearn.models.device import runtime_info
+
+    out["runtime"] = runtime_info()
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out))
 

@@ -105,6 +105,9 @@ def main() -> None:
     out["data"] = args.data
     (RESULTS / f"{args.name}.md").write_text(
         f"# Methods on {args.data}, forget10 (defaults)\n\n" + table(rows, cols, markdown=True) + "\n")
+    from evounlearn.models.device import runtime_info
+
+    out["runtime"] = runtime_info()
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     print(table(rows, cols))
     print(json.dumps(out))

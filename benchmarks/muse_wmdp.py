@@ -242,8 +242,10 @@ def main() -> None:
     muse, muse_details = run_muse(cache, args.muse_source)
     wmdp, wmdp_details = run_wmdp(cache)
     seconds = time.time() - t0
+    from evounlearn.models.device import runtime_info
+
     out = {"muse": muse, "wmdp": wmdp, "criteria": criteria(muse, wmdp, seconds), "seconds": round(seconds, 1),
-           "stand_ins": {"muse": muse_stand_ins(), "wmdp": hazard_stand_ins()}}
+           "stand_ins": {"muse": muse_stand_ins(), "wmdp": hazard_stand_ins()}, "runtime": runtime_info()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "muse_wmdp.json").write_text(
         json.dumps({**out, "details": {"muse": muse_details, "wmdp": wmdp_details}}, indent=1) + "\n")

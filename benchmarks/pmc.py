@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
                    "forget_quality")}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    from evounlearn.models.device import runtime_info
+
+    details["runtime"] = runtime_info()
     (out_dir / "pmc.json").write_text(json.dumps({**line, "details": details}, indent=1, default=str))
     md = markdown(line)
     md += f"\nBudget (every method): {b}; attacks: {details['attack']}; total {total:.0f}s.\n"

@@ -36,3 +36,16 @@ def model_max_length(model: Any, tokenizer: Any = None, default: int = 2048) -> 
     if isinstance(tml, int) and 0 < tml < 1_000_000:
         return tml
     return default
+
+
+def runtime_info() -> dict[str, Any]:
+    """What a number depends on besides the seed: library versions, thread count, device (every
+    results JSON records it, so that two runs can be compared like for like)."""
+    import platform
+
+    import torch
+    import transformers
+
+    device = "cuda:" + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "device": device, "python": platform.python_version()}

@@ -189,7 +189,9 @@ def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[st
         save_results(res, entry.retain_results)
         model, tok = load_model_and_tokenizer(entry.target)
         save_results(ev.evaluate(model, tok, retain_results=res, reference_model=None), entry.target_results)
-    info.update({"data": source, "forget_split": split, "recipe": recipe, "root": str(entry.root),
+    from ...models.device import runtime_info
+
+    info.update({"data": source, "forget_split": split, "recipe": recipe, "root": str(entry.root), "runtime": runtime_info(),
                  "train_and_cache_seconds": train_seconds, "total_seconds": time.time() - t0})
     atomic_write_json(entry.info, info)
 

@@ -115,6 +115,7 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
 
     from ...data.prompting import PromptFormatter
     from ...evaluation.tofu_eval import TofuEvaluator, load_results, save_results
+    from ...models.device import runtime_info
     from ...models.loading import load_model_and_tokenizer
     from ...training.loop import Unlearner, write_json
 
@@ -159,7 +160,7 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
             final.eval()
             res = evaluator.evaluate(final, tok, retain_results=retain_results, fmt=fmt)
             res.update(method=spec.name, run_dir=str(run_dir), train_seconds=record["seconds"],
-                       seconds_per_step=record["seconds_per_step"], config=to_dict(cfg))
+                       seconds_per_step=record["seconds_per_step"], config=to_dict(cfg), runtime=runtime_info())
             save_results(res, run_dir / "results.json")
             record.update(summary=res["summary"], eval_seconds=res["eval_seconds"])
     unlearner.acc.wait_for_everyone()
