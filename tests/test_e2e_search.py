@@ -11,17 +11,21 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from evounlearn.errors import InfrastructureError
 from evounlearn.search.config import load_search_config
-from evounlearn.search.driver import SearchDriver
+from evounlearn.search.driver import INFRA_RETRIES, SearchDriver
+from evounlearn.search.proposers import Proposal, ProposalRequest, Proposer
 from evounlearn.search.store import Store
 
 from .fakes import BENCHMARK
-from .llm_server import FakeLLM, serve_llm
+from .llm_server import serve_llm
 
 needs_openai = pytest.mark.skipif(
     importlib.util.find_spec("openai") is None,
@@ -57,14 +61,19 @@ REASONING = ("<think>Maybe a hinge? def draft(x):\n    return x\nNo: a softplus 
              + fenced(valid_loss(2), before=""))
 
 
-def serve_script(llm: FakeLLM) -> None:
-    """The replies, in the order the search asks: initial, repair, repair, initial, ... (see below)."""
-    llm.reply(fenced(valid_loss(1)))  # initial request 1: trained
-    llm.reply(fenced(MALFORMED))  # initial request 2: a syntax error -> repair 1
-    llm.reply(fenced(HOSTILE))  # repair 1: forbidden import -> repair 2
-    llm.reply(PROSE)  # repair 2: no function; the repairs are used up
-    llm.reply(REASONING)  # initial request 3: the code after the reasoning block is trained
-    llm.fallback = lambda n: fenced(valid_loss(10 + n))  # then valid replies
+# The replies in the order the search asks for them (one function each at most):
+SCRIPT = [
+    fenced(valid_loss(1)),  # initial request 1: trained
+    fenced(MALFORMED),  # initial request 2: a syntax error -> repair 1
+    fenced(HOSTILE),  # repair 1: a forbidden import -> repair 2
+    PROSE,  # repair 2: no function; the repairs (ours.repair_attempts=2) are used up
+    REASONING,  # initial request 3: the code after the reasoning block is trained
+]
+
+
+def served(index: int) -> str:
+    """What the server answers to its `index`-th request: the script, then valid replies."""
+    return SCRIPT[index] if index < len(SCRIPT) else fenced(valid_loss(10 + index))
 
 
 def http_search_cfg(url: str, **over: Any) -> Any:
@@ -81,7 +90,9 @@ def http_search_cfg(url: str, **over: Any) -> Any:
 @needs_openai
 def test_search_with_the_http_proposer_end_to_end(tmp_path: Path) -> None:
     with serve_llm() as llm:
-        serve_script(llm)
+        for reply in SCRIPT:
+            llm.reply(reply)
+        llm.fallback = served
         d = tmp_path / "run"
         data = SearchDriver(http_search_cfg(llm.url), d).run()
         received = list(llm.received)
@@ -89,17 +100,14 @@ def test_search_with_the_http_proposer_end_to_end(tmp_path: Path) -> None:
     store = Store(d / "search.sqlite")
     try:
         cands = store.candidates(kind="candidate")
-        replies = [r["body"] for r in received]
-        # every reply is stored with its candidate, in order (one proposal per reply here)
-        contents = _served(received, llm)
-        assert [c.raw_response for c in cands] == contents
+        # every reply is stored with its candidate and prompt, in order (one proposal per reply here)
+        assert [c.raw_response for c in cands] == [served(i) for i in range(len(received))]
         assert [c.prompt for c in cands] == prompts
-        by_reply = {c.raw_response: c for c in cands}
-        good, malformed, hostile, prose, thought = (by_reply[x] for x in contents[:5])
+        good, malformed, hostile, prose, thought = cands[:5]
         assert good.status == "done" and good.fitness_search is not None and good.operator == "llm:initial"
         assert malformed.status == "rejected" and "syntax" in (malformed.error or "")
         assert hostile.status == "rejected" and hostile.operator == "repair" and hostile.repair_of == malformed.id
-        assert "import" in (hostile.error or "") or "os" in (hostile.error or "")
+        assert "import not allowed" in (hostile.error or "")  # checked, never run
         assert prose.status == "rejected" and prose.code == "" and prose.repair_of == malformed.id
         assert "no Python function" in (prose.error or "")
         assert thought.status == "done" and "draft" not in (thought.code or "") and "softplus" in thought.code
@@ -108,21 +116,15 @@ def test_search_with_the_http_proposer_end_to_end(tmp_path: Path) -> None:
         assert malformed.error.splitlines()[0] in prompts[2] and "return (log_probs_forget.mean(" in prompts[2]
         assert hostile.error.splitlines()[0] in prompts[3] and "open('/etc/passwd')" in prompts[3]
         assert "rejected before training" not in prompts[4]  # the repairs were used up: a new request
-        # no reply was ever executed on this side: nothing opened, the search finished
+        # the search went on to the end
         assert store.get_meta("status") == "done" and store.trained_count() == 4
         assert (d / "leaderboard.md").is_file() and (d / "leaderboard.json").is_file()
         assert data["winner"]["id"] in {c.id for c in cands if c.status == "done"}
         # the prompts state the run settings as they are: full fine-tuning by default
-        assert all("full fine-tuning" in json.dumps(b) and "LoRA adapter" not in json.dumps(b) for b in replies)
+        bodies = [json.dumps(r["body"]) for r in received]
+        assert all("full fine-tuning" in b and "LoRA adapter" not in b for b in bodies)
     finally:
         store.close()
-
-
-def _served(received: list[dict[str, Any]], llm: FakeLLM) -> list[str]:
-    """What the server answered, request by request (the script, then the fallback)."""
-    script = [fenced(valid_loss(1)), fenced(MALFORMED), fenced(HOSTILE), PROSE, REASONING]
-    assert llm.fallback is not None
-    return [script[i] if i < len(script) else llm.fallback(i) for i in range(len(received))]
 
 
 @needs_openai
@@ -133,3 +135,78 @@ def test_http_prompts_state_lora_when_the_run_trains_an_adapter(tmp_path: Path) 
                      tmp_path / "run").run()
         bodies = [json.dumps(r["body"]) for r in llm.received]
     assert bodies and all("LoRA" in b and "full fine-tuning" not in b for b in bodies)
+
+
+# ------------------------------------------------------------------------------------------------
+# a prepared cache entry corrupted while the search runs (the tiny generated benchmark)
+
+CACHE_LOSSES = [
+    f'def loss_fn({SIG}):\n    """epochs: 1"""\n    return F.softplus(2.0 * log_probs_forget).mean() - log_probs_retain.mean()\n',
+    f'def loss_fn({SIG}):\n    """epochs: 1"""\n'
+    "    return torch.relu(log_probs_forget - ref_log_probs_forget + 0.5).mean() - 0.5 * log_probs_retain.mean()\n",
+    f'def loss_fn({SIG}):\n    """epochs: 1"""\n    return F.softplus(3.0 * log_probs_forget).mean() - 2.0 * log_probs_retain.mean()\n',
+]
+
+
+class CorruptingProposer(Proposer):
+    """Proposes `CACHE_LOSSES` in turn; once a candidate has finished, corrupts `victim` (a
+    half-written file, as a crashed writer leaves it) and notes the fitness of those finished."""
+
+    name = "corrupting"
+
+    def __init__(self, victim: Path) -> None:
+        self.victim = victim
+        self.codes = list(CACHE_LOSSES)
+        self.driver: SearchDriver | None = None
+        self.fitness_before: dict[int, float | None] | None = None
+
+    def propose(self, request: ProposalRequest) -> list[Proposal]:
+        assert self.driver is not None
+        done = self.driver.db.done_candidates()
+        if done and self.fitness_before is None:
+            self.fitness_before = {c.id: c.fitness_search for c in done}
+            self.victim.write_text('{"model_type": "lla')
+        return [Proposal(code=self.codes.pop(0), parents=request.parent_ids(), operator=f"test:{request.kind}")]
+
+
+def test_a_cache_file_corrupted_during_a_search_stops_it_uncharged(tiny_prepared, tmp_path: Path) -> None:
+    from evounlearn.benchmarks.tofu import prepare
+    from evounlearn.config import to_dict
+
+    cfg, _ = tiny_prepared
+    cache = tmp_path / "cache"  # a private copy: the session's entry stays intact for the other tests
+    shutil.copytree(cfg.cache_dir, cache)
+    pcfg = replace(cfg, cache_dir=str(cache))
+    victim = prepare(pcfg).target / "config.json"
+    search = load_search_config(None, {
+        "benchmark": "generated", "budget": 2, "workers": 1, "baselines": [], "finalists": 1, "report_seeds": 1,
+        "ours.initial": 1, "ours.per_generation": 1, "ours.stage1_epochs": 0, "ours.p_refine": 1.0,
+        "ours.p_crossover": 0.0, "ours.p_tune": 0.0,
+        "unlearn": {"prepare": to_dict(pcfg), "threads": 1, "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
+                    "eval": {"max_new_tokens": 8}},
+    })
+    prop = CorruptingProposer(victim)
+    d = tmp_path / "run"
+    driver = SearchDriver(search, d, proposer=prop)
+    prop.driver = driver
+    with pytest.raises(InfrastructureError) as err:
+        driver.run()
+    msg = str(err.value)
+    assert len(msg.splitlines()) == 1 and "infrastructure fault" in msg, msg
+    assert f"{victim} is corrupt" in msg, msg  # the file and what is wrong with it, not cut off
+    assert prop.fitness_before, "the corruption never happened: no candidate finished before a proposal"
+    store = Store(d / "search.sqlite")
+    try:
+        assert store.get_meta("status") == "interrupted"
+        cands = store.candidates(kind="candidate")
+        assert not [c for c in cands if c.status == "failed"]
+        after = {c.id: c.fitness_search for c in cands if c.id in prop.fitness_before}
+        assert after == prop.fitness_before and all(v is not None for v in after.values())
+        victim_runs = [c for c in cands if c.id not in prop.fitness_before]
+        assert victim_runs and all(c.status == "validated" and c.fitness_search is None and c.error is None
+                                   for c in victim_runs)
+        lost = [e for c in victim_runs for e in store.evaluations_of(c.id)]
+        assert [(e.status, e.attempts) for e in lost] == [("queued", INFRA_RETRIES + 1)]  # retried, never charged
+        assert store.pending_count() >= 1  # the lost run waits in the queue for --resume
+    finally:
+        store.close()
