@@ -496,6 +496,7 @@ def test_run_settings_in_prompts_match_training_defaults() -> None:
     assert "7 epochs when a loss declares none" in text
     repair = render_prompt(ProposalRequest(kind="repair", error={"reason": NO_FUNCTION, "code": ""}))
     assert NO_FUNCTION in repair and "no code" in repair
+    assert "Training: full fine-tuning (all weights), AdamW" in repair  # a repair is trained the same way
 
 
 @needs_openai
