@@ -7,11 +7,9 @@ import ast
 import importlib.util
 import json
 import random
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +32,8 @@ from evounlearn.search.proposers.llm.parse import clean_reply, extract_functions
 from evounlearn.search.proposers.llm.prompts import format_leaderboard, format_metrics, render_prompt
 from evounlearn.search.proposers.offline import OfflineProposer
 from evounlearn.search.proposers.offline import tree as loss_tree
+
+from .llm_server import FakeLLM, chat_json, serve_llm
 
 needs_openai = pytest.mark.skipif(
     importlib.util.find_spec("openai") is None,
@@ -242,88 +242,10 @@ def test_request_validation() -> None:
 # ------------------------------------------------------------------------------------------------
 
 
-@dataclass
-class FakeLLM:
-    url: str
-    responses: list[dict[str, Any]]
-    received: list[dict[str, Any]]
-    release: threading.Event
-
-    def reply(self, content: str, **message: Any) -> None:
-        self.responses.append({"status": 200, "json": chat_json(content, **message)})
-
-    def fail(self, status: int, message: str = "boom", headers: dict[str, str] | None = None) -> None:
-        self.responses.append(
-            {"status": status, "json": {"error": {"message": message}}, "headers": headers or {}}
-        )
-
-    def hang(self, seconds: float) -> None:
-        self.responses.append({"sleep": seconds, "status": 200, "json": chat_json("late")})
-
-
-def chat_json(content: str, **message: Any) -> dict[str, Any]:
-    """A chat-completions response as the OpenAI API sends it."""
-    return {
-        "id": "chatcmpl-test",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "test-model",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, **message},
-                "finish_reason": "stop",
-            }
-        ],
-    }
-
-
 @pytest.fixture
 def llm_server() -> Iterator[FakeLLM]:
-    responses: list[dict[str, Any]] = []
-    received: list[dict[str, Any]] = []
-    release = threading.Event()
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
-            length = int(self.headers.get("Content-Length", "0"))
-            body = json.loads(self.rfile.read(length) or b"{}")
-            with lock:
-                # self.headers: case-insensitive, as HTTP header names are (clients differ in case)
-                received.append({"path": self.path, "headers": self.headers, "body": body})
-                item = (
-                    responses.pop(0) if responses else {"status": 500, "json": {"error": "no canned answer"}}
-                )
-            if item.get("sleep"):
-                release.wait(item["sleep"])
-            data = json.dumps(item["json"]).encode()
-            try:
-                self.send_response(item["status"])
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in item.get("headers", {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:  # the client gave up (timeout test)
-                pass
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence the log
-            return
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    port = server.server_address[1]
-    try:
-        yield FakeLLM(f"http://127.0.0.1:{port}/v1", responses, received, release)
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+    with serve_llm() as server:
+        yield server
 
 
 def http_proposer(url: str, **kw: Any) -> HTTPProposer:
@@ -574,6 +496,7 @@ def test_run_settings_in_prompts_match_training_defaults() -> None:
     assert "7 epochs when a loss declares none" in text
     repair = render_prompt(ProposalRequest(kind="repair", error={"reason": NO_FUNCTION, "code": ""}))
     assert NO_FUNCTION in repair and "no code" in repair
+    assert "Training: full fine-tuning (all weights), AdamW" in repair  # a repair is trained the same way
 
 
 @needs_openai

@@ -684,7 +684,7 @@ class SearchDriver:
         where = f"run #{e.id} (candidate #{e.candidate_id}, {e.part} seed {e.seed})"
         if n > INFRA_RETRIES:
             raise InfrastructureError(
-                f"{where} was lost to an infrastructure fault {n} times (last: {_first_line(reason, 200)}); "
+                f"{where} was lost to an infrastructure fault {n} times (last: {_first_line(reason, 500)}); "
                 f"no candidate was charged; continue with: evounlearn evolve --resume {self.run_dir}")
         log.warning("%s lost to an infrastructure fault (%s); re-queued (%d/%d)", where, _first_line(reason, 160),
                     n, INFRA_RETRIES)
