@@ -215,7 +215,7 @@ def test_a_deleted_data_split_is_an_infra_fault(cache_copy, tmp_path):
 CHILD = """
 import json, sys, time
 from pathlib import Path
-from evounlearn.benchmarks import tofu
+from evounlearn.benchmarks.tofu import build as tofu
 from evounlearn.benchmarks.tofu import PrepareConfig, prepare
 from evounlearn.config import load_config
 
