@@ -139,7 +139,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         for key, val in (("budget", args.budget), ("workers", args.workers)):
             if val is not None:
                 extra[key] = val
-        if args.mode or args.config or args.proposer or args.split or args.data or args.benchmark:
+        if args.mode or args.control or args.config or args.proposer or args.split or args.data or args.benchmark:
             raise ConfigError("--resume continues a search with its saved config; only --budget, --workers "
                               "and key=value overrides may change")
         from ..search.driver import SearchDriver  # after the checks: it imports torch
@@ -147,7 +147,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         driver = SearchDriver.for_resume(args.resume, extra)
         run_dir = Path(args.resume)
     else:
-        for flag, key in ((args.mode, "mode"), (args.budget, "budget"), (args.workers, "workers"),
+        for flag, key in ((args.mode, "mode"), (args.control, "control"), (args.budget, "budget"), (args.workers, "workers"),
                           (args.proposer, "proposer.kind"), (args.split, "unlearn.forget_split"),
                           (args.data, "unlearn.data"), (args.seed, "seed"), (args.benchmark, "benchmark")):
             if flag is not None:
@@ -191,6 +191,9 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("evolve", help="EvoMU search for an unlearning loss (sandboxed, resumable, parallel)")
     p.add_argument("--mode", choices=["ours", "evomu"], help="ours (default): archive, crossover, staged "
                    "evaluation; evomu: the paper's 80-candidate schedule")
+    p.add_argument("--control", choices=["random", "seeds"], help="a control arm instead of the search, same "
+                   "budget and finalists: random trees without selection, or the literature seeds with tuned "
+                   "constants and epochs only")
     p.add_argument("--budget", type=int, help="number of trained candidates (default 12)")
     p.add_argument("--workers", type=int, help="candidates trained in parallel, one process each (default 2)")
     p.add_argument("--proposer", choices=["offline", "http", "hf"], help="who writes the losses (default offline)")

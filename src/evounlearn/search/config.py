@@ -12,6 +12,8 @@ from ..errors import ConfigError
 
 DEFAULT_YAML = Path(__file__).resolve().parents[1] / "configs" / "evolve.yaml"
 MODES = ("ours", "evomu")
+#: control arms (`--control`): generation loops in search.modes that stand in for the mode's
+CONTROLS = ("random", "seeds")
 
 #: The paper's schedule (SPEC 2.1): generation 0 = 10 zero-shot losses, then
 #: (parents, children per parent): top-5 x 5, top-3 x 10, top-5 x 3 = 80 candidates.
@@ -61,6 +63,10 @@ class RayConfig:
 @dataclass
 class SearchConfig:
     mode: str = "ours"  # ours | evomu
+    # a control arm in place of the mode's generation loop (same budget, fitness, baselines and
+    # finalists): random = random trees, no selection; seeds = the literature seeds, constants and
+    # epochs tuned only ("" = none: the search itself). modes/random.py and modes/seeds.py
+    control: str = ""
     budget: int = 12  # trained candidates (baselines and finalists' re-runs not counted)
     workers: int = 2  # candidates evaluated in parallel (one process each)
     seed: int = 0
@@ -79,7 +85,9 @@ class SearchConfig:
     unlearn: dict[str, Any] = field(default_factory=dict)
     default_epochs: int = 5  # candidates without an epochs docstring, and the baselines
     utility_floor: float = 0.9  # x the target model's utility
-    # registered methods run with the candidates' training budget; "npo@10" = NPO for 10 epochs
+    # registered methods run with the candidates' training budget; "npo@10" = NPO for 10 epochs.
+    # They keep default_epochs and their default constants; baselines tuned like the candidates
+    # (constants, retain weight, epochs, lr) come from `evounlearn tune --method NAME`.
     baselines: list[str] = field(default_factory=lambda: ["grad_ascent", "grad_diff", "npo", "simnpo", "undial"])
     baseline_seeds: int = 2
     finalists: int = 3  # top-k re-run with report_seeds seeds on both parts
@@ -96,6 +104,8 @@ class SearchConfig:
     def check(self) -> SearchConfig:
         if self.mode not in MODES:
             raise ConfigError(f"mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.control and self.control not in CONTROLS:
+            raise ConfigError(f"control must be one of {', '.join(CONTROLS)} (or empty), not {self.control!r}")
         if self.budget < 1:
             raise ConfigError(f"budget must be >= 1, got {self.budget}")
         if self.workers < 1:

@@ -196,7 +196,7 @@ class SearchDriver:
         self._t0 = time.time()
         self._seconds_before = 0.0
         self._codes: dict[str, int] = {}
-        self.mode = get_mode(cfg.mode)
+        self.mode = get_mode(cfg.control or cfg.mode)  # a control arm replaces the mode's loop
         policy = self.mode.policy(self.cfg)
         self.stage1_epochs = policy.stage1_epochs
         self.dedup = policy.dedup
@@ -446,11 +446,12 @@ class SearchDriver:
         return [{"code": c.code, "fitness": c.fitness_search} for c in self.db.done_candidates()
                 if c.code and c.fitness_search is not None]
 
-    def propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False) -> list[int]:
-        """Ask the proposer; record every proposal as a candidate row (status proposed)."""
+    def propose(self, g: int, slot: int, req: ProposalRequest, skip_known: bool = False,
+                proposer: Proposer | None = None) -> list[int]:
+        """Ask the proposer (a control's own when given); record every proposal as a candidate row."""
         t = time.time()
         try:
-            props: list[Proposal] = self.proposer.propose(req)
+            props: list[Proposal] = (proposer or self.proposer).propose(req)
         except Exception as e:  # a proposer failure costs this request only
             log.warning("proposer failed on a %s request: %s", req.kind, _first_line(str(e)))
             return []

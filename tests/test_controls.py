@@ -1,0 +1,81 @@
+"""The control arms of `evounlearn evolve` (`--control random | seeds`) on the fake benchmark
+(real driver, executor and candidate job; no training), and the search's cheap evaluation path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from evounlearn.errors import ConfigError
+from evounlearn.search.config import load_search_config
+from evounlearn.search.driver import SearchDriver
+from evounlearn.search.proposers.offline import tree as loss_tree
+from evounlearn.search.proposers.offline.tune import structure_key
+from evounlearn.search.store import Store
+
+from .fakes import BENCHMARK
+
+
+def control_cfg(**over: Any) -> Any:
+    base: dict[str, Any] = {"benchmark": BENCHMARK, "workers": 2, "baselines": ["npo"], "finalists": 2,
+                            "report_seeds": 1, "baseline_seeds": 1}
+    base.update(over)
+    return load_search_config(None, base)
+
+
+def test_random_control_draws_random_trees_in_generation_0_only(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    data = SearchDriver(control_cfg(control="random", budget=7), d).run()
+    store = Store(d / "search.sqlite")
+    trained = store.trained_candidates()
+    assert len(trained) == 7 == store.trained_count()  # the budget, exactly
+    assert {c.generation for c in store.candidates(kind="candidate")} == {0}  # no selection
+    assert all(c.operator == "random" and not c.parents for c in trained)
+    seeds = {loss_tree.render(t) for _, t in loss_tree.seed_trees()}
+    assert not seeds & {c.code for c in trained}  # no literature seed
+    trees = [loss_tree.tree_from_code(c.code or "") for c in trained]
+    assert all(t is not None for t in trees)
+    assert len({t.epochs for t in trees if t}) > 1  # epochs drawn, not fixed
+    assert store.get_meta("winner") is not None and len(store.get_meta("finalists")) == 2
+    assert data["counts"]["candidates"] == 7 and data["mode"] == "ours"  # the fitness stays the mode's
+    store.close()
+
+
+def test_seeds_control_only_tunes_the_seed_structures(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    SearchDriver(control_cfg(control="seeds", budget=14), d).run()
+    store = Store(d / "search.sqlite")
+    trained = store.trained_candidates()
+    assert len(trained) == 14 == store.trained_count()
+    seeds = loss_tree.seed_trees()
+    gen0 = [c for c in trained if c.generation == 0]
+    assert sorted(c.operator for c in gen0) == sorted(f"seed:{n}" for n, _ in seeds)
+    keys = {structure_key(t) for _, t in seeds}
+    later = [c for c in trained if c.generation > 0]
+    assert len(later) == 4
+    for c in later:  # constants (and epochs) only: the structure is a seed's
+        t = loss_tree.tree_from_code(c.code or "")
+        assert t is not None and structure_key(t) in keys
+        assert c.operator.startswith("tune") and len(c.parents) == 1
+    assert len({structure_key(loss_tree.tree_from_code(c.code or "")) for c in later}) == 4  # one per structure
+    store.close()
+
+
+def test_seeds_control_budget_below_the_seed_count(tmp_path: Path) -> None:
+    d = tmp_path / "run"
+    SearchDriver(control_cfg(control="seeds", budget=3, baselines=[], finalists=1), d).run()
+    store = Store(d / "search.sqlite")
+    trained = store.trained_candidates()
+    assert [c.operator for c in trained] == ["seed:GA", "seed:GradDiff", "seed:NPO"]
+    store.close()
+
+
+def test_control_config_and_cli_flag() -> None:
+    with pytest.raises(ConfigError, match="control must be one of"):
+        control_cfg(control="bogus")
+    from evounlearn.cli.main import build_parser
+
+    args = build_parser().parse_args(["evolve", "--control", "seeds", "--budget", "3"])
+    assert args.control == "seeds"
