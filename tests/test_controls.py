@@ -79,3 +79,57 @@ def test_control_config_and_cli_flag() -> None:
 
     args = build_parser().parse_args(["evolve", "--control", "seeds", "--budget", "3"])
     assert args.control == "seeds"
+
+
+# ------------------------------------------------------------------------------------------------
+# the cheap evaluation path of the search's candidates
+
+KEPT = ("forget_rouge", "forget_prob", "model_utility", "forget_truth_ratio", "forget_quality", "holdout_rouge",
+        "holdout_prob", "mia_loss")
+DROPPED = ("extraction_strength", "exact_memorization", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "privleak")
+
+
+def test_lean_evaluation_keeps_the_values_it_computes(tiny_prepared) -> None:
+    from evounlearn.evaluation.tofu_eval import EvalConfig, TofuEvaluator, load_results
+    from evounlearn.models.loading import load_model_and_tokenizer
+
+    _, p = tiny_prepared
+    model, tok = load_model_and_tokenizer(str(p.target), dtype="float32")
+    model.eval()
+    rr = load_results(p.retain_results)
+    full, lean, sized = (TofuEvaluator(p.data, "forget10", EvalConfig(max_new_tokens=24, **kw)).evaluate(
+        model, tok, retain_results=rr) for kw in ({}, {"lean": True}, {"answer_margin": 2}))
+    for k in KEPT:
+        assert lean["summary"][k] == full["summary"][k], k
+    assert not set(DROPPED) & set(lean["summary"]) and set(DROPPED) <= set(full["summary"])
+    # answer-sized generation (greedy): a prefix of the longer generation, never longer
+    for a, b in zip(sized["metrics"]["forget_rouge"]["generations"], full["metrics"]["forget_rouge"]["generations"]):
+        assert b.startswith(a) and len(a) <= len(b)
+
+
+def test_candidate_cheap_path_equals_the_full_path(tiny_prepared, tmp_path: Path) -> None:
+    """The search part's lean evaluation (the default there) against a forced full one: same run,
+    same seed, identical fitness inputs."""
+    import torch
+
+    from evounlearn.config import to_dict
+    from evounlearn.search.candidate import evaluate_candidate
+
+    pcfg, p = tiny_prepared
+    base = {"model": str(p.target), "retain_results": str(p.retain_results), "prepare": to_dict(pcfg),
+            "threads": 1, "train": {"lr": 1e-3, "batch_size": 2}, "eval": {"max_new_tokens": 16}}
+    threads = torch.get_num_threads()
+    try:
+        out = {}
+        for name, extra in (("cheap", {}), ("full", {"lean": False})):
+            unlearn = {**base, "eval": {**base["eval"], **extra}}
+            out[name] = evaluate_candidate(str(tmp_path / name), method="npo", epochs=1, seed=1, forget_part="search",
+                                           unlearn=unlearn, target_utility=0.5, fitness="calibrated")
+            assert out[name]["ok"], out[name]["error"]
+    finally:
+        torch.set_num_threads(threads)
+    cheap, full = out["cheap"]["summary"], out["full"]["summary"]
+    for k in KEPT:
+        assert cheap[k] == full[k], k
+    assert out["cheap"]["fitness"] == out["full"]["fitness"]
+    assert "privleak" not in cheap and "privleak" in full

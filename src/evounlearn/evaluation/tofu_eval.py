@@ -72,6 +72,19 @@ class TofuEvaluator:
         self.holdout = load(tofu.FORGET_TO_HOLDOUT[forget_split])
 
     # -- pieces ---------------------------------------------------------------------------------
+    @property
+    def _min_k_pp(self) -> bool:
+        """Whether the scoring computes the Min-K%++ statistics (a softmax moment per token)."""
+        return self.cfg.mia and not self.cfg.lean
+
+    def _new_tokens(self, fmt: PromptFormatter, answers: list[str]) -> int:
+        """max_new_tokens, or with `answer_margin` the longest answer (+ EOS) plus the margin."""
+        cfg = self.cfg
+        if cfg.answer_margin is None or not answers:
+            return cfg.max_new_tokens
+        longest = max(len(fmt.answer_ids(a)) for a in answers)
+        return max(1, min(cfg.max_new_tokens, longest + int(cfg.answer_margin)))
+
     def _truth_ratio(self, model, fmt, rows, true_key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (R, true_avg_nll, pert_avg_nll[N,K]) for rows with `true_key` and perturbed answers."""
         qs = [r["question"] for r in rows]
@@ -92,8 +105,8 @@ class TofuEvaluator:
         # Forget split: Prob, ROUGE, truth ratio, ES, EM (+ token stats for the MIAs).
         fq = [r["question"] for r in self.forget]
         fa = [r["answer"] for r in self.forget]
-        f_scored = score_answers(model, fmt, fq, fa, cfg.batch_size, with_distribution_stats=cfg.mia)
-        f_gen = generate_answers(model, fmt, fq, cfg.max_new_tokens, cfg.batch_size)
+        f_scored = score_answers(model, fmt, fq, fa, cfg.batch_size, with_distribution_stats=self._min_k_pp)
+        f_gen = generate_answers(model, fmt, fq, self._new_tokens(fmt, fa), cfg.batch_size)
         keys = self.forget_index
         out["forget_prob"] = _entry(None, M.length_normalized_prob(_avg_nlls(f_scored)), keys)
         out["forget_prob"]["agg"] = float(np.mean(list(out["forget_prob"]["values"].values())))
@@ -101,9 +114,10 @@ class TofuEvaluator:
         out["forget_rouge"] = _entry(float(np.mean(rouge)), rouge, keys, generations=f_gen)
         r_forget, _, _ = self._truth_ratio(model, fmt, self.forget, "paraphrased_answer")
         out["forget_truth_ratio"] = _entry(M.truth_ratio_forget(r_forget), r_forget, keys)
-        es, em = memorization_scores(f_scored, cfg.es_reference_quirk)
-        out["extraction_strength"] = _entry(float(np.mean(es)), es, keys)
-        out["exact_memorization"] = _entry(float(np.mean(em)), em, keys)
+        if not cfg.lean:
+            es, em = memorization_scores(f_scored, cfg.es_reference_quirk)
+            out["extraction_strength"] = _entry(float(np.mean(es)), es, keys)
+            out["exact_memorization"] = _entry(float(np.mean(em)), em, keys)
 
         # Model utility: Prob, ROUGE, truth ratio on retain, real authors, world facts.
         comps: dict[str, float] = {}
@@ -119,7 +133,7 @@ class TofuEvaluator:
                 prob = M.length_normalized_prob(_avg_nlls(score_answers(model, fmt, qs, ans, cfg.batch_size)))
             else:  # normalised over the options (true answer + perturbed ones)
                 prob = M.option_normalized_prob(true_nll, pert_nll)
-            gen = generate_answers(model, fmt, qs, cfg.max_new_tokens, cfg.batch_size)
+            gen = generate_answers(model, fmt, qs, self._new_tokens(fmt, ans), cfg.batch_size)
             rg = M.rouge_l_recall(gen, ans)
             tr = M.truth_ratio_true_better_values(r_vals)
             out[f"{name}_prob"] = _entry(float(np.mean(prob)), prob)
@@ -165,10 +179,10 @@ class TofuEvaluator:
         cfg = self.cfg
         hq = [r["question"] for r in self.holdout]
         ha = [r["answer"] for r in self.holdout]
-        h_scored = score_answers(model, fmt, hq, ha, cfg.batch_size, with_distribution_stats=cfg.mia)
+        h_scored = score_answers(model, fmt, hq, ha, cfg.batch_size, with_distribution_stats=self._min_k_pp)
         prob = M.length_normalized_prob(_avg_nlls(h_scored))
         out["holdout_prob"] = _entry(float(np.mean(prob)), prob)
-        gen = generate_answers(model, fmt, hq, cfg.max_new_tokens, cfg.batch_size)
+        gen = generate_answers(model, fmt, hq, self._new_tokens(fmt, ha), cfg.batch_size)
         rouge = M.rouge_l_recall(gen, ha)
         out["holdout_rouge"] = _entry(float(np.mean(rouge)), rouge, generations=gen)
         return h_scored
@@ -184,6 +198,9 @@ class TofuEvaluator:
             res[name] = {"agg": float(auc), "values": {"forget": _values(sf, self.forget_index), "holdout": _values(sh)}}
 
         fa = [r["answer"] for r in self.forget]
+        if cfg.lean:  # the LOSS attack only (what the calibrated fitness reads)
+            pack("mia_loss", M.mia_loss_scores(*_with_eos(f_scored)), M.mia_loss_scores(*_with_eos(h_scored)))
+            return res
         f_mia, h_mia = mia_scores(f_scored, fa, cfg.min_k), mia_scores(h_scored, ha, cfg.min_k)
         for name in f_mia:
             pack(name, f_mia[name], h_mia[name])
@@ -220,10 +237,15 @@ def _padded(rows: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return values, mask
 
 
+def _with_eos(scored: list[ScoredAnswer]) -> tuple[np.ndarray, np.ndarray]:
+    """The log-probs of the answer tokens and the EOS prediction, padded, with their mask."""
+    return _padded([s.with_eos.logps for s in scored])
+
+
 def mia_scores(scored: list[ScoredAnswer], texts: list[str], k: float) -> dict[str, np.ndarray]:
     """Per-example loss-like MIA scores of one split, each on its SPEC 4.1 token set: LOSS and zlib
     with the EOS prediction, Min-K% and Min-K%++ without it."""
-    with_eos = _padded([s.with_eos.logps for s in scored])
+    with_eos = _with_eos(scored)
     answer = _padded([s.answer.logps for s in scored])
     z = _padded([s.answer.z for s in scored])
     return {

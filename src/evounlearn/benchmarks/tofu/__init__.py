@@ -207,13 +207,18 @@ class TofuBenchmark(Benchmark):
             seed: int | None = None, run_dir: str | Path | None = None, stage1_epochs: int = 0,
             on_stage: StageHook | None = None) -> RunResult:
         """`run_unlearning` built from RUN_DIR/unlearn_config.yaml (+ RUN_DIR/loss.py for a loss
-        program), exactly what `evounlearn unlearn --config ... --loss-file ...` does."""
+        program), exactly what `evounlearn unlearn --config ... --loss-file ...` does. On the
+        search part the evaluation is lean (`EvalConfig.lean`) unless the options set it."""
         rd = Path(run_dir) if run_dir else default_run_dir(UnlearnConfig(method=run.method))
         rd.mkdir(parents=True, exist_ok=True)
         settings = run_settings(_deep_merge(prepared.options, {"train": dict(run.train)}), seed=seed,
                                 forget_part=part, epochs=None)
         if fraction is not None:
             settings["search_fraction"] = float(fraction)
+        if part == "search" and "lean" not in (settings.get("eval") or {}):
+            # what the search scores: only the metrics its fitnesses and leaderboards read (the
+            # same values); the report part (finalists, baselines) gets the full evaluation
+            settings = _deep_merge(settings, {"eval": {"lean": True}})
         atomic_write_text(rd / "unlearn_config.yaml", yaml.safe_dump(settings, sort_keys=False))
         overrides = [f"run_dir={rd}"]
         loss = dict(run.loss)
