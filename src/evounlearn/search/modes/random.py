@@ -18,11 +18,10 @@ from ..proposers import Proposal, ProposalRequest
 from ..proposers.offline import OfflineProposer
 from ..proposers.offline import tree as loss_tree
 from ..proposers.offline.proposer import OfflineConfig
-from .base import ModePolicy, SearchMode
+from .base import ModeHost, ModePolicy, SearchMode
 
 if TYPE_CHECKING:
     from ..config import SearchConfig
-    from ..driver import SearchDriver
 
 log = logging.getLogger("evounlearn.search")
 
@@ -62,7 +61,7 @@ class RandomTreeProposer(OfflineProposer):
 class RandomMode(SearchMode):
     name = "random"
 
-    def __init__(self, driver: SearchDriver) -> None:
+    def __init__(self, driver: ModeHost) -> None:
         super().__init__(driver)
         self.proposer = RandomTreeProposer(control_proposer_config(driver.cfg))
 

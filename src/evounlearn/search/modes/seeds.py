@@ -23,12 +23,11 @@ from ..proposers.offline import OfflineProposer
 from ..proposers.offline import tree as loss_tree
 from ..proposers.offline.tune import structure_key
 from ..store import CandidateRow
-from .base import ModePolicy, SearchMode
+from .base import ModeHost, ModePolicy, SearchMode
 from .random import control_policy, control_proposer_config
 
 if TYPE_CHECKING:
     from ..config import SearchConfig
-    from ..driver import SearchDriver
 
 log = logging.getLogger("evounlearn.search")
 
@@ -58,7 +57,7 @@ def _structure(c: CandidateRow) -> str | None:
 class SeedsMode(SearchMode):
     name = "seeds"
 
-    def __init__(self, driver: SearchDriver) -> None:
+    def __init__(self, driver: ModeHost) -> None:
         super().__init__(driver)
         self.proposer = SeedTunerProposer(control_proposer_config(driver.cfg))
         self.keys = list(dict.fromkeys(structure_key(t) for _, t in self.proposer.seed_list(driver.cfg.interface)))
