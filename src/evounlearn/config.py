@@ -27,6 +27,7 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "load_yaml",
+    "merge_options",
     "nest",
     "parse_overrides",
     "parse_value",
@@ -82,6 +83,17 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
         else:
             node[last] = value
     return out
+
+
+def merge_options(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `extra` into the plain options mapping `base` (in place; returned): a benchmark's
+    options are free-form, so they merge without a dataclass schema."""
+    for k, v in extra.items():
+        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
+            merge_options(base[k], v)
+        else:
+            base[k] = dict(v) if isinstance(v, Mapping) else v
+    return base
 
 
 def _check_keys(schema: Any, data: Mapping[str, Any], prefix: str = "") -> None:

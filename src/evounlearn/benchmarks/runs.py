@@ -61,52 +61,12 @@ class EvalRequest:
     attack_temperature: float = 1.0
 
 
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings to dotted keys, so that they merge into a config key by key."""
-    out: dict[str, Any] = {}
-    for k, v in data.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
-def nested(dotted: Mapping[str, Any]) -> dict[str, Any]:
-    """{"a.b": 1} -> {"a": {"b": 1}}."""
-    out: dict[str, Any] = {}
-    for key, value in dotted.items():
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
-            _merge(base[k], v)
-        else:
-            base[k] = v
-    return base
-
-
 def load_options(config: str | None, overrides: Iterable[str]) -> dict[str, Any]:
     """A benchmark's options: the YAML file <- key=value overrides (nested dicts)."""
-    from ..config import parse_overrides
+    from ..config import load_yaml, merge_options, nest, parse_overrides
 
-    data: dict[str, Any] = {}
-    if config:
-        p = Path(config)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {p} must hold a mapping at the top level")
-    return _merge(data, nested(parse_overrides(list(overrides))))
+    data = load_yaml(config) if config else {}
+    return merge_options(data, nest(parse_overrides(list(overrides))))
 
 
 def _with_fitness(bench: Any, summaries: dict[str, dict[str, Any]], target: Mapping[str, Any]) -> dict[str, Any]:

@@ -148,11 +148,10 @@ def setting_config(cls: type, options: Mapping[str, Any] | None) -> Any:
     dotted keys), ``cache_dir`` or ``prepare.cache_dir`` (the search driver pins it), ``threads``.
     TOFU-only keys (``data``, ``forget_split``, ``eval``...) are ignored."""
     from ..config import apply_overrides
-    from .runs import flatten
 
     options = dict(options or {})
     cfg = cls()
-    apply_overrides(cfg, flatten(options.get("setting") or {}))
+    apply_overrides(cfg, dict(options.get("setting") or {}))
     prep = options.get("prepare") or {}
     cache = str(options.get("cache_dir") or (prep.get("cache_dir") if isinstance(prep, Mapping) else "") or "")
     if cache and not cfg.cache_dir:

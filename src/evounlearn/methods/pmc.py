@@ -72,9 +72,10 @@ class PMCConfig:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> PMCConfig:
+        from ..config import apply_overrides
+
         names = {f.name for f in fields(cls)}
-        cfg = cls(**{k: type(getattr(cls, k))(v) if v is not None else v
-                     for k, v in params.items() if k in names})
+        cfg = apply_overrides(cls(), {k: v for k, v in params.items() if k in names and v is not None})
         if cfg.n_samples < 1:
             raise ConfigError(f"pmc: n_samples must be >= 1, got {cfg.n_samples}")
         if cfg.temperature <= 0 or not 0 < cfg.top_p <= 1:

@@ -80,6 +80,9 @@ class SearchConfig:
     evaluator: str = "real"
     executor: str = "local"  # local (worker processes here) | ray (a Ray cluster or local instance; see `ray`)
     ray: RayConfig = field(default_factory=RayConfig)
+    # local candidate workers write only in their scratch folder, the run dir and the cache
+    # (Landlock, where the kernel has it; the pool's log line says whether it is on)
+    confine_writes: bool = True
     proposer: dict[str, Any] = field(default_factory=lambda: {"kind": "offline"})
     # UnlearnConfig fields shared by every run (data, forget_split, train.*, eval.*, prepare.*, ...)
     unlearn: dict[str, Any] = field(default_factory=dict)
@@ -158,30 +161,10 @@ def config_from_dict(data: Mapping[str, Any]) -> SearchConfig:
 
 def load_search_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] = ()) -> SearchConfig:
     """Defaults <- configs/evolve.yaml <- the user's YAML <- key=value overrides."""
-    cfg = SearchConfig()
-    if DEFAULT_YAML.is_file():
-        cfg = _merge_file(cfg, DEFAULT_YAML)
-    if path:
-        cfg = _merge_file(cfg, Path(path))
-    from ..config import apply_overrides, parse_overrides
+    from ..config import load_config
 
-    apply_overrides(cfg, overrides if isinstance(overrides, dict) else parse_overrides(overrides))
-    return cfg.check()
-
-
-def _merge_file(cfg: SearchConfig, path: Path) -> SearchConfig:
-    import yaml
-
-    from ..benchmarks.runs import flatten
-    from ..config import apply_overrides
-
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    apply_overrides(cfg, flatten(data))
-    return cfg
+    files = [p for p in (DEFAULT_YAML if DEFAULT_YAML.is_file() else None, path) if p]
+    return load_config(SearchConfig, files, overrides).check()
 
 
 def scaled_evomu_schedule(budget: int, schedule: list[list[int]] | None = None,

@@ -65,10 +65,9 @@ SPACE_KEYS = ("lr", "epochs")  # besides the loss params
 
 def _evolve_default(key: str, fallback: Any) -> Any:
     """A value of configs/evolve.yaml: tune runs with evolve's run settings unless told otherwise."""
-    import yaml
+    from ..config import load_yaml
 
-    data = yaml.safe_load(EVOLVE_YAML.read_text()) if EVOLVE_YAML.is_file() else {}
-    return (data or {}).get(key, fallback)
+    return (load_yaml(EVOLVE_YAML) if EVOLVE_YAML.is_file() else {}).get(key, fallback)
 
 
 @dataclass
@@ -83,6 +82,7 @@ class TuneConfig:
     evaluator: str = "real"  # real = search.candidate, or a module with the same `evaluate_candidate`
     executor: str = "local"  # local | ray (see evolve's `ray` section)
     ray: RayConfig = field(default_factory=RayConfig)  # `executor: ray` (docs/DISTRIBUTED.md)
+    confine_writes: bool = True  # local workers write only in scratch, the run dir and the cache
     # the UnlearnConfig fields shared by every run (evolve's `unlearn` section)
     unlearn: dict[str, Any] = field(default_factory=lambda: dict(_evolve_default("unlearn", {})))
     space: dict[str, Any] = field(default_factory=dict)  # param -> [lo, hi] | [lo, hi, log|linear] | value

@@ -53,8 +53,10 @@ def make_executor(kind: str = "local", workers: int = 1, limits: Limits | None =
 
 def executor_options(cfg: SearchConfig, run_dir: str | Path) -> dict[str, Any]:
     """The backend-specific `make_executor` options of a search: for Ray, its config section and
-    the paths every node must see (the run dir and the prepared-model cache)."""
-    if cfg.executor != "ray":
-        return {}
+    the paths every node must see (the run dir and the prepared-model cache); locally, where the
+    candidate workers may write (the same two folders) when `confine_writes` is on."""
     cache = str((cfg.unlearn.get("prepare") or {}).get("cache_dir") or "")
-    return {"options": cfg.ray, "shared_paths": [str(run_dir), *([cache] if cache else [])]}
+    paths = [str(run_dir), *([cache] if cache else [])]
+    if cfg.executor == "ray":
+        return {"options": cfg.ray, "shared_paths": paths}
+    return {"write_paths": paths} if cfg.confine_writes else {}

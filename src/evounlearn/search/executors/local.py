@@ -16,12 +16,15 @@ __all__ = ["LocalExecutor"]
 class LocalExecutor(Executor):
     """`n` isolated worker processes on this machine (one candidate each)."""
 
-    def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1) -> None:
+    def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1,
+                 write_paths: list[str] | None = None) -> None:
+        """`write_paths`: where the workers may write besides their scratch folder (Landlock, where
+        the kernel has it); None: writes are not confined."""
         if n < 1:
             raise ConfigError(f"workers must be >= 1, got {n}")
         self.slots = n
         self.limits = limits or Limits()
-        self.pool = WorkerPool(n, threads=threads, **self.limits.as_kwargs())
+        self.pool = WorkerPool(n, threads=threads, write_paths=write_paths, **self.limits.as_kwargs())
 
     def start(self) -> None:
         self.pool.start()
