@@ -193,7 +193,7 @@ def register_search(sub: argparse._SubParsersAction) -> None:
                    "evaluation; evomu: the paper's 80-candidate schedule")
     p.add_argument("--control", choices=["random", "seeds"], help="a control arm instead of the search, same "
                    "budget and finalists: random trees without selection, or the literature seeds with tuned "
-                   "constants and epochs only")
+                   "constants and epochs only (default: none, the search itself)")
     p.add_argument("--budget", type=int, help="number of trained candidates (default 12)")
     p.add_argument("--workers", type=int, help="candidates trained in parallel, one process each (default 2)")
     p.add_argument("--proposer", choices=["offline", "http", "hf"], help="who writes the losses (default offline)")
