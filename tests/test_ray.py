@@ -1,9 +1,10 @@
 """`executor: ray` (search.executors.ray.RayExecutor) on a real local Ray instance (127.0.0.1).
 
-Each job runs in the same isolated worker process as locally, inside a Ray task: same results
-and limit errors as the local pool, cancellation on close(kill=True), and a Ray worker killed
-under a task reported as an infrastructure fault and retried. Then the search itself through Ray:
-same fitness values as with the local executor, and a driver kill -9 + --resume.
+Each job runs in the same isolated worker process as locally, kept warm by one Ray actor per
+slot: same results and limit errors as the local pool, one sandbox reused by its slot's jobs,
+cancellation on close(kill=True), and an actor process killed under a job reported as an
+infrastructure fault and retried on a new actor. Then the search itself through Ray: same
+fitness values as with the local executor, and a driver kill -9 + --resume.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray executor needs the optional extra: pip install 'ray>=2.9'")
 
 from evounlearn.config import to_dict  # noqa: E402
-from evounlearn.sandbox import WALL_LIMIT, JobResult, Limits, WorkerPool  # noqa: E402
+from evounlearn.sandbox import CRASH, WALL_LIMIT, JobResult, Limits, WorkerPool  # noqa: E402
 from evounlearn.search.config import RayConfig, load_search_config  # noqa: E402
 from evounlearn.search.driver import SearchDriver  # noqa: E402
 from evounlearn.search.executors import LocalExecutor, executor_options, make_executor  # noqa: E402
@@ -81,6 +82,17 @@ def test_jobs_give_the_same_results_as_the_local_pool(tmp_path: Path) -> None:
         RayExecutor(1, LIMITS).submit(DIAG, {}).result(60)
 
 
+def test_each_slot_keeps_one_warm_sandbox_restarted_after_a_crash() -> None:
+    ex = ray_executor(n=1)
+    first, second = (ex.submit(DIAG, {"action": "info"}).result(60) for _ in range(2))
+    crashed = ex.submit(DIAG, {"action": "exit"}).result(60)
+    after = ex.submit(DIAG, {"action": "info"}).result(60)
+    ex.close()
+    assert first.ok and second.ok and first.value["pid"] == second.value["pid"]  # one sandbox, reused
+    assert crashed.killed_reason == CRASH and not crashed.infra and ex.infra_retries == 0
+    assert after.ok and after.value["pid"] != first.value["pid"]  # the worker restarted itself
+
+
 def test_limits_are_enforced_inside_ray() -> None:
     short = Limits(wall_s=1.0, cpu_s=60, memory_mb=1024)
     ex = ray_executor(limits=short)
@@ -106,8 +118,9 @@ def test_close_with_kill_cancels_the_jobs_in_flight() -> None:
         assert not r.ok and r.infra and "cancelled" in r.error
 
 
-def _ray_task_pids(name: str = "run_sandboxed") -> list[int]:
-    """Ray worker processes currently running `name` (their title is "ray::<task name>")."""
+def _busy_actor_pids(name: str = "SandboxActor") -> list[int]:
+    """Ray actor processes of class `name` running a job: an actor's title is "ray::<class>",
+    "ray::<class>.run" while its `run` method runs."""
     out = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -115,34 +128,34 @@ def _ray_task_pids(name: str = "run_sandboxed") -> list[int]:
                 cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if cmd.startswith(f"ray::{name}"):
+            if cmd.startswith(f"ray::{name}.run"):
                 out.append(int(d.name))
     return out
 
 
-def _kill_worker_under_task(deadline_s: float = 30.0) -> None:
+def _kill_actor_under_job(deadline_s: float = 60.0) -> None:
     end = time.monotonic() + deadline_s
     while time.monotonic() < end:
-        pids = _ray_task_pids()
+        pids = _busy_actor_pids()
         if pids:
-            time.sleep(0.5)  # let the sandbox start, then kill the Ray worker under it
+            time.sleep(0.5)  # let the job start in the sandbox, then kill the actor under it
             os.kill(pids[0], signal.SIGKILL)
             return
         time.sleep(0.1)
-    raise AssertionError("no Ray worker ran the task")
+    raise AssertionError("no Ray actor ran the job")
 
 
-def test_a_ray_worker_killed_under_a_task_is_an_infra_fault_and_retried() -> None:
+def test_a_ray_actor_killed_under_a_job_is_an_infra_fault_and_retried() -> None:
     # the job sleeps long enough that the kill lands while it runs, even on a loaded machine
     ex = ray_executor(retries=1)
     fut = ex.submit(DIAG, {"action": "sleep", "seconds": 10})
-    _kill_worker_under_task()
+    _kill_actor_under_job()
     res = fut.result(120)
     assert res.ok and res.value == 10 and not res.infra and ex.infra_retries == 1
     ex.close()
     ex = ray_executor(retries=0)  # no retries left: reported, distinguishable from a job's failure
     fut = ex.submit(DIAG, {"action": "sleep", "seconds": 10})
-    _kill_worker_under_task()
+    _kill_actor_under_job()
     res = fut.result(120)
     ex.close()
     assert not res.ok and res.infra and "infrastructure fault" in res.error and ex.infra_retries == 0

@@ -1,19 +1,25 @@
-"""`executor: ray`: candidate evaluations as Ray tasks, on a local Ray instance or a cluster.
+"""`executor: ray`: candidate evaluations on Ray actors, on a local Ray instance or a cluster.
 
-Each job is one Ray task that starts the SAME isolated worker process as `LocalExecutor`
-(`sandbox.IsolatedWorker`, same wall / CPU / memory limits, 1 torch thread) and runs the job
-there: generated code never runs unsandboxed in a Ray worker, and never in the driver. The task
-returns the worker's `JobResult` unchanged, so a job over its wall limit fails with the same
-error text on Ray as locally.
+One long-lived Ray actor per slot (`SandboxActor`, with the slot's `RayConfig` resources: CPUs,
+GPUs, memory) holds one warm `sandbox.IsolatedWorker`: the SAME isolated worker process as
+`LocalExecutor` (same wall / CPU / memory limits, 1 torch thread, same confinement), started once
+when the actor starts and restarted by the worker itself after a kill or crash (~0.02 s: its fork
+server keeps torch imported). A job goes to an idle actor, which runs it in its worker and returns
+the worker's `JobResult` unchanged: generated code never runs in the actor process (nor in the
+driver), and a job over its wall limit fails with the same error text on Ray as locally.
+Why actors and not one task per job: a task had to start a new sandbox (fork server, torch
+import) for every candidate, ~2.5 s each; an actor pays that once per slot.
 
-Futures: `submit` returns a `concurrent.futures.Future[JobResult]`; one background thread waits on
-the Ray object refs (`ray.wait`) and completes them.
+Futures: `submit` returns a `concurrent.futures.Future[JobResult]`; jobs wait in a queue for an
+idle actor, and one background thread waits on the Ray object refs (`ray.wait`) and completes
+the futures.
 
-Faults: a task lost to Ray itself (its worker process or node died, its result object was lost,
-a Ray system error) is an infrastructure fault, not the candidate's: it is resubmitted up to
-`RayConfig.retries` times, then reported as `JobResult(ok=False, infra=True, ...)`. Cancelled
-tasks (`close(kill=True)`) also come back with `infra=True`. Ray's own task retries are off
-(`max_retries=0`) so that every retry is counted here (`infra_retries`).
+Faults: a job lost to Ray itself (its actor process or node died, its result object was lost, a
+Ray system error) is an infrastructure fault, not the candidate's: the actor is replaced by a
+fresh one and the job resubmitted up to `RayConfig.retries` times, then reported as
+`JobResult(ok=False, infra=True, ...)`. Jobs cancelled by `close(kill=True)` also come back with
+`infra=True`. Ray's own restarts and retries are off (`max_restarts=0`, `max_task_retries=0`) so
+that every retry is counted here (`infra_retries`).
 
 Artifacts: the run dir and the prepared models / data / caches are read and written by the jobs
 through absolute paths, so they must lie on a file system that every node mounts at the same
@@ -22,9 +28,9 @@ runs one tiny task per alive node that looks for it, and fails with a one-line C
 naming the node and the path. `RayConfig.runtime_env` (Ray's working_dir / py_modules /
 env_vars / pip) is for small things: code and settings. See docs/DISTRIBUTED.md.
 
-Lifetime: a local instance (`address: ""`) is started by, and dies with, the driver; on a
-cluster `close(kill=True)` cancels the tasks in flight, and `--resume` re-queues the runs the
-store still lists as "running".
+Lifetime: a local instance (`address: ""`) is started by, and dies with, the driver; `close()`
+ends the actors (with `kill=True`: first their sandboxes' jobs, then the actors), and `--resume`
+re-queues the runs the store still lists as "running".
 
 `ray` is imported only when an executor starts: `import evounlearn` never needs it.
 """
@@ -35,8 +41,10 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import threading
 import uuid
+from collections import deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -48,28 +56,52 @@ from ...sandbox import CRASH, IsolatedWorker, JobResult, Limits
 from ..config import RayConfig
 from .base import Executor
 
-__all__ = ["RayExecutor", "check_paths_task", "run_sandboxed"]
+__all__ = ["RayExecutor", "SandboxActor", "check_paths_task"]
 
 log = logging.getLogger(__name__)
 
 _WAIT_S = 0.2  # how often the completion thread looks at its refs (and at new submissions)
-_SOFT_CANCEL_S = 5.0  # close(kill=True): time for tasks to kill their sandbox before a forced cancel
+_SOFT_CANCEL_S = 5.0  # close(kill=True): time for actors to kill their sandbox's job before ray.kill
+_STOP_S = 10.0  # close(): time for actors to close their sandbox (remove its scratch dir) before ray.kill
 _MARKER = ".evounlearn-ray-check-"
+# a second concurrency group, so that `kill_job` runs while `run` is busy in the default one
+_CONTROL = "control"
+_CANCELLED = "cancelled: the executor was closed"
 
 
 # --------------------------------------------------------------------------------------------
-# task side (runs inside a Ray worker process)
+# actor side (runs inside a Ray worker process)
 
 
-def run_sandboxed(job: str, kwargs: dict[str, Any], limits: dict[str, Any], threads: int,
-                  trusted_prefixes: tuple[str, ...]) -> JobResult:
-    """The Ray task: run `job(**kwargs)` in a fresh isolated worker process with `limits`."""
-    worker = IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, **limits)
-    try:
-        return worker.run(job, kwargs)
-    finally:
-        # also on ray.cancel (KeyboardInterrupt here): kill the sandbox's process group now
-        worker.kill()
+class SandboxActor:
+    """One slot of a RayExecutor: a long-lived actor holding one warm IsolatedWorker.
+
+    The job runs in the worker's child process (limits, own process group, confinement), never
+    in this actor's process; after a kill or a crash the worker restarts itself for the next job.
+    """
+
+    def __init__(self, limits: dict[str, Any], threads: int, trusted_prefixes: tuple[str, ...]) -> None:
+        self.worker = IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, **limits)
+        # warm now (fork server + first child); a failed start is retried, and reported
+        # (infra=True), by the first job's `run`
+        with contextlib.suppress(Exception):
+            self.worker.start()
+
+    def run(self, job: str, kwargs: dict[str, Any], limits: dict[str, Any]) -> JobResult:
+        """`job(**kwargs)` in the sandbox, with this job's `limits`."""
+        return self.worker.run(job, kwargs, **limits)
+
+    def kill_job(self) -> None:
+        """Kill the sandbox's process group now (called in the control group, while `run` waits):
+        the job in flight comes back as a "crash" and the worker restarts for the next one."""
+        with contextlib.suppress(Exception):  # no child (idle or already dead): nothing to kill
+            pid = self.worker.pid
+            if pid is not None:
+                os.killpg(pid, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        """Stop the sandbox and remove its scratch directory (before the actor is killed)."""
+        self.worker.close()
 
 
 def check_paths_task(paths: list[str], marker: str) -> list[str]:
@@ -94,7 +126,7 @@ class _Task:
 
 
 class RayExecutor(Executor):
-    """Jobs as Ray tasks, each in its own isolated worker process; see the module docstring."""
+    """Jobs on one Ray actor per slot, each holding an isolated worker; see the module docstring."""
 
     def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1,
                  options: RayConfig | Mapping[str, Any] | None = None, shared_paths: Sequence[str] = (),
@@ -110,19 +142,24 @@ class RayExecutor(Executor):
         paths = [*shared_paths, *([self.options.shared_dir] if self.options.shared_dir else [])]
         self.shared_paths = [str(Path(p).resolve()) for p in paths if p]
         self.trusted_prefixes = tuple(trusted_prefixes)
-        self.infra_retries = 0  # tasks resubmitted after an infrastructure fault
+        self.infra_retries = 0  # jobs resubmitted after an infrastructure fault
         self._lock = threading.Lock()
-        self._tasks: dict[Any, _Task] = {}  # ray ObjectRef -> task
-        self._remote: Any = None
+        self._actor_class: Any = None  # the ray.remote SandboxActor, once started
+        self._actors: list[Any] = []  # the live actor handles (one per slot)
+        self._idle: deque[Any] = deque()  # actors without a job
+        self._queue: deque[_Task] = deque()  # jobs waiting for an idle actor
+        self._running: dict[Any, tuple[_Task, Any]] = {}  # ray ObjectRef -> (task, its actor)
+        self._submitted: list[_Task] = []  # every task whose future may still be pending
         self._owns_ray = False
         self._closing = False
+        self._killing = False  # close(kill=True) is cancelling: whatever completes is "cancelled"
         self._thread: threading.Thread | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> None:
-        """Connect to (or start) Ray and check the shared paths on every node."""
+        """Connect to (or start) Ray, check the shared paths on every node, start the actors."""
         with self._lock:
-            if self._remote is not None:
+            if self._actor_class is not None:
                 return
             ray = _import_ray()
             if not ray.is_initialized():
@@ -132,7 +169,10 @@ class RayExecutor(Executor):
             except BaseException:
                 self._shutdown_ray(ray)
                 raise
-            self._remote = ray.remote(run_sandboxed).options(**self._task_options())
+            self._closing = self._killing = False
+            self._actor_class = ray.remote(concurrency_groups={_CONTROL: 1}, **self._actor_options())(SandboxActor)
+            for _ in range(self.slots):
+                self._idle.append(self._new_actor())
             self._thread = threading.Thread(target=self._complete_loop, name="evounlearn-ray", daemon=True)
             self._thread.start()
 
@@ -151,16 +191,22 @@ class RayExecutor(Executor):
             raise ConfigError(f"cannot start Ray ({where}): {type(e).__name__}: {_first_line(str(e))}") from None
         self._owns_ray = True
 
-    def _task_options(self) -> dict[str, Any]:
+    def _actor_options(self) -> dict[str, Any]:
+        """The resources each actor holds for its lifetime (one slot = one candidate at a time).
+        A GPU actor's sandbox inherits the CUDA_VISIBLE_DEVICES Ray set for that actor, and a
+        replaced actor is a new process: no GPU is shared between slots."""
         opts = self.options
-        out: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus, "max_retries": 0}
+        out: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
+                               "max_restarts": 0, "max_task_retries": 0}
         if opts.memory_mb:
             out["memory"] = int(opts.memory_mb) * 1024 * 1024
-        if opts.num_gpus > 0:
-            # a fresh Ray worker per GPU task: the sandbox's fork server is started by the task and
-            # inherits that task's CUDA_VISIBLE_DEVICES, which must not be reused for another GPU
-            out["max_calls"] = 1
         return out
+
+    def _new_actor(self) -> Any:
+        """Start one more actor (asynchronously: its first job waits until it is up)."""
+        actor = self._actor_class.remote(self.limits.as_kwargs(), self.threads, self.trusted_prefixes)
+        self._actors.append(actor)
+        return actor
 
     def _check_shared_paths(self, ray: Any) -> None:
         """Every alive node must see a marker file the driver wrote into each shared path."""
@@ -192,40 +238,60 @@ class RayExecutor(Executor):
                     (Path(p) / marker).unlink()
 
     def close(self, kill: bool = False) -> None:
-        """Wait for the jobs in flight (or, with `kill`, cancel them), then let go of Ray."""
-        if self._remote is None:
+        """Wait for the jobs in flight (or, with `kill`, cancel them), then end the actors and
+        let go of Ray."""
+        if self._actor_class is None:
             return
         ray = _import_ray()
         if kill:
             self._cancel_all(ray)
         else:
-            for t in list(self._tasks.values()):
+            for t in list(self._submitted):
                 with contextlib.suppress(Exception):
                     t.future.result()
         self._closing = True
         if self._thread is not None:
             self._thread.join(10.0)
             self._thread = None
-        self._remote = None
+        # killed: a job that ignored the kill (or an actor still starting) is not waited for long;
+        # its sandbox dies with the actor (the fork server exits with it, the child with the server)
+        self._stop_actors(ray, _SOFT_CANCEL_S if kill else _STOP_S)
+        self._actor_class = None
         self._shutdown_ray(ray)
 
     def _cancel_all(self, ray: Any) -> None:
-        """Cancel every task in flight: first politely (the task kills its sandbox), then by force."""
+        """Cancel every job: those waiting at once; those running by killing their sandbox (the
+        actor answers a "crash"), waited on for a few seconds; the actors are killed after."""
         with self._lock:
-            refs = list(self._tasks)
-        for ref in refs:
+            self._killing = True
+            waiting = list(self._queue)
+            self._queue.clear()
+            refs = list(self._running)
+            busy = [actor for _, actor in self._running.values()]
+        for actor in busy:
             with contextlib.suppress(Exception):
-                ray.cancel(ref, force=False)
+                actor.kill_job.options(concurrency_group=_CONTROL).remote()
         with contextlib.suppress(Exception):
             ray.wait(refs, num_returns=len(refs), timeout=_SOFT_CANCEL_S)
-        for ref in refs:
-            with contextlib.suppress(Exception):
-                ray.cancel(ref, force=True)
         with self._lock:
-            tasks = [self._tasks.pop(r) for r in refs if r in self._tasks]
-        for t in tasks:  # the futures complete now; the completion thread no longer sees these refs
-            _set_result(t.future, JobResult(False, error="cancelled: the executor was closed",
-                                            killed_reason=CRASH, infra=True))
+            running = [self._running.pop(r)[0] for r in refs if r in self._running]
+        for t in [*waiting, *running]:  # the completion thread no longer sees these
+            _set_result(t.future, _cancelled())
+
+    def _stop_actors(self, ray: Any, wait_s: float) -> None:
+        """Let each actor close its sandbox (scratch dir removed) within `wait_s`, then kill it."""
+        with self._lock:
+            actors, self._actors = self._actors, []
+            self._idle.clear()
+        stops = []
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                stops.append(actor.shutdown.remote())
+        with contextlib.suppress(Exception):
+            ray.wait(stops, num_returns=len(stops), timeout=wait_s)
+        for actor in actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
 
     def _shutdown_ray(self, ray: Any) -> None:
         if self._owns_ray:
@@ -235,24 +301,35 @@ class RayExecutor(Executor):
 
     # -- jobs ---------------------------------------------------------------------------------
     def submit(self, job: str, kwargs: Mapping[str, Any], limits: Limits | None = None) -> Future[JobResult]:
-        self.start()
         task = _Task(job, dict(kwargs), (limits or self.limits).as_kwargs(), Future())
         task.future.set_running_or_notify_cancel()
-        self._launch(task)
+        untrusted = _untrusted(job, self.trusted_prefixes)
+        if untrusted is not None:  # a programming error: fail here, before any actor starts
+            task.future.set_exception(untrusted)
+            return task.future
+        self.start()
+        with self._lock:
+            self._submitted = [t for t in self._submitted if not t.future.done()]
+            self._submitted.append(task)
+            self._queue.append(task)
+        self._dispatch()
         return task.future
 
-    def _launch(self, task: _Task) -> None:
-        task.attempts += 1
-        ref = self._remote.remote(task.job, task.kwargs, task.limits, self.threads, self.trusted_prefixes)
+    def _dispatch(self) -> None:
+        """Hand waiting jobs to idle actors."""
         with self._lock:
-            self._tasks[ref] = task
+            while self._queue and self._idle and not self._killing:
+                task, actor = self._queue.popleft(), self._idle.popleft()
+                task.attempts += 1
+                ref = actor.run.remote(task.job, task.kwargs, task.limits)
+                self._running[ref] = (task, actor)
 
     def _complete_loop(self) -> None:
         """The background thread: complete each future when its ref is ready."""
         ray = _import_ray()
         while not self._closing:
             with self._lock:
-                refs = list(self._tasks)
+                refs = list(self._running)
             if not refs:
                 threading.Event().wait(_WAIT_S)
                 continue
@@ -263,38 +340,68 @@ class RayExecutor(Executor):
                 continue
             for ref in ready:
                 with self._lock:
-                    task = self._tasks.pop(ref, None)
-                if task is not None:
-                    self._finish(ray, ref, task)
+                    entry = self._running.pop(ref, None)
+                if entry is not None:
+                    self._finish(ray, ref, *entry)
+            self._dispatch()
 
-    def _finish(self, ray: Any, ref: Any, task: _Task) -> None:
-        """Complete `task` from its ready `ref`, or resubmit it after an infrastructure fault."""
+    def _finish(self, ray: Any, ref: Any, task: _Task, actor: Any) -> None:
+        """Complete `task` from its ready `ref` and free `actor`, or, after an infrastructure
+        fault, replace the actor and queue the task again."""
         exc = ray.exceptions
+        if self._killing:
+            _set_result(task.future, _cancelled())
+            return
         try:
             result = ray.get(ref)
         except exc.TaskCancelledError:  # before RayTaskError: a cancelled task raises both
-            _set_result(task.future, JobResult(False, error="cancelled: the executor was closed",
-                                               killed_reason=CRASH, infra=True))
-            return
-        except exc.RayTaskError as e:  # the task function itself raised (e.g. an untrusted job path)
+            _set_result(task.future, _cancelled())
+        except exc.RayTaskError as e:  # the actor's method itself raised (the actor lives on)
             _set_exception(task.future, getattr(e, "cause", None) or e)
-            return
-        except exc.RayError as e:  # worker / node died, object lost, Ray system error, OOM killer...
-            why = f"{type(e).__name__}: {_first_line(str(e))}"
-            task.errors.append(why)
-            if task.attempts <= self.options.retries and not self._closing:
-                self.infra_retries += 1
-                log.warning("ray: %s lost to an infrastructure fault (%s); resubmitting (%d/%d)",
-                            task.job, why, task.attempts, self.options.retries)
-                self._launch(task)
-                return
-            error = f"infrastructure fault after {task.attempts} attempt(s): {'; '.join(task.errors)}"
-            _set_result(task.future, JobResult(False, error=error, killed_reason=CRASH, infra=True))
+        except exc.RayError as e:  # actor / node died, object lost, Ray system error, OOM killer...
+            self._replace_actor(ray, actor)
+            self._retry_or_fail(task, f"{type(e).__name__}: {_first_line(str(e))}")
             return
         except Exception as e:  # noqa: BLE001 - e.g. a result that cannot be unpickled here
             _set_exception(task.future, e)
+        else:
+            _set_result(task.future, result)
+        with self._lock:
+            self._idle.append(actor)
+
+    def _replace_actor(self, ray: Any, actor: Any) -> None:
+        """A fresh actor in place of one lost to an infrastructure fault."""
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)  # may still live (e.g. its node is only unreachable)
+        with self._lock:
+            if actor in self._actors:
+                self._actors.remove(actor)
+            if not self._closing:
+                self._idle.append(self._new_actor())
+
+    def _retry_or_fail(self, task: _Task, why: str) -> None:
+        task.errors.append(why)
+        if task.attempts <= self.options.retries and not self._closing:
+            self.infra_retries += 1
+            log.warning("ray: %s lost to an infrastructure fault (%s); resubmitting (%d/%d)",
+                        task.job, why, task.attempts, self.options.retries)
+            with self._lock:
+                self._queue.appendleft(task)
             return
-        _set_result(task.future, result)
+        error = f"infrastructure fault after {task.attempts} attempt(s): {'; '.join(task.errors)}"
+        _set_result(task.future, JobResult(False, error=error, killed_reason=CRASH, infra=True))
+
+
+def _untrusted(job: str, trusted_prefixes: tuple[str, ...]) -> ValueError | None:
+    """The error for a job path outside the trusted prefixes (the sandbox checks it again)."""
+    module = job.partition(":")[0]
+    if any(module.startswith(p) or module == p.rstrip(".") for p in trusted_prefixes):
+        return None
+    return ValueError(f"job function {job!r} is not under a trusted prefix {trusted_prefixes}")
+
+
+def _cancelled() -> JobResult:
+    return JobResult(False, error=_CANCELLED, killed_reason=CRASH, infra=True)
 
 
 def _import_ray() -> Any:
