@@ -107,10 +107,9 @@ def default_run_dir(cfg: UnlearnConfig) -> Path:
 def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = True,
                    batch_hook_factory=None, on_epoch_eval=None, on_step=None) -> dict[str, Any]:
     """Unlearn, save the model, evaluate against the retain oracle; returns the run record.
-
-    `on_epoch_eval(model, evaluate) -> summary`, when given, replaces the evaluation during
-    training (every `train.eval_every_epochs`): it may call `evaluate(model)`, return {} to skip,
-    or raise to stop the run (the search's staged evaluation)."""
+    `on_epoch_eval(model, evaluate) -> summary` replaces the evaluation during training (every
+    `train.eval_every_epochs`): it may call `evaluate(model)`, return {} to skip, or raise to stop
+    the run (the search's staged evaluation); `on_step(step)` is the loop's per-step monitor."""
     import torch
 
     from ...data.prompting import PromptFormatter
