@@ -526,12 +526,15 @@ class Tuner:
         self.runner.target_utility = info.get("target_utility")
 
     def _requeue_lost(self) -> None:
-        """Trials left RUNNING by a killed run: failed, not charged, their params asked again."""
+        """Trials left RUNNING by a killed run: failed, not charged, their params asked again. A
+        trial killed while its params were being drawn (before it was submitted: no `run_dir`)
+        never ran and holds only part of a point: it is failed and nothing is asked again."""
         optuna = _optuna()
         for t in self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
             self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            self.study.enqueue_trial(dict(t.params))
-            log.info("resume: trial %d was left running; its params are asked again", t.number)
+            if "run_dir" in t.user_attrs:
+                self.study.enqueue_trial(dict(t.params))
+                log.info("resume: trial %d was left running; its params are asked again", t.number)
 
     # -- trials ---------------------------------------------------------------------------------
     def charged(self) -> int:
