@@ -60,6 +60,8 @@ class TrainingGuard:
         self.roles = _ROLES[interface]
         self.config = config or GuardConfig()
         self.calls = 0
+        # the reference loss's time by batch shape: measured once per shape, not on every step
+        self._reference: dict[tuple[int, ...], float] = {}
 
     def _fail(self, what: str, detail: str = "") -> TrainingGuardError:
         more = f" ({detail})" if detail else ""
@@ -91,8 +93,15 @@ class TrainingGuard:
         )
 
     def _reference_seconds(self, args: Sequence[torch.Tensor]) -> float:
-        """The best of two timings of an NPO-like loss (with its backward) on detached copies."""
+        """The best of two timings of an NPO-like loss (with its backward) on detached copies, once
+        per batch shape (the same shape costs the same: timing it again every step is waste)."""
         by_name = dict(zip(self.names, args))
+        shape = tuple(by_name[self.roles["forget"]].shape)
+        if shape not in self._reference:
+            self._reference[shape] = self._time_reference(by_name)
+        return self._reference[shape]
+
+    def _time_reference(self, by_name: dict[str, Any]) -> float:
         lpf = by_name[self.roles["forget"]].detach().float().requires_grad_(True)
         ref = by_name[self.roles["ref_forget"]]
         ref = torch.zeros_like(lpf) if ref is None else ref.detach().float()
