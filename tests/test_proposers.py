@@ -462,8 +462,9 @@ def test_reasoning_block_then_code_parses() -> None:
 
 
 def test_control_characters_are_stripped() -> None:
-    dirty = "a\x00b\x1b[31mc\x7f\x85d\te\r\nf\u200bg"
-    assert clean_reply(dirty) == "ab[31mcd\te\nf\u200bg"
+    dirty = "a\x00b\x1b[31mc\x7f\x85d\te\r\nf\u200bg\rh"
+    # whole escape sequences go (not only their ESC byte); CR line ends become LF, as Python reads them
+    assert clean_reply(dirty) == "abcd\te\nf\u200bg\nh"
 
 
 def test_partial_json_message_recovered() -> None:

@@ -28,6 +28,7 @@ __all__ = [
     "load_config",
     "load_yaml",
     "merge_options",
+    "merged",
     "nest",
     "parse_overrides",
     "parse_value",
@@ -94,6 +95,13 @@ def merge_options(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, A
         else:
             base[k] = dict(v) if isinstance(v, Mapping) else v
     return base
+
+
+def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """A new options mapping: a deep copy of `base` with `extra` deep-merged into it."""
+    import copy
+
+    return merge_options(copy.deepcopy(dict(base)), extra)
 
 
 def _check_keys(schema: Any, data: Mapping[str, Any], prefix: str = "") -> None:

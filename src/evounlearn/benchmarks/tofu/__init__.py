@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ...config import apply_overrides, parse_overrides
+from ...config import apply_overrides, merged, parse_overrides
 from ...data import tofu
 from ...errors import ConfigError
 from ...files import atomic_write_text
@@ -65,7 +65,6 @@ from .fitness import (
     tofu_oracle_fitness,
 )
 from .unlearn import (
-    _deep_merge,
     _group,
     build_config,
     build_data,
@@ -211,14 +210,14 @@ class TofuBenchmark(Benchmark):
         search part the evaluation is lean (`EvalConfig.lean`) unless the options set it."""
         rd = Path(run_dir) if run_dir else default_run_dir(UnlearnConfig(method=run.method))
         rd.mkdir(parents=True, exist_ok=True)
-        settings = run_settings(_deep_merge(prepared.options, {"train": dict(run.train)}), seed=seed,
+        settings = run_settings(merged(prepared.options, {"train": dict(run.train)}), seed=seed,
                                 forget_part=part, epochs=None)
         if fraction is not None:
             settings["search_fraction"] = float(fraction)
         if part == "search" and "lean" not in (settings.get("eval") or {}):
             # what the search scores: only the metrics its fitnesses and leaderboards read (the
             # same values); the report part (finalists, baselines) gets the full evaluation
-            settings = _deep_merge(settings, {"eval": {"lean": True}})
+            settings = merged(settings, {"eval": {"lean": True}})
         atomic_write_text(rd / "unlearn_config.yaml", yaml.safe_dump(settings, sort_keys=False))
         overrides = [f"run_dir={rd}"]
         loss = dict(run.loss)
@@ -269,7 +268,7 @@ class GeneratedBenchmark(TofuBenchmark):
         self._check_setting(((opts.get("prepare") or {}).get("generated") or {}).get("setting"))
         if str(opts.get("data", "generated")) != "generated":
             raise ConfigError(f"benchmark {self.name} runs on generated data only, not data={opts['data']!r}")
-        return _deep_merge(opts, {"prepare": {"generated": {"setting": self.setting}}})
+        return merged(opts, {"prepare": {"generated": {"setting": self.setting}}})
 
     def _overrides(self, overrides: list[str], key: str) -> list[str]:
         """key=value overrides with the setting appended (last, so it is the one applied)."""

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ...config import apply_overrides, parse_overrides, save_config, to_dict
+from ...config import apply_overrides, merged, parse_overrides, save_config, to_dict
 from ...data import tofu
 from ...errors import ConfigError
 from ...files import atomic_dir
@@ -194,18 +194,7 @@ def run_settings(unlearn: Mapping[str, Any] | None, *, seed: int | None, forget_
         extra["train"]["seed"] = int(seed)
     if epochs is not None:
         extra["train"]["epochs"] = int(epochs)
-    data = _deep_merge(dict(unlearn or {}), extra)
+    data = merged(dict(unlearn or {}), extra)
     data.pop("run_dir", None)
     data.pop("method", None)
     return data
-
-
-def _deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _deep_merge(dict(out[k]), v)
-        else:
-            out[k] = dict(v) if isinstance(v, Mapping) else v
-    return out
-

@@ -33,6 +33,8 @@ import bisect
 import re
 from dataclasses import dataclass, field
 
+from ....reports.safe_text import clean_text
+
 __all__ = [
     "Extracted",
     "answer_text",
@@ -53,9 +55,6 @@ _WORD_RE = re.compile(r"\w+")
 _MAX_FUNCTION_CHARS = 50_000  # longer blocks are not parsed (the sandbox rejects them anyway)
 _MAX_TRIM_LINES = 40  # trailing lines dropped at most when looking for a parsable prefix
 _MAX_CONSTANT_CHARS = 200  # `NAME = <number expression>` lines longer than this are prose, not constants
-# C0 and C1 control characters, DEL included, but not tab and newline (a carriage return goes too:
-# CRLF replies become LF).
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,9 @@ class Extracted:
 
 
 def clean_reply(text: str) -> str:
-    """`text` without C0/C1 control characters (tab and newline kept)."""
-    return _CONTROL_RE.sub("", text)
+    """`text` without terminal escape sequences and C0/C1 control characters (tab and newline
+    kept; CRLF and CR become LF, as Python's parser reads them): `reports.safe_text.clean_text`."""
+    return clean_text(text)
 
 
 def is_candidate_name(name: str) -> bool:
