@@ -17,7 +17,8 @@ Writes benchmarks/results/search_value.json and .md and prints a table:
   {"fitness": "calibrated", "budget": n, "seconds": s, "seconds_per_candidate": s, "quick": bool,
    "settings": {name: {"arms": {arm: {"report_fitness": [per search seed: mean over report seeds],
                                       "forget_quality": [...], "model_utility": [...],
-                                      "gen0_best": [...], "final_best": [...] (search arm only)}}}},
+                                      "gen0_best": [...], "final_best": [...] (search arm only: best
+                                      floor-aware search score, as the search ranks)}}}},
    "transfer": {found on: {evaluated on: report fitness}}, "criteria": {...}, "env": {...}}
 
 Criteria (means over search seeds; "2 sd" = 2 pooled sd of the two arms compared): the search
@@ -82,7 +83,7 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
     """The arm's run directory (run now unless a finished one is there)."""
     rd = Path(opts.work) / setting / f"{arm}-seed{seed}"
     if (rd / "leaderboard.json").is_file():
-        return rd
+        return rd  # finished by an earlier invocation: its wall time is in ARM-seedK.seconds
     if rd.exists():  # an interrupted run: start it again (both commands refuse a used folder)
         import shutil
 
@@ -98,8 +99,16 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
                 f"job_options.fitness={FITNESS}", *keys]
     t = time.time()
     _cli(args, rd.parent / f"{arm}-seed{seed}.log")
-    print(f"  {setting:10s} {arm:13s} seed {seed}: {time.time() - t:6.0f} s", flush=True)
+    took = time.time() - t
+    (rd.parent / f"{arm}-seed{seed}.seconds").write_text(f"{took:.1f}\n")
+    print(f"  {setting:10s} {arm:13s} seed {seed}: {took:6.0f} s", flush=True)
     return rd
+
+
+def run_seconds(setting: str, arm: str, seed: int, opts: argparse.Namespace) -> float | None:
+    """The wall seconds of one arm run (the CLI command, preparation included), as recorded when it ran."""
+    f = Path(opts.work) / setting / f"{arm}-seed{seed}.seconds"
+    return float(f.read_text()) if f.is_file() else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -113,8 +122,11 @@ def _mean(xs: list[float | None]) -> float | None:
 
 def evolve_result(rd: Path) -> dict[str, Any]:
     """Winner's report-part fitness / FQ / MU (means over report seeds), the best search-part
-    fitness of generation 0 and of the whole run, the run's seconds and trained candidates."""
-    from evounlearn.search.archive import eligible
+    score of generation 0 and of the whole run, the run's seconds and trained candidates. "Best"
+    ranks as the search itself ranks (`score_search`: the fitness, minus 2 below the utility
+    floor), so a generation-0 candidate the search would never pick cannot stand for its best; the
+    plain best search-part fitness is kept beside it."""
+    from evounlearn.search.archive import eligible, score_of
     from evounlearn.search.store import Store
 
     data = json.loads((rd / "leaderboard.json").read_text())
@@ -124,11 +136,14 @@ def evolve_result(rd: Path) -> dict[str, Any]:
         done = [c for c in store.candidates(kind="candidate") if eligible(c)]
     finally:
         store.close()
-    best = [float(c.fitness_search) for c in done]
-    gen0 = [float(c.fitness_search) for c in done if c.generation == 0]
+    best = [score_of(c) for c in done]
+    gen0 = [score_of(c) for c in done if c.generation == 0]
+    raw = [float(c.fitness_search) for c in done]
+    raw0 = [float(c.fitness_search) for c in done if c.generation == 0]
     return {"report_fitness": win.get("fitness_report"), "forget_quality": win.get("forget_quality"),
             "model_utility": win.get("model_utility"), "gen0_best": max(gen0, default=None),
-            "final_best": max(best, default=None), "seconds": data.get("seconds"),
+            "final_best": max(best, default=None), "gen0_best_fitness": max(raw0, default=None),
+            "final_best_fitness": max(raw, default=None), "seconds": data.get("seconds"),
             "trained": (data.get("counts") or {}).get("candidates"), "code": win.get("code"),
             "target_utility": data.get("target_utility")}
 
@@ -147,28 +162,71 @@ def tune_result(rd: Path) -> dict[str, Any]:
             "trained": data.get("trained")}
 
 
-def transfer(found: dict[str, dict[str, Any]], opts: argparse.Namespace) -> dict[str, dict[str, float | None]]:
-    """The search winner of each setting (search seed 0) on every setting's report part: the
-    candidate job, `report_seeds` seeds, the calibrated fitness against that setting's target."""
-    from evounlearn.search.candidate import evaluate_candidate
-    from evounlearn.search.config import load_search_config
+def _winner_job(rd: Path) -> dict[str, Any] | None:
+    """The candidate-job keyword arguments of a search run's winner (its checked program, function,
+    interface and epochs), the run's own `unlearn` options and target utility; None without a winner."""
+    from evounlearn.search.store import Store
 
-    unlearn = load_search_config(None, []).unlearn
-    out: dict[str, dict[str, float | None]] = {}
-    for src, res in found.items():
-        out[src] = {}
-        for dst, dres in found.items():
-            if src == dst or not res.get("code"):
-                out[src][dst] = res.get("report_fitness") if src == dst else None
-                continue
-            fits = []
-            for s in range(opts.report_seeds):
-                r = evaluate_candidate(str(Path(opts.work) / "transfer" / f"{src}-on-{dst}" / f"seed{s}"),
-                                       code=res["code"], seed=s, forget_part="report", unlearn=unlearn,
-                                       benchmark=dst, target_utility=dres.get("target_utility"), fitness=FITNESS)
-                fits.append(r.get("fitness") if r.get("ok") else None)
-            out[src][dst] = _mean(fits)
-            print(f"  transfer {src} -> {dst}: {out[src][dst]}", flush=True)
+    win = (json.loads((rd / "leaderboard.json").read_text()).get("winner") or {}).get("id")
+    if win is None:
+        return None
+    store = Store.open_run(rd)
+    try:
+        c = store.candidate(int(win))
+        cfg = store.get_meta("config") or {}
+        target = store.get_meta("target") or {}
+    finally:
+        store.close()
+    if c is None:
+        return None
+    return {"code": c.program or c.code, "function": c.function or "", "interface": c.interface or "faithful",
+            "epochs": c.epochs, "unlearn": dict(cfg.get("unlearn") or {}),
+            "target_utility": target.get("target_utility"), "utility_floor": cfg.get("utility_floor", 0.9)}
+
+
+def transfer(settings: list[str], opts: argparse.Namespace) -> dict[str, dict[str, float | None]]:
+    """The search winner of each setting (search seed 0) trained and scored on every setting's
+    report part: the same candidate job as the search, in the same isolated workers
+    (`LocalExecutor`: loss code never runs in this process), `report_seeds` seeds, the calibrated
+    fitness against that setting's own target model and options."""
+    from evounlearn.search.executors import make_executor
+
+    runs = {s: Path(opts.work) / s / "search-seed0" for s in settings}
+    found = {s: _winner_job(rd) for s, rd in runs.items()}  # also each setting's options and target
+    jobs: dict[tuple[str, str], list[Any]] = {}
+    ex = make_executor("local", opts.workers)
+    try:
+        for src, job in found.items():
+            for dst in settings:
+                if src == dst or job is None or found[dst] is None:
+                    continue
+                dinfo = found[dst]
+                for s in range(opts.report_seeds):
+                    kw = {"run_dir": str(Path(opts.work) / "transfer" / f"{src}-on-{dst}" / f"seed{s}"),
+                          "code": job["code"], "function": job["function"], "interface": job["interface"],
+                          "epochs": job["epochs"], "seed": s, "forget_part": "report", "unlearn": dinfo["unlearn"],
+                          "benchmark": dst, "fitness": FITNESS, "target_utility": dinfo["target_utility"],
+                          "utility_floor": dinfo["utility_floor"]}
+                    jobs.setdefault((src, dst), []).append(
+                        ex.submit("evounlearn.search.candidate:evaluate_candidate", kw))
+        out: dict[str, dict[str, float | None]] = {}
+        for src in settings:
+            out[src] = {}
+            for dst in settings:
+                if src == dst:
+                    out[src][dst] = evolve_result(runs[src]).get("report_fitness")
+                    continue
+                fits = []
+                for fut in jobs.get((src, dst), []):
+                    res = fut.result()
+                    val = res.value if res.ok and isinstance(res.value, dict) else {}
+                    if not val.get("ok"):
+                        print(f"  transfer {src} -> {dst}: run failed: {(res.error or val.get('error') or '')[:200]}")
+                    fits.append(val.get("fitness") if val.get("ok") else None)
+                out[src][dst] = _mean(fits)
+                print(f"  transfer {src} -> {dst}: {out[src][dst]}", flush=True)
+    finally:
+        ex.close()
     return out
 
 
@@ -283,25 +341,29 @@ def main(argv: list[str] | None = None) -> int:
         opts.work = str(Path(opts.work).with_name(Path(opts.work).name + "_quick"))
     t0 = time.time()
     results: dict[str, Any] = {}
-    trained = 0
+    trained, earlier, unknown = 0, 0.0, 0  # earlier: wall seconds of runs finished by an earlier invocation
     for setting in settings:
         results[setting] = {"arms": {}}
         for arm in arms:
             per = []
             for seed in range(opts.seeds):
+                if (Path(opts.work) / setting / f"{arm}-seed{seed}" / "leaderboard.json").is_file():
+                    took = run_seconds(setting, arm, seed, opts)
+                    earlier += took or 0.0
+                    unknown += took is None
                 rd = run_arm(arm, setting, seed, opts.budget, opts)
                 per.append(evolve_result(rd) if arm in ("search", "random") else tune_result(rd))
             keys = ["report_fitness", "forget_quality", "model_utility"]
-            keys += ["gen0_best", "final_best"] if arm == "search" else []
+            keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness"] if arm == "search" else []
             results[setting]["arms"][arm] = {k: [p.get(k) for p in per] for k in keys}
-            results[setting].setdefault("_winners", {})[arm] = per[0]
             trained += sum(int(p.get("trained") or 0) for p in per)
-    found = {s: results[s].pop("_winners").get("search", {}) for s in settings}
-    xfer = transfer(found, opts) if "search" in arms and len(settings) > 1 else {}
-    seconds = time.time() - t0
+    xfer = transfer(settings, opts) if "search" in arms and len(settings) > 1 else {}
+    now = time.time() - t0
+    seconds = now + earlier  # the whole benchmark: runs of earlier invocations count with their own wall time
     data: dict[str, Any] = {
         "fitness": FITNESS, "budget": opts.budget, "quick": opts.quick, "search_seeds": opts.seeds,
         "report_seeds": opts.report_seeds, "finalists": opts.finalists, "seconds": seconds,
+        "seconds_this_invocation": now, "seconds_earlier_runs": earlier, "runs_without_recorded_time": unknown,
         "seconds_per_candidate": seconds / trained if trained else None,
         "settings": results, "transfer": xfer, "env": env_info(opts.workers),
         "criteria": ({"evaluated": False, "why": "--quick is a smoke test"} if opts.quick or len(arms) < len(ARMS)
