@@ -71,6 +71,7 @@ class FakeBenchmark(Benchmark):
     description = "test stand-in (no training)"
     fitness = FitnessSpec("fake", tofu_fitness, "model_utility", TOFU_FORMULA)
     prompt_notes = "a fake TOFU-shaped benchmark (tests)."
+    worker_preload = ()  # nothing heavy to import
 
     def prepare(self, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
         return dict(options or {})

@@ -610,3 +610,24 @@ def test_rss_watchdog_without_rlimit() -> None:
         res = w.run(DIAG, {"action": "alloc", "megabytes": 4000})
         assert res.killed_reason == MEMORY_LIMIT and "worker killed" in (res.error or ""), res
         assert w.run(DIAG, {"action": "echo", "value": 1}).value == 1
+
+
+def test_preloaded_modules_are_imported_before_the_first_job() -> None:
+    """`preload_modules` (the benchmark's heavy imports) reaches the fork server: a worker's first
+    job finds the module imported. In a fresh interpreter: this one's fork server may be running."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "from evounlearn.sandbox import IsolatedWorker, preload_modules\n"
+        "from tests.worker_jobs import DIAG, TRUSTED\n"
+        "preload_modules('colorsys')\n"
+        "with IsolatedWorker(wall_limit_s=60, cpu_limit_s=30, memory_limit_mb=512, trusted_prefixes=TRUSTED) as w:\n"
+        "    print(w.run(DIAG, {'action': 'modules', 'value': ['colorsys', 'wave']}).value)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "['colorsys']"  # preloaded; `wave` (not asked for) is not

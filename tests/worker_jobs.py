@@ -7,6 +7,7 @@ in its trusted_prefixes); used to check the limits, restarts and crash reporting
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -20,7 +21,8 @@ TRUSTED = ("evounlearn.", "tests.worker_jobs")
 def diagnostic_job(action: str = "echo", value: Any = None, seconds: float = 0.0, megabytes: int = 0) -> Any:
     """action: "echo" (returns value), "info" (pid, cwd, env marker, process group), "sleep",
     "spin" (burns CPU for `seconds`), "alloc" (allocates and touches `megabytes`), "segfault",
-    "exit" (os._exit(3)), "recursion" (unbounded recursion), "raise" (ValueError).
+    "exit" (os._exit(3)), "recursion" (unbounded recursion), "raise" (ValueError), "modules"
+    (which of the module names in `value` are imported).
     """
     if action == "echo":
         return value
@@ -34,6 +36,8 @@ def diagnostic_job(action: str = "echo", value: Any = None, seconds: float = 0.0
             "vm_rss_kb": process_status_kb("VmRSS"),
             "vm_size_kb": process_status_kb("VmSize"),
         }
+    if action == "modules":  # which of the names in `value` this worker has imported already
+        return sorted(name for name in value if name in sys.modules)
     if action == "sleep":
         time.sleep(seconds)
         return seconds

@@ -110,6 +110,9 @@ class Benchmark(ABC):
     description: str = ""
     fitnesses: ClassVar[dict[str, FitnessSpec]] = {}  # by name (evomu, calibrated, oracle, ...)
     default_fitness: str = ""  # the name `fitness` returns (empty: the first one)
+    #: modules the sandboxed workers import before their first job (in the fork server): the
+    #: heavy imports every run of this benchmark needs. Speed only; see `sandbox.preload_modules`.
+    worker_preload: tuple[str, ...] = ("transformers.modeling_utils",)
     metric_keys: tuple[str, ...] = ()
     prompt_notes: str = ""  # benchmark facts for the proposer's prompt (search.proposers.llm.prompts)
     prompt_guidance: tuple[str, ...] = ()  # metric-driven advice lines for refine / crossover / tune prompts

@@ -32,7 +32,18 @@ from .program import (
     parse_epochs,
     split_functions,
 )
-from .workers import CPU_LIMIT, CRASH, MEMORY_LIMIT, WALL_LIMIT, IsolatedWorker, JobResult, Limits, WorkerPool
+from .workers import (
+    CPU_LIMIT,
+    CRASH,
+    MEMORY_LIMIT,
+    WALL_LIMIT,
+    IsolatedWorker,
+    JobResult,
+    Limits,
+    WorkerPool,
+    preload_modules,
+    preloaded_modules,
+)
 
 __all__ = [
     "CPU_LIMIT",
@@ -69,6 +80,8 @@ __all__ = [
     "list_functions",
     "make_probe",
     "parse_epochs",
+    "preload_modules",
+    "preloaded_modules",
     "split_functions",
     "validate_candidate",
     "validate_source",

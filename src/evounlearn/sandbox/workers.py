@@ -108,6 +108,8 @@ __all__ = [
     "JobResult",
     "Limits",
     "WorkerPool",
+    "preload_modules",
+    "preloaded_modules",
     "process_status_kb",
     "worker_main",
 ]
@@ -119,6 +121,7 @@ CRASH = "crash"
 
 #: Imported once by the fork server, so that a worker (re)starts in ~0.02 s.
 PRELOAD = ("evounlearn.sandbox.forkserver_init", "torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
+_EXTRA_PRELOAD: list[str] = []  # added by `preload_modules` (the jobs' heavy imports)
 RSS_MARGIN_MB = 256
 MAX_RESULT_BYTES = 512 * 1024 * 1024  # a bigger JSON result is refused (the worker is killed)
 LOG_NAME = "worker.log"  # in the scratch directory when no log_file is given
@@ -337,6 +340,25 @@ def _run_job(
 _CTX_LOCK = threading.Lock()
 
 
+def preload_modules(*names: str) -> None:
+    """Have the fork server also import `names` when it starts: the heavy imports every job of a
+    run needs (e.g. `transformers.modeling_utils`, ~3 s), so that each worker's first job does not
+    pay them. Call before the first worker of this process is created; a fork server already
+    running keeps what it has (only speed is lost). A name that cannot be imported is skipped by
+    the fork server (the job then imports, and reports, it)."""
+    with _CTX_LOCK:
+        for name in names:
+            if name and name not in PRELOAD and name not in _EXTRA_PRELOAD:
+                _EXTRA_PRELOAD.append(str(name))
+
+
+def preloaded_modules() -> tuple[str, ...]:
+    """What `preload_modules` added in this process (passed on to workers started elsewhere, e.g.
+    inside Ray actors)."""
+    with _CTX_LOCK:
+        return tuple(_EXTRA_PRELOAD)
+
+
 def _context(start_method: str | None) -> mp.context.BaseContext:
     method = start_method
     if method is None:
@@ -344,7 +366,7 @@ def _context(start_method: str | None) -> mp.context.BaseContext:
     ctx = mp.get_context(method)
     if method == "forkserver":
         with _CTX_LOCK:
-            ctx.set_forkserver_preload(list(PRELOAD))
+            ctx.set_forkserver_preload([*PRELOAD, *_EXTRA_PRELOAD])
             _start_forkserver()
     return ctx
 

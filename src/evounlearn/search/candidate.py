@@ -54,6 +54,7 @@ from ..benchmarks.base import (
     rank_score,
     utility,
 )
+from ..benchmarks.references import cached_reference
 from ..errors import DataError, EvoUnlearnError, ModelError
 from ..files import ArtifactError, atomic_write_json, atomic_write_text, read_json
 
@@ -424,7 +425,7 @@ def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -
     target: dict[str, dict[str, Any]] = {}
     retain: dict[str, dict[str, Any]] = {}
     for part in ("search", "report"):
-        ref = bench.reference(prepared, part)
+        ref = cached_reference(bench, prepared, part, options)
         target[part] = {"summary": with_fitnesses(bench, ref.target, ref.target),
                         "fitness": safe_fitness(spec, ref.target, ref.target)}
         if ref.retain is not None:

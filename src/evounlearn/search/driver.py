@@ -248,6 +248,9 @@ class SearchDriver:
 
         db = self._open()
         try:
+            # the executor first: its workers' fork server then starts with the benchmark's
+            # heavy modules imported (`worker_preload`), which the validator's workers share
+            assert self.executor is not None
             self.validator = IsolatedWorker(**VALIDATION_LIMITS, **VALIDATION_CONFINEMENT)
             self._target()
             self._ensure_baselines()
@@ -699,9 +702,13 @@ class SearchDriver:
                      e.seed, e.stage1_fitness if e.stage1_fitness is not None else float("nan"), e.job_wall)
         else:
             m = e.metrics or {}
+
+            def num(key: str) -> float:  # 0.0 is a value (a model that forgot everything), None is not
+                v = m.get(key)
+                return float(v) if isinstance(v, (int, float)) else float("nan")
+
             log.info("%s [%s seed %s]: fitness %.4f  MU %.4f  forget ROUGE %.4f  Prob %.4f  %.1fs", name, e.part,
-                     e.seed, e.fitness, m.get("model_utility") or float("nan"),
-                     m.get("forget_rouge") or float("nan"), m.get("forget_prob") or float("nan"), e.job_wall)
+                     e.seed, e.fitness, num("model_utility"), num("forget_rouge"), num("forget_prob"), e.job_wall)
 
     def _refresh(self, cid: int) -> CandidateRow:
         """Recompute a candidate's aggregates (fitness per part, spread, status) from its runs."""

@@ -131,6 +131,8 @@ class TofuBenchmark(Benchmark):
                    "`data=`), or the generated TOFU-shaped benchmark (`data=generated`)")
     fitnesses = TOFU_FITNESSES
     default_fitness = "evomu"
+    worker_preload = ("transformers.modeling_utils", "evounlearn.benchmarks.tofu.unlearn",
+                      "evounlearn.evaluation.tofu_eval", "evounlearn.training.loop")
     metric_keys = ("model_utility", "forget_rouge", "forget_prob", "forget_quality", "holdout_rouge",
                    "holdout_prob")
     prompt_notes = (

@@ -45,7 +45,7 @@ EXECUTORS: dict[str, Callable[[], type[Executor]]] = {"local": lambda: LocalExec
 def make_executor(kind: str = "local", workers: int = 1, limits: Limits | None = None, threads: int = 1,
                   **options: Any) -> Executor:
     """Build an executor by name; `options` are the backend's own keyword arguments
-    (see `executor_options`; LocalExecutor takes none)."""
+    (see `executor_options`)."""
     if kind not in EXECUTORS:
         raise ConfigError(f"unknown executor {kind!r} (known: {', '.join(EXECUTORS)})")
     cls = EXECUTORS[kind]()
@@ -55,9 +55,13 @@ def make_executor(kind: str = "local", workers: int = 1, limits: Limits | None =
 def executor_options(cfg: SearchConfig, run_dir: str | Path) -> dict[str, Any]:
     """The backend-specific `make_executor` options of a search: for Ray, its config section and
     the paths every node must see (the run dir and the prepared-model cache); locally, where the
-    candidate workers may write (the same two folders) when `confine_writes` is on."""
+    candidate workers may write (the same two folders) when `confine_writes` is on; for both, the
+    modules the workers import before their first job (the benchmark's `worker_preload`)."""
+    from ...benchmarks import get_benchmark
+
     cache = str((cfg.unlearn.get("prepare") or {}).get("cache_dir") or "")
     paths = [str(run_dir), *([cache] if cache else [])]
+    preload = tuple(get_benchmark(cfg.benchmark).worker_preload)  # the jobs' heavy imports, done once
     if cfg.executor == "ray":
-        return {"options": cfg.ray, "shared_paths": paths}
-    return {"write_paths": paths} if cfg.confine_writes else {}
+        return {"options": cfg.ray, "shared_paths": paths, "preload": preload}
+    return {"preload": preload, **({"write_paths": paths} if cfg.confine_writes else {})}

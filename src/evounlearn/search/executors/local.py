@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
 from ...errors import ConfigError
-from ...sandbox import JobResult, Limits, WorkerPool
+from ...sandbox import JobResult, Limits, WorkerPool, preload_modules
 from .base import Executor
 
 __all__ = ["LocalExecutor"]
@@ -17,11 +17,13 @@ class LocalExecutor(Executor):
     """`n` isolated worker processes on this machine (one candidate each)."""
 
     def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1,
-                 write_paths: list[str] | None = None) -> None:
+                 write_paths: list[str] | None = None, preload: Sequence[str] = ()) -> None:
         """`write_paths`: where the workers may write besides their scratch folder (Landlock, where
-        the kernel has it); None: writes are not confined."""
+        the kernel has it); None: writes are not confined. `preload`: modules the workers import
+        before their first job (`sandbox.preload_modules`)."""
         if n < 1:
             raise ConfigError(f"workers must be >= 1, got {n}")
+        preload_modules(*preload)
         self.slots = n
         self.limits = limits or Limits()
         self.pool = WorkerPool(n, threads=threads, write_paths=write_paths, **self.limits.as_kwargs())

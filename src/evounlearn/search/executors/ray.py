@@ -23,9 +23,9 @@ that every retry is counted here (`infra_retries`).
 
 Artifacts: the run dir and the prepared models / data / caches are read and written by the jobs
 through absolute paths, so they must lie on a file system that every node mounts at the same
-path (`shared_paths`, plus `RayConfig.shared_dir`): `start()` writes a marker file into each and
-runs one tiny task per alive node that looks for it, and fails with a one-line ConfigError
-naming the node and the path. `RayConfig.runtime_env` (Ray's working_dir / py_modules /
+path (`shared_paths`, plus `RayConfig.shared_dir`): `start()` writes a marker file into each;
+every actor looks for it on its node, and one tiny task per other alive node does the same; a
+node that cannot see it fails the start with a one-line ConfigError naming the node and the path. `RayConfig.runtime_env` (Ray's working_dir / py_modules /
 env_vars / pip) is for small things: code and settings. See docs/DISTRIBUTED.md.
 
 Lifetime: a local instance (`address: ""`) is started by, and dies with, the driver; `close()`
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError
-from ...sandbox import CRASH, IsolatedWorker, JobResult, Limits
+from ...sandbox import CRASH, IsolatedWorker, JobResult, Limits, preload_modules
 from ..config import RayConfig
 from .base import Executor
 
@@ -62,6 +62,7 @@ log = logging.getLogger(__name__)
 
 _WAIT_S = 0.2  # how often the completion thread looks at its refs (and at new submissions)
 _SOFT_CANCEL_S = 5.0  # close(kill=True): time for actors to kill their sandbox's job before ray.kill
+_ACTOR_START_S = 300.0  # start(): how long the actors may take to come up (scheduling, sandbox warm-up)
 _STOP_S = 10.0  # close(): time for actors to close their sandbox (remove its scratch dir) before ray.kill
 _MARKER = ".evounlearn-ray-check-"
 # a second concurrency group, so that `kill_job` runs while `run` is busy in the default one
@@ -80,12 +81,20 @@ class SandboxActor:
     in this actor's process; after a kill or a crash the worker restarts itself for the next job.
     """
 
-    def __init__(self, limits: dict[str, Any], threads: int, trusted_prefixes: tuple[str, ...]) -> None:
+    def __init__(self, limits: dict[str, Any], threads: int, trusted_prefixes: tuple[str, ...],
+                 preload: tuple[str, ...] = ()) -> None:
+        preload_modules(*preload)  # before the worker: its fork server imports them once
         self.worker = IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, **limits)
         # warm now (fork server + first child); a failed start is retried, and reported
         # (infra=True), by the first job's `run`
         with contextlib.suppress(Exception):
             self.worker.start()
+
+    def missing_paths(self, paths: list[str], marker: str) -> tuple[str, list[str]]:
+        """(this actor's node id, the `paths` where that node cannot see the driver's `marker`)."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id(), check_paths_task(paths, marker)
 
     def run(self, job: str, kwargs: dict[str, Any], limits: dict[str, Any]) -> JobResult:
         """`job(**kwargs)` in the sandbox, with this job's `limits`."""
@@ -130,7 +139,7 @@ class RayExecutor(Executor):
 
     def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1,
                  options: RayConfig | Mapping[str, Any] | None = None, shared_paths: Sequence[str] = (),
-                 trusted_prefixes: Sequence[str] = ("evounlearn.",)) -> None:
+                 trusted_prefixes: Sequence[str] = ("evounlearn.",), preload: Sequence[str] = ()) -> None:
         if n < 1:
             raise ConfigError(f"workers must be >= 1, got {n}")
         self.slots = n
@@ -142,6 +151,7 @@ class RayExecutor(Executor):
         paths = [*shared_paths, *([self.options.shared_dir] if self.options.shared_dir else [])]
         self.shared_paths = [str(Path(p).resolve()) for p in paths if p]
         self.trusted_prefixes = tuple(trusted_prefixes)
+        self.preload = tuple(preload)  # imported by each actor's sandbox before its first job
         self.infra_retries = 0  # jobs resubmitted after an infrastructure fault
         self._lock = threading.Lock()
         self._actor_class: Any = None  # the ray.remote SandboxActor, once started
@@ -164,15 +174,17 @@ class RayExecutor(Executor):
             ray = _import_ray()
             if not ray.is_initialized():
                 self._init_ray(ray)
-            try:
-                self._check_shared_paths(ray)
-            except BaseException:
-                self._shutdown_ray(ray)
-                raise
             self._closing = self._killing = False
             self._actor_class = ray.remote(concurrency_groups={_CONTROL: 1}, **self._actor_options())(SandboxActor)
             for _ in range(self.slots):
                 self._idle.append(self._new_actor())
+            try:
+                self._check_shared_paths(ray)
+            except BaseException:
+                self._stop_actors(ray, 0.0)
+                self._actor_class = None
+                self._shutdown_ray(ray)
+                raise
             self._thread = threading.Thread(target=self._complete_loop, name="evounlearn-ray", daemon=True)
             self._thread.start()
 
@@ -204,12 +216,15 @@ class RayExecutor(Executor):
 
     def _new_actor(self) -> Any:
         """Start one more actor (asynchronously: its first job waits until it is up)."""
-        actor = self._actor_class.remote(self.limits.as_kwargs(), self.threads, self.trusted_prefixes)
+        actor = self._actor_class.remote(self.limits.as_kwargs(), self.threads, self.trusted_prefixes, self.preload)
         self._actors.append(actor)
         return actor
 
     def _check_shared_paths(self, ray: Any) -> None:
-        """Every alive node must see a marker file the driver wrote into each shared path."""
+        """Every alive node must see a marker file the driver wrote into each shared path. The
+        actors (just started) look on their own nodes, which also waits for them to be up: the
+        first job would wait for that anyway; a tiny task pinned to each other alive node looks
+        there (on one machine: none, so no extra Ray worker process is started)."""
         if not self.shared_paths:
             return
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -219,18 +234,24 @@ class RayExecutor(Executor):
             Path(p).mkdir(parents=True, exist_ok=True)
             (Path(p) / marker).write_text("evounlearn: shared file system check\n")
         try:
+            nodes = {n["NodeID"]: n for n in ray.nodes() if n.get("Alive")}
+            try:
+                seen = dict(ray.get([a.missing_paths.remote(self.shared_paths, marker) for a in self._actors],
+                                    timeout=_ACTOR_START_S))
+            except ray.exceptions.GetTimeoutError:
+                o = self.options
+                raise ConfigError(f"ray: {self.slots} actor(s) did not start within {_ACTOR_START_S:g} s: does the "
+                                  f"cluster have the resources each asks for (num_cpus={o.num_cpus:g}, "
+                                  f"num_gpus={o.num_gpus:g}, memory_mb={o.memory_mb or 0})?") from None
             check = ray.remote(check_paths_task)
-            nodes = [n for n in ray.nodes() if n.get("Alive")]
-            refs = {
-                check.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    n["NodeID"], soft=False)).remote(self.shared_paths, marker): n
-                for n in nodes
-            }
-            for ref, node in refs.items():
-                missing = ray.get(ref, timeout=120)
+            refs = {n: check.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    n, soft=False)).remote(self.shared_paths, marker) for n in nodes if n not in seen}
+            seen.update({n: ray.get(ref, timeout=120) for n, ref in refs.items()})
+            for node_id, missing in seen.items():
                 if missing:
+                    node = nodes.get(node_id, {})
                     raise ConfigError(
-                        f"ray node {node.get('NodeManagerAddress')} ({node['NodeID'][:12]}) cannot see "
+                        f"ray node {node.get('NodeManagerAddress', '?')} ({node_id[:12]}) cannot see "
                         f"{missing[0]}: the run dir and the cache must be on a file system shared by every node")
         finally:
             for p in self.shared_paths:
