@@ -5,16 +5,22 @@ The search: `--mode ours` on the default generated benchmark (forget10), offline
 8 trained candidates all in generation 0 (`ours.initial=8`: proposed before any result comes
 back, so every executor trains the same 8 losses whatever order results arrive in), no
 baselines, no finalists. The benchmark is prepared once into a shared cache before the timed
-runs. Ray is started (and timed: `ray_start_seconds`) before its run, so `ray2_seconds` is the
-search alone; `ray_overhead_per_candidate_seconds` = (ray2 - local2) / candidates.
+runs. Each search runs in a fresh Python process (as one `evounlearn evolve` command would), so
+none inherits a warm fork server or imports from another; its time is the search alone
+(`SearchDriver.run`: workers started, target read from the cache, 8 candidates). Ray is started
+(and timed: `ray_start_seconds`) before its search; `ray_overhead_per_candidate_seconds` =
+(ray2 - local2) / candidates; throughput ratios = local1 seconds / the run's seconds. The three
+runs are repeated `--repeats` times (default 3) in rotation; the seconds are medians, each
+round's are kept; `identical_fitness` compares every run of every round.
 
 Writes benchmarks/results/executors.json and prints it as the last line:
   {"local1_seconds", "local2_seconds", "ray2_seconds", "ray_start_seconds",
-   "ray_overhead_per_candidate_seconds", "identical_fitness", "candidates", "env": {...}}
+   "ray_overhead_per_candidate_seconds", "ray2_throughput_vs_local1", "local2_throughput_vs_local1",
+   "identical_fitness", "candidates", "env": {...}}
 `identical_fitness`: every candidate (by code) got the same search-part fitness in all three runs.
 
     python benchmarks/executors.py
-    python benchmarks/executors.py --budget 4   # a shorter run of this script
+    python benchmarks/executors.py --budget 4 --repeats 1   # a shorter run of this script
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -73,6 +82,41 @@ def environment() -> dict[str, Any]:
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def _one(name: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """One timed search (`--one NAME`, in its own process): {seconds, ray_start_seconds, fitness}."""
+    ray_start = None
+    if overrides["executor"] == "ray":
+        import ray
+
+        t0 = time.time()
+        ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False,
+                 log_to_driver=False)
+        ray_start = time.time() - t0
+    try:
+        seconds, fitness = run_search(overrides, run_dir)
+    finally:
+        if ray_start is not None:
+            ray.shutdown()
+    return {"seconds": seconds, "ray_start_seconds": ray_start, "fitness": fitness}
+
+
+RUNS = {"local1": {"workers": 1, "executor": "local"}, "local2": {"workers": 2, "executor": "local"},
+        "ray2": {"workers": 2, "executor": "ray"}}
+
+
+def run_fresh(name: str, args: argparse.Namespace, work: Path, cache: str) -> dict[str, Any]:
+    """`name`'s search in a fresh interpreter, as one `evounlearn evolve` command would run it:
+    every executor starts from the same state (no fork server or import left warm by an earlier
+    run in this process)."""
+    cmd = [sys.executable, __file__, "--one", name, "--work-dir", str(work), "--cache-dir", cache,
+           "--budget", str(args.budget), "--seed", str(args.seed), "--benchmark", args.benchmark]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])))
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed (rc {out.returncode}):\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=8, help="trained candidates (default 8)")
@@ -81,33 +125,39 @@ def main() -> None:
     ap.add_argument("--cache-dir", help="prepared-benchmark cache (default: a new temporary folder)")
     ap.add_argument("--work-dir", help="where the three runs go (default: a new temporary folder)")
     ap.add_argument("--out", default=str(RESULTS / "executors.json"), help="results JSON path")
+    ap.add_argument("--repeats", type=int, default=3, help="rounds of the three runs; seconds are medians")
+    ap.add_argument("--one", choices=sorted(RUNS), help=argparse.SUPPRESS)  # internal: one timed search
     args = ap.parse_args()
-
-    import ray
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="evounlearn-executors-"))
     cache = str(Path(args.cache_dir or work / "cache").resolve())
     base = search_overrides(args, cache)
-    prepare_cache(base)
+    if args.one:
+        print(json.dumps(_one(args.one, {**base, **RUNS[args.one]}, work / args.one)))
+        return
 
-    local1, fit1 = run_search({**base, "workers": 1, "executor": "local"}, work / "local1")
-    local2, fit2 = run_search({**base, "workers": 2, "executor": "local"}, work / "local2")
-    t0 = time.time()
-    ray.init(address="local", num_cpus=max(2, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    ray_start = time.time() - t0
-    try:
-        ray2, fit_ray = run_search({**base, "workers": 2, "executor": "ray"}, work / "ray2")
-    finally:
-        ray.shutdown()
+    import ray
 
+    prepare_cache(base)  # also fills the reference cache: every timed run starts from the same cache
+    rounds: list[dict[str, Any]] = []
+    for r in range(args.repeats):  # in rotation, so that a slow spell of the machine hits every executor
+        rounds.append({name: run_fresh(name, args, work / f"round{r}", cache) for name in RUNS})
+    fits = [rd[n]["fitness"] for rd in rounds for n in RUNS]
+    secs = {n: [rd[n]["seconds"] for rd in rounds] for n in RUNS}
+    local1, local2, ray2 = (statistics.median(secs[n]) for n in RUNS)
+    fit_ray = rounds[0]["ray2"]["fitness"]
     n = max(1, len(fit_ray))
     out = {
         "local1_seconds": round(local1, 2),
         "local2_seconds": round(local2, 2),
         "ray2_seconds": round(ray2, 2),
-        "ray_start_seconds": round(ray_start, 2),
+        "seconds_each_round": {k: [round(x, 2) for x in v] for k, v in secs.items()},
+        "repeats": args.repeats,
+        "ray_start_seconds": round(statistics.median(rd["ray2"]["ray_start_seconds"] for rd in rounds), 2),
         "ray_overhead_per_candidate_seconds": round((ray2 - local2) / n, 3),
-        "identical_fitness": bool(fit1) and fit1 == fit2 == fit_ray,
+        "ray2_throughput_vs_local1": round(local1 / ray2, 3),
+        "local2_throughput_vs_local1": round(local1 / local2, 3),
+        "identical_fitness": bool(fit_ray) and all(f == fit_ray for f in fits),
         "candidates": len(fit_ray),
         "benchmark": args.benchmark,
         "ray_version": ray.__version__,

@@ -631,3 +631,23 @@ def test_preloaded_modules_are_imported_before_the_first_job() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "['colorsys']"  # preloaded; `wave` (not asked for) is not
+
+
+def test_the_worker_side_of_the_sandbox_does_not_import_torch() -> None:
+    """A process that only drives workers (a Ray actor, the executors) does not pay torch's import:
+    the package loads its torch-using parts on first use."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys\n"
+            "import evounlearn.sandbox as s, evounlearn.search.executors.ray\n"
+            "assert s.IsolatedWorker and s.JobResult and s.WORKER_ENV\n"
+            "print('torch' in sys.modules)\n"
+            "s.TrainingGuard\n"  # a torch-using name: imported on first use
+            "print('torch' in sys.modules)\n")
+    env = dict(os.environ, PYTHONPATH=str(root / "src"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["False", "True"]

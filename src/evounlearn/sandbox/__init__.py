@@ -17,26 +17,15 @@ Layering: imports nothing above `models/` (never search/, methods/, training/, b
 
 from __future__ import annotations
 
-from .checker import CheckResult, check_function
-from .compiler import compile_function, compile_program
-from .guards import GuardConfig, TrainingGuard, TrainingGuardError
-from .jobs import LIST_JOB, VALIDATE_JOB, CandidateRecord, failed_record, list_functions, validate_source
-from .policy import INTERFACES, WORKER_ENV, SandboxError, interface_args, is_loss_name
-from .probes import ProbeProfile, ValidationResult, make_probe, validate_candidate
-from .program import (
-    FunctionSource,
-    ProgramCheck,
-    check_program,
-    helper_closure,
-    interface_of,
-    parse_epochs,
-    split_functions,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .workers import (
     CPU_LIMIT,
     CRASH,
     MEMORY_LIMIT,
     WALL_LIMIT,
+    WORKER_ENV,
     IsolatedWorker,
     JobResult,
     Limits,
@@ -44,6 +33,65 @@ from .workers import (
     preload_modules,
     preloaded_modules,
 )
+
+if TYPE_CHECKING:
+    from .checker import CheckResult, check_function
+    from .compiler import compile_function, compile_program
+    from .guards import GuardConfig, TrainingGuard, TrainingGuardError
+    from .jobs import LIST_JOB, VALIDATE_JOB, CandidateRecord, failed_record, list_functions, validate_source
+    from .policy import INTERFACES, SandboxError, interface_args, is_loss_name
+    from .probes import ProbeProfile, ValidationResult, make_probe, validate_candidate
+    from .program import (
+        FunctionSource,
+        ProgramCheck,
+        check_program,
+        helper_closure,
+        interface_of,
+        parse_epochs,
+        split_functions,
+    )
+
+_LAZY = {  # name -> submodule: imported on first use, so that importing the package (e.g. a Ray
+    # actor that only drives an IsolatedWorker) does not import torch
+    "CheckResult": "checker",
+    "check_function": "checker",
+    "compile_function": "compiler",
+    "compile_program": "compiler",
+    "GuardConfig": "guards",
+    "TrainingGuard": "guards",
+    "TrainingGuardError": "guards",
+    "LIST_JOB": "jobs",
+    "VALIDATE_JOB": "jobs",
+    "CandidateRecord": "jobs",
+    "failed_record": "jobs",
+    "list_functions": "jobs",
+    "validate_source": "jobs",
+    "INTERFACES": "policy",
+    "SandboxError": "policy",
+    "interface_args": "policy",
+    "is_loss_name": "policy",
+    "ProbeProfile": "probes",
+    "ValidationResult": "probes",
+    "make_probe": "probes",
+    "validate_candidate": "probes",
+    "FunctionSource": "program",
+    "ProgramCheck": "program",
+    "check_program": "program",
+    "helper_closure": "program",
+    "interface_of": "program",
+    "parse_epochs": "program",
+    "split_functions": "program",
+}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{mod}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CPU_LIMIT",

@@ -17,8 +17,9 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from .checker import Rejection, check_function, format_reason, parse_single_function
-from .policy import MAX_RANGE, WORKER_ENV, SandboxError
+from .policy import MAX_RANGE, SandboxError
 from .program import check_program, helper_closure
+from .workers import WORKER_ENV
 
 __all__ = ["compile_function", "compile_program", "sandbox_globals"]
 

@@ -60,9 +60,6 @@ MAX_FLOAT_CONSTANT = 1e10
 MAX_RANGE = 10**6
 EPOCHS_RANGE = (1, 10)
 
-#: Set in the isolated worker; `compile_function` refuses to run where it is absent.
-WORKER_ENV = "EVOUNLEARN_SANDBOX_WORKER"
-
 INTERFACES: dict[str, tuple[tuple[str, ...], int]] = {
     # interface -> (argument names in order, number of required arguments)
     "faithful": (("log_probs_forget", "log_probs_retain", "ref_log_probs_forget", "ref_log_probs_retain"), 2),

@@ -25,7 +25,7 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
 - each worker calls `setsid()` (own process group, detached from the terminal), sets
   RLIMIT_CORE=0, runs in a fresh temporary directory (its cwd and TMPDIR, removed by the driver),
   sets torch to `threads` intra-op threads (default 1) and marks itself with
-  `policy.WORKER_ENV` so that `compiler.compile_function` only works there.
+  `WORKER_ENV` so that `compiler.compile_function` only works there.
 - wall clock: enforced by the driver; on timeout it kills the whole process group (SIGKILL) and
   reports "wall time limit".
 - CPU time: before each job the worker sets the soft RLIMIT_CPU to (its CPU time so far + limit);
@@ -95,7 +95,6 @@ from typing import Any
 
 from .confine import apply_layers, describe_layers
 from .forkserver_init import FORKSERVER_FLAG
-from .policy import WORKER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +106,7 @@ __all__ = [
     "IsolatedWorker",
     "JobResult",
     "Limits",
+    "WORKER_ENV",
     "WorkerPool",
     "preload_modules",
     "preloaded_modules",
@@ -118,6 +118,9 @@ WALL_LIMIT = "wall time limit"
 CPU_LIMIT = "cpu time limit"
 MEMORY_LIMIT = "memory limit"
 CRASH = "crash"
+
+#: Set in the isolated worker; `compiler.compile_function` refuses to run where it is absent.
+WORKER_ENV = "EVOUNLEARN_SANDBOX_WORKER"
 
 #: Imported once by the fork server, so that a worker (re)starts in ~0.02 s.
 PRELOAD = ("evounlearn.sandbox.forkserver_init", "torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
