@@ -232,6 +232,10 @@ class SearchDriver:
 
     @property
     def executor(self) -> Executor:
+        return self._ensure_executor()
+
+    def _ensure_executor(self) -> Executor:
+        """The executor, built on first use (its workers start on their first job)."""
         if self._executor is None:
             self._executor = make_executor(self.cfg.executor, self.cfg.workers, self._limits(),
                                            **executor_options(self.cfg, self.run_dir))
@@ -250,7 +254,7 @@ class SearchDriver:
         try:
             # the executor first: its workers' fork server then starts with the benchmark's
             # heavy modules imported (`worker_preload`), which the validator's workers share
-            assert self.executor is not None
+            self._ensure_executor()
             self.validator = IsolatedWorker(**VALIDATION_LIMITS, **VALIDATION_CONFINEMENT)
             self._target()
             self._ensure_baselines()
