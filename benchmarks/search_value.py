@@ -27,7 +27,7 @@ search >= random on every setting and > by 2 sd on at least one; the search's fi
 (search-part fitness) > its generation-0 best on every setting; the winners' mean forget quality
 >= half the better tuned baseline's; the whole benchmark <= 150 minutes.
 
-    python benchmarks/search_value.py               # the full benchmark (about 2 hours on 2 cores)
+    python benchmarks/search_value.py               # the full benchmark (about 1 hour on 2 cores)
     python benchmarks/search_value.py --quick       # smoke test: 1 setting, budget 4, 1 seed
 Not run in CI. Runs are kept under --work (default runs/search_value) and reused when complete,
 so an interrupted benchmark continues where it stopped.
