@@ -17,7 +17,7 @@ Writes benchmarks/results/executors.json and prints it as the last line:
   {"local1_seconds", "local2_seconds", "ray2_seconds", "ray_start_seconds",
    "ray_overhead_per_candidate_seconds", "ray2_throughput_vs_local1", "local2_throughput_vs_local1",
    "identical_fitness", "candidates", "env": {...}}
-`identical_fitness`: every candidate (by code) got the same search-part fitness in all three runs.
+`identical_fitness`: every candidate (by code) got the same search-part fitness in every run.
 
     python benchmarks/executors.py
     python benchmarks/executors.py --budget 4 --repeats 1   # a shorter run of this script

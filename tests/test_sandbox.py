@@ -612,42 +612,43 @@ def test_rss_watchdog_without_rlimit() -> None:
         assert w.run(DIAG, {"action": "echo", "value": 1}).value == 1
 
 
-def test_preloaded_modules_are_imported_before_the_first_job() -> None:
-    """`preload_modules` (the benchmark's heavy imports) reaches the fork server: a worker's first
-    job finds the module imported. In a fresh interpreter: this one's fork server may be running."""
+def _fresh_python(code: str) -> list[str]:
+    """The stdout lines of `code` run in a fresh interpreter (this checkout's sources and tests
+    importable): for what depends on process state this test process already has (a running fork
+    server, imported modules)."""
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    code = (
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout.split()
+
+
+def test_preloaded_modules_are_imported_before_the_first_job() -> None:
+    """`preload_modules` (the benchmark's heavy imports) reaches the fork server: a worker's first
+    job finds the module imported, and not one it was not asked for."""
+    out = _fresh_python(
         "from evounlearn.sandbox import IsolatedWorker, preload_modules\n"
         "from tests.worker_jobs import DIAG, TRUSTED\n"
         "preload_modules('colorsys')\n"
         "with IsolatedWorker(wall_limit_s=60, cpu_limit_s=30, memory_limit_mb=512, trusted_prefixes=TRUSTED) as w:\n"
         "    print(w.run(DIAG, {'action': 'modules', 'value': ['colorsys', 'wave']}).value)\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "['colorsys']"  # preloaded; `wave` (not asked for) is not
+    assert out[-1] == "['colorsys']"
 
 
 def test_the_worker_side_of_the_sandbox_does_not_import_torch() -> None:
     """A process that only drives workers (a Ray actor, the executors) does not pay torch's import:
-    the package loads its torch-using parts on first use."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    code = ("import sys\n"
-            "import evounlearn.sandbox as s, evounlearn.search.executors.ray\n"
-            "assert s.IsolatedWorker and s.JobResult and s.WORKER_ENV\n"
-            "print('torch' in sys.modules)\n"
-            "s.TrainingGuard\n"  # a torch-using name: imported on first use
-            "print('torch' in sys.modules)\n")
-    env = dict(os.environ, PYTHONPATH=str(root / "src"))
-    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["False", "True"]
+    the package loads its torch-using parts on first use; every exported name still resolves."""
+    out = _fresh_python(
+        "import sys\n"
+        "import evounlearn.sandbox as s, evounlearn.search.executors.ray\n"
+        "assert s.IsolatedWorker and s.JobResult and s.WORKER_ENV\n"
+        "print('torch' in sys.modules)\n"
+        "missing = [n for n in s.__all__ if not hasattr(s, n)]\n"
+        "print('torch' in sys.modules, missing)\n"
+    )
+    assert out == ["False", "True", "[]"]

@@ -8,9 +8,9 @@ data and the options; it is kept under `<cache dir>/references/<key>.json`, wher
 the benchmark, its data, the part, the options (all of them but the seed: a different learning
 rate recomputes, harmlessly) and, for each model folder and a local data folder, every file's
 name, size and mtime, so a re-prepared or edited model or data set is evaluated afresh. A model
-that is not a local path (a Hub id) is never cached, nor a benchmark that names no model path. A cache that cannot be
-read or written is ignored (the value is computed): the cache only saves time, it never decides a
-result. Fresh and cached values are the same JSON round trip, so a run reads identical numbers
+that is not a local path (a Hub id) is never cached, nor a benchmark that names no model path.
+A cache that cannot be read or written is ignored (the value is computed): the cache only saves
+time, it never decides a result. Fresh and cached values are the same JSON round trip, so a run reads identical numbers
 either way.
 """
 

@@ -31,7 +31,6 @@ from .workers import (
     Limits,
     WorkerPool,
     preload_modules,
-    preloaded_modules,
 )
 
 if TYPE_CHECKING:
@@ -129,7 +128,6 @@ __all__ = [
     "make_probe",
     "parse_epochs",
     "preload_modules",
-    "preloaded_modules",
     "split_functions",
     "validate_candidate",
     "validate_source",

@@ -109,7 +109,6 @@ __all__ = [
     "WORKER_ENV",
     "WorkerPool",
     "preload_modules",
-    "preloaded_modules",
     "process_status_kb",
     "worker_main",
 ]
@@ -353,13 +352,6 @@ def preload_modules(*names: str) -> None:
         for name in names:
             if name and name not in PRELOAD and name not in _EXTRA_PRELOAD:
                 _EXTRA_PRELOAD.append(str(name))
-
-
-def preloaded_modules() -> tuple[str, ...]:
-    """What `preload_modules` added in this process (passed on to workers started elsewhere, e.g.
-    inside Ray actors)."""
-    with _CTX_LOCK:
-        return tuple(_EXTRA_PRELOAD)
 
 
 def _context(start_method: str | None) -> mp.context.BaseContext:

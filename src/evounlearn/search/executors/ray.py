@@ -25,8 +25,9 @@ Artifacts: the run dir and the prepared models / data / caches are read and writ
 through absolute paths, so they must lie on a file system that every node mounts at the same
 path (`shared_paths`, plus `RayConfig.shared_dir`): `start()` writes a marker file into each;
 every actor looks for it on its node, and one tiny task per other alive node does the same; a
-node that cannot see it fails the start with a one-line ConfigError naming the node and the path. `RayConfig.runtime_env` (Ray's working_dir / py_modules /
-env_vars / pip) is for small things: code and settings. See docs/DISTRIBUTED.md.
+node that cannot see it fails the start with a one-line ConfigError naming the node and the
+path. `RayConfig.runtime_env` (Ray's working_dir / py_modules / env_vars / pip) is for small
+things: code and settings. See docs/DISTRIBUTED.md.
 
 Lifetime: a local instance (`address: ""`) is started by, and dies with, the driver; `close()`
 ends the actors (with `kill=True`: first their sandboxes' jobs, then the actors), and `--resume`
