@@ -17,6 +17,9 @@ Writes benchmarks/results/search_value.json and .md and prints a table:
   {"fitness": "calibrated", "budget": n, "seconds": s, "seconds_per_candidate": s, "quick": bool,
    "settings": {name: {"arms": {arm: {"report_fitness": [per search seed: mean over report seeds],
                                       "forget_quality": [...], "model_utility": [...],
+                                      "winner_search_fitness": [...] (the winner's search-part
+                                      fitness: evolve, mean over its finalist seeds; tune, its trial),
+                                      "winner_search_sd": [...] (evolve arms: sd over those seeds),
                                       "gen0_best": [...], "final_best": [...] (search arm only: best
                                       floor-aware search score, as the search ranks)}}}},
    "transfer": {found on: {evaluated on: report fitness}}, "criteria": {...}, "env": {...}}
@@ -144,6 +147,7 @@ def evolve_result(rd: Path) -> dict[str, Any]:
             "model_utility": win.get("model_utility"), "gen0_best": max(gen0, default=None),
             "final_best": max(best, default=None), "gen0_best_fitness": max(raw0, default=None),
             "final_best_fitness": max(raw, default=None), "seconds": data.get("seconds"),
+            "winner_search_fitness": win.get("fitness_search"), "winner_search_sd": win.get("fitness_search_std"),
             "trained": (data.get("counts") or {}).get("candidates"), "code": win.get("code"),
             "target_utility": data.get("target_utility")}
 
@@ -156,7 +160,7 @@ def tune_result(rd: Path) -> dict[str, Any]:
     summaries = []
     for res in sorted((rd / "trials" / f"{best:05d}").glob("report-seed*/results.json")) if best is not None else []:
         summaries.append(json.loads(res.read_text()).get("summary") or {})
-    return {"report_fitness": row.get("report_fitness_mean"),
+    return {"report_fitness": row.get("report_fitness_mean"), "winner_search_fitness": row.get("search_fitness"),
             "forget_quality": _mean([s.get("forget_quality") for s in summaries]),
             "model_utility": _mean([s.get("model_utility") for s in summaries]),
             "trained": data.get("trained")}
@@ -353,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
                     unknown += took is None
                 rd = run_arm(arm, setting, seed, opts.budget, opts)
                 per.append(evolve_result(rd) if arm in ("search", "random") else tune_result(rd))
-            keys = ["report_fitness", "forget_quality", "model_utility"]
+            keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness"]
+            keys += ["winner_search_sd"] if arm in ("search", "random") else []
             keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness"] if arm == "search" else []
             results[setting]["arms"][arm] = {k: [p.get(k) for p in per] for k in keys}
             trained += sum(int(p.get("trained") or 0) for p in per)
