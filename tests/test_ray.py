@@ -1,9 +1,10 @@
 """`executor: ray` (search.executors.ray.RayExecutor) on a real local Ray instance (127.0.0.1).
 
-Each job runs in the same isolated worker process as locally, kept warm by one Ray actor per
-slot: same results and limit errors as the local pool, one sandbox reused by its slot's jobs,
-cancellation on close(kill=True), and an actor process killed under a job reported as an
-infrastructure fault and retried on a new actor. Then the search itself through Ray: same
+Each job runs in the same isolated worker process as locally, kept warm by a Ray actor holding
+one or more slots: same results and limit errors as the local pool, one sandbox reused by its
+slot's jobs, one fork server per actor, each slot's share of the actor's GPUs, cancellation on
+close(kill=True), and an actor process killed under its jobs reported as an infrastructure fault
+and retried on a new actor. Then the search itself through Ray: same
 fitness values as with the local executor, and a driver kill -9 + --resume.
 """
 
@@ -29,7 +30,7 @@ from evounlearn.sandbox import CRASH, WALL_LIMIT, JobResult, Limits, WorkerPool 
 from evounlearn.search.config import RayConfig, load_search_config  # noqa: E402
 from evounlearn.search.driver import SearchDriver  # noqa: E402
 from evounlearn.search.executors import LocalExecutor, executor_options, make_executor  # noqa: E402
-from evounlearn.search.executors.ray import RayExecutor  # noqa: E402
+from evounlearn.search.executors.ray import RayExecutor, slot_devices  # noqa: E402
 from evounlearn.search.store import Store  # noqa: E402
 from tests.fakes import BENCHMARK  # noqa: E402
 from tests.worker_jobs import DIAG, TRUSTED  # noqa: E402
@@ -44,14 +45,16 @@ LOSS_C = SIG + "    return F.softplus(0.5 * (log_probs_forget - ref_log_probs_fo
 @pytest.fixture(scope="module", autouse=True)
 def ray_instance() -> Iterator[None]:
     """One local Ray instance for the module (executors reuse it and leave it running)."""
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+    # 4 declared GPUs (none exist): Ray assigns them to actors by CUDA_VISIBLE_DEVICES all the same
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, log_to_driver=False,
              _node_ip_address="127.0.0.1", configure_logging=False)
     yield
     ray.shutdown()
 
 
-def ray_executor(n: int = 2, retries: int = 2, limits: Limits = LIMITS, **kw: Any) -> RayExecutor:
-    return RayExecutor(n, limits, options=RayConfig(retries=retries), trusted_prefixes=TRUSTED, **kw)
+def ray_executor(n: int = 2, retries: int = 2, limits: Limits = LIMITS, per_actor: int = 0, **kw: Any) -> RayExecutor:
+    options = RayConfig(retries=retries, slots_per_actor=per_actor, **kw.pop("options", {}))
+    return RayExecutor(n, limits, options=options, trusted_prefixes=TRUSTED, **kw)
 
 
 def _essentials(r: JobResult) -> tuple[Any, ...]:
@@ -80,6 +83,33 @@ def test_jobs_give_the_same_results_as_the_local_pool(tmp_path: Path) -> None:
     assert rres.value["summary"] == lres.value["summary"]
     with pytest.raises(ValueError, match="trusted prefix"):  # an untrusted job path never runs
         RayExecutor(1, LIMITS).submit(DIAG, {}).result(60)
+
+
+def test_slots_per_actor_and_each_slots_share_of_the_gpus() -> None:
+    def slots(n: int, address: str = "", per: int = 0) -> list[int]:
+        return RayExecutor(n, options=RayConfig(address=address, slots_per_actor=per)).actor_slots()
+
+    assert slots(2) == [2] and slots(3, "auto") == [1, 1, 1] and slots(5, per=2) == [2, 2, 1]
+    assert slots(2, "ray://head:10001", per=8) == [2]  # never more than the slots asked for
+    assert slot_devices(["0", "1", "2", "3"], 2) == [["0", "1"], ["2", "3"]]
+    assert slot_devices(["4", "5"], 2) == [["4"], ["5"]] and slot_devices(["3", "5", "7"], 2) == [["3"], ["5", "7"]]
+    assert slot_devices(["0"], 2) == [["0"], ["0"]]  # num_gpus 0.5 per slot: both share the one device
+    assert slot_devices([], 3) == [[], [], []]
+
+
+@pytest.mark.parametrize("per_actor", [2, 1])
+def test_the_slots_of_one_actor_share_its_fork_server(per_actor: int) -> None:
+    # two jobs at once, one per slot: with 2 slots per actor both sandboxes were forked by the
+    # same fork server; with 1 per actor, each actor has its own. Each sees its own GPU.
+    ex = ray_executor(n=2, per_actor=per_actor, options={"num_gpus": 1})
+    futs = [ex.submit(DIAG, {"action": "info", "seconds": 2}) for _ in range(2)]  # one per slot, at once
+    res = [f.result(60) for f in futs]
+    ex.close()
+    assert all(r.ok for r in res)
+    a, b = (r.value for r in res)
+    assert a["pid"] != b["pid"] and (a["ppid"] == b["ppid"]) == (per_actor == 2)
+    assert sorted([a["visible_devices"], b["visible_devices"]]) in (["0", "1"], ["0", "2"], ["1", "2"], ["0", "3"],
+                                                                     ["1", "3"], ["2", "3"])
 
 
 def test_each_slot_keeps_one_warm_sandbox_restarted_after_a_crash() -> None:
@@ -147,7 +177,7 @@ def _kill_actor_under_job(deadline_s: float = 60.0) -> None:
 
 def test_a_ray_actor_killed_under_a_job_is_an_infra_fault_and_retried() -> None:
     # the job sleeps long enough that the kill lands while it runs, even on a loaded machine
-    ex = ray_executor(retries=1)
+    ex = ray_executor(retries=1, per_actor=1)
     fut = ex.submit(DIAG, {"action": "sleep", "seconds": 10})
     _kill_actor_under_job()
     res = fut.result(120)
@@ -159,6 +189,19 @@ def test_a_ray_actor_killed_under_a_job_is_an_infra_fault_and_retried() -> None:
     res = fut.result(120)
     ex.close()
     assert not res.ok and res.infra and "infrastructure fault" in res.error and ex.infra_retries == 0
+
+
+def test_an_actor_of_two_slots_killed_under_both_jobs_is_replaced_once_and_both_retried() -> None:
+    ex = ray_executor(n=2, retries=1)  # one actor holds both slots
+    futs = [ex.submit(DIAG, {"action": "sleep", "seconds": 10}) for _ in range(2)]
+    _kill_actor_under_job()
+    res = [f.result(120) for f in futs]
+    actors = len(ex._actors)
+    after = [ex.submit(DIAG, {"action": "info"}) for _ in range(2)]
+    assert all(f.result(60).ok for f in after)  # both slots of the new actor work
+    ex.close()
+    assert all(r.ok and r.value == 10 and not r.infra for r in res) and ex.infra_retries == 2
+    assert actors == 1
 
 
 def test_factory_and_shared_path_check(tmp_path: Path) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -616,15 +619,46 @@ def _fresh_python(code: str) -> list[str]:
     """The stdout lines of `code` run in a fresh interpreter (this checkout's sources and tests
     importable): for what depends on process state this test process already has (a running fork
     server, imported modules)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root / "src"), str(root)]))
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout.split()
+
+
+def test_a_worker_env_is_set_in_its_child_only() -> None:
+    """`IsolatedWorker(env=...)` (a Ray actor's slot: its own CUDA_VISIBLE_DEVICES) reaches the
+    child, on every restart, and leaves this process's environment alone."""
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    with IsolatedWorker(wall_limit_s=60, cpu_limit_s=30, memory_limit_mb=512, trusted_prefixes=TRUSTED,
+                        env={"CUDA_VISIBLE_DEVICES": "3"}) as w:
+        first = w.run(DIAG, {"action": "info"})
+        w.run(DIAG, {"action": "exit"})  # the worker restarts for the next job
+        again = w.run(DIAG, {"action": "info"})
+    assert first.value["visible_devices"] == again.value["visible_devices"] == "3"
+    assert first.value["pid"] != again.value["pid"] and os.environ.get("CUDA_VISIBLE_DEVICES") == before
+
+
+def test_a_worker_does_not_import_the_parents_main_script(tmp_path: Path) -> None:
+    """A driver started as a script (a benchmark, or the Ray worker process an actor lives in)
+    does not have that script run again in its workers, as other multiprocessing children do."""
+    script = tmp_path / "driver_script.py"
+    script.write_text(
+        "import os\n"
+        "from evounlearn.sandbox import IsolatedWorker\n"
+        "from tests.worker_jobs import DIAG, TRUSTED\n"
+        "if __name__ == '__main__':\n"
+        "    with IsolatedWorker(wall_limit_s=60, cpu_limit_s=30, memory_limit_mb=512, trusted_prefixes=TRUSTED) as w:\n"
+        "        print(w.run(DIAG, {'action': 'echo', 'value': 'ran'}).value)\n"
+        "else:\n"
+        "    open(os.path.join(os.environ['MARK_DIR'], 'imported-%d' % os.getpid()), 'w').close()\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MARK_DIR": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "ran" and not list(tmp_path.glob("imported-*"))  # imported nowhere
 
 
 def test_preloaded_modules_are_imported_before_the_first_job() -> None:

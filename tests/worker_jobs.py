@@ -19,7 +19,8 @@ TRUSTED = ("evounlearn.", "tests.worker_jobs")
 
 
 def diagnostic_job(action: str = "echo", value: Any = None, seconds: float = 0.0, megabytes: int = 0) -> Any:
-    """action: "echo" (returns value), "info" (pid, cwd, env marker, process group), "sleep",
+    """action: "echo" (returns value), "info" (pid, cwd, env marker, process group; after
+    sleeping `seconds`), "sleep",
     "spin" (burns CPU for `seconds`), "alloc" (allocates and touches `megabytes`), "segfault",
     "exit" (os._exit(3)), "recursion" (unbounded recursion), "raise" (ValueError), "modules"
     (which of the module names in `value` are imported).
@@ -27,9 +28,12 @@ def diagnostic_job(action: str = "echo", value: Any = None, seconds: float = 0.0
     if action == "echo":
         return value
     if action == "info":
+        time.sleep(seconds)
         return {
             "pid": os.getpid(),
+            "ppid": os.getppid(),  # the fork server that started this worker
             "cwd": os.getcwd(),
+            "visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
             "marker": os.environ.get(WORKER_ENV),
             "pgid": os.getpgid(0),
             "vm_data_kb": process_status_kb("VmData"),

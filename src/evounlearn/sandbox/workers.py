@@ -18,10 +18,11 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
   imports torch). The fork server only imports modules (no torch op runs there, so no OpenMP
   pool exists before the fork: the child starts with one thread), which avoids the
   fork-after-threads problems of plain "fork". Falls back to "spawn" where forkserver is
-  unavailable. As with any multiprocessing child, a driver started as a script file has that
-  script imported again in the child (as `__mp_main__`, so its `if __name__ == "__main__":`
-  block does not run); `python -m ...` entry points (`python -m evounlearn`, `python -m
-  pytest`) are not re-imported.
+  unavailable. Unlike other multiprocessing children, a worker does not import the parent's
+  main module again (`_WORKER_NAME` below): it needs nothing from it (its entry point and every
+  job are imported by module path), and the parent's main may be anything: a benchmark script,
+  or Ray's worker process, whose re-import loaded ray into every sandbox and cost ~0.4 s per
+  worker start and restart inside a Ray actor.
 - each worker calls `setsid()` (own process group, detached from the terminal), sets
   RLIMIT_CORE=0, runs in a fresh temporary directory (its cwd and TMPDIR, removed by the driver),
   sets torch to `threads` intra-op threads (default 1) and marks itself with
@@ -79,6 +80,7 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
+import multiprocessing.spawn as mp_spawn
 import os
 import queue
 import resource
@@ -120,6 +122,9 @@ CRASH = "crash"
 
 #: Set in the isolated worker; `compiler.compile_function` refuses to run where it is absent.
 WORKER_ENV = "EVOUNLEARN_SANDBOX_WORKER"
+
+#: The process name of the isolated workers (what `_preparation_data` recognises).
+_WORKER_NAME = "evounlearn-worker"
 
 #: Imported once by the fork server, so that a worker (re)starts in ~0.02 s.
 PRELOAD = ("evounlearn.sandbox.forkserver_init", "torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
@@ -246,8 +251,12 @@ def worker_main(
     isolate_network: bool = True,
     write_paths: list[str] | None = None,
     log_file: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> None:  # pragma: no cover - child
-    """The worker process's entry point: enter the sandbox, then run jobs until told to stop."""
+    """The worker process's entry point: enter the sandbox, then run jobs until told to stop.
+    `env` is set first: e.g. this worker's own CUDA_VISIBLE_DEVICES, read when a job first
+    touches CUDA (the fork server never does)."""
+    os.environ.update(env or {})
     _redirect_output(log_file or os.path.join(workdir, LOG_NAME))
     _enter_sandbox(workdir, threads)
     writable = None if write_paths is None else [workdir, *write_paths]
@@ -354,6 +363,22 @@ def preload_modules(*names: str) -> None:
                 _EXTRA_PRELOAD.append(str(name))
 
 
+def _preparation_data(name: str) -> dict[str, Any]:
+    """`multiprocessing.spawn.get_preparation_data`, without the parent's main module for an
+    isolated worker (see the module docstring); unchanged for every other process."""
+    data = _get_preparation_data(name)
+    if name == _WORKER_NAME:
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+# the fork server's Popen looks `spawn.get_preparation_data` up at each start: wrapped once
+_get_preparation_data = getattr(mp_spawn.get_preparation_data, "__wrapped__", mp_spawn.get_preparation_data)
+_preparation_data.__wrapped__ = _get_preparation_data  # type: ignore[attr-defined]
+mp_spawn.get_preparation_data = _preparation_data
+
+
 def _context(start_method: str | None) -> mp.context.BaseContext:
     method = start_method
     if method is None:
@@ -411,6 +436,7 @@ class IsolatedWorker:
         isolate_network: bool = True,
         write_paths: Iterable[str] | None = None,
         log_file: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.wall_limit_s = wall_limit_s
         self.cpu_limit_s = cpu_limit_s
@@ -422,6 +448,7 @@ class IsolatedWorker:
         self.isolate_network = isolate_network
         self.write_paths = None if write_paths is None else [os.path.abspath(p) for p in write_paths]
         self.log_file = None if log_file is None else os.path.abspath(log_file)
+        self.env = {str(k): str(v) for k, v in (env or {}).items()}  # set in the child before any job
         self.layers: dict[str, str] = {}  # the confinement layers of the running child
         self._ctx = _context(start_method)
         self.start_method = self._ctx.get_start_method()
@@ -454,9 +481,10 @@ class IsolatedWorker:
         parent, child = self._ctx.Pipe(duplex=True)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(child, self._workdir, self.threads, self.isolate_network, self.write_paths, self.log_file),
+            args=(child, self._workdir, self.threads, self.isolate_network, self.write_paths, self.log_file,
+                  self.env),
             daemon=True,
-            name="evounlearn-worker",
+            name=_WORKER_NAME,
         )
         proc.start()
         child.close()

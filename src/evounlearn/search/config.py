@@ -58,6 +58,10 @@ class RayConfig:
     shared_dir: str = ""  # a shared file system every node must see (checked at start, with run and cache dirs)
     runtime_env: dict[str, Any] | None = None  # Ray runtime_env for small artifacts (working_dir, env_vars, ...)
     retries: int = 2  # resubmits of a task lost to an infrastructure fault (node died, worker crashed)
+    # slots held by one actor, whose sandboxes share one fork server (torch and the benchmark's
+    # modules imported once per actor, not once per slot); its resources are that many times the
+    # above. 0 = all slots in one actor on a local instance (address ""), one per actor on a cluster
+    slots_per_actor: int = 0
 
 
 @dataclass

@@ -1,22 +1,29 @@
 """`executor: ray`: candidate evaluations on Ray actors, on a local Ray instance or a cluster.
 
-One long-lived Ray actor per slot (`SandboxActor`, with the slot's `RayConfig` resources: CPUs,
-GPUs, memory) holds one warm `sandbox.IsolatedWorker`: the SAME isolated worker process as
-`LocalExecutor` (same wall / CPU / memory limits, 1 torch thread, same confinement), started once
-when the actor starts and restarted by the worker itself after a kill or crash (~0.02 s: its fork
-server keeps torch imported). A job goes to an idle actor, which runs it in its worker and returns
-the worker's `JobResult` unchanged: generated code never runs in the actor process (nor in the
-driver), and a job over its wall limit fails with the same error text on Ray as locally.
+Long-lived Ray actors (`SandboxActor`) hold the slots: each slot is one warm
+`sandbox.IsolatedWorker`, the SAME isolated worker process as `LocalExecutor` (same wall / CPU /
+memory limits, 1 torch thread, same confinement), started once when its actor starts and
+restarted by the worker itself after a kill or crash (~0.02 s: its fork server keeps torch
+imported). An actor holds `RayConfig.slots_per_actor` slots and that many times one slot's
+resources (CPUs, GPUs, memory); its slots' workers share its fork server, so torch and the
+benchmark's modules are imported once per actor, not once per slot. By default a local instance
+puts every slot in one actor (they are all on this machine anyway: on 2 cores a second fork
+server cost ~5 s of CPU at start, and the jobs ran 5-15% slower), and a cluster gets one actor per
+slot (Ray places each slot where it fits, an autoscaler sees one slot's demand at a time). A job
+goes to an idle slot, whose actor runs it in that slot's worker and returns the worker's
+`JobResult` unchanged: generated code never runs in the actor process (nor in the driver), and a
+job over its wall limit fails with the same error text on Ray as locally.
 Why actors and not one task per job: a task had to start a new sandbox (fork server, torch
-import) for every candidate, ~2.5 s each; an actor pays that once per slot.
+import) for every candidate, ~2.5 s each; an actor pays that once.
 
 Futures: `submit` returns a `concurrent.futures.Future[JobResult]`; jobs wait in a queue for an
-idle actor, and one background thread waits on the Ray object refs (`ray.wait`) and completes
+idle slot, and one background thread waits on the Ray object refs (`ray.wait`) and completes
 the futures.
 
 Faults: a job lost to Ray itself (its actor process or node died, its result object was lost, a
 Ray system error) is an infrastructure fault, not the candidate's: the actor is replaced by a
-fresh one and the job resubmitted up to `RayConfig.retries` times, then reported as
+fresh one (once, with the same slots: the jobs of its other slots are lost too, and retried) and
+the job resubmitted up to `RayConfig.retries` times, then reported as
 `JobResult(ok=False, infra=True, ...)`. Jobs cancelled by `close(kill=True)` also come back with
 `infra=True`. Ray's own restarts and retries are off (`max_restarts=0`, `max_task_retries=0`) so
 that every retry is counted here (`infra_retries`).
@@ -57,7 +64,7 @@ from ...sandbox import CRASH, IsolatedWorker, JobResult, Limits, preload_modules
 from ..config import RayConfig
 from .base import Executor
 
-__all__ = ["RayExecutor", "SandboxActor", "check_paths_task"]
+__all__ = ["RayExecutor", "SandboxActor", "check_paths_task", "slot_devices"]
 
 log = logging.getLogger(__name__)
 
@@ -76,20 +83,26 @@ _CANCELLED = "cancelled: the executor was closed"
 
 
 class SandboxActor:
-    """One slot of a RayExecutor: a long-lived actor holding one warm IsolatedWorker.
+    """A Ray actor holding the warm IsolatedWorkers of `slots` slots (one job at a time each).
 
-    The job runs in the worker's child process (limits, own process group, confinement), never
-    in this actor's process; after a kill or a crash the worker restarts itself for the next job.
+    The workers share this actor's fork server: torch and the benchmark's modules are imported
+    once per actor, however many slots it holds. A job runs in its slot's worker child process
+    (limits, own process group, confinement), never in this actor's process; after a kill or a
+    crash that worker restarts itself for the slot's next job. With GPUs, each slot's worker sees
+    its own share of the actor's devices (`slot_devices`).
     """
 
     def __init__(self, limits: dict[str, Any], threads: int, trusted_prefixes: tuple[str, ...],
-                 preload: tuple[str, ...] = ()) -> None:
-        preload_modules(*preload)  # before the worker: its fork server imports them once
-        self.worker = IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, **limits)
-        # warm now (fork server + first child); a failed start is retried, and reported
-        # (infra=True), by the first job's `run`
-        with contextlib.suppress(Exception):
-            self.worker.start()
+                 preload: tuple[str, ...] = (), slots: int = 1) -> None:
+        preload_modules(*preload)  # before the workers: their fork server imports them once
+        envs = [{"CUDA_VISIBLE_DEVICES": ",".join(d)} if d else {} for d in slot_devices(_actor_gpus(), slots)]
+        self.workers = [IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, env=env, **limits)
+                        for env in envs]
+        # warm now (fork server + first children); a failed start is retried, and reported
+        # (infra=True), by the slot's first job's `run`
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                w.start()
 
     def missing_paths(self, paths: list[str], marker: str) -> tuple[str, list[str]]:
         """(this actor's node id, the `paths` where that node cannot see the driver's `marker`)."""
@@ -97,21 +110,45 @@ class SandboxActor:
 
         return ray.get_runtime_context().get_node_id(), check_paths_task(paths, marker)
 
-    def run(self, job: str, kwargs: dict[str, Any], limits: dict[str, Any]) -> JobResult:
-        """`job(**kwargs)` in the sandbox, with this job's `limits`."""
-        return self.worker.run(job, kwargs, **limits)
+    def run(self, slot: int, job: str, kwargs: dict[str, Any], limits: dict[str, Any]) -> JobResult:
+        """`job(**kwargs)` in slot `slot`'s sandbox, with this job's `limits`."""
+        return self.workers[slot].run(job, kwargs, **limits)
 
-    def kill_job(self) -> None:
-        """Kill the sandbox's process group now (called in the control group, while `run` waits):
-        the job in flight comes back as a "crash" and the worker restarts for the next one."""
+    def kill_job(self, slot: int) -> None:
+        """Kill slot `slot`'s sandbox process group now (called in the control group, while `run`
+        waits): its job comes back as a "crash" and the worker restarts for the next one."""
         with contextlib.suppress(Exception):  # no child (idle or already dead): nothing to kill
-            pid = self.worker.pid
+            pid = self.workers[slot].pid
             if pid is not None:
                 os.killpg(pid, signal.SIGKILL)
 
     def shutdown(self) -> None:
-        """Stop the sandbox and remove its scratch directory (before the actor is killed)."""
-        self.worker.close()
+        """Stop the sandboxes and remove their scratch directories (before the actor is killed)."""
+        for w in self.workers:
+            with contextlib.suppress(Exception):
+                w.close()
+
+
+def slot_devices(devices: Sequence[str], slots: int) -> list[list[str]]:
+    """Each slot's share of an actor's GPUs: whole devices split evenly when there are at least
+    as many devices as slots (4 devices, 2 slots: 2 each), else slots share a device
+    (fractional `num_gpus`: 1 device, 2 slots: both see it); no devices: none for any slot."""
+    m = len(devices)
+    if not m:
+        return [[] for _ in range(slots)]
+    if m >= slots:
+        return [list(devices[i * m // slots:(i + 1) * m // slots]) for i in range(slots)]
+    return [[devices[i * m // slots]] for i in range(slots)]
+
+
+def _actor_gpus() -> list[str]:
+    """The devices Ray gave this actor (its CUDA_VISIBLE_DEVICES), none without GPUs."""
+    import ray
+
+    if not ray.get_gpu_ids():
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return [d for d in visible.split(",") if d.strip()]
 
 
 def check_paths_task(paths: list[str], marker: str) -> list[str]:
@@ -156,10 +193,10 @@ class RayExecutor(Executor):
         self.infra_retries = 0  # jobs resubmitted after an infrastructure fault
         self._lock = threading.Lock()
         self._actor_class: Any = None  # the ray.remote SandboxActor, once started
-        self._actors: list[Any] = []  # the live actor handles (one per slot)
-        self._idle: deque[Any] = deque()  # actors without a job
-        self._queue: deque[_Task] = deque()  # jobs waiting for an idle actor
-        self._running: dict[Any, tuple[_Task, Any]] = {}  # ray ObjectRef -> (task, its actor)
+        self._actors: dict[Any, int] = {}  # the live actor handles -> how many slots each holds
+        self._idle: deque[tuple[Any, int]] = deque()  # (actor, slot) without a job
+        self._queue: deque[_Task] = deque()  # jobs waiting for an idle slot
+        self._running: dict[Any, tuple[_Task, Any, int]] = {}  # ray ObjectRef -> (task, its actor, slot)
         self._submitted: list[_Task] = []  # every task whose future may still be pending
         self._owns_ray = False
         self._closing = False
@@ -176,9 +213,9 @@ class RayExecutor(Executor):
             if not ray.is_initialized():
                 self._init_ray(ray)
             self._closing = self._killing = False
-            self._actor_class = ray.remote(concurrency_groups={_CONTROL: 1}, **self._actor_options())(SandboxActor)
-            for _ in range(self.slots):
-                self._idle.append(self._new_actor())
+            self._actor_class = ray.remote(concurrency_groups={_CONTROL: 1})(SandboxActor)
+            for k in self.actor_slots():
+                self._new_actor(k)
             try:
                 self._check_shared_paths(ray)
             except BaseException:
@@ -204,21 +241,33 @@ class RayExecutor(Executor):
             raise ConfigError(f"cannot start Ray ({where}): {type(e).__name__}: {_first_line(str(e))}") from None
         self._owns_ray = True
 
-    def _actor_options(self) -> dict[str, Any]:
-        """The resources each actor holds for its lifetime (one slot = one candidate at a time).
-        A GPU actor's sandbox inherits the CUDA_VISIBLE_DEVICES Ray set for that actor, and a
-        replaced actor is a new process: no GPU is shared between slots."""
+    def actor_slots(self) -> list[int]:
+        """How many slots each actor holds: `slots_per_actor` at a time (the last actor the rest);
+        0 = all in one actor on a local instance (`address: ""`: every slot is on this machine
+        anyway), one per actor on a cluster (Ray places, and an autoscaler sizes, slot by slot)."""
+        per = self.options.slots_per_actor or (self.slots if not self.options.address else 1)
+        per = max(1, min(per, self.slots))
+        return [min(per, self.slots - i) for i in range(0, self.slots, per)]
+
+    def _actor_options(self, slots: int) -> dict[str, Any]:
+        """What an actor of `slots` slots holds for its lifetime: each slot's resources times
+        `slots`; one thread per slot for `run` and one for the control calls (`kill_job`). Each
+        slot's sandbox sees its own share of the GPUs Ray gave the actor (`slot_devices`), and a
+        replaced actor is a new process: no GPU is shared between slots (unless `num_gpus` < 1)."""
         opts = self.options
-        out: dict[str, Any] = {"num_cpus": opts.num_cpus, "num_gpus": opts.num_gpus,
-                               "max_restarts": 0, "max_task_retries": 0}
+        out: dict[str, Any] = {"num_cpus": opts.num_cpus * slots, "num_gpus": opts.num_gpus * slots,
+                               "max_restarts": 0, "max_task_retries": 0, "max_concurrency": slots}
         if opts.memory_mb:
-            out["memory"] = int(opts.memory_mb) * 1024 * 1024
+            out["memory"] = int(opts.memory_mb) * slots * 1024 * 1024
         return out
 
-    def _new_actor(self) -> Any:
-        """Start one more actor (asynchronously: its first job waits until it is up)."""
-        actor = self._actor_class.remote(self.limits.as_kwargs(), self.threads, self.trusted_prefixes, self.preload)
-        self._actors.append(actor)
+    def _new_actor(self, slots: int) -> Any:
+        """Start one more actor of `slots` slots, all idle (it starts asynchronously: their first
+        jobs wait until it is up). Called with the lock held, or before the executor runs."""
+        actor = self._actor_class.options(**self._actor_options(slots)).remote(
+            self.limits.as_kwargs(), self.threads, self.trusted_prefixes, self.preload, slots)
+        self._actors[actor] = slots
+        self._idle.extend((actor, s) for s in range(slots))
         return actor
 
     def _check_shared_paths(self, ray: Any) -> None:
@@ -240,10 +289,11 @@ class RayExecutor(Executor):
                 seen = dict(ray.get([a.missing_paths.remote(self.shared_paths, marker) for a in self._actors],
                                     timeout=_ACTOR_START_S))
             except ray.exceptions.GetTimeoutError:
-                o = self.options
-                raise ConfigError(f"ray: {self.slots} actor(s) did not start within {_ACTOR_START_S:g} s: does the "
-                                  f"cluster have the resources each asks for (num_cpus={o.num_cpus:g}, "
-                                  f"num_gpus={o.num_gpus:g}, memory_mb={o.memory_mb or 0})?") from None
+                o, k = self.options, max(self._actors.values())
+                raise ConfigError(f"ray: {len(self._actors)} actor(s) did not start within {_ACTOR_START_S:g} s: "
+                                  f"does the cluster have a node with the resources one of {k} slot(s) asks for "
+                                  f"(num_cpus={o.num_cpus * k:g}, num_gpus={o.num_gpus * k:g}, "
+                                  f"memory_mb={(o.memory_mb or 0) * k})?") from None
             check = ray.remote(check_paths_task)
             refs = {n: check.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                     n, soft=False)).remote(self.shared_paths, marker) for n in nodes if n not in seen}
@@ -289,10 +339,10 @@ class RayExecutor(Executor):
             waiting = list(self._queue)
             self._queue.clear()
             refs = list(self._running)
-            busy = [actor for _, actor in self._running.values()]
-        for actor in busy:
+            busy = [(actor, slot) for _, actor, slot in self._running.values()]
+        for actor, slot in busy:
             with contextlib.suppress(Exception):
-                actor.kill_job.options(concurrency_group=_CONTROL).remote()
+                actor.kill_job.options(concurrency_group=_CONTROL).remote(slot)
         with contextlib.suppress(Exception):
             ray.wait(refs, num_returns=len(refs), timeout=_SOFT_CANCEL_S)
         with self._lock:
@@ -303,7 +353,7 @@ class RayExecutor(Executor):
     def _stop_actors(self, ray: Any, wait_s: float) -> None:
         """Let each actor close its sandbox (scratch dir removed) within `wait_s`, then kill it."""
         with self._lock:
-            actors, self._actors = self._actors, []
+            actors, self._actors = list(self._actors), {}
             self._idle.clear()
         stops = []
         for actor in actors:
@@ -338,13 +388,13 @@ class RayExecutor(Executor):
         return task.future
 
     def _dispatch(self) -> None:
-        """Hand waiting jobs to idle actors."""
+        """Hand waiting jobs to idle slots."""
         with self._lock:
             while self._queue and self._idle and not self._killing:
-                task, actor = self._queue.popleft(), self._idle.popleft()
+                task, (actor, slot) = self._queue.popleft(), self._idle.popleft()
                 task.attempts += 1
-                ref = actor.run.remote(task.job, task.kwargs, task.limits)
-                self._running[ref] = (task, actor)
+                ref = actor.run.remote(slot, task.job, task.kwargs, task.limits)
+                self._running[ref] = (task, actor, slot)
 
     def _complete_loop(self) -> None:
         """The background thread: complete each future when its ref is ready."""
@@ -367,8 +417,8 @@ class RayExecutor(Executor):
                     self._finish(ray, ref, *entry)
             self._dispatch()
 
-    def _finish(self, ray: Any, ref: Any, task: _Task, actor: Any) -> None:
-        """Complete `task` from its ready `ref` and free `actor`, or, after an infrastructure
+    def _finish(self, ray: Any, ref: Any, task: _Task, actor: Any, slot: int) -> None:
+        """Complete `task` from its ready `ref` and free its slot, or, after an infrastructure
         fault, replace the actor and queue the task again."""
         exc = ray.exceptions
         if self._killing:
@@ -389,17 +439,22 @@ class RayExecutor(Executor):
         else:
             _set_result(task.future, result)
         with self._lock:
-            self._idle.append(actor)
+            if actor in self._actors:  # not if it was replaced meanwhile (another slot's fault)
+                self._idle.append((actor, slot))
 
     def _replace_actor(self, ray: Any, actor: Any) -> None:
-        """A fresh actor in place of one lost to an infrastructure fault."""
+        """A fresh actor in place of one lost to an infrastructure fault (once: its other slots'
+        jobs fail too, and are retried, but find it already replaced)."""
+        with self._lock:
+            slots = self._actors.pop(actor, None)
+            if slots is None:
+                return
+            self._idle = deque(e for e in self._idle if e[0] != actor)
         with contextlib.suppress(Exception):
             ray.kill(actor, no_restart=True)  # may still live (e.g. its node is only unreachable)
         with self._lock:
-            if actor in self._actors:
-                self._actors.remove(actor)
             if not self._closing:
-                self._idle.append(self._new_actor())
+                self._new_actor(slots)
 
     def _retry_or_fail(self, task: _Task, why: str) -> None:
         task.errors.append(why)
