@@ -26,6 +26,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray executor needs the optional extra: pip install 'ray>=2.9'")
 
 from evounlearn.config import to_dict  # noqa: E402
+from evounlearn.errors import ConfigError  # noqa: E402
 from evounlearn.sandbox import CRASH, WALL_LIMIT, JobResult, Limits, WorkerPool  # noqa: E402
 from evounlearn.search.config import RayConfig, load_search_config  # noqa: E402
 from evounlearn.search.driver import SearchDriver  # noqa: E402
@@ -95,6 +96,8 @@ def test_slots_per_actor_and_each_slots_share_of_the_gpus() -> None:
     assert slot_devices(["4", "5"], 2) == [["4"], ["5"]] and slot_devices(["3", "5", "7"], 2) == [["3"], ["5", "7"]]
     assert slot_devices(["0"], 2) == [["0"], ["0"]]  # num_gpus 0.5 per slot: both share the one device
     assert slot_devices([], 3) == [[], [], []]
+    with pytest.raises(ConfigError, match="slots_per_actor"):
+        RayExecutor(2, options=RayConfig(slots_per_actor=-1))
 
 
 @pytest.mark.parametrize("per_actor", [2, 1])
@@ -108,8 +111,31 @@ def test_the_slots_of_one_actor_share_its_fork_server(per_actor: int) -> None:
     assert all(r.ok for r in res)
     a, b = (r.value for r in res)
     assert a["pid"] != b["pid"] and (a["ppid"] == b["ppid"]) == (per_actor == 2)
+    assert max(a["started"], b["started"]) < min(a["ended"], b["ended"])  # the two slots ran at once
     assert sorted([a["visible_devices"], b["visible_devices"]]) in (["0", "1"], ["0", "2"], ["1", "2"], ["0", "3"],
                                                                      ["1", "3"], ["2", "3"])
+
+
+def test_writes_are_confined_as_in_the_local_pool(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="evounlearn.search.executors.ray")
+    allowed = tmp_path / "run"
+    allowed.mkdir()
+    ex = RayExecutor(2, LIMITS, trusted_prefixes=(*TRUSTED, "tests.hostile_jobs"), write_paths=[str(allowed)],
+                     shared_paths=[str(allowed)])
+    ex.start()
+    logged = [r.getMessage() for r in caplog.records if "sandbox layers" in r.getMessage()]
+    assert len(logged) == 1 and "landlock=" in logged[0]  # the start says which layers hold
+    layers = ray.get([a.layers.remote() for a in ex._actors])
+    landlock = layers[0][0].get("landlock", "")
+    if not landlock.startswith("on"):
+        ex.close()
+        pytest.skip(f"Landlock unavailable here: landlock={landlock}")
+    job = "tests.hostile_jobs:try_write"
+    inside, scratch, outside = (ex.submit(job, {"path": p}).result(60).value
+                                for p in (str(allowed / "ok.txt"), "scratch.txt", str(tmp_path / "escape.txt")))
+    ex.close()
+    assert all(w.get("landlock", "").startswith("on") for slots in layers for w in slots)
+    assert inside == scratch == "written" and outside.startswith("blocked") and not (tmp_path / "escape.txt").exists()
 
 
 def test_each_slot_keeps_one_warm_sandbox_restarted_after_a_crash() -> None:
@@ -209,6 +235,7 @@ def test_factory_and_shared_path_check(tmp_path: Path) -> None:
     opts = executor_options(cfg, tmp_path / "run")
     ex = make_executor("ray", 1, LIMITS, **opts)
     assert isinstance(ex, RayExecutor) and ex.options.retries == 1
+    assert ex.write_paths == [str((tmp_path / "run").resolve()), *ex.write_paths[1:]]  # confined as locally
     ex.start()  # the run dir is created and seen by the (single) node
     ex.close()
     assert (tmp_path / "run").is_dir() and not list((tmp_path / "run").iterdir())  # marker removed

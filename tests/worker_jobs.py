@@ -28,8 +28,11 @@ def diagnostic_job(action: str = "echo", value: Any = None, seconds: float = 0.0
     if action == "echo":
         return value
     if action == "info":
+        started = time.time()
         time.sleep(seconds)
         return {
+            "started": started,
+            "ended": time.time(),
             "pid": os.getpid(),
             "ppid": os.getppid(),  # the fork server that started this worker
             "cwd": os.getcwd(),

@@ -54,14 +54,15 @@ def make_executor(kind: str = "local", workers: int = 1, limits: Limits | None =
 
 def executor_options(cfg: SearchConfig, run_dir: str | Path) -> dict[str, Any]:
     """The backend-specific `make_executor` options of a search: for Ray, its config section and
-    the paths every node must see (the run dir and the prepared-model cache); locally, where the
-    candidate workers may write (the same two folders) when `confine_writes` is on; for both, the
+    the paths every node must see (the run dir and the prepared-model cache); for both, where the
+    candidate workers may write (the same two folders) when `confine_writes` is on, and the
     modules the workers import before their first job (the benchmark's `worker_preload`)."""
     from ...benchmarks import get_benchmark
 
     cache = str((cfg.unlearn.get("prepare") or {}).get("cache_dir") or "")
     paths = [str(run_dir), *([cache] if cache else [])]
     preload = tuple(get_benchmark(cfg.benchmark).worker_preload)  # the jobs' heavy imports, done once
+    confine = {"write_paths": paths} if cfg.confine_writes else {}
     if cfg.executor == "ray":
-        return {"options": cfg.ray, "shared_paths": paths, "preload": preload}
-    return {"preload": preload, **({"write_paths": paths} if cfg.confine_writes else {})}
+        return {"options": cfg.ray, "shared_paths": paths, "preload": preload, **confine}
+    return {"preload": preload, **confine}

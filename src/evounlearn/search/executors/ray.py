@@ -61,6 +61,7 @@ from typing import Any
 
 from ...errors import ConfigError
 from ...sandbox import CRASH, IsolatedWorker, JobResult, Limits, preload_modules
+from ...sandbox.confine import describe_layers
 from ..config import RayConfig
 from .base import Executor
 
@@ -93,11 +94,11 @@ class SandboxActor:
     """
 
     def __init__(self, limits: dict[str, Any], threads: int, trusted_prefixes: tuple[str, ...],
-                 preload: tuple[str, ...] = (), slots: int = 1) -> None:
+                 preload: tuple[str, ...] = (), slots: int = 1, write_paths: list[str] | None = None) -> None:
         preload_modules(*preload)  # before the workers: their fork server imports them once
         envs = [{"CUDA_VISIBLE_DEVICES": ",".join(d)} if d else {} for d in slot_devices(_actor_gpus(), slots)]
-        self.workers = [IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, env=env, **limits)
-                        for env in envs]
+        self.workers = [IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, env=env,
+                                       write_paths=write_paths, **limits) for env in envs]
         # warm now (fork server + first children); a failed start is retried, and reported
         # (infra=True), by the slot's first job's `run`
         for w in self.workers:
@@ -109,6 +110,10 @@ class SandboxActor:
         import ray
 
         return ray.get_runtime_context().get_node_id(), check_paths_task(paths, marker)
+
+    def layers(self) -> list[dict[str, str]]:
+        """Each slot's confinement layers (`IsolatedWorker.layers`: netns, landlock, ...)."""
+        return [dict(w.layers) for w in self.workers]
 
     def run(self, slot: int, job: str, kwargs: dict[str, Any], limits: dict[str, Any]) -> JobResult:
         """`job(**kwargs)` in slot `slot`'s sandbox, with this job's `limits`."""
@@ -177,7 +182,10 @@ class RayExecutor(Executor):
 
     def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1,
                  options: RayConfig | Mapping[str, Any] | None = None, shared_paths: Sequence[str] = (),
-                 trusted_prefixes: Sequence[str] = ("evounlearn.",), preload: Sequence[str] = ()) -> None:
+                 trusted_prefixes: Sequence[str] = ("evounlearn.",), preload: Sequence[str] = (),
+                 write_paths: Sequence[str] | None = None) -> None:
+        """`write_paths`: where the sandboxes may write besides their scratch folder (Landlock, on
+        nodes whose kernel has it), as `LocalExecutor`; None: writes are not confined."""
         if n < 1:
             raise ConfigError(f"workers must be >= 1, got {n}")
         self.slots = n
@@ -186,10 +194,13 @@ class RayExecutor(Executor):
         self.options = options if isinstance(options, RayConfig) else RayConfig(**dict(options or {}))
         if self.options.retries < 0:
             raise ConfigError(f"ray.retries must be >= 0, got {self.options.retries}")
+        if self.options.slots_per_actor < 0:
+            raise ConfigError(f"ray.slots_per_actor must be >= 0 (0 = automatic), got {self.options.slots_per_actor}")
         paths = [*shared_paths, *([self.options.shared_dir] if self.options.shared_dir else [])]
         self.shared_paths = [str(Path(p).resolve()) for p in paths if p]
         self.trusted_prefixes = tuple(trusted_prefixes)
         self.preload = tuple(preload)  # imported by each actor's sandbox before its first job
+        self.write_paths = None if write_paths is None else [str(Path(p).resolve()) for p in write_paths]
         self.infra_retries = 0  # jobs resubmitted after an infrastructure fault
         self._lock = threading.Lock()
         self._actor_class: Any = None  # the ray.remote SandboxActor, once started
@@ -265,7 +276,7 @@ class RayExecutor(Executor):
         """Start one more actor of `slots` slots, all idle (it starts asynchronously: their first
         jobs wait until it is up). Called with the lock held, or before the executor runs."""
         actor = self._actor_class.options(**self._actor_options(slots)).remote(
-            self.limits.as_kwargs(), self.threads, self.trusted_prefixes, self.preload, slots)
+            self.limits.as_kwargs(), self.threads, self.trusted_prefixes, self.preload, slots, self.write_paths)
         self._actors[actor] = slots
         self._idle.extend((actor, s) for s in range(slots))
         return actor
@@ -294,6 +305,7 @@ class RayExecutor(Executor):
                                   f"does the cluster have a node with the resources one of {k} slot(s) asks for "
                                   f"(num_cpus={o.num_cpus * k:g}, num_gpus={o.num_gpus * k:g}, "
                                   f"memory_mb={(o.memory_mb or 0) * k})?") from None
+            self._log_layers(ray)
             check = ray.remote(check_paths_task)
             refs = {n: check.options(num_cpus=0, max_retries=0, scheduling_strategy=NodeAffinitySchedulingStrategy(
                     n, soft=False)).remote(self.shared_paths, marker) for n in nodes if n not in seen}
@@ -308,6 +320,15 @@ class RayExecutor(Executor):
             for p in self.shared_paths:
                 with contextlib.suppress(OSError):
                     (Path(p) / marker).unlink()
+
+    def _log_layers(self, ray: Any) -> None:
+        """One INFO line per distinct set of sandbox layers on the actors (as the local pool logs
+        its one): whether network isolation and Landlock hold on those nodes."""
+        with contextlib.suppress(Exception):  # only a log line: never stop the start for it
+            seen = {describe_layers(w) for slots in ray.get([a.layers.remote() for a in self._actors], timeout=60)
+                    for w in slots if w}
+            for line in sorted(seen):
+                log.info("ray actors: %s", line)
 
     def close(self, kill: bool = False) -> None:
         """Wait for the jobs in flight (or, with `kill`, cancel them), then end the actors and
