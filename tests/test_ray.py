@@ -98,6 +98,9 @@ def test_slots_per_actor_and_each_slots_share_of_the_gpus() -> None:
     assert slot_devices([], 3) == [[], [], []]
     with pytest.raises(ConfigError, match="slots_per_actor"):
         RayExecutor(2, options=RayConfig(slots_per_actor=-1))
+    with pytest.raises(ConfigError, match="num_gpus=0.75 x 2 slots per actor = 1.5"):
+        RayExecutor(2, options=RayConfig(num_gpus=0.75))
+    assert RayExecutor(2, options=RayConfig(num_gpus=0.5)).actor_slots() == [2]  # one GPU, shared
 
 
 @pytest.mark.parametrize("per_actor", [2, 1])

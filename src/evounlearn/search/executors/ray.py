@@ -198,6 +198,11 @@ class RayExecutor(Executor):
             raise ConfigError(f"ray.slots_per_actor must be >= 0 (0 = automatic), got {self.options.slots_per_actor}")
         paths = [*shared_paths, *([self.options.shared_dir] if self.options.shared_dir else [])]
         self.shared_paths = [str(Path(p).resolve()) for p in paths if p]
+        for k in set(self.actor_slots()):  # Ray refuses a fraction of GPUs above 1 (fine for CPUs)
+            gpus = self.options.num_gpus * k
+            if gpus > 1 and gpus != int(gpus):
+                raise ConfigError(f"ray.num_gpus={self.options.num_gpus:g} x {k} slots per actor = {gpus:g}: Ray needs "
+                                  "a whole number of GPUs above 1; choose ray.slots_per_actor so that it is one")
         self.trusted_prefixes = tuple(trusted_prefixes)
         self.preload = tuple(preload)  # imported by each actor's sandbox before its first job
         self.write_paths = None if write_paths is None else [str(Path(p).resolve()) for p in write_paths]
