@@ -261,6 +261,18 @@ def test_mia_auc_direction() -> None:
         M.mia_auc([], [1.0])
 
 
+def test_mia_auc_equals_sklearn_roc_auc_score() -> None:
+    """The reference's computation (open-unlearning: sklearn's roc_auc_score, holdout labelled 1),
+    on scores with many ties and on continuous ones, unequal sizes."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    for f, h in [(rng.integers(0, 5, 40).astype(float), rng.integers(0, 6, 57).astype(float)),
+                 (rng.normal(0, 1, 300), rng.normal(0.3, 1, 123)), (np.ones(7), np.ones(3))]:
+        y = np.concatenate([np.zeros(f.size), np.ones(h.size)])
+        assert M.mia_auc(f, h) == pytest.approx(roc_auc_score(y, np.concatenate([f, h])), abs=1e-12)
+
+
 def test_privleak_values() -> None:
     # ((1-1) - (1-0.5)) / 0.5 * 100 = -100
     assert M.privleak(1.0, 0.5) == pytest.approx(-100.0)

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 from scipy import stats
-from sklearn.metrics import roc_auc_score
 
 from ..data.prompting import IGNORE_INDEX
 from ..errors import DataError
@@ -491,8 +490,11 @@ def mia_reference_scores(nll: ArrayLike, ref_nll: ArrayLike) -> np.ndarray:
 
 
 def mia_auc(scores_forget: ArrayLike, scores_holdout: ArrayLike) -> float:
-    """MIA AUC with loss-like scores: ``P(s_holdout > s_forget) + 0.5 P(tie)``, computed as
-    ``roc_auc_score`` with holdout labelled 1 and forget labelled 0 (as open-unlearning).
+    """MIA AUC with loss-like scores: ``P(s_holdout > s_forget) + 0.5 P(tie)``, the value of
+    ``sklearn.metrics.roc_auc_score`` with holdout labelled 1 and forget labelled 0 (as
+    open-unlearning; the test checks the two agree), computed as the Mann-Whitney U statistic of
+    the holdout scores over n_holdout * n_forget, from scipy's tie-averaged ranks (importing
+    sklearn.metrics for this one number cost ~1.1 s at every start of the workers' fork server).
     ~1 when forget examples have clearly lower loss (memorised), ~0.5 when indistinguishable."""
     f = _as_float_array(scores_forget, "scores_forget").ravel()
     h = _as_float_array(scores_holdout, "scores_holdout").ravel()
@@ -500,8 +502,9 @@ def mia_auc(scores_forget: ArrayLike, scores_holdout: ArrayLike) -> float:
         raise MetricInputError("mia_auc needs non-empty forget and holdout scores")
     _check_finite(f, "scores_forget")
     _check_finite(h, "scores_holdout")
-    y = np.concatenate([np.zeros(f.size), np.ones(h.size)])
-    return float(roc_auc_score(y, np.concatenate([f, h])))
+    ranks = stats.rankdata(np.concatenate([f, h]))  # ties get the average of their ranks
+    u_holdout = float(ranks[f.size:].sum()) - h.size * (h.size + 1) / 2.0
+    return u_holdout / (f.size * h.size)
 
 
 def privleak(auc: float, auc_ref: float = 0.5) -> float:
