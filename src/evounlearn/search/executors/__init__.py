@@ -8,9 +8,9 @@ returns the same `sandbox.JobResult`; nothing in the search changes.
 
 `LocalExecutor(n)`: n isolated worker processes (`sandbox.WorkerPool`), each with wall-clock,
 CPU-time and memory limits and 1 torch thread by default (n parallel candidates on n cores).
-`RayExecutor` (`search.executors.ray`, `executor: ray`): the same isolated worker, kept warm by
-one Ray actor per slot, on a local Ray instance or a cluster (docs/DISTRIBUTED.md); Ray is
-imported only then.
+`RayExecutor` (`search.executors.ray`, `executor: ray`): the same isolated workers, kept warm
+by Ray actors holding one or more slots each, on a local Ray instance or a cluster
+(docs/DISTRIBUTED.md); Ray is imported only then.
 
 A JobResult with `infra=True` was lost to the infrastructure (a node died, the executor was
 closed), not to the job: the caller may retry it without charging the candidate.

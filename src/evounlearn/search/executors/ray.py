@@ -178,7 +178,8 @@ class _Task:
 
 
 class RayExecutor(Executor):
-    """Jobs on one Ray actor per slot, each holding an isolated worker; see the module docstring."""
+    """Jobs on `n` slots held by Ray actors (`slots_per_actor` each), one isolated worker per slot;
+    see the module docstring."""
 
     def __init__(self, n: int = 1, limits: Limits | None = None, threads: int = 1,
                  options: RayConfig | Mapping[str, Any] | None = None, shared_paths: Sequence[str] = (),
