@@ -1,36 +1,39 @@
-"""Does the search add value? (issue 10) The search against its controls and tuned baselines, at
-equal budget, on several settings of the generated benchmark, with the `calibrated` fitness.
+"""Does the search add value? The search against its random control and tuned baselines, at an
+equal number of trainings, on the resolving size of the generated benchmark (noise.json), with the
+`calibrated` fitness (version 2). Criteria fixed before any run (the instrument issue):
 
 Arms (each run through the CLI, as a user would):
-- `search`:       evounlearn evolve --mode ours
+- `search`:       evounlearn evolve --mode ours        (races elites on more seeds, ranks on a lower bound)
 - `random`:       evounlearn evolve --control random   (random trees, no selection)
 - `tuned_npo`:    evounlearn tune --method npo         (TPE over constants, retain weight, lr, epochs)
 - `tuned_simnpo`: evounlearn tune --method simnpo
-Every arm trains `--budget` candidates / trials per search seed (>= 3 seeds), epochs searched or
-tuned in 1-10 in every arm; its winner (chosen on the search part) is re-run with
-`--report-seeds` seeds on the report part, which no arm sees while searching. The evolve
-baselines are off (the tuned arms stand in for them). Settings: the benchmarks `generated`
-(disjoint), `entangled`, `partial`. Transfer: the search winner found on one setting (search
-seed 0) trained and scored on every other setting's report part.
+Every arm trains `--budget` times on the search part per search seed (the search's races count;
+one finalist, so the finalist's re-runs select nothing: its search seeds are already raced), >= 5
+search seeds per arm; its winner (chosen on the search part) is re-run with `--report-seeds`
+seeds on the report part, which no arm sees while searching.
+
+Settings: each benchmark is used when its headroom, the retain oracle's report fitness minus the
+better tuned baseline's mean, is >= 0.05 (a rule that looks only at the oracle and the baselines).
+Statistic per setting: delta = difference of the arms' means over search seeds, SE = sqrt(var_a /
+n_a + var_b / n_b); "beats" = delta > 2 SE and delta > 0.01; "worse" = delta < -2 SE. The search
+passes when, over the qualifying settings (>= 2 needed), it beats the better tuned baseline on
+>= 2 and is worse on none, beats random on >= 1 and is worse on none, its final best's multi-seed
+mean exceeds generation 0's best multi-seed mean on every setting, and the whole benchmark takes
+<= 150 minutes on 2 quiet cores.
 
 Writes benchmarks/results/search_value.json and .md and prints a table:
-  {"fitness": "calibrated", "budget": n, "seconds": s, "seconds_per_candidate": s, "quick": bool,
-   "settings": {name: {"arms": {arm: {"report_fitness": [per search seed: mean over report seeds],
+  {"fitness": "calibrated", "fitness_version": 2, "budget": n, "seconds": s, ...,
+   "settings": {name: {"oracle_report_fitness": x, "headroom": x, "qualifies": bool,
+                       "arms": {arm: {"report_fitness": [per search seed: mean over report seeds],
                                       "forget_quality": [...], "model_utility": [...],
-                                      "winner_search_fitness": [...] (the winner's search-part
-                                      fitness: evolve, mean over its finalist seeds; tune, its trial),
-                                      "winner_search_sd": [...] (evolve arms: sd over those seeds),
-                                      "gen0_best": [...], "final_best": [...] (search arm only: best
-                                      floor-aware search score, as the search ranks)}}}},
+                                      "trainings": [...] (search-part trainings per search seed),
+                                      "winner_search_fitness": [...], "winner_search_sd": [...],
+                                      "gen0_best_mean": [...], "final_best_mean": [...] (search arm:
+                                      the best-ranked candidate of generation 0 / of the run, the
+                                      mean of its search-part seeds)}}}},
    "transfer": {found on: {evaluated on: report fitness}}, "criteria": {...}, "env": {...}}
 
-Criteria (means over search seeds; "2 sd" = 2 pooled sd of the two arms compared): the search
-beats the better tuned baseline by > 2 sd on >= 2 settings and is never worse by > 2 sd; the
-search >= random on every setting and > by 2 sd on at least one; the search's final best
-(search-part fitness) > its generation-0 best on every setting; the winners' mean forget quality
->= half the better tuned baseline's; the whole benchmark <= 150 minutes.
-
-    python benchmarks/search_value.py               # the full benchmark (about 1 hour on 2 cores)
+    python benchmarks/search_value.py               # the full benchmark
     python benchmarks/search_value.py --quick       # smoke test: 1 setting, budget 4, 1 seed
 Not run in CI. Runs are kept under --work (default runs/search_value) and reused when complete,
 so an interrupted benchmark continues where it stopped.
@@ -52,7 +55,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SETTINGS = ("generated", "entangled", "partial")
+SETTINGS = ("generated-large", "entangled-large", "partial-large")
 ARMS = ("search", "random", "tuned_npo", "tuned_simnpo")
 FITNESS = "calibrated"
 
@@ -143,13 +146,37 @@ def evolve_result(rd: Path) -> dict[str, Any]:
     gen0 = [score_of(c) for c in done if c.generation == 0]
     raw = [float(c.fitness_search) for c in done]
     raw0 = [float(c.fitness_search) for c in done if c.generation == 0]
+    # the best-ranked candidate (as the search ranks: lower bound, floor) of generation 0 and of the
+    # run, each by the mean of all its search-part seeds (raced elites have several)
+    top0 = max((c for c in done if c.generation == 0), key=score_of, default=None)
+    top = max(done, key=score_of, default=None)
+    counts = data.get("counts") or {}
     return {"report_fitness": win.get("fitness_report"), "forget_quality": win.get("forget_quality"),
             "model_utility": win.get("model_utility"), "gen0_best": max(gen0, default=None),
             "final_best": max(best, default=None), "gen0_best_fitness": max(raw0, default=None),
             "final_best_fitness": max(raw, default=None), "seconds": data.get("seconds"),
+            "gen0_best_mean": None if top0 is None else float(top0.fitness_search),
+            "gen0_best_seeds": None if top0 is None else top0.n_search,
+            "final_best_mean": None if top is None else float(top.fitness_search),
+            "final_best_seeds": None if top is None else top.n_search,
+            "trainings": int(counts.get("candidates") or 0) + int(counts.get("search_reruns") or 0),
+            "oracle_report_fitness": _oracle_report_fitness(rd),
             "winner_search_fitness": win.get("fitness_search"), "winner_search_sd": win.get("fitness_search_std"),
             "trained": (data.get("counts") or {}).get("candidates"), "code": win.get("code"),
             "target_utility": data.get("target_utility")}
+
+
+def _oracle_report_fitness(rd: Path) -> float | None:
+    """The retain oracle's fitness on the report part, as the search's target information holds it."""
+    from evounlearn.search.store import Store
+
+    store = Store.open_run(rd)
+    try:
+        target = store.get_meta("target") or {}
+    finally:
+        store.close()
+    f = ((target.get("retain") or {}).get("report") or {}).get("fitness")
+    return float(f) if isinstance(f, (int, float)) and math.isfinite(f) else None
 
 
 def tune_result(rd: Path) -> dict[str, Any]:
@@ -163,7 +190,7 @@ def tune_result(rd: Path) -> dict[str, Any]:
     return {"report_fitness": row.get("report_fitness_mean"), "winner_search_fitness": row.get("search_fitness"),
             "forget_quality": _mean([s.get("forget_quality") for s in summaries]),
             "model_utility": _mean([s.get("model_utility") for s in summaries]),
-            "trained": data.get("trained")}
+            "trained": data.get("trained"), "trainings": data.get("trained")}
 
 
 def _winner_job(rd: Path) -> dict[str, Any] | None:
@@ -238,47 +265,51 @@ def transfer(settings: list[str], opts: argparse.Namespace) -> dict[str, dict[st
 # criteria and outputs
 
 
-def _pooled_sd(a: list[float], b: list[float]) -> float:
-    va = statistics.variance(a) if len(a) >= 2 else 0.0
-    vb = statistics.variance(b) if len(b) >= 2 else 0.0
-    return math.sqrt((va + vb) / 2.0)
+def compare(a: list[float | None], b: list[float | None]) -> dict[str, Any]:
+    """delta = mean(a) - mean(b), SE = sqrt(var_a / n_a + var_b / n_b) over the search seeds;
+    beats = delta > 2 SE and delta > 0.01, worse = delta < -2 SE."""
+    xa = [float(x) for x in a if isinstance(x, (int, float)) and math.isfinite(x)]
+    xb = [float(x) for x in b if isinstance(x, (int, float)) and math.isfinite(x)]
+    if len(xa) < 2 or len(xb) < 2:
+        return {"delta": None, "se": None, "beats": False, "worse": False, "n": [len(xa), len(xb)]}
+    delta = statistics.fmean(xa) - statistics.fmean(xb)
+    se = math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb))
+    return {"delta": delta, "se": se, "beats": delta > 2 * se and delta > 0.01, "worse": delta < -2 * se,
+            "n": [len(xa), len(xb)]}
 
 
-def _margin(a: list[float | None], b: list[float | None]) -> float | None:
-    """(mean a - mean b) in pooled sd (+-inf when the sd is 0), None without values."""
-    xa = [float(x) for x in a if x is not None]
-    xb = [float(x) for x in b if x is not None]
-    if not xa or not xb:
-        return None
-    diff, sd = statistics.fmean(xa) - statistics.fmean(xb), _pooled_sd(xa, xb)
-    if sd > 0:
-        return diff / sd
-    return 0.0 if diff == 0 else math.copysign(math.inf, diff)
+def qualify(s: dict[str, Any]) -> None:
+    """A setting's headroom (oracle report fitness - the better tuned baseline's mean) and whether
+    it is >= 0.05, in place."""
+    arms = s["arms"]
+    tuned = [m for m in (_mean(arms[a]["report_fitness"]) for a in ("tuned_npo", "tuned_simnpo") if a in arms)
+             if m is not None]
+    oracle = s.get("oracle_report_fitness")
+    s["headroom"] = None if oracle is None or not tuned else oracle - max(tuned)
+    s["qualifies"] = s["headroom"] is not None and s["headroom"] >= 0.05
 
 
 def criteria(settings: dict[str, Any], seconds: float) -> dict[str, Any]:
-    vs_tuned, vs_random, improves, fq_ok = {}, {}, {}, {}
-    for name, s in settings.items():
+    used = {n: s for n, s in settings.items() if s.get("qualifies")}
+    vs_tuned, vs_random, improves = {}, {}, {}
+    for name, s in used.items():
         arms = s["arms"]
         search = arms["search"]["report_fitness"]
         tuned = max((a for a in ("tuned_npo", "tuned_simnpo") if a in arms),
                     key=lambda a: _mean(arms[a]["report_fitness"]) or -math.inf)
-        vs_tuned[name] = {"better_tuned": tuned, "margin_sd": _margin(search, arms[tuned]["report_fitness"])}
-        vs_random[name] = _margin(search, arms["random"]["report_fitness"])
-        g0, fin = _mean(arms["search"]["gen0_best"]), _mean(arms["search"]["final_best"])
-        improves[name] = g0 is not None and fin is not None and fin > g0
-        fq_s, fq_t = _mean(arms["search"]["forget_quality"]), _mean(arms[tuned]["forget_quality"])
-        fq_ok[name] = fq_s is not None and fq_t is not None and fq_s >= 0.5 * fq_t
-    m = [v["margin_sd"] for v in vs_tuned.values()]
-    r = list(vs_random.values())
+        vs_tuned[name] = {"better_tuned": tuned, **compare(search, arms[tuned]["report_fitness"])}
+        vs_random[name] = compare(search, arms["random"]["report_fitness"])
+        g0, fin = arms["search"]["gen0_best_mean"], arms["search"]["final_best_mean"]
+        improves[name] = compare(fin, g0) | {"final_mean_above_gen0_mean": (_mean(fin) or -math.inf) > (_mean(g0) or math.inf)}
     return {
-        "margin_vs_better_tuned_sd": vs_tuned, "margin_vs_random_sd": vs_random,
-        "beats_tuned_by_2sd_on_2_settings": sum(1 for x in m if x is not None and x > 2) >= 2,
-        "never_worse_than_tuned_by_2sd": all(x is not None and x >= -2 for x in m),
-        "search_ge_random_everywhere": all(x is not None and x >= 0 for x in r),
-        "beats_random_by_2sd_somewhere": any(x is not None and x > 2 for x in r),
-        "final_best_above_gen0_best": improves, "final_best_above_gen0_best_everywhere": all(improves.values()),
-        "forget_quality_at_least_half_tuned": fq_ok, "forget_quality_ok_everywhere": all(fq_ok.values()),
+        "qualifying_settings": sorted(used), "enough_settings": len(used) >= 2,
+        "vs_better_tuned": vs_tuned, "vs_random": vs_random, "final_vs_gen0": improves,
+        "beats_tuned_on_2_settings": sum(v["beats"] for v in vs_tuned.values()) >= 2,
+        "never_worse_than_tuned": not any(v["worse"] for v in vs_tuned.values()),
+        "beats_random_somewhere": any(v["beats"] for v in vs_random.values()),
+        "never_worse_than_random": not any(v["worse"] for v in vs_random.values()),
+        "final_best_above_gen0_best_everywhere": bool(improves) and all(
+            v["final_mean_above_gen0_mean"] for v in improves.values()),
         "total_minutes": seconds / 60.0, "total_time_ok": seconds <= 150 * 60,
     }
 
@@ -298,20 +329,26 @@ def _fmt(x: Any) -> str:
 
 
 def table(data: dict[str, Any]) -> str:
-    lines = ["| setting | arm | report fitness (mean over seeds) | per seed | FQ | MU | gen-0 best | final best |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting (oracle, headroom) | arm | report fitness mean ± sd (n) | per search seed | FQ | MU "
+             "| trainings | gen-0 best mean | final best mean |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, s in data["settings"].items():
+        where = f"{name} ({_fmt(s.get('oracle_report_fitness'))}, {_fmt(s.get('headroom'))}" + (
+            ")" if s.get("qualifies") else ", not used)")
         for arm, a in s["arms"].items():
+            vals = [float(x) for x in a["report_fitness"] if isinstance(x, (int, float))]
+            sd = statistics.stdev(vals) if len(vals) > 1 else None
             per = ", ".join(_fmt(x) for x in a["report_fitness"])
-            lines.append(f"| {name} | {arm} | {_fmt(_mean(a['report_fitness']))} | {per} | "
+            lines.append(f"| {where} | {arm} | {_fmt(_mean(vals))} ± {_fmt(sd)} ({len(vals)}) | {per} | "
                          f"{_fmt(_mean(a['forget_quality']))} | {_fmt(_mean(a['model_utility']))} | "
-                         f"{_fmt(_mean(a.get('gen0_best', [])))} | {_fmt(_mean(a.get('final_best', [])))} |")
+                         f"{_fmt(_mean(a.get('trainings', [])))} | {_fmt(_mean(a.get('gen0_best_mean', [])))} | "
+                         f"{_fmt(_mean(a.get('final_best_mean', [])))} |")
     return "\n".join(lines)
 
 
 def markdown(data: dict[str, Any]) -> str:
-    out = [f"# Search value (issue 10){' - QUICK smoke test' if data['quick'] else ''}", "",
-           f"fitness `{data['fitness']}`, budget {data['budget']} per arm and search seed, "
+    out = [f"# Search value{' - QUICK smoke test' if data['quick'] else ''}", "",
+           f"fitness `{data['fitness']}` (version {data.get('fitness_version')}), budget {data['budget']} per arm and search seed, "
            f"{data['search_seeds']} search seed(s), {data['report_seeds']} report seed(s); "
            f"{data['seconds'] / 60:.1f} min, {_fmt(data['seconds_per_candidate'])} s per trained candidate; "
            f"env {json.dumps(data['env'])}", "", table(data), ""]
@@ -330,9 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 setting, budget 4, 1 seed, no criteria")
     ap.add_argument("--budget", type=int, default=24, help="trained candidates / trials per arm and seed")
-    ap.add_argument("--seeds", type=int, default=3, help="search seeds per arm")
+    ap.add_argument("--seeds", type=int, default=5, help="search seeds per arm")
     ap.add_argument("--report-seeds", type=int, default=3, help="seeds of the winner's re-run on the report part")
-    ap.add_argument("--finalists", type=int, default=2, help="top candidates re-run before picking the winner")
+    ap.add_argument("--finalists", type=int, default=1,
+                    help="top candidates re-run before picking the winner (1: its re-runs select nothing)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--arms", default=",".join(ARMS))
@@ -357,16 +395,22 @@ def main(argv: list[str] | None = None) -> int:
                     unknown += took is None
                 rd = run_arm(arm, setting, seed, opts.budget, opts)
                 per.append(evolve_result(rd) if arm in ("search", "random") else tune_result(rd))
-            keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness"]
+            keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness", "trainings"]
             keys += ["winner_search_sd"] if arm in ("search", "random") else []
-            keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness"] if arm == "search" else []
+            keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness", "gen0_best_mean",
+                     "gen0_best_seeds", "final_best_mean", "final_best_seeds"] if arm == "search" else []
             results[setting]["arms"][arm] = {k: [p.get(k) for p in per] for k in keys}
+            if arm in ("search", "random") and per:
+                results[setting]["oracle_report_fitness"] = per[0].get("oracle_report_fitness")
             trained += sum(int(p.get("trained") or 0) for p in per)
+        qualify(results[setting])
     xfer = transfer(settings, opts) if "search" in arms and len(settings) > 1 else {}
     now = time.time() - t0
     seconds = now + earlier  # the whole benchmark: runs of earlier invocations count with their own wall time
+    from evounlearn.benchmarks import get_fitness
+
     data: dict[str, Any] = {
-        "fitness": FITNESS, "budget": opts.budget, "quick": opts.quick, "search_seeds": opts.seeds,
+        "fitness": FITNESS, "fitness_version": get_fitness(settings[0], FITNESS).version, "budget": opts.budget, "quick": opts.quick, "search_seeds": opts.seeds,
         "report_seeds": opts.report_seeds, "finalists": opts.finalists, "seconds": seconds,
         "seconds_this_invocation": now, "seconds_earlier_runs": earlier, "runs_without_recorded_time": unknown,
         "seconds_per_candidate": seconds / trained if trained else None,

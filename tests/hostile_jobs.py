@@ -56,3 +56,72 @@ def return_tuple_and_tensor() -> Any:
 
 def return_object() -> Any:
     return object()
+
+
+def guarded_c_call(honest_calls: int = 3, rows: int = 10**6) -> str:
+    """A training guard around a loss that, after `honest_calls` honest calls, runs ONE torch call
+    over rows x rows elements (10**6: ~45 minutes): the driver must kill the worker ("step
+    deadline"); returns "finished" only if nothing stopped it."""
+    import torch
+
+    from evounlearn.sandbox.guards import TrainingGuard
+
+    guard = TrainingGuard("faithful")
+
+    def bomb(lpf: Any, lpr: Any, rf: Any, rr: Any) -> Any:
+        x = lpf.mean() - lpr.mean()
+        if guard.calls >= honest_calls:
+            x = x + 0.0 * lpf[0:1].expand(rows, rows).sum()
+        return x
+
+    for step in range(honest_calls + 1):
+        g = torch.Generator().manual_seed(step)
+        lpf = (-torch.rand(8, generator=g)).requires_grad_(True) * 1.0
+        lpr = (-torch.rand(8, generator=g)).requires_grad_(True) * 1.0
+        guard.call(bomb, [lpf, lpr, lpf.detach().clone(), lpr.detach().clone()]).backward()
+    return "finished"
+
+
+def hard_deadline_c_call(seconds: float = 0.5, rows: int = 10**6) -> str:
+    """One long torch call inside `timers.hard_deadline(seconds)`."""
+    import torch
+
+    from evounlearn.sandbox.timers import hard_deadline
+
+    with hard_deadline(seconds):
+        torch.ones(1).expand(rows, rows).sum()
+    return "finished"
+
+
+def try_kill(pid: int) -> str:
+    """"blocked: ..." when this worker may not signal `pid` (kill with signal 0 tests only)."""
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return f"blocked: {e}"
+    return "allowed"
+
+
+def try_unix(address: str) -> str:
+    """Connect to a Unix socket: a path, or "@name" for the abstract namespace."""
+    target = "\0" + address[1:] if address.startswith("@") else address
+    try:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    except OSError as e:
+        return f"blocked: {e}"
+    try:
+        s.settimeout(2)
+        s.connect(target)
+    except OSError as e:
+        return f"blocked: {e}"
+    finally:
+        s.close()
+    return "connected"
+
+
+def try_read(path: str) -> str:
+    try:
+        with open(path) as fh:
+            return "read: " + fh.read(64)
+    except OSError as e:
+        return f"blocked: {e}"

@@ -303,3 +303,187 @@ def test_evolve_prepares_in_the_cli_process_before_the_search(caplog):
     assert any("prepared in" in r.getMessage() for r in caplog.records)
     prepare_before_search(SimpleNamespace(evaluator="tests.worker_jobs", benchmark=fake, unlearn={}))
     assert len(calls) == 1  # a test evaluator prepares nothing
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 20: missing models, compare of a missing path, control arms, Ray options, tune, eval RUN_DIR
+
+
+@pytest.mark.parametrize("args", [
+    ["eval", "--model", "MISSING"], ["eval", "--model", "runs/typo"], ["eval", "--model", "no-org/no-such-model"],
+    ["unlearn", "--method", "npo", "--model", "MISSING"], ["unlearn", "--method", "npo", "--model", "no-org/no-model"],
+], ids=["eval-path", "eval-runs-typo", "eval-hub-id", "unlearn-path", "unlearn-hub-id"])
+def test_a_missing_model_is_one_line_before_anything_is_written(tmp_path, args):
+    (tmp_path / "runs").mkdir()  # `runs/typo` names a folder under runs/, not a Hub id
+    args = [str(tmp_path / "missing-model") if a == "MISSING" else a for a in args]
+    env = {**_env(tmp_path), "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run([sys.executable, "-m", "evounlearn", *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: model") and "(--model)" in lines[0], p.stderr
+    assert "does not exist" in lines[0] or "HF_HUB_OFFLINE" in lines[0]
+    assert list((tmp_path / "runs").iterdir()) == [] and not (tmp_path / "cache").exists()
+
+
+def test_model_source_checks(tmp_path, monkeypatch):
+    from evounlearn.errors import ModelError
+    from evounlearn.models import source
+
+    model = tmp_path / "m"
+    model.mkdir()
+    with pytest.raises(ModelError, match="holds no model"):
+        source.check_model_source(str(model))
+    (model / "config.json").write_text("{}")
+    source.check_model_source(str(model))
+    monkeypatch.chdir(tmp_path)
+    assert source.looks_like_path("./x") and source.looks_like_path("a/b/c") and source.looks_like_path("m/x")
+    assert not source.looks_like_path("gpt2") and not source.looks_like_path("org/name")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    snap = tmp_path / "hub" / "models--org--cached" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    source.check_model_source("org/cached")  # in the local cache: fine offline
+    with pytest.raises(ModelError, match="HF_HUB_OFFLINE"):
+        source.check_model_source("org/not-cached")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(source, "hub_reachable", lambda timeout=1.5: False)
+    with pytest.raises(ModelError, match="not reachable"):
+        source.check_model_source("org/not-cached")
+
+
+def test_compare_of_a_missing_path_is_an_error(tmp_path):
+    done = _finished_run(tmp_path / "runs" / "npo-1")
+    _, p = evounlearn(["compare", str(done), str(tmp_path / "runs" / "typo")], tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip().splitlines() == [f"error: no such run: {tmp_path / 'runs' / 'typo'}"]
+
+
+def test_a_control_arm_is_named_in_its_run_directory_and_summary(tmp_path):
+    from evounlearn.cli.extra_commands import default_search_dir
+    from evounlearn.search.config import load_search_config
+
+    assert default_search_dir(load_search_config(None, ["control=random"])).name.startswith("evolve-random-forget10-")
+    assert default_search_dir(load_search_config(None, [])).name.startswith("evolve-ours-forget10-")
+    from evounlearn.search.report import _head
+
+    assert _head({"mode": "ours", "control": "random"})[0].startswith("search: control random,")
+    assert _head({"mode": "evomu", "control": None})[0].startswith("search: mode evomu,")
+
+
+def test_ray_options_are_checked_before_anything_is_prepared(tmp_path):
+    _, p = evounlearn(["evolve", "executor=ray", "ray.num_gpus=0.75"], tmp_path)
+    assert p.returncode == 2 and p.stdout == ""
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and ("ray.num_gpus=0.75" in lines[0] or "needs Ray" in lines[0]), p.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
+
+
+def test_tune_prints_its_run_directory_first_and_leaves_nothing_without_optuna(tmp_path, monkeypatch, capsys):
+    from evounlearn.cli.main import main
+    from evounlearn.errors import ConfigError
+    from evounlearn.search import tune
+
+    order = []
+
+    def fake_run(self):
+        order.append(capsys.readouterr().out)
+        self.run_dir.mkdir(parents=True)
+        (self.run_dir / "leaderboard.md").write_text("# tune\n")
+        return {}
+
+    monkeypatch.setattr(tune.Tuner, "run", fake_run)
+    rd = tmp_path / "t"
+    assert main(["tune", "--method", "npo", "--benchmark", "tests.fakes:FakeBenchmark", "--run-dir", str(rd)]) == 0
+    assert order and order[0].startswith(f"run directory: {rd}") and f"tune --resume {rd}" in order[0]
+
+    def no_optuna():
+        raise ConfigError("evounlearn tune needs Optuna: pip install 'evounlearn[tune]'")
+
+    monkeypatch.setattr(tune, "_optuna", no_optuna)
+    monkeypatch.chdir(tmp_path)
+    assert main(["tune", "--method", "npo", "--benchmark", "tests.fakes:FakeBenchmark"]) == 2
+    assert "needs Optuna" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tune_trial_lines_explain_the_utility_floor():
+    from types import SimpleNamespace
+
+    from evounlearn.search.tune import RunOutcome, Tuner
+
+    host = SimpleNamespace(runner=SimpleNamespace(target_utility=0.8), cfg=SimpleNamespace(utility_floor=0.9))
+    below = RunOutcome("search", 0, "", True, fitness=0.8512, utility=0.5, score=-1.1488)
+    line = Tuner.trial_line(host, below)  # type: ignore[arg-type]
+    assert "below the floor 0.7200" in line and "score -1.1488 (fitness - 2)" in line
+    passes = RunOutcome("search", 0, "", True, fitness=0.8512, utility=0.75, score=0.8512)
+    assert Tuner.trial_line(host, passes) == "fitness 0.8512, utility 0.7500 passes the floor 0.7200"  # type: ignore[arg-type]
+
+
+def test_eval_takes_one_run_directory():
+    from evounlearn.cli.main import split_run_dir
+    from evounlearn.errors import ConfigError
+
+    assert split_run_dir(["a=1"]) == (None, ["a=1"])
+    assert split_run_dir([str(ROOT / "src"), "a=1"]) == (str(ROOT / "src"), ["a=1"])
+    with pytest.raises(ConfigError, match="neither a run directory nor a key=value"):
+        split_run_dir(["runs/typo"])
+    with pytest.raises(ConfigError, match="one run directory"):
+        split_run_dir([str(ROOT / "src"), str(ROOT / "tests")])
+
+
+def test_bare_help_lists_every_subcommand(tmp_path):
+    from evounlearn.cli.main import COMMANDS
+
+    _, p = evounlearn([], tmp_path)
+    assert p.returncode == 0
+    for name in COMMANDS:
+        assert name in p.stdout
+    assert set(COMMANDS) == set(next(a for a in __import__("evounlearn.cli.main", fromlist=["x"]).build_parser()
+                                     ._actions if a.choices and "unlearn" in a.choices).choices)
+
+
+def test_eval_of_a_run_directory_reproduces_the_run_and_eval_model_keeps_the_oracle(tiny_prepared, tmp_path, capsys):
+    from evounlearn.benchmarks.tofu.unlearn import build_config, run_unlearning
+    from evounlearn.cli.main import main
+    from evounlearn.config import save_config
+
+    cfg, p = tiny_prepared
+    ucfg = build_config("grad_ascent", None, ["train.epochs=1", "forget_part=search"])
+    ucfg.prepare, ucfg.eval, ucfg.run_dir = cfg, cfg.eval, str(tmp_path / "run")
+    run_unlearning(ucfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())["summary"]
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "run"), "--json"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("eval: the model of")  # says what it does before loading anything
+    assert "the search part of forget10" in captured.out and "retain oracle" in captured.out
+    summary = json.loads(captured.out.strip().splitlines()[-1])["run"]
+    assert summary["forget_quality"] is not None
+    for key in ("forget_quality", "privleak", "forget_rouge", "forget_prob", "model_utility"):
+        assert summary[key] == pytest.approx(saved[key], rel=1e-6, abs=1e-9), key
+    # --model without --retain-results: the prepared oracle from the cache, so forget quality is there
+    save_config(cfg, tmp_path / "prepare.yaml")
+    assert main(["eval", "--model", str(tmp_path / "run" / "model"), "--config", str(tmp_path / "prepare.yaml"),
+                 "--json"]) == 0
+    out = capsys.readouterr().out
+    assert str(p.retain_results) in out
+    assert json.loads(out.strip().splitlines()[-1])["model"]["forget_quality"] is not None
+
+
+def test_a_resumed_run_reports_the_training_time_of_every_session(tiny_prepared, tmp_path):
+    from evounlearn.benchmarks.tofu import build_config, run_unlearning
+
+    from .fakes import Interrupted, interrupt_after
+
+    def cfg(*extra: str):
+        c = build_config("npo", None, ["train.epochs=3", "train.batch_size=2", *extra])
+        c.prepare, c.eval, c.run_dir = tiny_prepared[0], tiny_prepared[0].eval, str(tmp_path / "run")
+        return c
+
+    with pytest.raises(Interrupted):
+        run_unlearning(cfg("train.checkpoint_every_steps=1"), evaluate=False, on_step=interrupt_after(3))
+    record = run_unlearning(cfg(), resume=True, evaluate=False)
+    assert record["steps"] == 6
+    assert record["seconds"] > record["session_seconds"] > 0  # the first session's time is counted too

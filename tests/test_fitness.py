@@ -6,6 +6,7 @@ settings registered as benchmarks."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,20 @@ TARGET = {"model_utility": 0.8}
 HOLDOUT = {"holdout_rouge": 0.3, "holdout_prob": 0.2}
 
 
-def tofu_summary(rouge: float, prob: float, auc: float, mu: float = 0.8, fq: float | None = None) -> dict[str, Any]:
+def tofu_summary(rouge: float, prob: float, auc: float, mu: float = 0.8, fq: float | None = None,
+                 smd: float | None = None, se: float = 0.27) -> dict[str, Any]:
+    """A summary; `smd` (the LOSS scores' standardised difference) defaults to the one a normal
+    distribution shift with this AUC gives (AUC = Phi(d / sqrt 2))."""
+    from statistics import NormalDist
+
+    if smd is None:
+        smd = math.sqrt(2.0) * NormalDist().inv_cdf(min(max(auc, 1e-9), 1 - 1e-9))
     return {**HOLDOUT, "forget_rouge": rouge, "forget_prob": prob, "mia_loss": auc, "model_utility": mu,
-            "forget_quality": fq}
+            "forget_quality": fq, "mia_loss_smd": smd, "mia_loss_smd_se": se}
+
+
+def cal(s: dict[str, Any]) -> float:
+    return compute_fitness("generated", s, TARGET, fitness="calibrated")
 
 
 def test_calibrated_penalises_forgetting_beyond_the_holdout_level_and_destruction() -> None:
@@ -35,9 +47,6 @@ def test_calibrated_penalises_forgetting_beyond_the_holdout_level_and_destructio
     beyond = tofu_summary(0.0, 0.01, 0.05)  # forgets more than a model that never saw the data
     remembers = tofu_summary(0.95, 0.9, 0.97)
     destroyed = tofu_summary(0.3, 0.2, 0.5, mu=0.02)
-
-    def cal(s: dict[str, Any]) -> float:
-        return compute_fitness("generated", s, TARGET, fitness="calibrated")
 
     assert cal(like_unseen) == pytest.approx(1.0)
     assert cal(beyond) < cal(like_unseen) and cal(remembers) < cal(like_unseen)
@@ -49,9 +58,89 @@ def test_calibrated_penalises_forgetting_beyond_the_holdout_level_and_destructio
     assert cal(tofu_summary(0.3, 0.2, 0.5, mu=0.4)) == pytest.approx(0.5)
     assert cal(tofu_summary(0.3, 0.2, 0.5, mu=0.95)) == pytest.approx(1.0)
     assert compute_fitness("generated", like_unseen, None, fitness="calibrated") == FAILED
-    # without the MIAs (eval.mia: false) the two gaps remain
-    no_mia = {k: v for k, v in beyond.items() if k != "mia_loss"}
-    assert cal(no_mia) == pytest.approx(1.0 - (0.3 + 0.19) / 2)
+    # without the MIAs (eval.mia: false) the two side gaps remain: ROUGE 0.3 -> 0 is the whole way
+    # down (1.0), Prob 0.2 -> 0.01 is 0.19 / 0.2 of it
+    no_mia = {k: v for k, v in beyond.items() if not k.startswith("mia_loss")}
+    assert cal(no_mia) == pytest.approx(1.0 - (1.0 + 0.19 / 0.2) / 2)
+
+
+def test_calibrated_is_symmetric_about_the_holdout_level() -> None:
+    """Version 2: each gap is a fraction of how far it can go on its side of the holdout level, so
+    total over-forgetting and total under-forgetting score alike (both 0 at full utility), and the
+    same fraction of the way scores the same on either side (version 1 scored total
+    over-forgetting ~0.58 and total remembering ~0.08 on the generated benchmark)."""
+    total_over = tofu_summary(0.0, 0.0, 0.0, smd=-8.0)
+    total_under = tofu_summary(1.0, 1.0, 1.0, smd=8.0)
+    assert cal(total_over) == pytest.approx(0.0) and cal(total_under) == pytest.approx(0.0)
+    # half way down (ROUGE 0.15 of 0.3, Prob 0.1 of 0.2) vs half way up (0.65 of 0.3..1, 0.6 of 0.2..1)
+    half_down = tofu_summary(0.15, 0.1, 0.5, smd=-1.27)
+    half_up = tofu_summary(0.65, 0.6, 0.5, smd=1.27)
+    assert cal(half_down) == pytest.approx(cal(half_up)) and 0.4 < cal(half_up) < 0.6
+    # monotone on each side: closer to the level scores higher
+    ladder = [cal(tofu_summary(r, 0.2, 0.5)) for r in (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)]
+    assert ladder == sorted(ladder[:4]) + sorted(ladder[3:], reverse=True)[1:]
+    assert max(ladder) == ladder[3]
+
+
+def test_calibrated_membership_term_forgives_sampling_noise() -> None:
+    """The membership term reads the LOSS scores' standardised difference d: |d| within its
+    sampling scale se costs nothing (an exact unlearner is not charged for the noise of 20-80 rows),
+    the rest counts linearly up to |d| = se + 2 (a total leak), in either direction."""
+    from evounlearn.benchmarks.fitness import smd_gap
+
+    assert smd_gap(0.2, 0.27) == 0.0 and smd_gap(-0.27, 0.27) == 0.0
+    assert smd_gap(1.27, 0.27) == pytest.approx(0.5) and smd_gap(-1.27, 0.27) == pytest.approx(0.5)
+    assert smd_gap(5.0, 0.27) == 1.0 and smd_gap(-50.0, 0.27) == 1.0
+    assert smd_gap(1.0) == pytest.approx(0.5)  # without se: the plain scale
+    base = dict(rouge=0.3, prob=0.2, auc=0.5)
+    assert cal(tofu_summary(**base, smd=0.1)) == pytest.approx(1.0)
+    assert cal(tofu_summary(**base, smd=1.27)) == pytest.approx(1.0 - 0.5 / 3)
+
+
+def test_side_gap_edges() -> None:
+    from evounlearn.benchmarks.fitness import side_gap
+
+    assert side_gap(0.3, 0.3) == 0.0 and side_gap(1.0, 0.3) == 1.0 and side_gap(0.0, 0.3) == 1.0
+    assert side_gap(0.65, 0.3) == pytest.approx(0.5) and side_gap(0.15, 0.3) == pytest.approx(0.5)
+    assert side_gap(0.5, 1.0) == pytest.approx(0.5) and side_gap(1.0, 1.0) == 0.0  # level at the top
+    assert side_gap(0.5, 0.0) == pytest.approx(0.5) and side_gap(0.0, 0.0) == 0.0  # level at the bottom
+    assert side_gap(1.7, 0.3) == 1.0 and side_gap(-0.2, 0.3) == 1.0  # clamped first
+    # the part within the difference's standard error is forgiven, on either side
+    assert side_gap(0.33, 0.3, se=0.05) == 0.0 and side_gap(0.27, 0.3, se=0.05) == 0.0
+    assert side_gap(0.1, 0.3, se=0.05) == pytest.approx(0.15 / 0.3)
+    assert side_gap(0.0, 0.3, se=0.05) == pytest.approx(0.25 / 0.3) and side_gap(1.0, 0.3, se=0.05) < 1.0
+
+
+def test_se_difference_matches_its_formula() -> None:
+    from evounlearn.evaluation.metrics import se_difference
+
+    a, b = [0.0, 1.0, 0.5, 0.5], [0.2, 0.4, 0.6]
+    va, vb = sum((x - 0.5) ** 2 for x in a) / 3, sum((x - 0.4) ** 2 for x in b) / 2
+    assert se_difference(a, b) == pytest.approx(math.sqrt(va / 4 + vb / 3))
+    assert se_difference([1.0], b) is None
+
+
+def test_standardized_difference_matches_its_formula() -> None:
+    import numpy as np
+
+    from evounlearn.evaluation.metrics import MetricInputError, standardized_difference
+
+    f, h = np.array([0.1, 0.3, 0.2, 0.4]), np.array([2.0, 2.5, 1.5, 3.0, 2.0])
+    d, se = standardized_difference(f, h)
+    pooled = math.sqrt((f.var(ddof=1) + h.var(ddof=1)) / 2)
+    assert d == pytest.approx((h.mean() - f.mean()) / pooled) and se == pytest.approx(math.sqrt(1 / 4 + 1 / 5))
+    assert standardized_difference(h, f)[0] == pytest.approx(-d)  # forgotten beyond unseen: negative
+    assert standardized_difference([1.0, 1.0], [1.0, 1.0])[0] == 0.0
+    assert standardized_difference([1.0, 1.0], [2.0, 2.0])[0] == math.inf
+    with pytest.raises(MetricInputError):
+        standardized_difference([1.0], [1.0, 2.0])
+
+
+def test_calibrated_v2_records_its_version() -> None:
+    from evounlearn.benchmarks import get_fitness
+
+    assert get_fitness("generated", "calibrated").version == 2
+    assert get_fitness("generated", "evomu").version == 1
 
 
 def test_oracle_fitness_follows_forget_quality_log_scaled() -> None:

@@ -186,7 +186,9 @@ def test_profile_from_the_target_values_shapes_the_probes() -> None:
     assert prof.batch_size == 32 and prof.logp_min == -0.9 and prof.logp_max == -0.2 and prof.tokens_max == 9
     probe = make_probe("faithful", "normal", 32, 5, profile=prof)["log_probs_forget"]
     assert probe.shape == (32,) and float(probe.min()) >= -0.9 and float(probe.max()) <= -0.2
-    assert make_probe("extended", "normal", 4, 5, profile=prof)["tok_logp_forget"].shape == (4, 9)
+    mask = make_probe("extended", "normal", 4, 5, profile=prof)["mask_forget"]
+    # answers of 3..9 tokens after a prompt (a real batch's layout): never an answer at column 0
+    assert mask.shape[0] == 4 and set(mask.sum(1).tolist()) <= set(range(3, 10)) and float(mask[:, 0].max()) == 0
 
 
 def test_probes_are_fresh_for_every_validation(worker: IsolatedWorker) -> None:
@@ -396,8 +398,11 @@ def test_guard_stops_a_slow_loss_and_a_retain_flip() -> None:
             x = x + 0.0
         return x
 
-    with pytest.raises(TrainingGuardError, match="over its budget"):
-        TrainingGuard("faithful", GuardConfig(time_floor_s=0.05)).call(slow, _faithful_args())
+    guard = TrainingGuard("faithful", GuardConfig(time_floor_s=0.01))
+    with pytest.raises(TrainingGuardError, match="over its budget"):  # slow on every call: stopped
+        for _ in range(8):
+            guard.call(slow, _faithful_args())
+    assert guard.calls < 8
     with pytest.raises(TrainingGuardError, match="increases with retain log-probs"):
         TrainingGuard("faithful").call(lambda a, b, c, d: a.mean() + b.mean(), _faithful_args())
     assert TrainingGuard("faithful").call(lambda a, b, c, d: -F.logsigmoid(-(a - c)).mean(), _faithful_args())
@@ -405,9 +410,10 @@ def test_guard_stops_a_slow_loss_and_a_retain_flip() -> None:
 
 def test_check_train_stops_a_loss_that_behaves_only_on_probes(tiny_prepared, tmp_path: Path) -> None:
     cfg, _ = tiny_prepared
-    # backwards only where the reference equals the current log-probs on every row: the first
-    # steps of a real run; of the probes only the "init" one (outvoted by the four "normal" ones)
-    sneaky = honest_unless("(log_probs_forget - ref_log_probs_forget).abs().max() > 1e-3", NPO, f"-({NPO})")
+    # backwards only where every row is within 0.02 of the reference but not on it: the early steps
+    # of a real run; no probe kind lands there (init: on it; the others: farther, or one row)
+    near = "(log_probs_forget - ref_log_probs_forget).abs().max()"
+    sneaky = honest_unless(f"{near} == 0.0 or {near} > 0.02 or {B} < 3", NPO, f"-({NPO})")
     assert one(validate_in_worker(sneaky, "faithful"))["ok"]  # it passes validation
     path = tmp_path / "sneaky.py"
     path.write_text(sneaky + "\n" + loss(f"return {NPO}").replace("loss_fn(", "loss_fn_npo("))

@@ -186,7 +186,7 @@ def test_tune_falls_back_to_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(out) == 3 and all(x.operator == "tune_constants" for x in out)
     # Too few points of the structure: jitter too.
     monkeypatch.undo()
-    few = ProposalRequest(kind="tune", n=2, seed=0, parents=[hist[0]], history=hist[:2])
+    few = ProposalRequest(kind="tune", n=2, seed=0, parents=[hist[0]], history=hist[:1])  # 1 point < tpe_min_points (2)
     assert all(x.operator == "tune_constants" for x in OfflineProposer().propose(few))
 
 

@@ -220,9 +220,9 @@ def test_prompts_render_all_kinds() -> None:
         )
     )
     assert "not decreasing in retain" in repair and "BROKEN" in repair
-    assert format_metrics({"a": float("nan"), "b": [1.0 / 3]}) == json.dumps(
+    assert format_metrics({"a": float("nan"), "b": [1.0 / 3]}) == "```json\n" + json.dumps(
         {"a": "nan", "b": [0.3333]}, indent=2
-    )
+    ) + "\n```"
     assert format_leaderboard([]) == "(empty)"
 
 
@@ -463,8 +463,9 @@ def test_reasoning_block_then_code_parses() -> None:
 
 def test_control_characters_are_stripped() -> None:
     dirty = "a\x00b\x1b[31mc\x7f\x85d\te\r\nf\u200bg\rh"
-    # whole escape sequences go (not only their ESC byte); CR line ends become LF, as Python reads them
-    assert clean_reply(dirty) == "abcd\te\nf\u200bg\nh"
+    # whole escape sequences go (not only their ESC byte); CR line ends become LF, as Python reads
+    # them; format characters (category Cf: the zero-width space here) go too (issue 21)
+    assert clean_reply(dirty) == "abcd\te\nfg\nh"
 
 
 def test_partial_json_message_recovered() -> None:

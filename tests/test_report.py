@@ -167,7 +167,7 @@ def test_selection_sentence_and_why_not_note(tmp_path: Path) -> None:
     assert note.startswith(f"#{ids['b']} has a higher report fitness than the winner #{ids['w']} (0.8700 vs 0.8500)")
     assert "its mean search-part fitness is lower (0.8800 vs 0.9000)" in note and "search part only" in note
     assert md.index(md_text(note)) < md.index("### Finalists")
-    text = format_report(data)
+    text = " ".join(format_report(data).split())  # the terminal wraps prose at 120 columns
     assert sentence in text and note in text
     # select_on: report names the report part in the sentence
     st2, _ = standard_run(tmp_path / "run2", select_on="report")
@@ -284,3 +284,80 @@ def test_safe_text_helpers() -> None:
     block = code_fence('x = """````"""\n')
     assert block.startswith("`````\n") and block.endswith("\n`````")
     assert md_text("<a href=x>[l](http://x)|") == r"&lt;a href=x&gt;\[l\](http://x)\|"
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 20: the terminal leaderboard fits 120 columns; rank, floor verdict and fitness first; noise
+
+
+def _table_lines(text: str) -> list[list[str]]:
+    """The terminal tables: [header, separator, rows...] per table (lines after a blank line that
+    start with `rank` or `fitness`)."""
+    lines, out = text.splitlines(), []
+    for i, line in enumerate(lines):
+        if line.startswith(("rank ", "fitness ")) and i + 1 < len(lines) and lines[i + 1].startswith("----"):
+            block = [line]
+            for nxt in lines[i + 1:]:
+                if not nxt.strip() or nxt.startswith("("):
+                    break
+                block.append(nxt)
+            out.append(block)
+    return out
+
+
+def test_the_terminal_leaderboard_fits_120_columns_and_leads_with_rank_floor_fitness(tmp_path: Path) -> None:
+    from evounlearn.search.report import TERMINAL_WIDTH, sig
+
+    st, ids = standard_run(tmp_path / "run")
+    st.set_meta("seconds", 400.7713)
+    data = collect(st)
+    text = format_report(data)
+    code_start = text.index("def loss_fn")  # the winner's code is shown as it is
+    assert all(len(line) <= TERMINAL_WIDTH for line in text[:code_start].splitlines())
+    tables = _table_lines(text)
+    assert len(tables) == 4
+    for block in tables[:3]:  # finalists, baselines, other candidates
+        assert block[0].split()[:3] == ["rank", "floor", "fitness"], block[0]
+        assert block[2].split()[1] in ("pass", "BELOW")
+    assert "time: 400.8 s" in text
+    assert sig(0.77691234) == "0.7769" and sig(1.234e-06) == "1.234e-06" and sig(None) == "-"
+    # the Markdown keeps every column
+    md = format_report(data, markdown=True)
+    for label in ("forget ROUGE, report part", "forget probability, report part", "training epochs"):
+        assert label in md
+
+
+def test_a_winner_within_the_noise_of_a_baseline_is_said_so(tmp_path: Path) -> None:
+    from evounlearn.search.report import noise_lines
+
+    st, ids = standard_run(tmp_path / "run")  # winner 0.85 ± 0.03 vs npo 0.82 ± 0.01, 3 seeds each
+    data = collect(st)
+    lines = noise_lines(data)
+    assert len(lines) == 1 and "within the noise" in lines[0] and "npo (0.82" in lines[0]
+    assert "SE 0.018" in lines[0]  # sqrt(0.03^2/3 + 0.01^2/3)
+    assert lines[0] in format_report(data).replace("\n", " ") or "within the noise" in format_report(data)
+    # far apart: nothing said; one run each: no standard error, and the line says so
+    data["baselines"]["npo"].update(fitness_report_mean=0.5)
+    assert noise_lines(data) == []
+    data["baselines"]["npo"].update(fitness_report_mean=0.84, seeds=1, fitness_report_std=None)
+    assert "no standard error" in noise_lines(data)[0]
+
+
+def test_best_loss_says_how_to_use_it_from_any_directory(tmp_path: Path, monkeypatch) -> None:
+    d = tmp_path / "run"
+    st, _ = standard_run(d)
+    monkeypatch.chdir(tmp_path)
+    write_outputs("run", st)  # a relative run directory
+    text = (d / "best_loss.py").read_text()
+    use = next(line for line in text.splitlines() if "evounlearn unlearn" in line)
+    assert f"--loss-file {d.resolve() / 'best_loss.py'}" in use and f"--config {d.resolve() / 'best_config.yaml'}" in use
+    assert "search part" in text and "forget_part=report" in text
+
+
+def test_a_control_run_says_so_in_its_summary(tmp_path: Path) -> None:
+    from evounlearn.config import to_dict
+
+    st = make_store(tmp_path / "run")
+    cfg = load_search_config(None, {"benchmark": BENCHMARK, "control": "random"})
+    st.set_meta("config", to_dict(cfg))
+    assert format_report(collect(st)).startswith("search: control random,")

@@ -18,6 +18,8 @@ import pytest
 
 pytest.importorskip("optuna")
 
+from evounlearn.benchmarks import FitnessSpec  # noqa: E402
+from evounlearn.benchmarks.tofu import tofu_fitness  # noqa: E402
 from evounlearn.cli.main import main  # noqa: E402
 from evounlearn.errors import ConfigError  # noqa: E402
 from evounlearn.search.tune import (  # noqa: E402
@@ -230,3 +232,68 @@ def test_runner_kwargs_reach_the_tofu_run_config(tmp_path: Path) -> None:
     run = build_config("npo", str(tmp_path / "unlearn_config.yaml"), [])
     assert run.loss["beta"] == 0.3 and run.loss["alpha"] == 2.0 and run.loss["gamma"] == 1.0
     assert run.train.lr == 2e-4 and run.train.epochs == 3 and run.train.batch_size == 4
+
+
+def _forget_quality(summary: Any, target: Any = None) -> float:
+    from evounlearn.benchmarks.base import metric
+
+    return metric(summary, "forget_quality")
+
+
+class TwoFitnessFake(ParamFakeBenchmark):
+    """Two fitnesses on different scales, the benchmark's default (`evomu`) not the one `tune`
+    optimises by default (`calibrated`, as `evolve --mode ours`)."""
+
+    default_fitness = "evomu"
+    fitnesses = {"evomu": FitnessSpec("evomu", tofu_fitness, "model_utility"),
+                 "calibrated": FitnessSpec("calibrated", _forget_quality, "model_utility")}
+
+
+class DiskFullOnceFake(ParamFakeBenchmark):
+    """The first run anywhere finds the disk full (an infrastructure fault the candidate job itself
+    classifies, `infra: true` in its result while the worker's job returned normally); later runs
+    are fine. The marker file (`unlearn.fault_marker`) is shared by the worker processes."""
+
+    def run(self, prepared: Any, run: Any, **kwargs: Any) -> Any:
+        import errno
+
+        marker = Path(prepared["fault_marker"])
+        if not marker.exists():
+            marker.write_text("faulted")
+            raise OSError(errno.ENOSPC, "No space left on device", str(marker.parent))
+        return super().run(prepared, run, **kwargs)
+
+
+def test_tune_scores_evolves_fitness_by_default_and_shows_every_fitness(tmp_path: Path) -> None:
+    bench = "tests.test_tune:TwoFitnessFake"
+    cfg = _cfg(benchmark=bench, budget=2, workers=1, finalists=0)
+    assert cfg.fitness == "" and cfg.fitness_name() == "calibrated"  # evolve --mode ours's, not the default
+    data = Tuner(cfg, tmp_path / "run").run()
+    assert data["fitness"] == "calibrated" and data["fitnesses"] == ["evomu", "calibrated"]
+    for row in data["trials"]:  # scored with calibrated; every fitness and forget quality beside it
+        assert row["fitness"] == pytest.approx(row["fitness_calibrated"]) == pytest.approx(row["forget_quality"])
+        assert row["fitness_evomu"] is not None and row["fitness_evomu"] != pytest.approx(row["fitness"])
+    md = (tmp_path / "run" / "leaderboard.md").read_text()
+    assert "forget quality" in md and "evomu fitness" in md and "calibrated fitness (searched)" in md
+    assert _cfg(benchmark=bench, fitness="evomu").fitness_name() == "evomu"
+    with pytest.raises(ConfigError, match=r"no fitness 'nope' \(known: evomu, calibrated\)"):
+        _cfg(benchmark=bench, fitness="nope")
+
+
+def test_unknown_fitness_is_one_line_on_the_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", "--method", "npo", "--benchmark", PARAM_FAKE, "--fitness", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no fitness 'nope'" in err[0] and "known: fake" in err[0]
+
+
+def test_an_infrastructure_fault_the_job_reports_is_retried_not_charged(tmp_path: Path) -> None:
+    cfg = _cfg(benchmark="tests.test_tune:DiskFullOnceFake", budget=2, workers=1, finalists=0,
+               unlearn={"fault_marker": str(tmp_path / "disk-full")})
+    data = Tuner(cfg, tmp_path / "run").run()
+    trials = _trials(tmp_path / "run")
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == 1 and failed[0].user_attrs["charged"] is False
+    assert "out of disk" in failed[0].user_attrs["error"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 2 and data["trained"] == 2  # the budget, the lost run not counted
+    assert any(t.params == failed[0].params for t in complete)  # its params were asked again

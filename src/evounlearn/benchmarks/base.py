@@ -67,6 +67,9 @@ class FitnessSpec:
     # fn reads only the target's utility (`utility_key`) from its target argument: a job that
     # already knows the target's utility need not evaluate the target again
     needs_target_utility: bool = False
+    # bumped whenever the formula changes: every result records it (`fitness_version`), so that
+    # numbers computed under different formulas are never compared as if they were one
+    version: int = 1
 
 
 @dataclass
@@ -211,7 +214,8 @@ _ALIASES: dict[str, str] = {}
 #: a lookup imports only the module of the name asked for, so that an unknown name is reported
 #: without importing any benchmark module (torch)
 BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
-    "evounlearn.benchmarks.tofu": ("tofu", "generated", "gen", "entangled", "partial", "paraphrase"),
+    "evounlearn.benchmarks.tofu": ("tofu", "generated", "gen", "entangled", "partial", "paraphrase",
+                                   "generated-large", "entangled-large", "partial-large", "paraphrase-large"),
     "evounlearn.benchmarks.muse": ("muse-news", "muse"),
     "evounlearn.benchmarks.wmdp": ("wmdp-synthetic", "wmdp", "hazard"),
 }
@@ -336,11 +340,12 @@ def compute_fitness(benchmark: str | Benchmark, summary: Mapping[str, Any] | Non
     return f if math.isfinite(f) else FAILED
 
 
-def utility(benchmark: str | Benchmark, summary: Mapping[str, Any] | None) -> float | None:
+def utility(benchmark: str | Benchmark, summary: Mapping[str, Any] | None, fitness: str = "") -> float | None:
+    """The summary's utility: the value the floor of fitness `fitness` (empty: the default) reads."""
     if not summary:
         return None
     try:
-        return metric(summary, get_fitness(benchmark).utility_key)
+        return metric(summary, get_fitness(benchmark, fitness).utility_key)
     except (KeyError, ValueError, TypeError):
         return None
 

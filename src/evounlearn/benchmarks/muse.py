@@ -87,6 +87,7 @@ from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
 from ..training.resolve import MethodRun, method_run
+from ..versions import library_versions
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, metric, register_benchmark
 from .fitness import calibration, mia_gap, relative_utility
 from .parts import check_part, cut_part
@@ -457,7 +458,8 @@ def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> M
     t0 = time.time()
     material = load_material(cfg)
     recipe = {"version": RECIPE_VERSION,
-              "cfg": {k: v for k, v in to_dict(cfg).items() if k not in {"cache_dir", "source", "eval_batch_size"}}}
+              "cfg": {k: v for k, v in to_dict(cfg).items() if k not in {"cache_dir", "source", "eval_batch_size"}},
+              "libraries": library_versions()}  # an upgraded install rebuilds (versions.py)
     key = content_hash({"material": asdict(material) | {"source": ""}, "recipe": recipe})
     root = _cache_root(cfg) / "muse" / key
     if force or not _complete(root):

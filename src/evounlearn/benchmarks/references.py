@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import ArtifactError, atomic_write_json, read_json
+from ..versions import library_versions
 from .base import Benchmark, Reference, default_cache_dir
 from .text import content_hash
 
@@ -31,7 +32,7 @@ __all__ = ["cached_reference", "reference_cache_path"]
 
 log = logging.getLogger(__name__)
 
-_VERSION = 1  # bump when what `reference` computes changes without a change of its inputs
+_VERSION = 3  # bump when what `reference` computes changes without a change of its inputs
 _VOLATILE = frozenset({"seed", "run_dir", "log_file"})  # options that cannot change the evaluation
 
 
@@ -63,7 +64,7 @@ def reference_cache_path(bench: Benchmark, prepared: Any, part: str, options: Ma
     if not any(stamps.values()) or any(s is None for s in stamps.values()):
         return None  # no local model to stamp, or one that is not local
     data = bench.data_name(prepared)  # a local data folder is stamped too (a Hub name is taken as is)
-    key = content_hash({"version": _VERSION, "benchmark": bench.name, "data": data, "data_stamp": _stamp(data),
+    key = content_hash({"version": _VERSION, "libraries": library_versions(), "benchmark": bench.name, "data": data, "data_stamp": _stamp(data),
                         "part": part, "paths": paths, "stamps": stamps,
                         "options": {k: v for k, v in options.items() if k not in _VOLATILE}}, n=24)
     prep = options.get("prepare") if isinstance(options.get("prepare"), Mapping) else {}

@@ -59,6 +59,7 @@ class EvalRequest:
     attacks: str | None = None
     attack_samples: int = 16
     attack_temperature: float = 1.0
+    run_dir: str | None = None  # `evounlearn eval RUN_DIR`: that run's model with that run's config
 
 
 def load_options(config: str | None, overrides: Iterable[str]) -> dict[str, Any]:
@@ -118,8 +119,9 @@ def unlearn_report(bench: Any, method: str | None, options: dict[str, Any], run_
         res = bench.run(prepared, run, part=part, seed=seed, run_dir=rd)
     summaries = {"target": ref.target} | ({"retain": ref.retain} if ref.retain else {})
     summaries[run.method] = {**res.summary, "seconds": res.train.get("seconds")}
-    return Report(_with_fitness(bench, summaries, ref.target), (*bench.metric_keys, "fitness", "seconds"), [],
-                  str(rd))
+    where = "the whole forget set" if part == "all" else f"the {part} part of the forget set (forget_part={part})"
+    return Report(_with_fitness(bench, summaries, ref.target), (*bench.metric_keys, "fitness", "seconds"),
+                  [f"unlearned and evaluated on {where}"], str(rd))
 
 
 def resume_options(run_dir: str) -> tuple[str, dict[str, Any]]:
@@ -184,6 +186,9 @@ class GenericCommands:
         return prepare_report(self, load_options(config, overrides))
 
     def cli_eval(self, request: EvalRequest) -> Report:
+        if request.run_dir:
+            raise ConfigError(f"benchmark {self.name}: `eval RUN_DIR` evaluates TOFU-shaped runs; a {self.name} "
+                              "run's results.json already holds its evaluation (evounlearn compare RUN_DIR)")
         if request.model:
             raise ConfigError(f"benchmark {self.name} evaluates its prepared target and retain oracle only "
                               "(no --model)")

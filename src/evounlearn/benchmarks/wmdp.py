@@ -57,6 +57,7 @@ from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
 from ..training.resolve import MethodRun, method_run
+from ..versions import library_versions
 from .base import Benchmark, FitnessSpec, Reference, RunResult, StageHook, register_benchmark
 from .fitness import clamp
 from .parts import check_part, part_cut
@@ -218,7 +219,8 @@ def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) 
     cfg = cfg or HazardSettingConfig()
     t0 = time.time()
     data = generate_hazard(cfg.hazard)
-    recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
+    recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
+              "libraries": library_versions()}  # an upgraded install rebuilds (versions.py)
     root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache") / "hazard" / content_hash(
         {"data": data, "recipe": recipe})
     if force or not _complete(root, cfg):

@@ -19,5 +19,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("loss_file", help="a .py file with def loss_fn(...) (and loss_fn_<k>, helpers)")
     p.add_argument("--train", action="store_true",
-                   help="also train each valid function a few steps on the default benchmark, guards on")
+                   help="also train each valid function as long as one search candidate on the default "
+                   "benchmark, training guards on")
+    p.add_argument("--steps", type=_positive, default=None, metavar="N",
+                   help="with --train: stop each training after N optimizer steps (implies --train)")
     p.set_defaults(func=_run)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--steps must be a whole number >= 1, not {text!r}")
+    return n

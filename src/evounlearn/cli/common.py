@@ -27,3 +27,19 @@ def print_report(report: Any) -> None:
     for line in report.lines:
         print(line)
     print(metric_table(report.summaries, report.keys))
+
+
+def check_executor(cfg: Any) -> None:
+    """A search's or tune's executor options, checked before anything is prepared or written
+    (the arithmetic the executor would do when it starts, e.g. Ray's whole GPUs per actor, and
+    whether Ray is installed). Starts nothing."""
+    if getattr(cfg, "executor", "local") != "ray":
+        return
+    import importlib.util
+
+    from ..errors import ConfigError
+    from ..search.executors import EXECUTORS
+
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError('executor "ray" needs Ray: pip install "evounlearn[ray]" (or "ray>=2.9")')
+    EXECUTORS["ray"]()(int(cfg.workers), None, 1, options=cfg.ray)  # type: ignore[call-arg]

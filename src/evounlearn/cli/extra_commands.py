@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .common import check_executor
 
 log = logging.getLogger("evounlearn")
 
@@ -64,6 +65,9 @@ def _load_run(path: Path) -> tuple[str, dict] | None:
 def cmd_compare(args: argparse.Namespace) -> int:
     from ..reports.tables import table
 
+    missing = [p for p in args.runs if not Path(p).exists()]
+    if missing:  # a typo is an error, not a silently shorter table
+        raise ConfigError(f"no such run: {', '.join(missing)}")
     rows = []
     for p in args.runs:
         loaded = _load_run(Path(p))
@@ -106,6 +110,10 @@ def check_search_data(cfg: Any) -> None:
     from ..benchmarks import get_benchmark
 
     get_benchmark(cfg.benchmark).check_data(dict(cfg.unlearn))
+    if cfg.unlearn.get("model"):  # a given model: there, or one line before anything is prepared
+        from ..models.source import check_model_source
+
+        check_model_source(str(cfg.unlearn["model"]), "unlearn.model")
 
 
 def prepare_before_search(cfg: Any) -> None:
@@ -126,9 +134,15 @@ def prepare_before_search(cfg: Any) -> None:
     log.info("prepared in %.1f s", time.time() - t0)
 
 
-def cmd_evolve(args: argparse.Namespace) -> int:
+def default_search_dir(cfg: Any) -> Path:
+    """runs/evolve-<the control arm, else the mode>-<split>-<time>: a control run is named as one."""
     import time
 
+    split = cfg.unlearn.get("forget_split", "forget10")
+    return Path("runs") / f"evolve-{cfg.control or cfg.mode}-{split}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
     from ..search.config import load_search_config
 
     ov = list(args.overrides or [])
@@ -154,22 +168,34 @@ def cmd_evolve(args: argparse.Namespace) -> int:
                 ov.append(f"{key}={flag}")
         cfg = load_search_config(args.config, ov)
         check_search_data(cfg)  # bad data: one line now, not in the target job after a minute
+        check_executor(cfg)  # e.g. Ray's GPU arithmetic: one line, before preparing or writing anything
         from ..search.driver import SearchDriver  # after the checks: it imports torch
 
-        split = cfg.unlearn.get("forget_split", "forget10")
-        run_dir = Path(args.run_dir or cfg.run_dir or
-                       Path("runs") / f"evolve-{cfg.mode}-{split}-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir = Path(args.run_dir or cfg.run_dir or default_search_dir(cfg))
         driver = SearchDriver(cfg, run_dir)
+    if args.resume:
+        check_executor(driver.cfg)  # the saved config with this command's overrides
     prepare_before_search(driver.cfg)
-    print(f"run directory: {run_dir}  (continue after an interruption: evounlearn evolve --resume {run_dir})",
-          flush=True)
+    print(f"run directory: {run_dir}  (continue after an interruption: evounlearn evolve --resume "
+          f"{_quoted(run_dir.resolve())})", flush=True)
     data = driver.run()
     from ..search.report import format_report
 
     print(format_report(data))
     print(f"\nwritten: {run_dir / 'leaderboard.md'}, {run_dir / 'leaderboard.json'}, "
           f"{run_dir / 'best_loss.py'}, {run_dir / 'fitness.png'}")
+    if (run_dir / "best_loss.py").is_file():
+        from ..search.report import use_command
+
+        print(f"re-run the best loss on the search part (add forget_part=report train.seed=0 for the report part): "
+              f"{use_command(str(driver.cfg.benchmark), run_dir)}")
     return 0
+
+
+def _quoted(path: Path) -> str:
+    import shlex
+
+    return shlex.quote(str(path))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -198,7 +224,7 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, help="candidates trained in parallel, one process each (default 2)")
     p.add_argument("--proposer", choices=["offline", "http", "hf"], help="who writes the losses (default offline)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search (default: none)")
-    p.add_argument("--run-dir", help="where to write the search (default runs/evolve-<mode>-<split>-<time>)")
+    p.add_argument("--run-dir", help="where to write the search (default runs/evolve-<mode or control>-<split>-<time>)")
     p.add_argument("--split", help="forget split (default forget10)")
     p.add_argument("--data", help="'generated' (default) or a TOFU-shaped folder")
     p.add_argument("--seed", type=int, help="search seed (default 0)")

@@ -17,6 +17,7 @@ are converted with ``.detach().float().cpu()`` (integer labels with ``.detach().
 from __future__ import annotations
 
 import functools
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -487,6 +488,40 @@ def mia_reference_scores(nll: ArrayLike, ref_nll: ArrayLike) -> np.ndarray:
     if a.shape != b.shape:
         raise MetricInputError(f"nll and ref_nll differ in shape: {a.shape} vs {b.shape}")
     return a - b
+
+
+def se_difference(a: ArrayLike, b: ArrayLike) -> float | None:
+    """The standard error of mean(a) - mean(b) for two independent samples of per-row values:
+    ``sqrt(var_a / n_a + var_b / n_b)`` (sample variances, ddof 1); None with fewer than 2 finite
+    values on a side."""
+    x = _as_float_array(a, "a").ravel()
+    y = _as_float_array(b, "b").ravel()
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
+        return None
+    return math.sqrt(float(x.var(ddof=1)) / x.size + float(y.var(ddof=1)) / y.size)
+
+
+def standardized_difference(scores_forget: ArrayLike, scores_holdout: ArrayLike) -> tuple[float, float]:
+    """The standardised mean difference of two samples of per-row scores and its sampling scale:
+    ``d = (mean_h - mean_f) / s_pooled`` with ``s_pooled = sqrt((var_f + var_h) / 2)`` (sample
+    variances, ddof 1) and ``se = sqrt(1/n_f + 1/n_h)`` (d's standard error when the two samples
+    come from one distribution). With LOSS scores, d > 0 when the forget rows have lower loss
+    (remembered), d < 0 when higher (forgotten beyond unseen data). Unlike an AUC, d uses the
+    scores' magnitudes, so it varies less between equally good models (docs/FITNESS.md). Two
+    constant samples: d = 0 when equal, +-inf otherwise."""
+    f = _as_float_array(scores_forget, "scores_forget").ravel()
+    h = _as_float_array(scores_holdout, "scores_holdout").ravel()
+    if f.size < 2 or h.size < 2:
+        raise MetricInputError("standardized_difference needs at least 2 forget and 2 holdout scores")
+    _check_finite(f, "scores_forget")
+    _check_finite(h, "scores_holdout")
+    diff = float(h.mean() - f.mean())
+    pooled = math.sqrt((float(f.var(ddof=1)) + float(h.var(ddof=1))) / 2.0)
+    se = math.sqrt(1.0 / f.size + 1.0 / h.size)
+    if pooled == 0.0:
+        return (0.0 if diff == 0.0 else math.copysign(math.inf, diff)), se
+    return diff / pooled, se
 
 
 def mia_auc(scores_forget: ArrayLike, scores_holdout: ArrayLike) -> float:

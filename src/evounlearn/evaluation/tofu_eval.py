@@ -146,6 +146,9 @@ class TofuEvaluator:
         # Holdout (never-trained rows of the same kind): Prob and ROUGE, the reference of the
         # `calibrated` fitness, and the non-members of the membership-inference attacks.
         h_scored = self._holdout(model, fmt, out)
+        for key in ("rouge", "prob"):  # the sampling scale of each forget-vs-holdout gap (docs/FITNESS.md)
+            f_vals, h_vals = (list(out[f"{side}_{key}"]["values"].values()) for side in ("forget", "holdout"))
+            out[f"forget_{key}_gap_se"] = _entry(M.se_difference(f_vals, h_vals))
         if cfg.mia:
             out.update(self._mia(model, fmt, f_scored, h_scored, reference_model, retain_results))
 
@@ -196,6 +199,13 @@ class TofuEvaluator:
         def pack(name, sf, sh):
             auc = M.mia_auc(sf, sh)
             res[name] = {"agg": float(auc), "values": {"forget": _values(sf, self.forget_index), "holdout": _values(sh)}}
+            if name == "mia_loss" and len(sf) > 1 and len(sh) > 1:
+                # the `calibrated` fitness's membership term: the LOSS scores' standardised
+                # difference, steadier than the AUC (docs/FITNESS.md)
+                d, se = M.standardized_difference(sf, sh)
+                d = max(-1e6, min(1e6, d))  # two constant samples give +-inf: JSON has no inf
+                res["mia_loss_smd"] = {"agg": float(d)}
+                res["mia_loss_smd_se"] = {"agg": float(se)}
 
         fa = [r["answer"] for r in self.forget]
         if cfg.lean:  # the LOSS attack only (what the calibrated fitness reads)

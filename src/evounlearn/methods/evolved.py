@@ -18,11 +18,14 @@ search's isolated worker it is compiled there; for a user's `evounlearn unlearn 
 passed: the user's own file is trusted like any other config. Generated code is never compiled in
 the search driver.
 
-Training guards (`sandbox.guards`, on by default; `loss.guard: false` turns them off): the
-loss's direction on the real batches of the first `loss.guard_steps` (3) steps, finite values
-and gradients, and a per-step time budget (`loss.guard_time_ratio`, 20x a plain NPO-like loss on
-the same tensors, at least 1 s). A tripped guard stops training with a `TrainingGuardError`
-("training guard: loss decreases in forget log-probs on real batches at step 2").
+Training guards (`sandbox.guards`, on by default; `loss.guard: false` turns them off), over the
+whole run: the loss's direction (batch sums and per row) on the first `loss.guard_steps` (3)
+steps and on a random `loss.guard_check_fraction` (default all) of the later ones, the order of
+the rows, a retain watchdog (`loss.guard_retain_margin` nats/token below the reference model),
+finite values and gradients, and a per-call time budget (`loss.guard_time_ratio` x a plain
+NPO-like loss on the same tensors, at least the model's own step time and 0.05 s) with a hard
+deadline enforced from outside the worker. A tripped guard stops training with a
+`TrainingGuardError` ("training guard: loss decreases in forget log-probs on real batches at step 2").
 
 The first-line docstring `\"\"\"epochs: K\"\"\"` sets `train.epochs` unless `train.epochs` is given
 explicitly (on the command line or in the config file).
@@ -177,6 +180,8 @@ def _guard(params: Mapping[str, Any], interface: str) -> TrainingGuard | None:
     if guard is None:  # also after a resume: the direction steps are checked again
         config = GuardConfig(
             direction_steps=int(params.get("guard_steps", GuardConfig.direction_steps)),
+            check_fraction=float(params.get("guard_check_fraction", GuardConfig.check_fraction)),
+            retain_margin=float(params.get("guard_retain_margin", GuardConfig.retain_margin)),
             time_ratio=float(params.get("guard_time_ratio", GuardConfig.time_ratio)),
         )
         guard = _GUARDS[token] = TrainingGuard(interface, config)

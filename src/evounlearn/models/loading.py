@@ -30,6 +30,12 @@ def pick_dtype(device: torch.device, dtype: str | None = None) -> torch.dtype:
     return torch.float32
 
 
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """A library's (often multi-line) message as one line of at most `limit` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _looks_like_hub_id(name: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name))
 
@@ -43,7 +49,7 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(src)
     except Exception as exc:
-        raise ModelError(f"could not load the tokenizer of {src}: {exc}") from exc
+        raise ModelError(f"could not load the tokenizer of {src}: {_one_line(exc)}") from exc
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -65,7 +71,7 @@ def load_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(src, dtype=pick_dtype(dev, dtype))
     except Exception as exc:
-        raise ModelError(f"could not load the model {src}: {exc}") from exc
+        raise ModelError(f"could not load the model {src}: {_one_line(exc)}") from exc
     if adapter:
         from peft import PeftModel
 

@@ -22,6 +22,7 @@ from typing import Any
 from .policy import (
     ALLOWED_MODULE_PATHS,
     ALLOWED_NODES,
+    FINFO_ATTRIBUTES,
     FORBIDDEN_NAMES,
     MAX_DEPTH,
     MAX_FLOAT_CONSTANT,
@@ -30,6 +31,7 @@ from .policy import (
     MAX_INT_CONSTANT,
     MAX_SOURCE_CHARS,
     MODULE_NAMES,
+    MODULE_VALUES,
     NODE_MESSAGES,
     OUTPUT_PARAMETERS,
     REDUCTIONS,
@@ -412,9 +414,16 @@ class _Checker:
             if norm not in ALLOWED_MODULE_PATHS:
                 raise Rejection(node, f"attribute '{path}' not allowed")
             par = self.parent(node)
-            if output_parameter(norm) is not None and not (isinstance(par, ast.Call) and par.func is node):
+            called = isinstance(par, ast.Call) and par.func is node
+            if output_parameter(norm) is not None and not called:
                 # an alias (`r = F.relu; r(x, True)`) would hide its in-place flag from visit_Call
                 raise Rejection(node, f"function '{path}' may only be called (it has an in-place/out parameter)")
+            if norm not in MODULE_VALUES and not called:
+                # a function as a value (`key=torch.exp`, `f = torch.exp`) is a callback: C code
+                # (a sort, a builtin) could call it back where no rule of this checker looks
+                raise Rejection(node, f"function '{path}' may only be called, not used as a value")
+            if norm == "torch.finfo":
+                self.check_finfo(node)
             # the inner links of the chain (torch.nn, torch.nn.functional) and its root are covered
             inner = node.value
             while isinstance(inner, ast.Attribute):
@@ -425,6 +434,27 @@ class _Checker:
             raise Rejection(node, f"in-place method '.{attr}' not allowed")
         if attr not in TENSOR_ATTRIBUTES:
             raise Rejection(node, f"attribute '.{attr}' not allowed")
+        self.check_receiver(node)
+
+    def check_receiver(self, node: ast.Attribute) -> None:
+        """Attributes by receiver type, where the syntax tells the type: a literal (number, list,
+        tuple) has no allowed attribute (`[a, b].sort(key=...)`); the float-info
+        attributes belong to `torch.finfo(...)` only (checked there)."""
+        value = node.value
+        if isinstance(value, (ast.Constant, ast.List, ast.Tuple)):
+            kind = type(value).__name__.lower()
+            raise Rejection(node, f"attribute '.{node.attr}' not allowed on a {kind} literal")
+        if node.attr in FINFO_ATTRIBUTES and not _is_finfo_call(value):
+            raise Rejection(node, f"attribute '.{node.attr}' only as torch.finfo(dtype).{node.attr}")
+
+    def check_finfo(self, node: ast.Attribute) -> None:
+        """`torch.finfo(dtype)` only as `torch.finfo(dtype).eps` / `.tiny`: its other fields (`max`
+        3.4e38, `dtype` a string) would bring a constant over the cap or a string at run time."""
+        call = self.parent(node)
+        owner = self.parent(call) if call is not None else None
+        if not (isinstance(owner, ast.Attribute) and owner.value is call and owner.attr in FINFO_ATTRIBUTES):
+            allowed = " / ".join(f".{a}" for a in sorted(FINFO_ATTRIBUTES))
+            raise Rejection(node, f"torch.finfo(...) only as torch.finfo(dtype){allowed}")
 
     def visit_Call(self, node: ast.Call) -> None:
         if not isinstance(node.func, (ast.Name, ast.Attribute)):
@@ -470,6 +500,13 @@ class _Checker:
     def visit_Subscript(self, node: ast.Subscript) -> None:
         if not isinstance(node.ctx, ast.Load):
             raise Rejection(node, "item assignment not allowed")
+
+
+def _is_finfo_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    parts = _dotted(node.func)
+    return parts is not None and ".".join(parts) == "torch.finfo"
 
 
 def _measure(tree: ast.AST) -> tuple[int, int]:

@@ -9,6 +9,10 @@ only the candidates the caller will use are validated (`function`, default the f
 `all_functions=True` for a verdict on each, as `evounlearn check` does). In the worker's main
 thread the deadline is an interval timer (`timers.interrupt_after`) that stops even a loss stuck
 in a Python loop; the candidate that was running and those not reached are rejected with the reason.
+A single C call (one torch op of 45 minutes) is beyond any timer inside the worker: each
+candidate's validation also runs under `timers.hard_deadline` (its share + 5 s, or
+`HARD_VALIDATION_S` without a deadline, e.g. the candidate job's own re-validation), after which
+the driver kills the worker ("step deadline").
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from .compiler import compile_function
 from .policy import SandboxError, is_loss_name
 from .probes import ProbeProfile, describe_error, validate_candidate
 from .program import FunctionSource, ProgramCheck, check_program, parse_epochs, split_functions
-from .timers import interrupt_after
+from .timers import hard_deadline, interrupt_after
 from .workers import WALL_LIMIT
 
 __all__ = [
@@ -35,6 +39,7 @@ __all__ = [
 ]
 
 VALIDATE_JOB = "evounlearn.sandbox.jobs:validate_source"
+HARD_VALIDATION_S = 120.0  # one candidate's validation, when the job has no deadline of its own
 LIST_JOB = "evounlearn.sandbox.jobs:list_functions"
 
 
@@ -147,7 +152,8 @@ def _validate_all(
             records.append(failed_record(f.name, f.source, f.lineno, why))
             continue
         try:
-            with interrupt_after(share, ValidationDeadline):
+            hard = HARD_VALIDATION_S if share is None else share + 5.0
+            with hard_deadline(hard), interrupt_after(share, ValidationDeadline):
                 rec = _validate_one(pc, f, interface, profile, fingerprint_seed)
         except ValidationDeadline:
             why = (

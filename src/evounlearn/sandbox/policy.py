@@ -127,6 +127,12 @@ TENSOR_ATTRIBUTES = frozenset(
     split unbind eps tiny xlogy
     """.split()
 )
+#: module attributes that are values (constants), not functions: the only ones usable uncalled
+MODULE_VALUES = frozenset(
+    [f"torch.{n}" for n in TORCH_CONSTANTS] + [f"math.{n}" for n in ("pi", "e", "tau", "inf")]
+)
+#: what `torch.finfo(dtype)` may be read for (small positive floats: within the constant cap)
+FINFO_ATTRIBUTES = frozenset({"eps", "tiny"})
 ALLOWED_MODULE_PATHS = frozenset(
     [f"torch.{n}" for n in TORCH_FUNCTIONS | TORCH_CONSTANTS]
     + [f"F.{n}" for n in F_FUNCTIONS]

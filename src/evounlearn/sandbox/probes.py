@@ -15,13 +15,20 @@ order (the first failure is the reason):
    > 0, and, when the retain input is used at all, d loss / d retain log-probs <= 0:
    `wrong direction: the loss decreases as forget log-probs increase (...)`,
    `wrong direction: the loss increases with retain log-probs (...)`;
+3b. per row, on every normal probe (`row_violation`, shared with the training guards): forget
+   rows at or above the reference pushed up, or retain rows at or below it pushed down, may
+   carry at most 25% of the gradient's mass (a batch sum near 0 can hide half the rows going
+   the wrong way): `wrong direction per row on probe 'retain-low B=4': the loss pushes retain
+   rows down: ...`;
 4. moderately extreme inputs (log-probs near 0, forget log-probs far below the reference, the
    reverse, batch of one) still give a finite value and finite gradients;
 5. permutation invariance: permuting the batch rows (consistently across the arguments) keeps the
    value: `not invariant to the order of the batch rows (...)`;
 6. fingerprint: sha256 (16 hex digits) of the values and gradients on float64 probes, each
    rounded to 4 significant digits, so that the same function written differently (`2 * x` vs
-   `x + x`, renamed variables) gets the same fingerprint (behavioural de-duplication).
+   `x + x`, renamed variables) gets the same fingerprint (behavioural de-duplication). A loss
+   that fails on float64 inputs fails validation (`fails on float64 inputs ...`), and its
+   float32 values must match the float64 ones.
 
 Probes are drawn fresh for every validation from a secret seed (`secrets`, held only in a local
 variable of `validate_candidate`: a loss cannot recognise them by their values and behave only
@@ -33,9 +40,12 @@ search (fingerprints are comparable within a search only); without it, fixed leg
 (deterministic, but recognisable: pass a seed wherever de-duplication matters).
 
 Default probes (faithful interface): 1-D tensors; current log-probs uniform in [-6, -0.05],
-references within ~0.5 of them ("init" probe: reference == current), plus extreme ones (down to
--25, up to -1e-5). Extended interface: [B, T] per-token log-probs (0 where the mask is 0), float
-masks with 1..T answer tokens per row, references per token; reductions use the mask.
+references within ~0.5 of them ("init" probe: reference == current), the forget rows already
+moved 0.05..3 nats below the reference ("moved"), the retain rows below it ("retain-low"), plus
+extreme ones (down to -25, up to -1e-5). Extended interface: laid out like a real right-padded
+batch: [B, T] per-token log-probs (0 where the mask is 0), each row a prompt (mask 0, 2..24
+tokens or the profile's real counts), then its answer (mask 1), then padding; forget and retain
+widths apart; references per token; reductions use the mask.
 
 The worker job that runs these checks on every candidate of a program is `jobs.validate_source`.
 """
@@ -59,6 +69,9 @@ __all__ = [
     "describe_error",
     "make_probe",
     "profile_from_values",
+    "row_grads",
+    "row_values",
+    "row_violation",
     "validate_candidate",
 ]
 
@@ -82,8 +95,14 @@ _ROLES: dict[str, dict[str, str | None]] = {
     },
 }
 
-NORMAL_KINDS = ("init", "normal", "normal", "normal", "normal")
+#: "moved": the forget rows already moved below the reference by up to a few nats, the retain
+#: rows near it (the window between "normal" and "forgotten" that a run goes through);
+#: "retain-low": the retain rows slightly below the reference (a loss must not push them further)
+NORMAL_KINDS = ("init", "normal", "normal", "moved", "retain-low", "normal")
 EXTREME_KINDS = ("confident", "forgotten", "far-ref")
+#: a row-level rule (`row_violation`) fails when more than this share of the gradient's mass
+#: pushes rows the wrong way: forget rows at or above the reference up, retain rows at or below it down
+ROW_SHARE = 0.25
 #: the legacy fixed fingerprint probes (used only when no fingerprint seed is given)
 FINGERPRINT_PROBES = (("init", 6, 101), ("normal", 6, 102), ("forgotten", 6, 103))
 EXTENDED_T = 7
@@ -105,7 +124,12 @@ class ProbeProfile:
     logp_mean: float | None = None
     logp_sd: float | None = None
     tokens_min: int = 1
-    tokens_max: int | None = None  # None: a random width per probe (4..24)
+    tokens_max: int | None = None  # None: a random maximum per probe (4..24)
+    prompt_min: int = 2  # prompt tokens before the answer (mask 0), as in real right-padded batches
+    prompt_max: int = 24
+    # samples of the real answer / prompt token counts: lengths are drawn from them when given
+    token_counts: tuple[int, ...] | None = None
+    prompt_counts: tuple[int, ...] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | ProbeProfile | None) -> ProbeProfile:
@@ -116,19 +140,33 @@ class ProbeProfile:
         hi = min(float(p.logp_max), -1e-4)
         lo = min(float(p.logp_min), hi - 1e-3)
         t_max = None if p.tokens_max is None else max(1, min(int(p.tokens_max), 512))
+        p_min = max(1, min(int(p.prompt_min), 256))  # real batches never start with an answer token
+        counts = _counts(p.token_counts, 1, 512)
+        prompts = _counts(p.prompt_counts, 1, 256)
         return cls(
             batch_size=None if p.batch_size is None else max(1, min(int(p.batch_size), 1024)),
             logp_min=max(lo, -100.0), logp_max=hi,
             logp_mean=p.logp_mean, logp_sd=None if p.logp_sd is None else abs(float(p.logp_sd)),
             tokens_min=max(1, min(int(p.tokens_min), t_max or 4)), tokens_max=t_max,
+            prompt_min=p_min, prompt_max=max(p_min, min(int(p.prompt_max), 256)),
+            token_counts=counts, prompt_counts=prompts,
         )
 
 
+def _counts(xs: Any, lo: int, hi: int) -> tuple[int, ...] | None:
+    """A sample of token counts, clipped to [lo, hi] and at most 1024 long (None when empty)."""
+    if not xs:
+        return None
+    return tuple(max(lo, min(int(x), hi)) for x in list(xs)[:1024])
+
+
 def profile_from_values(
-    seq_logps: list[float], token_counts: list[int] | None = None, batch_size: int | None = None
+    seq_logps: list[float], token_counts: list[int] | None = None, batch_size: int | None = None,
+    prompt_counts: list[int] | None = None,
 ) -> dict[str, Any]:
     """A probe profile (as the plain dict the validation job takes) from the target model's
-    per-sequence mean answer-token log-probs on the forget set and the answers' token counts."""
+    per-sequence mean answer-token log-probs on the forget set, the answers' token counts and the
+    prompts' token counts (samples of both kept: the extended probes draw their lengths there)."""
     xs = [float(x) for x in seq_logps if math.isfinite(float(x))]
     out: dict[str, Any] = {"batch_size": batch_size}
     if xs:
@@ -136,7 +174,11 @@ def profile_from_values(
         sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / max(1, len(xs) - 1))
         out.update(logp_min=min(xs), logp_max=max(xs), logp_mean=mean, logp_sd=sd)
     if token_counts:
-        out.update(tokens_min=max(1, min(token_counts)), tokens_max=max(token_counts))
+        out.update(tokens_min=max(1, min(token_counts)), tokens_max=max(token_counts),
+                   token_counts=[int(x) for x in token_counts[:1024]])
+    if prompt_counts:
+        out.update(prompt_min=max(1, min(prompt_counts)), prompt_max=max(prompt_counts),
+                   prompt_counts=[int(x) for x in prompt_counts[:1024]])
     return out
 
 
@@ -180,42 +222,66 @@ def make_probe(
     """Seeded probe tensors for one call, by argument name.
 
     kind: "init" (reference == current), "normal" (reference within ~0.5 of current),
-    "confident" (log-probs in [-1e-3, -1e-5]), "forgotten" (forget log-probs in [-25, -10],
-    reference near 0), "far-ref" (the reverse: forget near 0, reference in [-25, -10]).
+    "moved" (forget rows 0.05..3 nats below the reference), "retain-low" (retain rows 0.05..2
+    nats below the reference), "confident" (log-probs in [-1e-3, -1e-5]), "forgotten" (forget
+    log-probs in [-25, -10], reference near 0), "far-ref" (the reverse: forget near 0, reference
+    in [-25, -10]).
+
+    Extended interface: laid out like a real right-padded batch (`data.prompting`): each row has
+    a prompt of `prompt_min..prompt_max` tokens (mask 0, log-prob 0), then its answer tokens
+    (mask 1), then padding; the width is the longest row, forget and retain widths apart; lengths
+    are drawn from the profile's samples of real counts when it has them. Rows are independent
+    draws (no row is special: real batches are shuffled).
     """
     interface_args(interface)
     prof = profile or DEFAULT_PROFILE
     gen = torch.Generator().manual_seed(seed)
     roles = _ROLES[interface]
-    width = prof.tokens_max or 4 + seed % 21
-    shape: tuple[int, ...] = (batch,) if interface == "faithful" else (batch, width)
+    masks: tuple[torch.Tensor, torch.Tensor] | None = None
+    if interface == "extended":
+        t_max = prof.tokens_max or 4 + seed % 21
+        masks = (_answer_mask(gen, batch, prof, t_max, dtype), _answer_mask(gen, batch, prof, t_max, dtype))
+    shape_f = (batch,) if masks is None else tuple(masks[0].shape)
+    shape_r = (batch,) if masks is None else tuple(masks[1].shape)
 
-    def current(lo: float, hi: float) -> torch.Tensor:
+    def current(lo: float, hi: float, shape: tuple[int, ...]) -> torch.Tensor:
         return -_uniform(gen, shape, -hi, -lo, dtype)
 
-    def typical() -> torch.Tensor:  # like the target model's log-probs
+    def typical(shape: tuple[int, ...]) -> torch.Tensor:  # like the target model's log-probs
         if prof.logp_mean is None or not prof.logp_sd:
-            return current(prof.logp_min, prof.logp_max)
+            return current(prof.logp_min, prof.logp_max, shape)
         x = torch.randn(shape, generator=gen, dtype=torch.float64) * prof.logp_sd + prof.logp_mean
         return x.clamp(prof.logp_min, prof.logp_max).to(dtype)
 
+    def noise(shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
     if kind == "confident":
-        lpf, lpr = current(-1e-3, -1e-5), current(-1e-3, -1e-5)
+        lpf, lpr = current(-1e-3, -1e-5, shape_f), current(-1e-3, -1e-5, shape_r)
     elif kind == "forgotten":
-        lpf, lpr = current(-25.0, -10.0), current(-3.0, -0.05)
+        lpf, lpr = current(-25.0, -10.0, shape_f), current(-3.0, -0.05, shape_r)
     elif kind == "far-ref":
-        lpf, lpr = current(-1.0, -0.01), current(-3.0, -0.05)
+        lpf, lpr = current(-1.0, -0.01, shape_f), current(-3.0, -0.05, shape_r)
     else:
-        lpf, lpr = typical(), typical()
-    rf, rr = _references(kind, lpf, lpr, current, lambda: torch.randn(shape, generator=gen, dtype=torch.float64))
+        lpf, lpr = typical(shape_f), typical(shape_r)
+    if kind == "init":
+        rf, rr = lpf.clone(), lpr.clone()
+    elif kind == "forgotten":
+        rf, rr = current(-1.0, -0.05, shape_f), lpr + 0.1 * noise(shape_r)
+    elif kind == "far-ref":
+        rf, rr = current(-25.0, -10.0, shape_f), lpr.clone()
+    elif kind == "moved":  # the reference above: the forget rows have moved down already
+        rf, rr = lpf.clone(), lpr + 0.05 * noise(shape_r)
+        lpf = lpf - _uniform(gen, shape_f, 0.05, 3.0, dtype)
+    elif kind == "retain-low":
+        rf, rr = lpf + 0.3 * noise(shape_f), lpr.clone()
+        lpr = lpr - _uniform(gen, shape_r, 0.05, 2.0, dtype)
+    else:
+        rf, rr = lpf + 0.5 * noise(shape_f), lpr + 0.3 * noise(shape_r)
+    rf, rr = rf.clamp(max=-1e-6), rr.clamp(max=-1e-6)
     out: dict[str, torch.Tensor] = {}
-    if interface == "extended":
-        lo_t = prof.tokens_min
-        lengths = torch.randint(lo_t, width + 1, (batch,), generator=gen)
-        lengths[0] = width
-        mf = (torch.arange(width)[None, :] < lengths[:, None]).to(dtype)
-        lengths_r = torch.randint(lo_t, width + 1, (batch,), generator=gen)
-        mr = (torch.arange(width)[None, :] < lengths_r[:, None]).to(dtype)
+    if masks is not None:
+        mf, mr = masks
         lpf, rf, lpr, rr = lpf * mf, rf * mf, lpr * mr, rr * mr
         out[roles["mask_forget"]] = mf  # type: ignore[index]
         out[roles["mask_retain"]] = mr  # type: ignore[index]
@@ -226,20 +292,66 @@ def make_probe(
     return out
 
 
+def _draw(gen: torch.Generator, sample: tuple[int, ...] | None, lo: int, hi: int, n: int) -> torch.Tensor:
+    """`n` counts: from the real sample when there is one, else uniform in [lo, hi]."""
+    if sample:
+        return torch.tensor(sample)[torch.randint(0, len(sample), (n,), generator=gen)]
+    return torch.randint(lo, hi + 1, (n,), generator=gen)
 
-def _references(kind: str, lpf: torch.Tensor, lpr: torch.Tensor, current: Callable[[float, float], torch.Tensor],
-                noise: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference model's log-probs for a probe of `kind` (see `make_probe`), kept below 0."""
-    if kind == "init":
-        rf, rr = lpf.clone(), lpr.clone()
-    elif kind == "forgotten":
-        rf, rr = current(-1.0, -0.05), lpr + 0.1 * noise().to(lpr.dtype)
-    elif kind == "far-ref":
-        rf, rr = current(-25.0, -10.0), lpr.clone()
-    else:
-        rf = lpf + 0.5 * noise().to(lpf.dtype)
-        rr = lpr + 0.3 * noise().to(lpr.dtype)
-    return rf.clamp(max=-1e-6), rr.clamp(max=-1e-6)
+
+def _answer_mask(gen: torch.Generator, batch: int, prof: ProbeProfile, t_max: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B, width] float mask: per row `prompt` zeros, `answer` ones, then zeros to the width."""
+    answers = _draw(gen, prof.token_counts, min(prof.tokens_min, t_max), t_max, batch)
+    prompts = _draw(gen, prof.prompt_counts, prof.prompt_min, prof.prompt_max, batch)
+    width = int((prompts + answers).max())
+    cols = torch.arange(width)[None, :]
+    return ((cols >= prompts[:, None]) & (cols < (prompts + answers)[:, None])).to(dtype)
+
+
+def row_values(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Per-row (sequence) values: `x` itself (faithful, [B]) or its masked mean over tokens."""
+    if mask is None:
+        return x.reshape(-1)
+    return (x * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+
+
+def row_grads(g: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Per-row effect of a (masked) gradient: d loss / d row, summed over the row's tokens."""
+    if g is None:
+        return None
+    return g.reshape(-1) if mask is None else (g * mask).sum(-1)
+
+
+def row_violation(
+    gf: torch.Tensor | None, gr: torch.Tensor | None, gap_f: torch.Tensor, gap_r: torch.Tensor,
+    tol: float = 1e-4,
+) -> str | None:
+    """The row-level direction rule, or None when it holds.
+
+    `gf` / `gr`: per-row d loss / d forget / retain row log-prob; `gap_*`: per-row current minus
+    reference log-prob. Minimising the loss moves row i against its gradient, so a forget row
+    with gf < 0 is pushed UP and a retain row with gr > 0 is pushed DOWN. Pulling a row back
+    towards the reference is legitimate (a retain row above it, a forget row far below it), so
+    only rows on the wrong side count: forget rows not below the reference (gap_f >= -tol) pushed
+    up, retain rows not above it (gap_r <= tol) pushed down. The rule fails when such rows carry
+    more than ROW_SHARE of the gradient's total mass: a loss whose batch sum looks right while
+    it pushes half of the rows the wrong way is caught."""
+    for g, gap, sign, what in ((gf, gap_f, -1.0, "forget rows up"), (gr, gap_r, 1.0, "retain rows down")):
+        if g is None:
+            continue
+        g = g.detach().double()
+        total = float(g.abs().sum())
+        if total <= 0.0:
+            continue
+        gap = gap.detach().double().reshape(-1)
+        wrong_rows = (gap <= tol) if sign > 0 else (gap >= -tol)
+        wrong = float(((sign * g).clamp(min=0.0) * wrong_rows).sum())
+        if wrong > ROW_SHARE * total:
+            side = "at or below" if sign > 0 else "at or above"
+            return (f"pushes {what}: {wrong / total:.0%} of the gradient's mass moves rows {side} the "
+                    f"reference the wrong way (at most {ROW_SHARE:.0%})")
+    return None
+
 
 def _is_alloc_error(e: BaseException) -> bool:
     if isinstance(e, MemoryError):
@@ -345,22 +457,20 @@ def _fingerprint(
     values: list[float] = []
     probes = _fingerprint_probes(seed, profile)
     prof = ProbeProfile(tokens_max=EXTENDED_T) if seed is None else profile
-    for dtype in (torch.float64, torch.float32):
-        parts, values = [interface, str(dtype)], []
+    # float64 only: a loss that fails there fails validation (no silent float32 fallback that
+    # would skip the precision-consistency check below)
+    parts, values = [interface, str(torch.float64)], []
+    for kind, b, pseed in probes:
         try:
-            for kind, b, pseed in probes:
-                c = _call(fn, interface, make_probe(interface, kind, b, pseed, dtype, prof), _label(kind, b))
-                values.append(c.value)
-                parts.append(_num(c.value))
-                for g in (c.grad_forget, c.grad_retain):
-                    flat = [] if g is None else g.detach().double().flatten().tolist()
-                    parts.append(",".join(_num(x) for x in flat) if flat else "-")
-            break
-        except _Fail:
-            if dtype == torch.float32:
-                raise
-    if parts[1] == str(torch.float64):
-        _check_precision_consistent(fn, interface, probes, prof, values)
+            c = _call(fn, interface, make_probe(interface, kind, b, pseed, torch.float64, prof), _label(kind, b))
+        except _Fail as e:
+            raise _Fail(f"fails on float64 inputs (the fingerprint probes): {e}") from None
+        values.append(c.value)
+        parts.append(_num(c.value))
+        for g in (c.grad_forget, c.grad_retain):
+            flat = [] if g is None else g.detach().double().flatten().tolist()
+            parts.append(",".join(_num(x) for x in flat) if flat else "-")
+    _check_precision_consistent(fn, interface, probes, prof, values)
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     return digest, values
 
@@ -418,12 +528,15 @@ def validate_candidate(
     prof = ProbeProfile.from_dict(profile)
     normal, extreme = _validation_draw(prof)
     try:
+        probes = [make_probe(interface, kind, b, seed, profile=prof) for kind, b, seed in normal]
         calls = [
-            (_label(kind, b), _call(fn, interface, make_probe(interface, kind, b, seed, profile=prof), _label(kind, b)))
-            for kind, b, seed in normal
+            (_label(kind, b), _call(fn, interface, probe, _label(kind, b)))
+            for (kind, b, _), probe in zip(normal, probes)
         ]
         _check_gradient_exists(calls, interface)
         result = _check_direction([c for _, c in calls], interface)
+        for (label, c), probe in zip(calls, probes):
+            _check_rows(c, probe, interface, label)
         for kind, b, seed in extreme:
             _call(fn, interface, make_probe(interface, kind, b, seed, profile=prof), _label(kind, b))
         _check_permutation(fn, interface, prof)
@@ -479,6 +592,20 @@ def _check_direction(calls: list[_Call], interface: str) -> ValidationResult:
             f"(mean d loss/d {roles['retain']} = {mean_gr:.4g}, expected <= 0)"
         )
     return ValidationResult(True, "ok", uses_retain=uses_retain, grad_forget=mean_gf, grad_retain=mean_gr)
+
+
+def _check_rows(c: _Call, probe: dict[str, torch.Tensor], interface: str, label: str) -> None:
+    """Check 3b: the row-level rule (`row_violation`) on one probe."""
+    roles = _ROLES[interface]
+    mf = probe[roles["mask_forget"]] if roles["mask_forget"] else None
+    mr = probe[roles["mask_retain"]] if roles["mask_retain"] else None
+    gap_f = row_values(probe[roles["forget"]], mf) - row_values(probe[roles["ref_forget"]], mf)  # type: ignore[index]
+    gap_r = row_values(probe[roles["retain"]], mr) - row_values(probe[roles["ref_retain"]], mr)  # type: ignore[index]
+    # the gradients are masked already: per-row sums
+    why = row_violation(row_grads(c.grad_forget, None if mf is None else torch.ones_like(mf)),
+                        row_grads(c.grad_retain, None if mr is None else torch.ones_like(mr)), gap_f, gap_r)
+    if why is not None:
+        raise _Fail(f"wrong direction per row on probe '{label}': the loss {why}")
 
 
 def _derangement(b: int, seed: int) -> torch.Tensor:

@@ -49,7 +49,15 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
   `error`. RecursionError and other exceptions: ok=False, `error` "RecursionError: ...",
   `killed_reason` None (the worker survives).
 
-killed_reason values: "wall time limit", "cpu time limit", "memory limit", "crash", or None.
+- hard step deadline: a job may declare that a block must end by a moment
+  (`timers.hard_deadline(seconds)`, e.g. one call of a loss in training, see `guards.py`); the
+  moment sits in a slot of shared memory (two doubles, one per worker) that the driver's watch
+  loop reads every 0.1 s, and the worker's process group is killed once it is past: "step
+  deadline". This stops a single C call (a torch op running for 45 minutes) that no signal
+  handler inside the worker could interrupt.
+
+killed_reason values: "wall time limit", "cpu time limit", "memory limit", "step deadline",
+"crash", or None.
 
 Defence in depth (W7):
 - results come back as JSON text (`send_bytes`), never as pickles: the driver never unpickles
@@ -63,9 +71,12 @@ Defence in depth (W7):
   `kill -9` of the driver), a new network namespace (`isolate_network`, default on: no network;
   pass False for jobs that must download), Landlock (`write_paths`: None = off, default; a
   sequence = writes confined to the scratch directory, those paths and /dev/null, reads allowed
-  everywhere; /tmp is not writable, TMPDIR is the scratch directory). The first start logs one
-  INFO line, e.g. "sandbox layers: rlimits, pdeathsig, netns=on, landlock=on (ABI 7)"; a pool
-  logs it once; `IsolatedWorker.layers` holds them.
+  everywhere but Ray's session directory and `hidden_paths`; /tmp is not writable, TMPDIR is the
+  scratch directory; with ABI >= 6 no signal to, and no abstract Unix socket of, a process
+  outside the worker), and with Landlock a seccomp filter refusing `socket(AF_UNIX)` (no pathname
+  Unix socket). The first start logs one INFO line, e.g. "sandbox layers: rlimits, pdeathsig,
+  netns=on, landlock=on (ABI 7: writes, reads, tcp, scopes), seccomp=on (no AF_UNIX sockets)";
+  a pool logs it once; `IsolatedWorker.layers` holds them.
 
 `WorkerPool(n)` runs up to n jobs in parallel, one worker process each, with the same API
 (`run`, `submit` -> concurrent.futures.Future[JobResult], `map`). `Limits` bundles the three
@@ -97,6 +108,7 @@ from typing import Any
 
 from .confine import apply_layers, describe_layers
 from .forkserver_init import FORKSERVER_FLAG
+from .timers import set_deadline_slot
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +116,7 @@ __all__ = [
     "CPU_LIMIT",
     "CRASH",
     "MEMORY_LIMIT",
+    "STEP_DEADLINE",
     "WALL_LIMIT",
     "IsolatedWorker",
     "JobResult",
@@ -119,6 +132,7 @@ WALL_LIMIT = "wall time limit"
 CPU_LIMIT = "cpu time limit"
 MEMORY_LIMIT = "memory limit"
 CRASH = "crash"
+STEP_DEADLINE = "step deadline"
 
 #: Set in the isolated worker; `compiler.compile_function` refuses to run where it is absent.
 WORKER_ENV = "EVOUNLEARN_SANDBOX_WORKER"
@@ -252,6 +266,8 @@ def worker_main(
     write_paths: list[str] | None = None,
     log_file: str | None = None,
     env: dict[str, str] | None = None,
+    deadline_slot: Any = None,
+    hidden_paths: list[str] | None = None,
 ) -> None:  # pragma: no cover - child
     """The worker process's entry point: enter the sandbox, then run jobs until told to stop.
     `env` is set first: e.g. this worker's own CUDA_VISIBLE_DEVICES, read when a job first
@@ -259,8 +275,9 @@ def worker_main(
     os.environ.update(env or {})
     _redirect_output(log_file or os.path.join(workdir, LOG_NAME))
     _enter_sandbox(workdir, threads)
+    set_deadline_slot(deadline_slot)
     writable = None if write_paths is None else [workdir, *write_paths]
-    layers = apply_layers(isolate_network=isolate_network, write_paths=writable)
+    layers = apply_layers(isolate_network=isolate_network, write_paths=writable, hide=hidden_paths or ())
     _send_json(conn, ["ready", {"pid": os.getpid(), "rss_kb": process_status_kb("VmRSS"), "layers": layers}])
     while True:
         try:
@@ -437,6 +454,7 @@ class IsolatedWorker:
         write_paths: Iterable[str] | None = None,
         log_file: str | None = None,
         env: Mapping[str, str] | None = None,
+        hidden_paths: Iterable[str] = (),
     ) -> None:
         self.wall_limit_s = wall_limit_s
         self.cpu_limit_s = cpu_limit_s
@@ -449,8 +467,11 @@ class IsolatedWorker:
         self.write_paths = None if write_paths is None else [os.path.abspath(p) for p in write_paths]
         self.log_file = None if log_file is None else os.path.abspath(log_file)
         self.env = {str(k): str(v) for k, v in (env or {}).items()}  # set in the child before any job
+        self.hidden_paths = [os.path.abspath(p) for p in hidden_paths]  # not readable (with Landlock)
         self.layers: dict[str, str] = {}  # the confinement layers of the running child
         self._ctx = _context(start_method)
+        # the child's hard deadline (timers.hard_deadline): [monotonic deadline or 0, budget s]
+        self._deadline = self._ctx.RawArray("d", 2)
         self.start_method = self._ctx.get_start_method()
         self._proc: Any = None
         self._conn: mpc.Connection | None = None
@@ -482,7 +503,7 @@ class IsolatedWorker:
         proc = self._ctx.Process(
             target=worker_main,
             args=(child, self._workdir, self.threads, self.isolate_network, self.write_paths, self.log_file,
-                  self.env),
+                  self.env, self._deadline, self.hidden_paths),
             daemon=True,
             name=_WORKER_NAME,
         )
@@ -600,7 +621,8 @@ class IsolatedWorker:
     ) -> JobResult:
         conn, proc = self._conn, self._proc
         assert conn is not None and proc is not None
-        watch = _Watch(proc.pid, wall, mem)
+        self._deadline[0] = self._deadline[1] = 0.0  # none left over from a killed job
+        watch = _Watch(proc.pid, wall, mem, self._deadline)
         try:
             conn.send(("job", function_path, kwargs, cpu, mem if self.rlimit_data else None))
         except Exception as e:  # unpicklable kwargs or dead pipe
@@ -635,8 +657,10 @@ class IsolatedWorker:
 class _Watch:
     """The driver's view of one running job: elapsed time, CPU time and RSS of the child."""
 
-    def __init__(self, pid: int, wall: float | None, mem: int | None) -> None:
+    def __init__(self, pid: int, wall: float | None, mem: int | None, deadline: Any = None) -> None:
         self.pid, self.wall, self.mem = pid, wall, mem
+        self.deadline = deadline  # the child's shared [deadline, budget] slot, or None
+        self.budget = 0.0  # the budget of the step deadline that was run past
         self.rss0 = process_status_kb("VmRSS", pid) or 0
         self.cpu0 = self.last_cpu = _proc_cpu(pid)
         self.t0 = time.monotonic()
@@ -648,7 +672,12 @@ class _Watch:
         return (self.last_cpu - self.cpu0) if (self.last_cpu is not None and self.cpu0 is not None) else 0.0
 
     def over_limit(self) -> str | None:
-        """WALL_LIMIT / MEMORY_LIMIT when the job is past one (the RSS watchdog), else None."""
+        """WALL_LIMIT / MEMORY_LIMIT / STEP_DEADLINE when the job is past one, else None."""
+        if self.deadline is not None:
+            at, budget = self.deadline[0], self.deadline[1]
+            if at > 0 and time.monotonic() > at:
+                self.budget = budget
+                return STEP_DEADLINE
         now_cpu = _proc_cpu(self.pid)
         if now_cpu is not None:
             self.last_cpu = now_cpu
@@ -687,6 +716,10 @@ def _wait_for_result(conn: mpc.Connection, proc: Any, watch: _Watch) -> JobResul
 def _failure_result(killed: str | None, code: int | None, watch: _Watch, cpu_limit: float | None) -> JobResult:
     """The JobResult of a job whose child was killed for `killed` or died with exit `code`."""
     times = {"cpu_seconds": watch.cpu_seconds(), "wall_seconds": watch.elapsed()}
+    if killed == STEP_DEADLINE:
+        error = (f"{killed} exceeded: one call ran past its hard deadline of {watch.budget:.3g} s "
+                 "(stopped from outside the worker); worker killed")
+        return JobResult(False, error=error, killed_reason=killed, **times)
     if killed is not None:
         limit, unit = (watch.wall, "s") if killed == WALL_LIMIT else (watch.mem, " MB")
         error = f"{killed} exceeded ({limit}{unit}); worker killed"

@@ -6,6 +6,8 @@
   bad generation) with parent choice weighted by rank and a bonus for parents with few children:
   `w = 0.5 ** (rank / half_life) / (1 + child_penalty * children)` (SPEC 2.4 item 3).
 - `truncation(...)`: the EvoMU paper's selection, the top-k of the latest generation only.
+- `lower_bound(mean, n, scale)`: the ranking value of a candidate run on n seeds (mean minus
+  scale / sqrt(n)), so that selection favours what is confirmed over what is lucky;
 - `stable_seed(...)`: a seed derived from any values (reproducible random choices on resume).
 - `stage_cutoff(...)`: the promotion threshold of staged evaluation, the score at the top
   `fraction` of the stage-1 scores seen so far (None while fewer than `min_history`).
@@ -92,6 +94,17 @@ class Archive:
 def truncation(cands: Sequence[Record], generation: int, k: int) -> list[Record]:
     """EvoMU: the top-k of `generation` only (no elitism across generations)."""
     return sort_ranked([c for c in cands if c.generation == generation and eligible(c)])[:k]
+
+
+def lower_bound(mean: float, n: int, scale: float) -> float:
+    """A candidate's ranking value from the mean of its n search-part runs: `mean - scale /
+    sqrt(n)`, with scale = z x one run's sd (the noise datasheet's single-run sd, not the
+    candidate's own: 1-3 runs cannot estimate it). A lucky single draw ranks below an equal mean
+    confirmed on three seeds, so a re-run elite is not displaced by the noise of a newcomer.
+    scale 0 = the mean."""
+    if n < 1 or scale <= 0 or not math.isfinite(mean):
+        return mean
+    return mean - scale / math.sqrt(n)
 
 
 def stage_cutoff(scores: Sequence[float], fraction: float = 0.5, min_history: int = 4) -> float | None:

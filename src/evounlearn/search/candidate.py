@@ -39,9 +39,10 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..benchmarks.base import (
     DEFAULT_BENCHMARK,
@@ -51,6 +52,7 @@ from ..benchmarks.base import (
     TargetInfo,
     fitness_values,
     get_benchmark,
+    metric,
     rank_score,
     utility,
 )
@@ -58,8 +60,11 @@ from ..benchmarks.references import cached_reference
 from ..errors import DataError, EvoUnlearnError, ModelError
 from ..files import ArtifactError, atomic_write_json, atomic_write_text, read_json
 
-__all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "StageResult", "classify_failure", "evaluate_candidate",
-           "target_info"]
+if TYPE_CHECKING:
+    from ..sandbox import JobResult
+
+__all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "JobOutcome", "StageResult", "classify_failure",
+           "evaluate_candidate", "target_info"]
 
 STAGE_SHORT = 1  # stopped after the first stage (not promoted)
 STAGE_FULL = 2  # trained to full length
@@ -91,9 +96,85 @@ class CandidateResult:
     epochs: int | None = None
     infra: bool = False  # failed for the infrastructure, not the candidate (`error` says why)
     timings: dict[str, float] = field(default_factory=lambda: {"validate": 0.0, "train": 0.0, "eval": 0.0})
+    # the fitness `fitness` is (the job's choice, named) and the summary key its utility floor reads:
+    # the reader scores with the same ones ("" from an older or fake job: the reader's own choice)
+    fitness_name: str = ""
+    utility_key: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_value(cls, value: Mapping[str, Any]) -> CandidateResult:
+        """The worker's JSON-ready dict back as a `CandidateResult` (unknown keys ignored)."""
+        data = _known(cls, value)
+        data["stages"] = [StageResult(**_known(StageResult, s)) for s in value.get("stages") or []]
+        data["timings"] = dict(value.get("timings") or {})
+        return cls(**data)
+
+    def utility(self, summary: Mapping[str, Any] | None = None, default_key: str = "") -> float | None:
+        """The utility of `summary` (None: the final one) under this result's utility key (else
+        `default_key`): what the utility floor compares with the target's."""
+        key = self.utility_key or default_key
+        summary = self.summary if summary is None else summary
+        if not summary or not key:
+            return None
+        try:
+            return metric(summary, key)
+        except (KeyError, ValueError, TypeError):
+            return None
+
+
+def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
+
+
+def _first_line(text: str | None, limit: int = 300) -> str:
+    line = str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+@dataclass
+class JobOutcome:
+    """A finished worker job, typed: THE one reader of a candidate job's result (`evolve`'s
+    driver and `tune`'s runner both read jobs through it, so they agree on what a fault is).
+
+    `result` is the candidate job's `CandidateResult` (None when the job itself failed: a crash,
+    a limit, an exception); `error` the job-level failure, or the infrastructure's reason; `infra`
+    a fault of the infrastructure, reported by the executor (a lost node or worker) OR by the job
+    (`CandidateResult.infra`: a corrupt prepared model, a full disk): never charged to the run."""
+
+    result: CandidateResult | None
+    error: str | None
+    infra: bool
+    detail: str = ""  # the first line of the job's own error text
+    wall_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    value: Any = None  # the raw value, for jobs that are not candidate jobs (target_info)
+
+    @classmethod
+    def from_future(cls, fut: Future[JobResult], candidate_job: bool = True) -> JobOutcome:
+        try:
+            res = fut.result()
+        except Exception as e:  # the executor itself failed, not the job: infrastructure
+            from ..sandbox import JobResult
+
+            res = JobResult(False, error=f"{type(e).__name__}: {e}", infra=True)
+        return cls.from_job(res, candidate_job)
+
+    @classmethod
+    def from_job(cls, res: JobResult, candidate_job: bool = True) -> JobOutcome:
+        times = {"wall_seconds": float(res.wall_seconds), "cpu_seconds": float(res.cpu_seconds)}
+        if not res.ok:
+            why = res.killed_reason or "job failed"
+            error = f"{why}: {_first_line(res.error)}" if res.error else why
+            return cls(None, error, bool(res.infra), detail=_first_line(res.error), **times)
+        if not candidate_job or not isinstance(res.value, Mapping):
+            return cls(None, None, bool(res.infra), value=res.value, **times)
+        result = CandidateResult.from_value(res.value)
+        infra = bool(res.infra or result.infra)  # e.g. a missing or corrupt prepared artifact
+        return cls(result, result.error if infra else None, infra, value=res.value, **times)
 
 
 class _StageStop(Exception):
@@ -243,7 +324,7 @@ class _StageGate:
         s = evaluate(model)
         self.seconds = time.time() - te
         fit = safe_fitness(self.spec, s, self.target)
-        score = rank_score(fit, utility(self.bench, s), self.target_utility, self.floor)
+        score = rank_score(fit, utility(self.bench, s, self.spec.name), self.target_utility, self.floor)
         self.result = StageResult(1, self.epochs, with_fitnesses(self.bench, s, self.target) or {}, fit, score)
         if self.cutoff is not None and score < self.cutoff:
             raise _StageStop()
@@ -364,6 +445,7 @@ def evaluate_candidate(
     try:
         bench = get_benchmark(benchmark)
         spec = bench.fitness_spec(fitness)
+        out.fitness_name, out.utility_key = spec.name, spec.utility_key
         candidate_ran = True  # validation runs the program on probe tensors
         run = _method_run(out, rd, code, method, function, interface, epochs)
         candidate_ran = False
@@ -434,5 +516,5 @@ def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -
     fraction = float(options.get("search_fraction", 0.5))
     return TargetInfo(data=bench.data_name(prepared), paths=bench.paths(prepared),
                       parts={p: {"fraction": fraction} for p in ("search", "report")}, target=target,
-                      retain=retain or None, target_utility=utility(bench, target["search"]["summary"]),
+                      retain=retain or None, target_utility=utility(bench, target["search"]["summary"], spec.name),
                       seconds=time.time() - t0, prepare_seconds=prepare_seconds)

@@ -4,9 +4,12 @@
 validate_in_worker`, every candidate of the file, one deadline for the program) in a confined
 isolated worker (no network, writes only in its scratch directory) and returns one `Verdict`
 per loss function (or a single one named "" for a problem of the whole file). With
-`train=True`, each valid function also trains a few steps on the default benchmark (or the
-given `PrepareConfig`) in an isolated worker with the training guards on (`sandbox.guards`): a
-loss that behaves on the probes but not on the real batches is stopped there.
+`train=True`, each valid function also trains on the default benchmark (or the given
+`PrepareConfig`) as long as one search candidate does (its search part of the forget split, its
+epochs docstring or 5 epochs; `train_steps=N` / `--steps N` stops after N steps) in
+an isolated worker with the training guards on (`sandbox.guards`): a loss that behaves on the
+probes but not on the real batches, or only after some steps, is stopped there; one loss call
+running past its hard deadline is killed from outside the worker ("step deadline").
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from .validation import validate_in_worker
 __all__ = ["TRAIN_JOB", "Verdict", "check_file", "train_job"]
 
 TRAIN_JOB = "evounlearn.search.check:train_job"
-TRAIN_LIMITS: dict[str, Any] = {"wall_limit_s": 900.0, "cpu_limit_s": 1800.0, "memory_limit_mb": 8192}
+# a whole candidate's training on a busy machine must fit: the per-call hard deadline, not this
+# wall limit, is what stops a runaway loss within seconds
+TRAIN_LIMITS: dict[str, Any] = {"wall_limit_s": 1800.0, "cpu_limit_s": 3600.0, "memory_limit_mb": 8192}
 
 
 @dataclass(frozen=True)
@@ -44,7 +49,7 @@ def check_file(
     train: bool = False,
     *,
     prepare_config: Any = None,
-    train_steps: int = 4,
+    train_steps: int | None = None,
     **limits: Any,
 ) -> list[Verdict]:
     """Validate every loss function of the file at `path`; with `train`, also a short guarded training."""
@@ -62,7 +67,7 @@ def check_file(
     ]
 
 
-def _train_verdict(code: str, v: Verdict, prepare_config: Any, steps: int) -> Verdict:
+def _train_verdict(code: str, v: Verdict, prepare_config: Any, steps: int | None) -> Verdict:
     """A short training of function `v.name` in a confined worker (writes: its run dir, the cache)."""
     from ..benchmarks.base import default_cache_dir
     from ..benchmarks.tofu import PrepareConfig
@@ -72,8 +77,11 @@ def _train_verdict(code: str, v: Verdict, prepare_config: Any, steps: int) -> Ve
         cache = Path(prep.cache_dir).expanduser() if prep.cache_dir else default_cache_dir()
         writable = [run_dir, str(cache.resolve())]
         with IsolatedWorker(**TRAIN_LIMITS, isolate_network=True, write_paths=writable) as w:
+            # the cache resolved HERE: the worker runs in its scratch directory, where a relative
+            # default (./cache) would name an empty cache and prepare the benchmark again
+            plain = {**_plain(prep), "cache_dir": str(cache.resolve())}
             res = w.run(TRAIN_JOB, {"code": code, "function": v.name, "run_dir": run_dir,
-                                    "prepare": _plain(prep), "steps": steps})
+                                    "prepare": plain, "steps": steps})
     if res.ok:
         return Verdict(v.name, True, f"trained {res.value.get('steps')} steps with the guards on", "training")
     first = (res.error or res.killed_reason or "training failed").splitlines()[0]
@@ -86,8 +94,10 @@ def _plain(cfg: Any) -> dict[str, Any]:
     return asdict(cfg)
 
 
-def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], steps: int = 4) -> dict[str, Any]:
-    """Worker job: train `function` of `code` for `steps` steps (method `evolved`, guards on)."""
+def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], steps: int | None = None
+              ) -> dict[str, Any]:
+    """Worker job: train `function` of `code` like a search candidate (method `evolved`, guards on,
+    the search part of the forget split, the program's epochs), or only `steps` steps."""
     from ..benchmarks.tofu import PrepareConfig, build_config, run_unlearning
     from ..config import apply_overrides
 
@@ -95,7 +105,14 @@ def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], s
     cfg.prepare = apply_overrides(PrepareConfig(), prepare)
     cfg.data, cfg.forget_split = cfg.prepare.data, cfg.prepare.forget_split
     cfg.loss.update(code=code, function=function)
-    cfg.train.max_steps, cfg.train.epochs = int(steps), int(steps)  # max_steps stops it first
+    from ..methods.evolved import check_loss_program
+    from .config import SearchConfig
+
+    _, _, epochs = check_loss_program(code, "auto", function)
+    cfg.train.epochs = int(epochs or SearchConfig.default_epochs)  # as the search: docstring, else its default
+    cfg.forget_part = "search"  # what a search candidate trains on
+    if steps is not None:
+        cfg.train.max_steps = int(steps)
     cfg.run_dir = run_dir
     record = run_unlearning(cfg, evaluate=False)
     return {"steps": int(record.get("steps", 0)), "loss_history": list(record.get("loss_history") or [])}
@@ -103,7 +120,8 @@ def train_job(code: str, function: str, run_dir: str, prepare: dict[str, Any], s
 
 def command(args: Any) -> int:
     """The CLI: print a verdict per function; exit 0 when all are valid, 2 otherwise."""
-    verdicts = check_file(args.loss_file, train=bool(args.train))
+    steps = getattr(args, "steps", None)
+    verdicts = check_file(args.loss_file, train=bool(args.train) or steps is not None, train_steps=steps)
     for v in verdicts:
         print(v.line())
     return 0 if verdicts and all(v.ok for v in verdicts) else 2

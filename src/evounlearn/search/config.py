@@ -37,6 +37,15 @@ class OursConfig:
     min_history: int = 4  # stage-1 results needed before any candidate is stopped
     dedup: bool = True  # behavioural de-duplication by probe fingerprint
     repair_attempts: int = 2  # repair requests for a rejected proposal, with the reason
+    # Selection on signal (docs/FITNESS.md, benchmarks/results/noise.json). After each generation
+    # the `race_top` best candidates are re-run on more search-part seeds until each has
+    # `race_seeds` (every re-run counts against the budget), before they parent or become
+    # finalists; candidates rank on mean - lcb_z * noise_sd / sqrt(runs). noise_sd = one run's sd
+    # of the fitness from the datasheet; race_top 0 or lcb_z 0 switch each part off.
+    race_top: int = 2
+    race_seeds: int = 3
+    noise_sd: float = 0.035
+    lcb_z: float = 1.0
 
 
 @dataclass
@@ -121,6 +130,8 @@ class SearchConfig:
             raise ConfigError(f"interface must be faithful or extended, not {self.interface!r}")
         if self.report_seeds < 1 or self.baseline_seeds < 1:
             raise ConfigError("report_seeds and baseline_seeds must be >= 1")
+        if self.ours.race_top < 0 or self.ours.race_seeds < 1 or self.ours.noise_sd < 0 or self.ours.lcb_z < 0:
+            raise ConfigError("ours.race_top, ours.noise_sd and ours.lcb_z must be >= 0 and ours.race_seeds >= 1")
         if self.select_on not in ("search", "report"):
             raise ConfigError(f"select_on must be search or report, not {self.select_on!r}")
         if self.evaluator != "real" and not all(p.isidentifier() for p in self.evaluator.split(".")):
@@ -130,6 +141,11 @@ class SearchConfig:
         get_benchmark(self.benchmark)  # unknown names fail here, with the known ones
         self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
         return self
+
+    def rank_noise_sd(self) -> float:
+        """z x sd for `archive.lower_bound` (mode ours and its controls; 0 = rank on the mean, the
+        paper's mode)."""
+        return max(0.0, float(self.ours.lcb_z)) * max(0.0, float(self.ours.noise_sd)) if self.mode == "ours" else 0.0
 
     def fitness_name(self) -> str:
         """The fitness the search optimises (`benchmarks.fitness_name`: `fitness` or the mode's)."""

@@ -42,16 +42,16 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks import FAILED, compute_fitness, get_benchmark, rank_score, utility
+from ..benchmarks import FAILED, compute_fitness, get_benchmark, rank_score
 from ..config import apply_overrides, to_dict
 from ..errors import ConfigError, EvoUnlearnError, InfrastructureError
 from ..sandbox import CandidateRecord, IsolatedWorker, JobResult
-from .archive import eligible, sort_ranked, stable_seed, stage_cutoff
-from .candidate import STAGE_SHORT, CandidateResult, StageResult
+from .archive import eligible, lower_bound, sort_ranked, stable_seed, stage_cutoff
+from .candidate import STAGE_SHORT, JobOutcome
 from .config import SearchConfig, config_from_dict, evaluator_jobs
 from .executors import Executor, Limits, executor_options, make_executor
 from .modes import get_mode
@@ -99,58 +99,17 @@ def _mean_summary(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _job_fitness(value: Any, family: str, summary: Mapping[str, Any] | None) -> float:
-    """The fitness a job reported (it may need the target's metrics), else computed here."""
+def _job_fitness(value: Any, benchmark: str, summary: Mapping[str, Any] | None, fitness: str) -> float:
+    """The fitness a job reported (it may need the target's metrics), else the search's chosen
+    fitness `fitness` computed here (never the benchmark's default: it would rank on another scale)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
         return float(value)
-    return compute_fitness(family, summary)
+    return compute_fitness(benchmark, summary, fitness=fitness)
 
 
 def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
-
-
-@dataclass
-class JobOutcome:
-    """A finished worker job, typed: THE edge where the worker's JSON-ready dict is read.
-
-    `result` is the candidate job's `CandidateResult` (None when the job itself failed: a crash,
-    a limit, an exception); `error` the job-level failure; `infra` a fault of the infrastructure
-    (never charged to the candidate)."""
-
-    result: CandidateResult | None
-    error: str | None
-    infra: bool
-    detail: str = ""  # the first line of the job's own error text
-    wall_seconds: float = 0.0
-    cpu_seconds: float = 0.0
-    value: Any = None  # the raw value, for jobs that are not candidate jobs (target_info)
-
-    @classmethod
-    def from_future(cls, fut: Future[JobResult], candidate_job: bool = True) -> JobOutcome:
-        try:
-            res = fut.result()
-        except Exception as e:  # the executor itself failed, not the job: infrastructure
-            res = JobResult(False, error=f"{type(e).__name__}: {e}", infra=True)
-        return cls.from_job(res, candidate_job)
-
-    @classmethod
-    def from_job(cls, res: JobResult, candidate_job: bool = True) -> JobOutcome:
-        times = {"wall_seconds": res.wall_seconds, "cpu_seconds": res.cpu_seconds}
-        if not res.ok:
-            why = res.killed_reason or "job failed"
-            error = f"{why}: {_first_line(res.error)}" if res.error else why
-            return cls(None, error, bool(res.infra), detail=_first_line(res.error), **times)
-        if not candidate_job or not isinstance(res.value, Mapping):
-            return cls(None, None, bool(res.infra), value=res.value, **times)
-        v = res.value
-        data = _known(CandidateResult, v)
-        data["stages"] = [StageResult(**_known(StageResult, s)) for s in v.get("stages") or []]
-        data["timings"] = dict(v.get("timings") or {})
-        result = CandidateResult(**data)
-        infra = bool(res.infra or v.get("infra"))  # e.g. a missing or corrupt prepared artifact
-        return cls(result, result.error if infra else None, infra, value=v, **times)
 
 
 def _sandbox_record(rec: Mapping[str, Any]) -> CandidateRecord:
@@ -383,7 +342,10 @@ class SearchDriver:
         return self.db.trained_count(generation=g)
 
     def budget_left(self) -> int:
-        return self.cfg.budget - self.db.trained_count()
+        """Trainings left: the budget counts one search-part run per proposal plus every re-run of
+        a proposal with another seed (races, finalists), so that selecting on more seeds is paid
+        for, and arms compared at one budget trained as often."""
+        return self.cfg.budget - self.db.trained_count() - self.db.extra_search_runs(self.cfg.seed)
 
     def generation_filled(self, g: int) -> bool:
         return bool(self.db.get_meta(f"gen{g}_filled"))
@@ -414,6 +376,15 @@ class SearchDriver:
             log.info("generation %d done: %d trained so far (budget %d); best #%d fitness %.4f (MU %.4f)", g,
                      self.db.trained_count(), self.cfg.budget, best.id, best.fitness_search,
                      best.utility_search if best.utility_search is not None else float("nan"))
+
+    def pump_candidates(self, ids: Sequence[int]) -> None:
+        """Run the queued runs until those of these candidates are all done."""
+        wanted = list(ids)
+        self._pump(lambda: self.db.pending_count(candidate_ids=wanted) == 0)
+
+    def refresh(self, cid: int) -> CandidateRow:
+        """A candidate's aggregates recomputed from its runs (after queueing one more)."""
+        return self._refresh(cid)
 
     def ranked(self) -> list[CandidateRow]:
         """Eligible candidates (full-length, finite fitness), best first."""
@@ -667,16 +638,21 @@ class SearchDriver:
         if r is None:  # the job itself failed: a crash, a limit, an exception in the worker
             return {**cols, "status": "failed", "fitness": FAILED, "score": FAILED, "error": out.error,
                     "timings": {"job_wall": out.wall_seconds, "job_cpu": out.cpu_seconds}}
+        # the job names the fitness it scored and that fitness's utility key; a job that does not
+        # (an older or fake evaluator) is read with the search's own choice
+        fitness = r.fitness_name or self.cfg.fitness
+        key = get_benchmark(bench).fitness_spec(fitness).utility_key
         if r.stages:
             s1 = r.stages[0].summary
-            f1 = _job_fitness(r.stages[0].fitness, bench, s1)
-            cols.update(stage1_metrics=s1, stage1_fitness=f1, stage1_score=rank_score(f1, utility(bench, s1), tu, floor))
+            f1 = _job_fitness(r.stages[0].fitness, bench, s1, fitness)
+            cols.update(stage1_metrics=s1, stage1_fitness=f1,
+                        stage1_score=rank_score(f1, r.utility(s1, key), tu, floor))
         timings = {**r.timings, "job_wall": out.wall_seconds, "job_cpu": out.cpu_seconds}
         cols.update(stage=r.stage, promoted=r.promoted, loss_history=r.loss_history, epoch_losses=r.epoch_losses,
                     timings=timings, error=r.error)
         if r.ok and r.summary:
-            fit = _job_fitness(r.fitness, bench, r.summary)
-            util = utility(bench, r.summary)
+            fit = _job_fitness(r.fitness, bench, r.summary, fitness)
+            util = r.utility(None, key)
             cols.update(status="done", metrics=r.summary, fitness=fit, utility=util, score=rank_score(fit, util, tu, floor))
         elif r.ok and r.stage == STAGE_SHORT:
             cols.update(status="done")  # stopped at stage 1 (not promoted)
@@ -754,9 +730,12 @@ class SearchDriver:
         cols: dict[str, Any] = {f"fitness_{part}": mean, f"fitness_{part}_std": std, f"utility_{part}": umean,
                                 f"n_{part}": len(fits)}
         if part == "search":
-            cols["score_search"] = None if mean is None else rank_score(mean, umean, self.target_utility,
-                                                                        self.cfg.utility_floor)
-            cols["metrics"] = full[0].metrics if full else None
+            ranked = None if mean is None else lower_bound(mean, len(fits), self.cfg.rank_noise_sd())
+            cols["score_search"] = None if ranked is None else rank_score(ranked, umean, self.target_utility,
+                                                                          self.cfg.utility_floor)
+            # the mean over seeds: what a directed mutation reads is as steady as the ranking
+            cols["metrics"] = (_mean_summary([e.metrics for e in full if e.metrics]) if len(full) > 1
+                               else full[0].metrics) if full else None
             stages = [int(e.stage or 0) for e in evs if e.status == "done"]
             cols["stage"] = max(stages) if stages else None
         else:

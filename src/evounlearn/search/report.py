@@ -89,6 +89,7 @@ class FitnessInfo:
     utility_key: str = ""
     names: list[str] = field(default_factory=list)  # every fitness of the benchmark
     metric_keys: list[str] = field(default_factory=list)
+    version: int | None = None  # the searched fitness's formula version (FitnessSpec.version)
 
     @classmethod
     def of(cls, cfg: SearchConfig) -> FitnessInfo:
@@ -96,7 +97,8 @@ class FitnessInfo:
             bench = get_benchmark(cfg.benchmark)
             name = cfg.fitness_name()
             spec = bench.fitness_spec(name)
-            return cls(name, spec.formula, spec.utility_key, list(bench.all_fitnesses()), list(bench.metric_keys))
+            return cls(name, spec.formula, spec.utility_key, list(bench.all_fitnesses()), list(bench.metric_keys),
+                       spec.version)
         except Exception:  # the benchmark cannot be loaded here: show what the rows hold
             return cls(cfg.fitness)
 
@@ -494,7 +496,10 @@ def _counts_and_times(store: Store, run: RunView) -> dict[str, Any]:
                    "duplicates": statuses.get("duplicate", 0), "failed": statuses.get("failed", 0),
                    "unused": statuses.get("unused", 0),
                    "stopped_at_stage1": len([c for c in run.candidates if c.status == "done" and c.stage == 1]),
-                   "runs": len(finished)},
+                   "runs": len(finished),
+                   # search-part re-runs of proposals with other seeds (races, finalists): trainings
+                   # the budget counts besides one per proposal
+                   "search_reruns": store.extra_search_runs(run.cfg.seed)},
         "seconds": run.seconds,
         "seconds_per_candidate": run.seconds / trained if trained else None,
         "mean_run_seconds": (sum(walls) / len(walls)) if walls else None,
@@ -547,7 +552,8 @@ def collect(store: Store) -> dict[str, Any]:
         out_tables.append({"section": t.section, "title": t.title, "sentence": t.sentence, "columns": columns,
                            "headers": headers, "rows": [table_cells(r) for r in t.rows]})
     data = {
-        "mode": run.cfg.mode, "budget": run.cfg.budget, "benchmark": run.cfg.benchmark,
+        "mode": run.cfg.mode, "control": run.cfg.control or None, "budget": run.cfg.budget,
+        "benchmark": run.cfg.benchmark,
         "data": run.target.data if run.target else None, "forget_split": run.cfg.unlearn.get("forget_split"),
         "status": run.shown_status(), "stored_status": run.status,
         "fitness": asdict(fit), "target_utility": tu, "utility_floor": floor,
@@ -566,6 +572,11 @@ def collect(store: Store) -> dict[str, Any]:
 # text
 
 
+def _arm(data: Mapping[str, Any]) -> str:
+    """`mode ours`, or `control random` for a control arm (which replaces the mode's loop)."""
+    return f"control {data['control']}" if data.get("control") else f"mode {data.get('mode')}"
+
+
 def _head(data: Mapping[str, Any]) -> list[str]:
     c = data.get("counts") or {}
     where = f"benchmark {data.get('benchmark')}"
@@ -573,14 +584,14 @@ def _head(data: Mapping[str, Any]) -> list[str]:
         where += f", data {data.get('data')}"
     status = data.get("status")
     lines = [
-        f"search: mode {data.get('mode')}, {where}, budget {data.get('budget')} trained candidates, status {status}"
+        f"search: {_arm(data)}, {where}, budget {data.get('budget')} trained candidates, status {status}"
         + (" (no process holds it: continue with `evounlearn evolve --resume RUN_DIR`)"
            if status == "interrupted" else ""),
         f"trained candidates: {c.get('candidates', 0)} ({c.get('stopped_at_stage1', 0)} stopped early after the "
         f"stage-1 evaluation, {c.get('failed', 0)} failed); proposals rejected by the sandbox: "
         f"{c.get('rejected', 0)}; behavioural duplicates: {c.get('duplicates', 0)}; training runs: "
-        f"{c.get('runs', 0)}; time: {fmt_value(data.get('seconds'))} s "
-        f"({fmt_value(data.get('seconds_per_candidate'))} s per trained candidate)",
+        f"{c.get('runs', 0)}; time: {sig(data.get('seconds'))} s "
+        f"({sig(data.get('seconds_per_candidate'))} s per trained candidate)",
     ]
     fit = data.get("fitness") or {}
     if fit.get("searched") or fit.get("formula"):
@@ -594,11 +605,155 @@ def _head(data: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _table_block(t: Mapping[str, Any], markdown: bool) -> list[str]:
+def _table_block(t: Mapping[str, Any], markdown: bool, data: Mapping[str, Any] | None = None) -> list[str]:
     title = t.get("title", "")
-    out = [f"### {md_text(title)}" if markdown else f"{title}:"]
-    out.append(md_text(t.get("sentence", "")) if markdown else t.get("sentence", ""))
+    if not markdown:
+        return [f"{title}:", *_wrap(t.get("sentence", "")), *terminal_table(t, data or {})]
+    out = [f"### {md_text(title)}", md_text(t.get("sentence", ""))]
     out += ["", table(t.get("rows") or [], t.get("columns") or [], markdown=markdown, headers=t.get("headers"))]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the terminal: tables that fit TERMINAL_WIDTH columns (leaderboard.md keeps every column)
+
+TERMINAL_WIDTH = 120
+#: short terminal headers of common columns (any other metric: its key)
+SHORT_LABELS = {"forget_quality": "forget quality", "model_utility": "model utility", "forget_rouge": "forget ROUGE",
+                "forget_prob": "forget prob", "privleak": "PrivLeak", "forget_truth_ratio": "forget TR",
+                "extraction_strength": "extraction", "holdout_rouge": "holdout ROUGE", "holdout_prob": "holdout prob"}
+NAME_WIDTH = 24
+
+
+def sig(v: Any, digits: int = 4) -> str:
+    """A number with `digits` significant digits (0.7769, 400.8, 1.2e-06); anything else as text."""
+    if isinstance(v, float) and math.isfinite(v):
+        return f"{v:.{digits}g}"
+    return fmt_value(v)
+
+
+def _sig_mean_sd(mean: Any, sd: Any) -> str | None:
+    if mean is None:
+        return None
+    return sig(mean) + (f" ± {sig(sd, 2)}" if sd is not None else "")
+
+
+def _parse_mean_sd(cell: Any) -> tuple[float | None, float | None]:
+    """(mean, sd) back from a `mean ± sd` cell of the data (or a plain number)."""
+    if cell is None:
+        return None, None
+    if isinstance(cell, (int, float)):
+        return float(cell), None
+    parts = str(cell).split("±")
+    try:
+        return float(parts[0]), (float(parts[1]) if len(parts) > 1 else None)
+    except ValueError:
+        return None, None
+
+
+def terminal_table(t: Mapping[str, Any], data: Mapping[str, Any]) -> list[str]:
+    """One table for the terminal: rank, the utility-floor verdict and the ranking fitness first,
+    numbers to 4 significant digits, short headers explained in one line; columns that do not fit
+    TERMINAL_WIDTH are left out (and named: leaderboard.md has them all)."""
+    cols, headers = list(t.get("columns") or []), dict(t.get("headers") or {})
+    rows = t.get("rows") or []
+    ranked_on = "report" if "report" in cols else "search"
+    other = "search" if ranked_on == "report" else None
+    fit = data.get("fitness") or {}
+    searched = f"fitness_{fit.get('searched')}" if fit.get("searched") else ""
+    order = [c for c in ("rank", "utility floor", ranked_on, "name") if c in cols or c == "name"]
+    order += [c for c in (other, "operator", "epochs", "generation") if c and c in cols]
+    order += [c for c in cols if c not in order and c != searched]  # the searched fitness = the fitness column
+    short = {"rank": "rank", "utility floor": "floor", "name": "name", "search": "search fit.",
+             "operator": headers.get("operator", "operator"), "epochs": "epochs", "generation": "gen"}
+    short[ranked_on] = "fitness"
+    cells = []
+    for r in rows:
+        row: dict[str, Any] = {}
+        for c in order:
+            v = r.get(c)
+            if c in ("search", "report"):
+                row[c] = _sig_mean_sd(*_parse_mean_sd(v))
+            elif c == "name":
+                name = str(v or "")
+                row[c] = name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…"
+            elif c == "utility floor":
+                row[c] = {"passes": "pass", "below": "BELOW"}.get(str(v), v)
+            else:
+                row[c] = sig(v) if isinstance(v, float) else v
+        cells.append(row)
+    labels = {c: short.get(c) or SHORT_LABELS.get(c) or (c[len("fitness_"):] + " fitness" if c.startswith("fitness_")
+                                                           else c) for c in order}
+    keep = list(order)
+    while len(keep) > 2 and _width(cells, keep, labels) > TERMINAL_WIDTH:
+        keep.pop()
+    left = [labels[c] for c in order if c not in keep]
+    out = [*_wrap(_legend(t, data, ranked_on, keep)), ""]
+    out.append(table(cells, keep, headers=labels))
+    if left:
+        out += _wrap(f"(not shown here, in leaderboard.md: {', '.join(left)})")
+    return out
+
+
+def _width(cells: list[dict[str, Any]], cols: list[str], labels: Mapping[str, str]) -> int:
+    widths = [max([len(labels[c])] + [len(fmt_value(r.get(c))) for r in cells]) for c in cols]
+    return sum(widths) + 2 * (len(widths) - 1)
+
+
+def _legend(t: Mapping[str, Any], data: Mapping[str, Any], ranked_on: str, keep: list[str]) -> str:
+    """What the short headers mean: the fitness (part, seeds, which one), the floor, the metrics' part."""
+    headers = t.get("headers") or {}
+    fit = (data.get("fitness") or {}).get("searched") or "the searched"
+    bits = []
+    if ranked_on in keep:
+        how = str(headers.get(ranked_on, "")).split("fitness", 1)[-1]  # ", mean ± sd over 3 seeds" / " (1 seed)"
+        bits.append(f"fitness: {fit} fitness on the {ranked_on} part{how}")
+    if ranked_on == "report" and "search" in keep:
+        bits.append("search fit.: on the search part")
+    if "utility floor" in keep and data.get("utility_threshold") is not None:
+        util = metric_label((data.get("fitness") or {}).get("utility_key") or "utility")
+        bits.append(f"floor: {util} >= {sig(data.get('utility_threshold'))}")
+    part = next((v.rsplit(", ", 1)[1] for k, v in headers.items() if k not in ("search", "report") and ", " in v
+                 and v.endswith(" part")), None)
+    if part:
+        bits.append(f"metrics on the {part}")
+    return "; ".join(bits)
+
+
+def _wrap(text: str, width: int = TERMINAL_WIDTH) -> list[str]:
+    import textwrap
+
+    return textwrap.wrap(text, width=width, break_long_words=False, break_on_hyphens=False) if text else []
+
+
+def noise_lines(data: Mapping[str, Any]) -> list[str]:
+    """Whether the winner's report fitness is within the noise of a baseline's: the difference
+    and its standard error sqrt(sd_w^2/n_w + sd_b^2/n_b) over their report-part seeds (within the
+    noise: |difference| < 2 SE); with one run on either side there is no standard error to say."""
+    w = data.get("winner") or {}
+    mw, sw, nw = w.get("fitness_report"), w.get("fitness_report_std"), int(w.get("n_report") or 0)
+    if mw is None:
+        return []
+    within, unknown = [], []
+    for name, b in (data.get("baselines") or {}).items():
+        mb, sb, nb = b.get("fitness_report_mean"), b.get("fitness_report_std"), int(b.get("seeds") or 0)
+        if mb is None:
+            continue
+        delta = float(mw) - float(mb)
+        if nw > 1 and nb > 1 and sw is not None and sb is not None:
+            se = math.sqrt(float(sw) ** 2 / nw + float(sb) ** 2 / nb)
+            if abs(delta) < 2 * se:
+                within.append(f"{name} ({sig(float(mb))}; difference {sig(delta, 2)}, SE {sig(se, 2)} over {nw} + {nb} "
+                              "seeds)")
+        else:
+            unknown.append(f"{name} ({sig(float(mb))}; difference {sig(delta, 2)})")
+    out = []
+    if within:
+        out.append(f"Noise: the winner's report fitness {sig(float(mw))} is within the noise (|difference| < 2 SE) "
+                   f"of: {'; '.join(within)}.")
+    if unknown:
+        out.append(f"Noise: one report run on one side, so no standard error: the winner ({sig(float(mw))}) vs "
+                   f"{'; '.join(unknown)}; a difference this size may be noise.")
     return out
 
 
@@ -627,16 +782,16 @@ def _winner_block(data: Mapping[str, Any], markdown: bool) -> list[str]:
 def format_report(data: Mapping[str, Any], markdown: bool = False) -> str:
     """The leaderboard as text (terminal) or Markdown; every untrusted string made safe."""
     head = _head(data)
-    out = [f"- {md_text(line)}" for line in head] if markdown else list(head)
+    out = [f"- {md_text(line)}" for line in head] if markdown else [x for line in head for x in _wrap(line)]
     for t in data.get("tables") or []:
         out.append("")
         if t.get("section") == "finalist":
-            notes = [f"Why not: {n}" for n in data.get("why_not") or []]
+            notes = [f"Why not: {n}" for n in data.get("why_not") or []] + noise_lines(data)
             if markdown:
                 out += [md_text(data.get("selection") or ""), "", *(f"- {md_text(n)}" for n in notes), ""]
             else:
-                out += [data.get("selection") or "", *notes]
-        out += _table_block(t, markdown)
+                out += [x for line in [data.get("selection") or "", *notes] for x in _wrap(line)]
+        out += _table_block(t, markdown, data)
     if not data.get("tables"):
         out += ["", "no candidate finished yet"]
     out += _winner_block(data, markdown)
@@ -653,22 +808,33 @@ def best_loss_text(data: Mapping[str, Any], run_dir: Path) -> str | None:
     w = data.get("winner")
     if not w or not w.get("code"):
         return None
-    rd = clean_text(str(run_dir)).replace("\n", " ")
+    rd = clean_text(str(Path(run_dir).resolve())).replace("\n", " ")  # absolute: the command works from anywhere
     bench = clean_text(str(data.get("benchmark") or "")).replace("\n", " ")
     lines = [
-        f"# The best loss of the evounlearn search in {rd} (mode {data.get('mode')}, benchmark {bench}):",
+        f"# The best loss of the evounlearn search in {rd} ({_arm(data)}, benchmark {bench}):",
         f"# candidate #{w['id']}, generation {w['generation']}, operator {w.get('operator')}.",
         f"# search fitness {fmt_value(w.get('fitness_search'))} ({_seeds(w.get('n_search') or 0)}), report fitness "
         f"{fmt_value(w.get('fitness_report'))} ± {fmt_value(w.get('fitness_report_std'))} "
         f"({_seeds(w.get('n_report') or 0)}).",
         "# The functions below passed the sandbox's check and were re-generated from their syntax trees",
         "# (comments and top-level statements of the proposed text are not kept).",
-        f"# Use it: evounlearn unlearn --benchmark {bench} --method evolved --loss-file best_loss.py "
-        f"--config {rd}/best_config.yaml [forget_part=report train.seed=0]",
+        "# Use it (from any directory; best_config.yaml scores the search part of the forget split, as the",
+        "# search did; add `forget_part=report train.seed=0` for the held-out report part, `forget_part=all`",
+        "# for the whole split):",
+        f"#   {use_command(bench, rd)}",
         "",
     ]
     text = "\n".join(clean_text(x).replace("\n", " ") for x in lines) + "\n"
     return text + clean_text(str(w["code"])).rstrip() + "\n"
+
+
+def use_command(benchmark: str, run_dir: str | Path) -> str:
+    """The command that re-runs the winner's loss with the search's settings (absolute paths)."""
+    import shlex
+
+    rd = Path(run_dir).resolve()
+    return (f"evounlearn unlearn --benchmark {shlex.quote(benchmark)} --method evolved --loss-file "
+            f"{shlex.quote(str(rd / 'best_loss.py'))} --config {shlex.quote(str(rd / 'best_config.yaml'))}")
 
 
 def run_settings(unlearn: Mapping[str, Any] | None, *, seed: int | None, forget_part: str,
@@ -676,6 +842,9 @@ def run_settings(unlearn: Mapping[str, Any] | None, *, seed: int | None, forget_
     """The run options of one run of the search (best_config.yaml): the search's `unlearn`
     mapping with the part, seed and epochs of that run."""
     data = json.loads(json.dumps(dict(unlearn or {}), default=str))
+    source = data.get("data")
+    if isinstance(source, str) and source not in ("", "generated") and Path(source).exists():
+        data["data"] = str(Path(source).resolve())  # a relative data folder: usable from any directory
     data["forget_part"] = forget_part
     train = data.get("train") if isinstance(data.get("train"), dict) else {}
     if seed is not None:
@@ -712,7 +881,7 @@ def write_outputs(run_dir: str | Path, store: Store) -> dict[str, Any]:
                                  "seeds": w.get("n_search") or 0}
     try:
         fitness_plot(data.get("points") or [], base, rd / "fitness.png",
-                     title=f"evounlearn search ({data.get('mode')}): {data['fitness'].get('searched') or ''} fitness "
+                     title=f"evounlearn search ({_arm(data)}): {data['fitness'].get('searched') or ''} fitness "
                            "on the search part", references=refs, winner=winner)
     except Exception as e:  # a plotting problem never loses the search's results
         atomic_write_text(rd / "fitness.png.error.txt", f"{type(e).__name__}: {e}\n")

@@ -456,6 +456,14 @@ class Store:
         w = _Where().eq("kind", "candidate").eq("generation", generation).among("status", TRAINED_STATUSES)
         return self._count(f"SELECT COUNT(*) FROM candidates{w.sql}", w.params)
 
+    def extra_search_runs(self, first_seed: int) -> int:
+        """Search-part runs of proposals with another seed than their first (the races that re-run
+        elites, finalists' re-runs): trainings that the budget counts besides one per proposal."""
+        w = (_Where().eq("c.kind", "candidate").eq("e.part", "search").add("e.seed != ?", int(first_seed))
+             .among("c.status", TRAINED_STATUSES))
+        return self._count(f"SELECT COUNT(*) FROM evaluations e JOIN candidates c ON c.id = e.candidate_id{w.sql}",
+                           w.params)
+
     def original_proposal_count(self, generation: int | None = None) -> int:
         """Proposals that are not repairs of another one."""
         w = _Where().eq("kind", "candidate").eq("generation", generation).add("repair_of IS NULL")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +80,10 @@ class TuneConfig:
     workers: int = 2  # trials in parallel, one isolated process each
     seed: int = 0  # the sampler's seed and the trials' training seed
     benchmark: str = field(default_factory=lambda: str(_evolve_default("benchmark", DEFAULT_BENCHMARK)))
+    # one of the benchmark's fitnesses (docs/FITNESS.md); "" = what `evolve --mode ours` optimises
+    # (calibrated; the benchmark's default where it lacks that one), so that a tuned method and an
+    # evolved loss are ranked on the same scale
+    fitness: str = ""
     evaluator: str = "real"  # real = search.candidate, or a module with the same `evaluate_candidate`
     executor: str = "local"  # local | ray (see evolve's `ray` section)
     ray: RayConfig = field(default_factory=RayConfig)  # `executor: ray` (docs/DISTRIBUTED.md)
@@ -104,7 +109,14 @@ class TuneConfig:
             raise ConfigError(f"epochs must be [lo, hi] with 1 <= lo <= hi, got {self.epochs}")
         if self.spread <= 1:
             raise ConfigError(f"spread must be > 1, got {self.spread}")
+        self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
         return self
+
+    def fitness_name(self) -> str:
+        """The fitness the trials are scored with: `fitness`, else the one `evolve --mode ours` uses."""
+        from ..benchmarks import fitness_name
+
+        return fitness_name(self.benchmark, self.fitness, "ours")
 
 
 def load_tune_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TuneConfig:
@@ -132,6 +144,11 @@ def method_yaml(name: str) -> dict[str, Any]:
     import yaml
 
     return dict(yaml.safe_load((METHOD_CONFIGS / f"{check_method(name)}.yaml").read_text()) or {})
+
+
+def require_optuna() -> None:
+    """A one-line ConfigError when Optuna is not installed (before anything is written)."""
+    _optuna()
 
 
 def _optuna() -> Any:
@@ -293,6 +310,7 @@ class JobRunner:
     evaluator: str = "real"
     keep_models: bool = False
     job_options: Mapping[str, Any] = field(default_factory=dict)
+    fitness: str = ""  # the benchmark's fitness the jobs score with ("" = its default)
 
     @property
     def module(self) -> str:
@@ -305,7 +323,7 @@ class JobRunner:
         return {"run_dir": str(run_dir), "method": point.method, "epochs": point.epochs, "seed": int(seed),
                 "forget_part": part, "unlearn": unlearn, "benchmark": self.benchmark,
                 "target_utility": self.target_utility, "utility_floor": self.utility_floor,
-                "keep_model": self.keep_models, **dict(self.job_options)}
+                "keep_model": self.keep_models, "fitness": self.fitness, **dict(self.job_options)}
 
     def submit(self, point: MethodPoint, part: str, seed: int, run_dir: str | Path) -> Future[JobResult]:
         return self.executor.submit(f"{self.module}:evaluate_candidate", self.kwargs(point, part, seed, run_dir),
@@ -315,7 +333,8 @@ class JobRunner:
         """The target model's metrics (the utility floor's reference), from the target job."""
         from ..sandbox import Limits
 
-        kw = {"unlearn": dict(self.unlearn), "benchmark": self.benchmark, "log_file": str(log_file)}
+        kw = {"unlearn": dict(self.unlearn), "benchmark": self.benchmark, "log_file": str(log_file),
+              "fitness": self.fitness}
         res = self.executor.submit(f"{self.module}:target_info", kw, Limits(None, None, None)).result()
         if not res.ok:
             last = (res.error or res.killed_reason or "job failed").strip().splitlines()[-1]
@@ -324,24 +343,21 @@ class JobRunner:
         return dict(res.value)
 
     def outcome(self, fut: Future[JobResult], part: str, seed: int, run_dir: str | Path) -> RunOutcome:
-        from ..benchmarks.base import rank_score, utility
+        """A finished job as a scored run, read through the one reader (`candidate.JobOutcome`):
+        an infrastructure fault, the executor's or the job's own, comes back `infra` (retried)."""
+        from ..benchmarks.base import get_benchmark, rank_score
+        from .candidate import JobOutcome
 
-        out = RunOutcome(part, int(seed), str(run_dir))
-        try:
-            res = fut.result()
-        except Exception as e:  # an executor-level failure: the point is not to blame
-            out.error, out.infra = f"{type(e).__name__}: {e}", True
+        job = JobOutcome.from_future(fut)
+        out = RunOutcome(part, int(seed), str(run_dir), infra=job.infra, seconds=job.wall_seconds)
+        r = job.result
+        if r is None or job.infra:
+            out.error = job.error or (r.error if r is not None else None) or "job failed"
             return out
-        out.seconds, out.infra = float(res.wall_seconds), bool(res.infra)
-        value = res.value if res.ok and isinstance(res.value, Mapping) else {}
-        if not value:
-            out.error = f"{res.killed_reason or 'job failed'}: {(res.error or '').strip()[-300:]}"
-            return out
-        out.summary, out.error = value.get("summary"), value.get("error")
-        fit = value.get("fitness")
-        out.fitness = float(fit) if isinstance(fit, (int, float)) and math.isfinite(fit) else FAILED
-        out.utility = utility(self.benchmark, out.summary)
-        out.ok = bool(value.get("ok")) and math.isfinite(out.fitness)
+        out.summary, out.error = r.summary, r.error
+        out.fitness = float(r.fitness) if math.isfinite(r.fitness) else FAILED
+        out.utility = r.utility(None, get_benchmark(self.benchmark).fitness_spec(self.fitness).utility_key)
+        out.ok = r.ok and math.isfinite(out.fitness)
         out.score = rank_score(out.fitness, out.utility, self.target_utility, self.utility_floor)
         return out
 
@@ -425,6 +441,8 @@ class Tuner:
     def __init__(self, cfg: TuneConfig, run_dir: str | Path | None = None, *, executor: Executor | None = None,
                  resume: bool = False) -> None:
         self.cfg = cfg.check()
+        # pin the resolved fitness, so that a resumed tune (or a later default) never switches it
+        self.cfg.fitness = self.cfg.fitness_name()
         self.run_dir = Path(run_dir or cfg.run_dir or default_run_dir(cfg.method)).resolve()
         self.cfg.run_dir = str(self.run_dir)
         self.resume = resume
@@ -455,6 +473,10 @@ class Tuner:
             raise ConfigError(f"{db} holds no tune config")
         cfg = TuneConfig()
         apply_overrides(cfg, saved)
+        if "fitness" not in saved:  # a tune from before `fitness` existed scored the benchmark's default
+            from ..benchmarks import get_benchmark
+
+            cfg.fitness = get_benchmark(cfg.benchmark).default_fitness_name()
         apply_overrides(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
         if cfg.method != saved.get("method"):
             raise ConfigError(f"{run_dir} tunes {saved.get('method')}, not {cfg.method}")
@@ -465,6 +487,7 @@ class Tuner:
         """Run (or continue) the tune to the end; returns the leaderboard data."""
         from ..benchmarks import get_benchmark
 
+        _optuna()  # a missing Optuna is one line, before the run directory exists
         self.run_dir.mkdir(parents=True, exist_ok=True)
         bench = get_benchmark(self.cfg.benchmark)
         self.space = build_space(self.cfg, bench.method_yaml())
@@ -509,7 +532,7 @@ class Tuner:
                                            **executor_options(self.cfg, self.run_dir))  # type: ignore[arg-type]
         return JobRunner(self._executor, self.cfg.benchmark, self.cfg.unlearn, limits, self.cfg.utility_floor,
                          evaluator=self.cfg.evaluator, keep_models=self.cfg.keep_models,
-                         job_options=self.cfg.job_options)
+                         job_options=self.cfg.job_options, fitness=self.cfg.fitness)
 
     def _close(self, kill: bool = False) -> None:
         if self._own_executor and self._executor is not None:
@@ -582,9 +605,24 @@ class Tuner:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
             if out.infra:  # lost to the infrastructure: ask the same params again
                 self.study.enqueue_trial(dict(trial.params))
-        log.info("trial %d: %s (%d/%d trained)", trial.number,
-                 f"fitness {out.fitness:.4f}, score {out.score:.4f}" if out.ok else f"failed: {out.error}",
+        log.info("trial %d: %s (%d/%d trained)", trial.number, self.trial_line(out) if out.ok else f"failed: {out.error}",
                  self.charged(), self.cfg.budget)
+
+    def trial_line(self, out: RunOutcome) -> str:
+        """`fitness F` and whether the trial passes the utility floor; below it, why its score
+        is lower than its fitness (the ranking score = fitness - 2 below the floor)."""
+        tu = self.runner.target_utility if self.runner is not None else None
+        floor = self.cfg.utility_floor
+        if tu is None or out.utility is None:
+            return f"fitness {_fmt(out.fitness)}"
+        from ..benchmarks.base import BELOW_FLOOR_PENALTY, passes_floor
+
+        limit = floor * float(tu)
+        if passes_floor(out.utility, tu, floor):
+            return f"fitness {_fmt(out.fitness)}, utility {_fmt(out.utility)} passes the floor {_fmt(limit)}"
+        return (f"fitness {_fmt(out.fitness)}, but utility {_fmt(out.utility)} is below the floor {_fmt(limit)} "
+                f"({floor} x the target's {_fmt(tu)}): ranked by score {_fmt(out.score)} "
+                f"(fitness - {BELOW_FLOOR_PENALTY:g})")
 
     # -- finalists ------------------------------------------------------------------------------
     def point_reports(self) -> list[PointReport]:
@@ -652,8 +690,21 @@ def default_run_dir(method: str) -> Path:
 # outputs: leaderboard.json / .md, best_config.yaml
 
 
-def trial_rows(tuner: Tuner) -> list[dict[str, Any]]:
-    """Every finished trial, completed ones by search score (best first), then the failed ones."""
+def side_by_side(summary: Mapping[str, Any] | None, names: Sequence[str]) -> dict[str, float | None]:
+    """Forget quality and every fitness of a run's summary (``fitness_<name>``, as the candidate job
+    reports them): the columns evolve's leaderboard shows too, whatever fitness was searched."""
+    summary = summary or {}
+    out: dict[str, float | None] = {}
+    for key in ("forget_quality", *(f"fitness_{n}" for n in names)):
+        v = summary.get(key)
+        v = v.get("agg") if isinstance(v, Mapping) else v
+        out[key] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return out
+
+
+def trial_rows(tuner: Tuner, names: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Every finished trial, completed ones by search score (best first), then the failed ones;
+    `names`: the benchmark's fitnesses, shown side by side with forget quality (`side_by_side`)."""
     optuna = _optuna()
     states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
     rows = []
@@ -661,6 +712,7 @@ def trial_rows(tuner: Tuner) -> list[dict[str, Any]]:
         a, ok = t.user_attrs, t.state == optuna.trial.TrialState.COMPLETE
         rows.append({"trial": t.number, "state": t.state.name.lower(), "params": dict(t.params),
                      "score": t.value if ok else None, "fitness": a.get("fitness"), "utility": a.get("utility"),
+                     **side_by_side(a.get("summary"), names),
                      "charged": bool(a.get("charged", False)), "error": a.get("error"),
                      "seconds": a.get("seconds"), "run_dir": a.get("run_dir")})
     return sorted(rows, key=lambda r: (r["score"] is None, -(r["score"] or 0.0), r["trial"]))
@@ -688,17 +740,20 @@ def write_outputs(tuner: Tuner) -> dict[str, Any]:
 
     import yaml
 
+    from ..benchmarks import get_benchmark
     from ..files import atomic_write_text as write_text
 
     assert tuner.space is not None
     reports = tuner.point_reports()
     finalist_ids = set(tuner.study.user_attrs.get("finalists") or [])
+    names = list(get_benchmark(tuner.cfg.benchmark).all_fitnesses())
     data: dict[str, Any] = {
         "method": tuner.space.method, "benchmark": tuner.cfg.benchmark, "budget": tuner.cfg.budget,
+        "fitness": tuner.cfg.fitness, "fitnesses": names,
         "trained": tuner.charged(), "seed": tuner.cfg.seed, "utility_floor": tuner.cfg.utility_floor,
         "target_utility": (tuner.study.user_attrs.get("target") or {}).get("target_utility"),
         "space": [asdict(r) for r in tuner.space.ranges],
-        "trials": trial_rows(tuner),
+        "trials": trial_rows(tuner, names),
         "finalists": [_finalist_row(r) for r in reports if r.label in finalist_ids],
         "best": None,
     }
@@ -706,7 +761,10 @@ def write_outputs(tuner: Tuner) -> dict[str, Any]:
         best = reports[0]
         cfg = best_config(tuner, best.point)
         write_text(tuner.run_dir / "best_config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-        data["best"] = {"trial": int(best.label), "config": cfg, "config_path": str(tuner.run_dir / "best_config.yaml")}
+        path = tuner.run_dir / "best_config.yaml"  # absolute: the command works from any directory
+        data["best"] = {"trial": int(best.label), "config": cfg, "config_path": str(path),
+                        "command": f"evounlearn unlearn --benchmark {tuner.cfg.benchmark} --method {best.point.method} "
+                                   f"--config {shlex.quote(str(path))}"}
     write_text(tuner.run_dir / "leaderboard.json", json.dumps(_json_ready_deep(data), indent=1, default=str))
     write_text(tuner.run_dir / "leaderboard.md", leaderboard_markdown(data))
     return data
@@ -730,22 +788,28 @@ def _fmt(v: Any, digits: int = 4) -> str:
 
 def leaderboard_markdown(data: Mapping[str, Any]) -> str:
     names = [r["name"] for r in data["space"]]
+    # forget quality and every fitness side by side (the searched one marked), as evolve's table
+    sides = ["forget_quality", *(f"fitness_{n}" for n in data.get("fitnesses") or [])]
+    heads = ["forget quality", *(f"{n} fitness" + (" (searched)" if n == data.get("fitness") else "")
+                                 for n in data.get("fitnesses") or [])]
     lines = [f"# tune: {data['method']} on {data['benchmark']}", "",
-             f"{data['trained']} of {data['budget']} trials trained; fitness on the search part, "
-             f"score = fitness (- 2 below the utility floor {data['utility_floor']} x target "
+             f"{data['trained']} of {data['budget']} trials trained; fitness ({data.get('fitness') or 'default'}) "
+             f"on the search part, score = fitness (- 2 below the utility floor {data['utility_floor']} x target "
              f"{_fmt(data['target_utility'])}).", "", "## Finalists (report part)", "",
              "| trial | search score | report fitness (mean +- sd) | runs |", "|---|---|---|---|"]
     for f in data["finalists"]:
         lines.append(f"| {f['trial']} | {_fmt(f['search_score'])} | {_fmt(f['report_fitness_mean'])} +- "
                      f"{_fmt(f['report_fitness_sd'])} | {f['report_ok']}/{f['report_runs']} |")
     lines += ["", "## Trials (by search score)", "",
-              "| trial | score | fitness | utility | " + " | ".join(names) + " | state |",
-              "|---" * (len(names) + 5) + "|"]
+              "| trial | score | fitness | utility | " + " | ".join([*heads, *names]) + " | state |",
+              "|---" * (len(names) + len(heads) + 5) + "|"]
     for r in data["trials"]:
-        vals = " | ".join(_fmt(r["params"].get(n)) for n in names)
+        vals = " | ".join([*(_fmt(r.get(k)) for k in sides), *(_fmt(r["params"].get(n)) for n in names)])
         lines.append(f"| {r['trial']} | {_fmt(r['score'])} | {_fmt(r['fitness'])} | {_fmt(r['utility'])} | "
                      f"{vals} | {r['state']} |")
     if data.get("best"):
-        lines += ["", f"Best: trial {data['best']['trial']} -> `{data['best']['config_path']}` "
-                  f"(`evounlearn unlearn --method {data['method']} --config best_config.yaml`)."]
+        best = data["best"]
+        command = best.get("command") or f"evounlearn unlearn --method {data['method']} --config {best['config_path']}"
+        lines += ["", f"Best: trial {best['trial']} -> `{best['config_path']}`; unlearn and evaluate on the whole "
+                  f"forget set with it: `{command}`."]
     return "\n".join(lines) + "\n"

@@ -55,7 +55,8 @@ def finetune_rows(model, fmt: PromptFormatter, encoded: Sequence[EncodedQA], cfg
     history: list[float] = []
     tokens = 0
     t0 = time.time()
-    bar = tqdm(total=total, desc=desc, unit="step", leave=False, mininterval=1.0)
+    bar = tqdm(total=total, desc=f"{desc} ({torch.get_num_threads()} threads)", unit="step", leave=False,
+               mininterval=1.0)
     for _epoch in range(cfg.epochs):
         order = list(range(len(encoded)))
         rng.shuffle(order)

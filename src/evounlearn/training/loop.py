@@ -194,6 +194,7 @@ class Unlearner:
         self.retain_share = perm[self.acc.process_index :: world] if len(perm) >= world else perm
         self.state = {"step": 0, "epoch": 0, "micro": 0, "best": None, "best_step": None, "bad_evals": 0,
                       "loss_history": [], "epoch_losses": [], "evals": []}
+        self._seconds_before, self._session_t0 = 0.0, None  # training seconds of earlier sessions, this one's start
 
     # -- batches --------------------------------------------------------------------------------
     def _forget_order(self, epoch: int) -> list[int]:
@@ -288,6 +289,8 @@ class Unlearner:
         if d is None:
             return
         self.acc.wait_for_everyone()
+        if self._session_t0 is not None:  # training seconds so far, over every session (for --resume)
+            self.state["seconds"] = self._seconds_before + time.time() - self._session_t0
         if self.acc.is_main_process:
             tmp = d.with_name("checkpoint.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -364,8 +367,10 @@ class Unlearner:
         model = self.model
         model.train()
         t0 = time.time()
+        # a resumed run counts the sessions before it (up to their last checkpoint) in `seconds`
+        self._seconds_before, self._session_t0 = float(self.state.get("seconds", 0.0) or 0.0), t0
         tokens = 0
-        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"unlearn {self.spec.name}",
+        bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=f"unlearn {self.spec.name} ({torch.get_num_threads()} threads)",
                    unit="step", disable=not self.acc.is_main_process, leave=False, mininterval=1.0)
         steps_this_session = 0
         stopped_early = False
@@ -425,7 +430,8 @@ class Unlearner:
         return {
             "steps": self.state["step"],
             "epochs": self.state["epoch"],
-            "seconds": seconds,
+            "seconds": self._seconds_before + seconds,  # every session's training time
+            "session_seconds": seconds,  # this process's part (the whole run unless resumed)
             "seconds_per_step": seconds / steps,
             "tokens_per_second": tokens / max(seconds, 1e-9),
             "loss_history": self.state["loss_history"],

@@ -250,6 +250,9 @@ class GeneratedBenchmark(TofuBenchmark):
     aliases = ("gen",)
     description = "the generated TOFU-shaped benchmark (fictitious people, question-answer pairs)"
     setting: str = ""
+    # options under the user's: the `-large` benchmarks' size (only `prepare.*` keys: the data and
+    # the target / oracle recipe)
+    preset: Mapping[str, Any] = {}
     prompt_notes = (
         "a generated TOFU-shaped benchmark (fictitious people, question-answer pairs). MU "
         "(model utility) aggregates retain-set and general-knowledge scores."
@@ -263,8 +266,11 @@ class GeneratedBenchmark(TofuBenchmark):
                               f"not {given!r} (use --benchmark {given})")
 
     def with_setting(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The options with this benchmark's generator setting (ConfigError on a conflicting one)."""
+        """The options with this benchmark's size preset under them (the user's options win) and
+        its generator setting (ConfigError on a conflicting one)."""
         opts = dict(options or {})
+        if self.preset:
+            opts = merged(self.preset, opts)
         if not self.setting:
             return opts
         self._check_setting(((opts.get("prepare") or {}).get("generated") or {}).get("setting"))
@@ -273,7 +279,12 @@ class GeneratedBenchmark(TofuBenchmark):
         return merged(opts, {"prepare": {"generated": {"setting": self.setting}}})
 
     def _overrides(self, overrides: list[str], key: str) -> list[str]:
-        """key=value overrides with the setting appended (last, so it is the one applied)."""
+        """key=value overrides with the size preset first (the user's win) and the setting appended
+        (last, so it is the one applied). `key` is the setting's key in the command's config, so
+        its prefix says where the preset's `prepare.` options sit there."""
+        prefix = key[: -len("generated.setting")]
+        preset = [f"{prefix}{k[len('prepare.'):]}={v}" for k, v in _flat(self.preset)] if self.preset else []
+        overrides = [*preset, *overrides]
         if not self.setting:
             return list(overrides)
         self._check_setting(parse_overrides(list(overrides)).get(key))
@@ -344,4 +355,37 @@ class ParaphraseBenchmark(GeneratedBenchmark):
         "dates, titles). Pushing down the template words damages all of retain: target the values."
         + _SETTING_FITNESS_NOTE
     )
+
+
+def _flat(tree: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """[("a.b.c", value), ...] of a nested mapping."""
+    out: list[tuple[str, Any]] = []
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out += _flat(v, f"{prefix}{k}.")
+        else:
+            out.append((f"{prefix}{k}", v))
+    return out
+
+
+# The resolving size (benchmarks/results/noise.json): 4x the authors and holdout authors of the
+# default, so each forget part has 80 rows and the holdout 160 (20 and 40 at the default), which
+# halves both noise sources of a candidate's fitness (training seed and which rows are scored); the
+# target is trained long enough to still memorise them. Chosen from the noise datasheet
+# (`python benchmarks/noise.py`), not tuned to make any loss win.
+LARGE_PRESET: dict[str, Any] = {"prepare": {"generated": {"authors": 160, "holdout_authors": 16},
+                                            "train": {"epochs": 32}}}
+
+
+def _large(base: type[GeneratedBenchmark]) -> type[GeneratedBenchmark]:
+    """`<base>-large`: the same setting at the resolving size."""
+    attrs = {"name": f"{base.name}-large", "aliases": (), "preset": LARGE_PRESET,
+             "description": f"{base.description}; at the resolving size (80 forget rows per part, 160 holdout rows)"}
+    return register_benchmark(type(f"{base.__name__.removesuffix('Benchmark')}LargeBenchmark", (base,), attrs))
+
+
+GeneratedLargeBenchmark = _large(GeneratedBenchmark)
+EntangledLargeBenchmark = _large(EntangledBenchmark)
+PartialLargeBenchmark = _large(PartialBenchmark)
+ParaphraseLargeBenchmark = _large(ParaphraseBenchmark)
 

@@ -23,6 +23,7 @@ from ...config import to_dict
 from ...data import tofu
 from ...data.generated import ensure_benchmark
 from ...files import atomic_dir, atomic_write_json, file_lock, read_json, read_json_or_none
+from ...versions import library_versions, warn_if_versions_changed
 from .config import PrepareConfig
 
 # torch, transformers and the evaluation stack are imported inside the functions that use them:
@@ -139,14 +140,11 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    split = tofu.check_forget_split(cfg.forget_split)
-    source = resolve_data(cfg)
-    retain_split = tofu.FORGET_TO_RETAIN[split]
     t0 = time.time()
-    data_hash = _data_fingerprint(source, ["full", retain_split, "real_authors", "world_facts"])
-    recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train)}
-    key = _hash({"data": data_hash, "recipe": recipe})
-    entry = _Entry.at(Path(cfg.cache_dir or default_cache_dir()) / "prepare" / key, split)
+    entry, source, recipe = _entry_of(cfg)
+    split = entry.split
+    if not entry.complete():
+        warn_if_versions_changed(entry.root.parent.glob(f"*/prepare-{split}.json"), recipe, f"prepare {split}")
     if force or not entry.complete():
         with file_lock(entry.root):
             if force:
@@ -156,6 +154,30 @@ def prepare(cfg: PrepareConfig, force: bool = False) -> Prepared:
                 _build_entry(cfg, entry, source, recipe, t0)
     info = read_json(entry.info, "prepare info")
     return Prepared(entry.root, source, split, entry.target, entry.retain, entry.target_results,
+                    entry.retain_results, info)
+
+
+def _entry_of(cfg: PrepareConfig) -> tuple[_Entry, str, dict[str, Any]]:
+    """(the cache entry of `cfg`'s target and oracle, the data source, the recipe)."""
+    split = tofu.check_forget_split(cfg.forget_split)
+    source = resolve_data(cfg)
+    retain_split = tofu.FORGET_TO_RETAIN[split]
+    data_hash = _data_fingerprint(source, ["full", retain_split, "real_authors", "world_facts"])
+    # the library versions are part of the recipe: an upgraded install rebuilds (versions.py)
+    recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
+              "data": data_hash, "libraries": library_versions()}
+    key = _hash({"data": data_hash, "recipe": recipe})
+    return _Entry.at(Path(cfg.cache_dir or default_cache_dir()) / "prepare" / key, split), source, recipe
+
+
+def cached_prepared(cfg: PrepareConfig) -> Prepared | None:
+    """The prepared target and oracle of `cfg` when they are complete in the cache (nothing is
+    trained or written, besides the generated benchmark's data files); else None."""
+    entry, source, _ = _entry_of(cfg)
+    if not entry.complete():
+        return None
+    info = read_json_or_none(entry.info) or {}
+    return Prepared(entry.root, source, entry.split, entry.target, entry.retain, entry.target_results,
                     entry.retain_results, info)
 
 

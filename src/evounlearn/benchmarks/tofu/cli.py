@@ -4,6 +4,7 @@ reproducible run directories (`build_config` / `run_unlearning`) for `unlearn`."
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,14 +42,72 @@ def model_label(model: str, adapter: str | None) -> str:
     return Path(model).name
 
 
+@dataclass
+class RunEval:
+    """What `evounlearn eval RUN_DIR` takes from an unlearning run: its model (or adapter on its
+    base model), its oracle's results, and the part of the forget split it was scored on."""
+
+    model: str
+    adapter: str | None
+    retain_results: str
+    forget_part: str
+    search_fraction: float
+    prepared_target: bool = True  # the run unlearned the prepared target (so its oracle is the prepared one)
+
+
+def run_eval_config(run_dir: str, overrides: list[str]) -> tuple[Any, RunEval]:
+    """(the PrepareConfig, RunEval) of an `unlearn` run directory: the run's data, split,
+    evaluation settings and prepared models, then the eval's own key=value overrides."""
+    import yaml
+
+    from ...config import apply_overrides, parse_overrides
+    from .config import UnlearnConfig
+
+    rd = Path(run_dir)
+    path = rd / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"{run_dir} is not an unlearning run directory (no config.yaml)")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict) or "prepare" not in data:
+        other = f" (a {data.get('benchmark')} run: its results.json holds its evaluation)" if isinstance(
+            data, dict) and data.get("benchmark") else ""
+        raise ConfigError(f"{path} is not the config of a TOFU-shaped unlearning run{other}")
+    ucfg = UnlearnConfig()
+    apply_overrides(ucfg, data)
+    cfg = ucfg.prepare
+    cfg.data, cfg.forget_split, cfg.eval = ucfg.data, ucfg.forget_split, ucfg.eval
+    apply_overrides(cfg, parse_overrides(overrides))
+    if (rd / "adapter").is_dir():
+        model, adapter = ucfg.model or "", str(rd / "adapter")
+    elif (rd / "model").is_dir():
+        model, adapter = str(rd / "model"), None
+    else:
+        raise ConfigError(f"{run_dir} holds no model (no model/ or adapter/ folder: the run did not finish, "
+                          f"or its model was not kept)")
+    return cfg, RunEval(model, adapter, ucfg.retain_results, ucfg.forget_part, ucfg.search_fraction,
+                        prepared_target=not ucfg.model)
+
+
 def cli_eval(req: EvalRequest) -> Report:
-    """The full TOFU suite on `req.model` (or the prepared target and oracle). The oracle is
-    evaluated first (the target's forget quality needs it); the table shows the target first."""
+    """The full TOFU suite on `req.model`, a run directory's model, or the prepared target and
+    oracle. The oracle is evaluated first (the target's forget quality needs it); the table shows
+    the target first. A given model is scored against the prepared oracle's results when they are
+    in the cache (or `--retain-results`)."""
+    import os
+    import sys
+
     from ...config import load_config
+    from ...models.source import check_model_source
     from .build import check_tofu_data
     from .config import PrepareConfig
 
-    cfg = load_config(PrepareConfig, req.config, req.overrides)
+    run: RunEval | None = None
+    if req.run_dir:
+        cfg, run = run_eval_config(req.run_dir, req.overrides)
+        if req.config:
+            raise ConfigError("a run directory brings its own config: give key=value overrides, not --config")
+    else:
+        cfg = load_config(PrepareConfig, req.config, req.overrides)
     attacks: list[str] = []
     if req.attacks:
         from ...evaluation.attacks import parse_attacks
@@ -59,27 +118,65 @@ def cli_eval(req: EvalRequest) -> Report:
     if req.retain_results and not Path(req.retain_results).is_file():
         raise ConfigError(f"retain results file {req.retain_results} does not exist")
     check_tofu_data(cfg.data, cfg.forget_split)  # before any model is loaded
-    return _evaluate(req, cfg, attacks)
+    if req.model:
+        check_model_source(req.model)  # a missing folder or an unreachable Hub id: one line, nothing written
+    if req.reference_model:
+        check_model_source(req.reference_model, "--reference-model")
+    if run is not None and run.model:
+        check_model_source(run.model, "the run's model")
+    what = (f"the model of {req.run_dir}" if req.run_dir else req.model or "the prepared target and retain oracle")
+    if os.environ.get("RANK", "0") in ("", "0"):  # the main process of an `accelerate launch` only
+        print(f"eval: {what} on {cfg.forget_split} of {cfg.data} (loading; the table follows)", file=sys.stderr,
+              flush=True)
+    return _evaluate(req, cfg, attacks, run)
 
 
-def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str]) -> Report:
+def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | None = None) -> Report:
     from ...evaluation.tofu_eval import TofuEvaluator, load_results, save_results
     from ...models.loading import load_model_and_tokenizer
-    from .build import prepare, resolve_data
+    from .build import cached_prepared, prepare
 
     models: dict[str, tuple[str, str | None]] = {}
-    retain_results = load_results(req.retain_results) if req.retain_results else None
-    if req.model:
-        models[model_label(req.model, req.adapter)] = (req.model, req.adapter)
-        source = resolve_data(cfg)
+    lines: list[str] = []
+    retain_path = req.retain_results or (run.retain_results if run else "")
+    forget_indices = None
+    if req.model or run is not None:
+        if run is not None:
+            model, adapter = run.model, run.adapter
+            if not model:  # a LoRA run on the prepared target
+                model = str(prepare(cfg).target)
+            name = Path(req.run_dir or "run").resolve().name
+        else:
+            model, adapter = str(req.model), req.adapter
+            name = model_label(model, adapter)
+        models[name] = (model, adapter)
+        # the prepared oracle of these data, when cached (a run of another base model: only its own)
+        look = not retain_path and (run is None or run.prepared_target)
+        found = cached_prepared(cfg) if look else None
+        source = found.data if found else _source(cfg)
+        if found is not None:
+            retain_path = str(found.retain_results)
+        if retain_path:
+            lines.append(f"forget quality and PrivLeak against the retain oracle's results: {retain_path}")
+        else:
+            lines.append("no retain oracle in the cache for these data (run `evounlearn prepare` with the same "
+                         "options, or pass --retain-results): forget quality and PrivLeak are not computed")
+        if run is not None:
+            forget_indices = _part_indices(source, cfg.forget_split, run)
+            lines.append(f"data: the whole {cfg.forget_split} split (the run's forget_part=all)" if forget_indices
+                         is None else f"data: the {run.forget_part} part of {cfg.forget_split} "
+                         f"({len(forget_indices)} questions; the run's forget_part)")
+        else:
+            lines.append(f"data: the whole {cfg.forget_split} split")
     else:  # default: the prepared target and retain oracle of the benchmark
         p = prepare(cfg)
         source = p.data
         models = {"target": (str(p.target), None), "retain": (str(p.retain), None)}
-    ev = TofuEvaluator(source, cfg.forget_split, cfg.eval)
+        lines.append(f"data: the whole {cfg.forget_split} split")
+    retain_results = load_results(retain_path) if retain_path else None
+    ev = TofuEvaluator(source, cfg.forget_split, cfg.eval, forget_indices=forget_indices)
     reference = load_model_and_tokenizer(req.reference_model)[0] if req.reference_model else None
     summaries: dict[str, dict[str, Any]] = {}
-    lines: list[str] = []
     for name in sorted(models, key=lambda n: n != "retain"):
         path, adapter = models[name]
         model, tok = load_model_and_tokenizer(path, adapter=adapter)
@@ -111,6 +208,24 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str]) -> Report:
                   lines)
 
 
+def _source(cfg: Any) -> str:
+    from .build import resolve_data
+
+    return resolve_data(cfg)
+
+
+def _part_indices(source: str, split: str, run: RunEval) -> list[int] | None:
+    """The forget rows the run was scored on (None: all of them)."""
+    if run.forget_part == "all":
+        return None
+    from ...data import tofu
+    from ..parts import forget_part_indices
+    from .unlearn import _group
+
+    n = len(tofu.load_split(split, source))
+    return forget_part_indices(n, run.forget_part, run.search_fraction, group=_group(source, split))
+
+
 def cli_unlearn(method: str | None, config: str | None, overrides: list[str], *, resume: str | None = None) -> Report:
     from ..runs import finished_run_report, guard_run_dir
     from .build import check_tofu_data, prepare, summaries
@@ -125,6 +240,10 @@ def cli_unlearn(method: str | None, config: str | None, overrides: list[str], *,
     else:
         light, _ = check_config(method, config, overrides)  # every option, before importing torch
         check_tofu_data(light.data, light.forget_split)  # every split, before loading a model
+        if light.model:
+            from ...models.source import check_model_source
+
+            check_model_source(light.model)  # one line, before any cache write or run directory
         cfg = build_config(method, config, overrides)
     cfg.run_dir = cfg.run_dir or str(default_run_dir(cfg))
     with guard_run_dir(cfg.run_dir):
@@ -133,4 +252,6 @@ def cli_unlearn(method: str | None, config: str | None, overrides: list[str], *,
     if not cfg.model:
         table.update(summaries(prepare(cfg.prepare)))
     table[cfg.method] = {**record.get("summary", {}), "seconds": record["seconds"]}
-    return Report(table, COMPARE_KEYS, [], cfg.run_dir)
+    part = (f"the whole {cfg.forget_split} split" if cfg.forget_part == "all"
+            else f"the {cfg.forget_part} part of {cfg.forget_split} (forget_part={cfg.forget_part})")
+    return Report(table, COMPARE_KEYS, [f"unlearned and evaluated on {part}"], cfg.run_dir)

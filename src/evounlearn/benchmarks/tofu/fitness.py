@@ -2,8 +2,10 @@
 
 - `evomu` (SPEC 2.1, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
   every value clamped to [0, 1];
-- `calibrated`: `(1 - mean(|ROUGE_f - ROUGE_h|, |Prob_f - Prob_h|, 2|AUC_LOSS - 0.5|)) *
-  min(1, MU / MU_target)` with h = the holdout split matching the forget split;
+- `calibrated` (version 2): `(1 - mean(side_gap(ROUGE_f, ROUGE_h), side_gap(Prob_f, Prob_h),
+  clamp((|d_LOSS| - se_d) / 2))) * min(1, MU / MU_target)` (each side gap less its standard error) with h = the holdout split matching the
+  forget split (`CALIBRATED_FORMULA`); `tofu_calibrated_v1_fitness` keeps the earlier formula (not registered: for comparisons with
+  older results, e.g. benchmarks/noise.py);
 - `oracle`: `clamp(1 + log10(FQ) / 10, 0, 1) * min(1, MU / MU_target)` (FQ needs the retain
   oracle's results).
 """
@@ -23,7 +25,16 @@ from ..base import (
     FitnessSpec,
     metric,
 )
-from ..fitness import calibration, fq_score, gap, mia_gap, optional_metric, relative_utility
+from ..fitness import (
+    calibration,
+    fq_score,
+    gap,
+    mia_gap,
+    optional_metric,
+    relative_utility,
+    side_gap,
+    smd_gap,
+)
 
 
 def _clamp(x: float) -> float:
@@ -39,9 +50,22 @@ def tofu_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = 
 
 
 def tofu_calibrated_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
-    """`calibrated` (docs/FITNESS.md): the forget rows should look like the holdout rows (never
-    trained on) in both directions, times the utility kept relative to the target model. The
-    LOSS-attack term is left out when the MIAs were not computed (`eval.mia: false`)."""
+    """`calibrated` version 2 (docs/FITNESS.md): the forget rows should look like the holdout rows
+    (never trained on), each gap measured as a fraction of how far it can go on its side of the
+    holdout level (total over- and total under-forgetting cost alike), the membership term from the
+    LOSS scores' standardised difference; times the utility kept relative to the target model. The
+    membership term is left out when the MIAs were not computed (`eval.mia: false`)."""
+    gaps = [side_gap(metric(summary, f"forget_{k}"), metric(summary, f"holdout_{k}"),
+                     optional_metric(summary, f"forget_{k}_gap_se")) for k in ("rouge", "prob")]
+    smd = optional_metric(summary, "mia_loss_smd")
+    if smd is not None:
+        gaps.append(smd_gap(smd, optional_metric(summary, "mia_loss_smd_se")))
+    return calibration(gaps) * relative_utility(summary, target, "model_utility")
+
+
+def tofu_calibrated_v1_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """`calibrated` version 1 (not registered; kept to compare with older results): absolute
+    gaps to the holdout level and the LOSS attack's AUC, times the relative utility."""
     gaps = [gap(metric(summary, "forget_rouge"), metric(summary, "holdout_rouge")),
             gap(metric(summary, "forget_prob"), metric(summary, "holdout_prob"))]
     auc = optional_metric(summary, "mia_loss")
@@ -59,8 +83,14 @@ def tofu_oracle_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | 
 TOFU_FORMULA = "0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob), values clamped to [0, 1]"
 
 
-CALIBRATED_FORMULA = ("(1 - mean(|forget_ROUGE - holdout_ROUGE|, |forget_Prob - holdout_Prob|, "
-                      "2 * |AUC_LOSS(forget vs holdout) - 0.5|)) * min(1, MU / MU_target)")
+CALIBRATED_FORMULA = ("(1 - mean(side_gap(forget_ROUGE, holdout_ROUGE), side_gap(forget_Prob, holdout_Prob), "
+                      "clamp((|d_LOSS| - se_d) / 2))) * min(1, MU / MU_target), where side_gap(f, h) = "
+                      "max(0, |f - h| - se) / (1 - h) above the holdout level h and / h below it (se = the "
+                      "standard error of the difference of the per-row means), d_LOSS = the standardised mean "
+                      "difference of the per-row answer losses, holdout minus forget, se_d = sqrt(1/n_f + 1/n_h)")
+
+CALIBRATED_V1_FORMULA = ("(1 - mean(|forget_ROUGE - holdout_ROUGE|, |forget_Prob - holdout_Prob|, "
+                         "2 * |AUC_LOSS(forget vs holdout) - 0.5|)) * min(1, MU / MU_target)")
 
 
 ORACLE_FORMULA = "clamp(1 + log10(forget_quality) / 10, 0, 1) * min(1, MU / MU_target)"
@@ -69,7 +99,7 @@ ORACLE_FORMULA = "clamp(1 + log10(forget_quality) / 10, 0, 1) * min(1, MU / MU_t
 TOFU_FITNESSES = {
     "evomu": FitnessSpec("evomu", tofu_fitness, "model_utility", TOFU_FORMULA),
     "calibrated": FitnessSpec("calibrated", tofu_calibrated_fitness, "model_utility", CALIBRATED_FORMULA,
-                              needs_target_utility=True),
+                              needs_target_utility=True, version=2),
     "oracle": FitnessSpec("oracle", tofu_oracle_fitness, "model_utility", ORACLE_FORMULA,
                           needs_target_utility=True),
 }

@@ -4,7 +4,9 @@
 when `ours.stage1_epochs` > 0 (stage 1 after that many epochs, promotion by rank among the stage-1
 results so far; off in configs/evolve.yaml, which says why); behavioural de-duplication (probe
 fingerprints); up to `ours.repair_attempts` repair requests for a rejected proposal with the
-rejection reason.
+rejection reason. After each generation the best candidates are raced: re-run on more
+search-part seeds (`ours.race_top`, `ours.race_seeds`; each re-run counts against the budget), and
+candidates rank on the lower bound of their mean (`archive.lower_bound`).
 
 A budget below twice `ours.initial` shrinks generation 0 to about half the budget (logged), so
 that later generations still evolve something.
@@ -12,6 +14,7 @@ that later generations still evolve something.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 from typing import TYPE_CHECKING
@@ -54,12 +57,36 @@ class OursMode(SearchMode):
                     self._fill(g)
                 d.mark_filled(g)
             d.pump_generation(g)
+            self._race(g)
             if d.budget_left() <= 0:
                 return
             if d.gen_trained(g) == 0 and g > 0:
                 log.warning("generation %d produced no trainable candidate; stopping", g)
                 return
             g += 1
+
+    def _race(self, g: int) -> None:
+        """Re-run the best candidates on more search-part seeds before they parent or become
+        finalists: while budget is left, every one of the `race_top` best (by the lower bound)
+        with fewer than `race_seeds` runs gets its next seed; then re-rank (a candidate that falls
+        out of the top stops racing, one that rises starts). Each re-run counts against the budget."""
+        d, o = self.driver, self.driver.cfg.ours
+        if o.race_top <= 0 or o.race_seeds <= 1:
+            return
+        while d.budget_left() > 0:
+            short = [c for c in d.ranked()[: o.race_top] if (c.n_search or 0) < o.race_seeds]
+            if not short:
+                return
+            queued = []
+            for c in short[: d.budget_left()]:
+                used = {e.seed for e in d.db.evaluations_of(c.id, part="search")}
+                seed = next(s for s in itertools.count(d.cfg.seed) if s not in used)
+                d.db.add_evaluation(c.id, "search", seed, epochs=c.epochs, priority=0)
+                d.refresh(c.id)
+                queued.append(c.id)
+            log.info("generation %d: racing %s on one more seed each (budget left %d)", g,
+                     ", ".join(f"#{i}" for i in queued), d.budget_left())
+            d.pump_candidates(queued)
 
     def _initial_target(self) -> int:
         cfg = self.driver.cfg

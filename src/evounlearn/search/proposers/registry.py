@@ -52,8 +52,11 @@ def proposer_from_section(section: Mapping[str, Any] | Any) -> Proposer:
     `kind` picks the proposer (default "offline"); its options sit in the section itself or in a
     mapping under the kind's name (`{"kind": "http", "http": {...}}`). Options of the other kinds
     are ignored, so one section can hold all of them; any other key is a ConfigError.
+    `seed_files` (any kind): programs whose loss functions open every initial population
+    (`seeded.SeededProposer`).
     """
     data = _as_dict(section)
+    seed_files = data.pop("seed_files", None) or []  # any kind: see `seeded.py`
     kind = str(data.pop("kind", "offline") or "offline").lower()
     cls = proposer_class(kind)
     nested = data.pop(kind, None)
@@ -68,7 +71,14 @@ def proposer_from_section(section: Mapping[str, Any] | Any) -> Proposer:
             elsewhere |= _option_names(proposer_class(other))
     # Keep unknown keys: make_proposer rejects them with the list of known ones.
     options = {k: v for k, v in data.items() if k in own or k not in elsewhere}
-    return make_proposer(kind, options)
+    proposer = make_proposer(kind, options)
+    if seed_files:
+        from .seeded import SeededProposer, read_seed_files
+
+        if isinstance(seed_files, str):
+            seed_files = [seed_files]
+        return SeededProposer(proposer, read_seed_files(list(seed_files)))
+    return proposer
 
 
 def _option_names(cls: type[Proposer]) -> set[str]:

@@ -14,6 +14,15 @@ template includes as `$rules`. Variables:
 - repair: `$broken_code`, `$reason`.
 
 Numbers are shown with 4 decimals; the leaderboard is sorted by ascending fitness (best last).
+
+Untrusted text (every program's code, metrics with their strings, the repair reason) enters a
+prompt through ONE function, `untrusted(text, kind)`: cleaned (`reports.safe_text.clean_text`:
+controls and Unicode format characters removed), capped (`CAPS`, e.g. 300 characters for a
+reason), and fenced with a fence longer than any backtick run inside (`safe_text.fenced`), so a
+docstring holding "```" cannot close the block and put text outside it. The variables holding
+such text (`$parent_code`, `$broken_code`, `$reason`, `$metrics_json`, `$leaderboard`...) are
+complete fenced blocks: the templates add no fence of their own. Fitnesses and loss histories
+are formatted numbers only.
 """
 
 from __future__ import annotations
@@ -27,9 +36,12 @@ from string import Template
 from typing import Any
 
 from ....errors import ConfigError
+from ....reports.safe_text import fenced
 from ..base import ProposalRequest
 
 __all__ = [
+    "CAPS",
+    "untrusted",
     "render_prompt",
     "load_template",
     "signature_for",
@@ -65,6 +77,17 @@ EXTENDED_ARGUMENTS = """Arguments (B = batch size, T = answer length; forget and
 - ref_tok_logp_forget, ref_tok_logp_retain: [B, T] per-token log-probs under the frozen model
   before unlearning (no gradient). They are always passed during training.
 Average over tokens with the mask, e.g. (x * mask_forget).sum(-1) / mask_forget.sum(-1).clamp(min=1)."""
+
+#: the most characters of each kind of untrusted text a prompt shows
+CAPS: dict[str, int] = {"code": 8000, "leaderboard_code": 3000, "reason": 300, "metrics": 4000}
+_LANGUAGE = {"code": "python", "leaderboard_code": "python", "reason": "text", "metrics": "json"}
+
+
+def untrusted(text: Any, kind: str) -> str:
+    """Untrusted text as a complete fenced block for a prompt: cleaned, capped at `CAPS[kind]`
+    characters and fenced so that nothing inside can close the block (module docstring)."""
+    return fenced(text, _LANGUAGE[kind], CAPS[kind])
+
 
 _DEFAULT_NOTES = "Fitness rewards forgetting the forget set while keeping utility (higher is better)."
 
@@ -157,8 +180,8 @@ def _compact(obj: Any, max_list: int = 16) -> Any:
 def format_metrics(metrics: Mapping[str, Any] | None) -> str:
     """Metrics as indented JSON, floats rounded to 4 decimals, per-example values dropped."""
     if not metrics:
-        return "{}"
-    return json.dumps(_compact(dict(metrics)), indent=2)
+        return untrusted("{}", "metrics")
+    return untrusted(json.dumps(_compact(dict(metrics)), indent=2), "metrics")
 
 
 def format_fitness(fitness: Any) -> str:
@@ -176,9 +199,9 @@ def format_fitness(fitness: Any) -> str:
 def format_loss_history(history: Sequence[Any] | None) -> str:
     if not history:
         return "(not recorded)"
-    return (
-        "[" + ", ".join(format_fitness(v) if isinstance(v, (int, float)) else str(v) for v in history) + "]"
-    )
+    # numbers only: anything else in a history is shown as "?" (no untrusted text outside a fence)
+    return "[" + ", ".join(format_fitness(v) if isinstance(v, (int, float)) else "?" for v in history[:64]) + (
+        ", ..." if len(history) > 64 else "") + "]"
 
 
 def _short(code: str, max_lines: int = 30) -> str:
@@ -203,7 +226,7 @@ def format_leaderboard(leaderboard: Sequence[tuple[float, str]] | None, max_entr
     entries = sorted(leaderboard, key=key)[-max_entries:]
     blocks = []
     for rank, (fit, code) in enumerate(entries, start=1):
-        blocks.append(f"{rank}. fitness {format_fitness(fit)}\n```python\n{_short(code)}\n```")
+        blocks.append(f"{rank}. fitness {format_fitness(fit)}\n{untrusted(_short(str(code)), 'leaderboard_code')}")
     return "\n\n".join(blocks)
 
 
@@ -214,7 +237,7 @@ def _parent(request: ProposalRequest, i: int) -> Mapping[str, Any]:
 
 
 def _parent_code(p: Mapping[str, Any]) -> str:
-    return _short(str(p.get("code", "")), max_lines=200)
+    return untrusted(_short(str(p.get("code", "")), max_lines=200), "code")
 
 
 def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
@@ -255,5 +278,6 @@ def render_prompt(request: ProposalRequest, *, max_leaderboard: int = 5) -> str:
     elif kind == "repair":
         code, reason = request.repair_info()
         broken = _short(code, max_lines=200) if code.strip() else "# (no code: the reply held no function)"
-        common.update(broken_code=broken, reason=reason.strip() or "(no reason given)")
+        common.update(broken_code=untrusted(broken, "code"),
+                      reason=untrusted(reason.strip() or "(no reason given)", "reason"))
     return load_template(kind).substitute(common).rstrip() + "\n"

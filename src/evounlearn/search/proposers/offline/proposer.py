@@ -46,8 +46,12 @@ class OfflineConfig:
     max_attempts: int = 40  # tries per wanted proposal before giving up
     check: bool = True  # numeric self-check of every tree before proposing it
     include_seeds: bool = True  # initial requests start with the literature seeds
+    # share of an initial request that is random trees and random variants of the seeds, not the
+    # literature seeds themselves: generation 0 explores from the start instead of being exactly
+    # the 10 known losses (0 = seeds first, as many as asked)
+    initial_random: float = 0.3
     directed_share: float = 0.75  # share of a refine's children that follow the parent's metrics
-    tpe_min_points: int = 3  # evaluated points of a structure before TPE replaces jitter
+    tpe_min_points: int = 2  # evaluated points of a structure before TPE replaces jitter
     tokens: bool = True  # token-level terms in the extended interface
 
 
@@ -140,9 +144,12 @@ class OfflineProposer(Proposer):
         out: list[Proposal] = []
         tokens = self._tokens(request)
         seed_list = loss_tree.seed_trees(request.interface if tokens else "faithful")
+        # the request counts the proposals made so far (n = made + wanted): the share of seeds is
+        # of the whole initial population, so a resumed or repeated request keeps the same mix
+        n_seeds = request.n - int(round(min(1.0, max(0.0, self.config.initial_random)) * request.n))
         if self.config.include_seeds:
             for name, tree in seed_list:
-                if len(out) >= request.n:
+                if len(out) >= max(1, n_seeds):
                     break
                 if self._ok(tree, request.interface):
                     out.append(

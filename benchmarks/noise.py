@@ -1,0 +1,323 @@
+"""The instrument's datasheet: how much one candidate's fitness moves between training seeds and
+between samples of scored rows, per benchmark (setting and size), and so which differences between
+two losses one run, or n seeds, can resolve.
+
+For every benchmark (default: `generated` at the default size and `generated-large`,
+`entangled-large`, `partial-large` at the resolving size) and every fixed loss (default: NPO and
+SimNPO at their registered defaults), `--seeds` training seeds are run on the search part, exactly
+as a search candidate is (same options, the lean search evaluation). From those runs:
+
+- `single_run_sd`: the sd of the searched fitness (`calibrated`) over training seeds, pooled over
+  the losses (sqrt of the mean variance; per loss in `losses.<loss>.sd`);
+- `item_sd`: the sd from which rows are scored: forget and holdout rows resampled with replacement
+  (`--bootstrap` draws) and the fitness recomputed from the per-row values, averaged over runs;
+- `paired_diff_sd`: the sd over seeds of the difference between two losses trained with the same
+  seed (what a search compares: its candidates share seeds);
+- `oracle_part_gap`: the retain oracle's fitness on the search part minus on the report part (a
+  model that never saw the forget rows should score the same on both);
+- `resolves_at_2sd`: 2 * paired_diff_sd, the smallest difference one paired run resolves; and
+  `resolves_at_2se_n_seeds` for n = 3 and 8 (2 * paired_diff_sd / sqrt(n));
+- `seconds_per_candidate`: the mean wall time of one run (train + evaluation), with the threads;
+- the target's forget ROUGE and model utility (the target must still memorise at a larger size)
+  and the same statistics for `calibrated_v1` (the formula before version 2), for comparison.
+
+    python benchmarks/noise.py                     # the datasheet (~60-90 min on 2 quiet cores)
+    python benchmarks/noise.py --quick             # smoke test: generated, 2 seeds, 1 loss
+Writes benchmarks/results/noise.json and noise.md; runs are kept under --work and reused, so an
+interrupted datasheet continues where it stopped. Not run in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BENCHMARKS = ("generated", "generated-large", "entangled-large", "partial-large")
+LOSSES = ("npo", "simnpo")
+FITNESS = "calibrated"
+COMPARED = ("calibrated", "calibrated_v1", "oracle", "evomu")
+
+
+# ------------------------------------------------------------------------------------------------
+# one run (in a worker process: one torch thread, as a search worker has)
+
+
+def run_one(bench_name: str, loss: str, seed: int, run_dir: str) -> dict[str, Any]:
+    """Train `loss` with `seed` on the search part and evaluate it, as a search candidate is;
+    returns the summary, the per-row values the fitness reads and the wall time. Reused when
+    RUN_DIR/noise_run.json exists."""
+    done = Path(run_dir) / "noise_run.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("NOISE_THREADS", "1")))
+    from evounlearn.benchmarks import get_benchmark
+    from evounlearn.training.resolve import MethodRun
+
+    bench = get_benchmark(bench_name)
+    prepared = bench.prepare({})
+    t0 = time.time()
+    res = bench.run(prepared, MethodRun(loss), part="search", seed=seed, run_dir=run_dir)
+    seconds = time.time() - t0
+    results = json.loads((Path(run_dir) / "results.json").read_text())
+    m = results["metrics"]
+    rows = {
+        "forget_rouge": m["forget_rouge"]["values"], "forget_prob": m["forget_prob"]["values"],
+        "holdout_rouge": m["holdout_rouge"]["values"], "holdout_prob": m["holdout_prob"]["values"],
+        "loss_forget": m["mia_loss"]["values"]["forget"], "loss_holdout": m["mia_loss"]["values"]["holdout"],
+    }
+    out = {"benchmark": bench_name, "loss": loss, "seed": seed, "seconds": seconds,
+           "train_seconds": (res.train or {}).get("seconds"), "eval_seconds": res.eval_seconds,
+           "summary": res.summary, "rows": rows, "threads": torch.get_num_threads()}
+    done.write_text(json.dumps(out))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# statistics
+
+
+def _sd(xs: list[float]) -> float:
+    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+
+
+def _fit(bench_name: str, summary: dict[str, Any], target_mu: float, fitness: str) -> float:
+    from evounlearn.benchmarks import compute_fitness
+
+    target = {"model_utility": target_mu}
+    if fitness == "calibrated_v1":  # the formula before version 2 (not registered)
+        from evounlearn.benchmarks.tofu.fitness import tofu_calibrated_v1_fitness
+
+        try:
+            return float(tofu_calibrated_v1_fitness(summary, target))
+        except (KeyError, ValueError):
+            return float("-inf")
+    return compute_fitness(bench_name, summary, target, fitness=fitness)
+
+
+def resampled_summary(run: dict[str, Any], fi: list[int], hi: list[int]) -> dict[str, Any]:
+    """The run's summary with the forget rows `fi` and holdout rows `hi` (indices into each list of
+    per-row values, repeats allowed): what the evaluator would report on that sample of rows."""
+    import numpy as np
+
+    from evounlearn.evaluation.metrics import mia_auc, se_difference, standardized_difference
+
+    r = run["rows"]
+    f_keys, h_keys = list(r["forget_rouge"]), list(r["holdout_rouge"])
+
+    def pick(values: dict[str, float], keys: list[str], idx: list[int]) -> np.ndarray:
+        return np.array([values[keys[i]] for i in idx], dtype=float)
+
+    lf_keys, lh_keys = list(r["loss_forget"]), list(r["loss_holdout"])
+    lf, lh = pick(r["loss_forget"], lf_keys, fi), pick(r["loss_holdout"], lh_keys, hi)
+    d, se = standardized_difference(lf, lh)
+    out = {**run["summary"], "mia_loss": mia_auc(lf, lh), "mia_loss_smd": max(-1e6, min(1e6, d)),
+           "mia_loss_smd_se": se}
+    for key in ("rouge", "prob"):
+        f = pick(r[f"forget_{key}"], f_keys, fi)
+        h = pick(r[f"holdout_{key}"], h_keys, hi)
+        out.update({f"forget_{key}": float(f.mean()), f"holdout_{key}": float(h.mean()),
+                    f"forget_{key}_gap_se": se_difference(f, h)})
+    return out
+
+
+def summary_of(run: dict[str, Any]) -> dict[str, Any]:
+    """The run's summary recomputed from its per-row values (every key the current fitness reads,
+    also for runs saved before a key existed)."""
+    nf, nh = len(run["rows"]["forget_rouge"]), len(run["rows"]["holdout_rouge"])
+    return resampled_summary(run, list(range(nf)), list(range(nh)))
+
+
+def item_sd(bench_name: str, run: dict[str, Any], target_mu: float, fitness: str, draws: int, seed: int) -> float:
+    """The fitness's sd over `draws` bootstrap samples of the forget and the holdout rows."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    nf, nh = len(run["rows"]["forget_rouge"]), len(run["rows"]["holdout_rouge"])
+    vals = [_fit(bench_name, resampled_summary(run, list(rng.integers(0, nf, nf)), list(rng.integers(0, nh, nh))),
+                 target_mu, fitness) for _ in range(draws)]
+    return _sd(vals)
+
+
+def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any], oracle: dict[str, Any],
+              losses: list[str], draws: int) -> dict[str, Any]:
+    """One benchmark's row of the datasheet from its runs and the target / oracle references."""
+    mu_t = float(target["search"]["model_utility"])
+    by_loss = {loss: sorted((r for r in runs if r["loss"] == loss), key=lambda r: r["seed"]) for loss in losses}
+    out: dict[str, Any] = {"losses": {}, "fitnesses": {}}
+    for fitness in COMPARED:
+        per_loss: dict[str, Any] = {}
+        for loss, rs in by_loss.items():
+            vals = [_fit(bench_name, summary_of(r), mu_t, fitness) for r in rs]
+            per_loss[loss] = {"values": vals, "mean": statistics.fmean(vals), "sd": _sd(vals), "n": len(vals)}
+        variances = [v["sd"] ** 2 for v in per_loss.values() if v["n"] > 1]
+        single = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
+        paired = float("nan")
+        if len(losses) >= 2:
+            a, b = by_loss[losses[0]], by_loss[losses[1]]
+            common = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
+            fa = {r["seed"]: _fit(bench_name, summary_of(r), mu_t, fitness) for r in a}
+            fb = {r["seed"]: _fit(bench_name, summary_of(r), mu_t, fitness) for r in b}
+            paired = _sd([fa[s] - fb[s] for s in common])
+        items = [item_sd(bench_name, r, mu_t, fitness, draws, seed=i) for i, r in enumerate(runs)]
+        o_s = _fit(bench_name, oracle["search"], mu_t, fitness)
+        o_r = _fit(bench_name, oracle["report"], float(target["report"]["model_utility"]), fitness)
+        out["fitnesses"][fitness] = {
+            "single_run_sd": single, "item_sd": statistics.fmean(items) if items else float("nan"),
+            "paired_diff_sd": paired, "oracle_search": o_s, "oracle_report": o_r, "oracle_part_gap": o_s - o_r,
+            "resolves_at_2sd": 2 * paired, "per_loss": per_loss,
+            "resolves_at_2se_n_seeds": {str(n): 2 * paired / math.sqrt(n) for n in (3, 8)},
+        }
+        if fitness == FITNESS:
+            out["losses"] = per_loss
+    main = out["fitnesses"][FITNESS]
+    first = runs[0]
+    # the metrics a directed mutation reads: their sd over training seeds (pooled over the losses),
+    # the margin below which a gap to the holdout level is noise (proposers/offline/diagnosis.py)
+    metric_sd = {}
+    for key in ("forget_rouge", "forget_prob", "model_utility", "mia_loss"):
+        variances = [_sd([float(r["summary"][key]) for r in rs]) ** 2 for rs in by_loss.values() if len(rs) > 1]
+        metric_sd[key] = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
+    out["metric_seed_sd"] = metric_sd
+    out.update({
+        "fitness": FITNESS, "rows_per_part": len(first["rows"]["forget_rouge"]),
+        "holdout_rows": len(first["rows"]["holdout_rouge"]), "seeds": len(by_loss[losses[0]]),
+        "single_run_sd": main["single_run_sd"], "item_sd": main["item_sd"],
+        "paired_diff_sd": main["paired_diff_sd"], "oracle_part_gap": main["oracle_part_gap"],
+        "resolves_at_2sd": main["resolves_at_2sd"],
+        "seconds_per_candidate": statistics.fmean(r["seconds"] for r in runs),
+        "train_seconds_per_candidate": statistics.fmean(float(r.get("train_seconds") or 0) for r in runs),
+        "eval_seconds_per_candidate": statistics.fmean(float(r.get("eval_seconds") or 0) for r in runs),
+        "threads_per_candidate": first.get("threads"),
+        "target": {p: {k: target[p].get(k) for k in ("forget_rouge", "forget_prob", "model_utility",
+                                                      "holdout_rouge", "holdout_prob")} for p in ("search", "report")},
+        "oracle": {p: {k: oracle[p].get(k) for k in ("forget_rouge", "forget_prob", "model_utility")}
+                   for p in ("search", "report")},
+    })
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# the driver
+
+
+def references(bench_name: str) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """Prepare the benchmark (train its target and oracle once, cached) and evaluate both on each
+    part; returns ({part: target summary}, {part: oracle summary}, prepare seconds)."""
+    from evounlearn.benchmarks import get_benchmark
+    from evounlearn.benchmarks.references import cached_reference
+
+    bench = get_benchmark(bench_name)
+    t0 = time.time()
+    prepared = bench.prepare({})
+    bench.paths(prepared)
+    seconds = time.time() - t0
+    target, oracle = {}, {}
+    for part in ("search", "report"):
+        ref = cached_reference(bench, prepared, part, {})
+        target[part], oracle[part] = ref.target, ref.retain
+    return target, oracle, seconds
+
+
+def markdown(data: dict[str, Any]) -> str:
+    lines = ["# The instrument's datasheet (`benchmarks/noise.py`)", "",
+             f"Fitness `{data['fitness']}` (version {data['fitness_version']}); {data['seeds']} training seeds "
+             f"of {', '.join(data['losses'])} per benchmark, search part, one torch thread per run; "
+             f"item sd from {data['bootstrap']} bootstrap draws of the scored rows. "
+             f"torch {data['env']['torch']}, transformers {data['env']['transformers']}, {data['env']['device']}.", "",
+             "| benchmark | rows/part | holdout rows | single-run sd | item sd | paired-diff sd | resolves (1 paired run, 2 sd) "
+             "| oracle search - report | s/candidate | target forget ROUGE | target MU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in data["settings"].items():
+        t = s["target"]["search"]
+        lines.append(f"| {name} | {s['rows_per_part']} | {s['holdout_rows']} | {s['single_run_sd']:.4f} | "
+                     f"{s['item_sd']:.4f} | {s['paired_diff_sd']:.4f} | {s['resolves_at_2sd']:.4f} | "
+                     f"{s['oracle_part_gap']:+.4f} | {s['seconds_per_candidate']:.1f} | "
+                     f"{t['forget_rouge']:.3f} | {t['model_utility']:.3f} |")
+    lines += ["", "Per loss (searched fitness, mean ± sd over seeds, n):", ""]
+    for name, s in data["settings"].items():
+        cells = [f"{loss} {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})" for loss, v in s["losses"].items()]
+        lines.append(f"- {name}: " + "; ".join(cells))
+    lines += ["", "The same runs under the other fitnesses (single-run sd / paired-diff sd / oracle part gap):", ""]
+    for name, s in data["settings"].items():
+        cells = [f"`{f}` {v['single_run_sd']:.4f} / {v['paired_diff_sd']:.4f} / {v['oracle_part_gap']:+.4f}"
+                 for f, v in s["fitnesses"].items()]
+        lines.append(f"- {name}: " + "; ".join(cells))
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--benchmarks", default=",".join(BENCHMARKS))
+    ap.add_argument("--losses", default=",".join(LOSSES))
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--bootstrap", type=int, default=300)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "noise"))
+    ap.add_argument("--out", default=str(RESULTS / "noise.json"))
+    ap.add_argument("--quick", action="store_true", help="generated only, 2 seeds, NPO only (smoke test)")
+    args = ap.parse_args()
+    benches = args.benchmarks.split(",")
+    losses = args.losses.split(",")
+    seeds = args.seeds
+    if args.quick:
+        benches, losses, seeds = ["generated"], ["npo"], 2
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+
+    from evounlearn.benchmarks import get_fitness
+    from evounlearn.models.device import runtime_info
+
+    t_start = time.time()
+    data: dict[str, Any] = {"fitness": FITNESS, "fitness_version": get_fitness("generated", FITNESS).version,
+                            "losses": losses, "seeds": seeds, "bootstrap": args.bootstrap, "settings": {}}
+    refs: dict[str, Any] = {}
+    for b in benches:  # prepare serially: each builds two models with every thread this process has
+        print(f"[noise] preparing {b} ...", flush=True)
+        refs[b] = references(b)
+    jobs = [(b, loss, s, str(Path(args.work) / b / loss / f"seed{s}")) for b in benches for loss in losses
+            for s in range(seeds)]
+    runs: dict[str, list[dict[str, Any]]] = {b: [] for b in benches}
+    t0 = time.time()
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = {pool.submit(run_one, *j): j for j in jobs}
+        for i, fut in enumerate(as_completed(futs), 1):
+            r = fut.result()
+            runs[r["benchmark"]].append(r)
+            el = time.time() - t0
+            print(f"[noise] {i}/{len(jobs)} {r['benchmark']} {r['loss']} seed {r['seed']}: "
+                  f"{r['seconds']:.1f} s; elapsed {el / 60:.1f} min, ETA {el / i * (len(jobs) - i) / 60:.1f} min",
+                  flush=True)
+    for b in benches:
+        target, oracle, prep_s = refs[b]
+        data["settings"][b] = datasheet(b, runs[b], target, oracle, losses, args.bootstrap)
+        data["settings"][b]["prepare_seconds"] = prep_s
+    data["seconds"] = time.time() - t_start
+    data["env"] = {**runtime_info(), "parent_threads": torch.get_num_threads(), "workers": args.workers,
+                   "load_at_end": os.getloadavg()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1, default=float)
+    out.write_text(text + "\n")
+    out.with_suffix(".md").write_text(markdown(data))
+    print(markdown(data))
+    print(json.dumps({b: {k: s[k] for k in ("rows_per_part", "single_run_sd", "item_sd", "paired_diff_sd",
+                                              "oracle_part_gap", "seconds_per_candidate")}
+                      for b, s in data["settings"].items()}))
+
+
+if __name__ == "__main__":
+    main()
