@@ -17,7 +17,8 @@ Measures, on this machine, from empty caches, through the `evounlearn` command a
   eval_first_output_seconds   process start -> the first line `evounlearn eval` prints (prepared cache), median of 3
   suite_seconds               `python -m pytest -q` (the whole test suite), wall-clock (skip: --parts without suite)
 Timed pairs are interleaved (A, B, A, B, ...) and reported as medians, so both sides of a ratio see the
-same machine. Writes benchmarks/results/everyday.json (and prints it as the last line).
+same machine. The commands run without the shell's OMP_NUM_THREADS / OMP_WAIT_POLICY (what is measured is
+the command's own thread default; --keep-thread-env keeps them). Writes benchmarks/results/everyday.json (and prints it as the last line).
 
     python benchmarks/everyday.py [--repeats N] [--parts main,loaded,errors,bad_data,startup,repro,missing_model,eval_first,suite]
 """
@@ -81,8 +82,14 @@ def first_output_seconds(args: list[str], cache: Path, cwd: Path, timeout: float
         p.wait(timeout)
 
 
+#: the thread settings of the shell that starts the benchmark; the commands run without them (the
+#: command's own default is what is measured) unless --keep-thread-env
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS")
+KEEP_THREAD_ENV = False
+
+
 def _env(cache: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if KEEP_THREAD_ENV or k not in THREAD_ENV}
     env["EVOUNLEARN_CACHE"] = str(cache)
     env.update(extra)
     return env
@@ -160,7 +167,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "everyday.json"))
     ap.add_argument("--parts", default=",".join(PARTS), help="comma-separated parts to measure, from: "
                     + ", ".join(PARTS) + " (default: all); `loaded` needs `main`")
+    ap.add_argument("--keep-thread-env", action="store_true", help="run the commands with this shell's "
+                    "OMP_NUM_THREADS / OMP_WAIT_POLICY (default: without them: the command's own thread default)")
     args = ap.parse_args()
+    global KEEP_THREAD_ENV
+    KEEP_THREAD_ENV = args.keep_thread_env
     parts = set(args.parts.split(","))
     unknown = parts - set(PARTS)
     if unknown:
@@ -281,6 +292,7 @@ def main() -> None:
 
     res["env"] = {"torch": torch.__version__, "transformers": transformers.__version__,
                   "threads": torch.get_num_threads(), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                  "commands_thread_env": "kept" if KEEP_THREAD_ENV else "removed (the command's own default)",
                   "device": "cpu", "cpus": os.cpu_count(), "python": platform.python_version()}
     def crit(*keys: str) -> bool:
         return all(k in res for k in keys)

@@ -102,7 +102,7 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
     else:
         method = arm.removeprefix("tuned_")
         args = ["tune", "--method", method, *_common(setting, budget, seed, opts), "--run-dir", str(rd),
-                f"job_options.fitness={FITNESS}", *keys]
+                f"fitness={FITNESS}", *keys]
     t = time.time()
     _cli(args, rd.parent / f"{arm}-seed{seed}.log")
     took = time.time() - t

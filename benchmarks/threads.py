@@ -7,7 +7,10 @@ busy-loop processes beside it (started and stopped here).
 Each setting runs in a fresh process (the OpenMP settings are read when torch is imported);
 settings are interleaved, and each reports steps/s over `--seconds` after two warm-up steps.
 Settings: `default` (torch's own: all cores, OpenMP's default spin-wait), `one` (1 thread),
-`passive` (all cores, OMP_WAIT_POLICY=PASSIVE), `auto` (what `evounlearn.threads` chooses).
+`one_passive` (1 thread, OMP_WAIT_POLICY=PASSIVE), `passive` (all cores, OMP_WAIT_POLICY=PASSIVE),
+`auto` (what `evounlearn.threads` chooses: the free cores, passive when some are busy).
+
+    python benchmarks/threads.py --models tiny --conditions quiet --settings default,passive,one,auto
 """
 
 from __future__ import annotations

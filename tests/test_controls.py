@@ -25,6 +25,7 @@ def control_cfg(**over: Any) -> Any:
     return load_search_config(None, base)
 
 
+@pytest.mark.slow
 def test_random_control_draws_random_trees_in_generation_0_only(tmp_path: Path) -> None:
     d = tmp_path / "run"
     data = SearchDriver(control_cfg(control="random", budget=7), d).run()
@@ -43,6 +44,7 @@ def test_random_control_draws_random_trees_in_generation_0_only(tmp_path: Path) 
     store.close()
 
 
+@pytest.mark.slow
 def test_seeds_control_only_tunes_the_seed_structures(tmp_path: Path) -> None:
     d = tmp_path / "run"
     SearchDriver(control_cfg(control="seeds", budget=14), d).run()
@@ -63,6 +65,7 @@ def test_seeds_control_only_tunes_the_seed_structures(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_seeds_control_budget_below_the_seed_count(tmp_path: Path) -> None:
     d = tmp_path / "run"
     SearchDriver(control_cfg(control="seeds", budget=3, baselines=[], finalists=1), d).run()
@@ -89,6 +92,7 @@ KEPT = ("forget_rouge", "forget_prob", "model_utility", "forget_truth_ratio", "f
 DROPPED = ("extraction_strength", "exact_memorization", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "privleak")
 
 
+@pytest.mark.slow
 def test_lean_evaluation_keeps_the_values_it_computes(tiny_prepared) -> None:
     from evounlearn.evaluation.tofu_eval import EvalConfig, TofuEvaluator, load_results
     from evounlearn.models.loading import load_model_and_tokenizer
@@ -107,6 +111,7 @@ def test_lean_evaluation_keeps_the_values_it_computes(tiny_prepared) -> None:
         assert b.startswith(a) and len(a) <= len(b)
 
 
+@pytest.mark.slow
 def test_candidate_cheap_path_equals_the_full_path(tiny_prepared, tmp_path: Path) -> None:
     """The search part's lean evaluation (the default there) against a forced full one: same run,
     same seed, identical fitness inputs."""

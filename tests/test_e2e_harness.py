@@ -15,6 +15,7 @@ from evounlearn.evaluation.tofu_eval import load_results
 from .conftest import tiny_prepare_config
 
 
+@pytest.mark.slow
 def test_prepare_saves_models_and_full_results(tiny_prepared):
     cfg, p = tiny_prepared
     for d in (p.target, p.retain):
@@ -36,6 +37,7 @@ def test_prepare_saves_models_and_full_results(tiny_prepared):
     assert target["summary"]["forget_prob"] > retain["summary"]["forget_prob"]
 
 
+@pytest.mark.slow
 def test_second_prepare_is_cached(tiny_prepared):
     cfg, p = tiny_prepared
     t = time.time()
@@ -44,6 +46,7 @@ def test_second_prepare_is_cached(tiny_prepared):
     assert again.target_results.stat().st_mtime == p.target_results.stat().st_mtime
 
 
+@pytest.mark.slow
 def test_cli_eval_prints_table_and_writes_json(tiny_prepared, tmp_path, capsys, monkeypatch):
     cfg, p = tiny_prepared
     monkeypatch.setenv("EVOUNLEARN_CACHE", cfg.cache_dir)
@@ -69,6 +72,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_real_tofu_eval_pipeline_runs_on_a_few_examples(shared_data, tiny_prepared):
     # The metric code runs unchanged on the real TOFU files (a tiny untrained-on-TOFU model).
     from evounlearn.evaluation.tofu_eval import EvalConfig, TofuEvaluator

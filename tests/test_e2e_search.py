@@ -27,6 +27,9 @@ from evounlearn.search.store import Store
 from .fakes import BENCHMARK
 from .llm_server import serve_llm
 
+# trains a model or starts sandbox workers / Ray: not in the everyday `-m "not slow"` subset
+pytestmark = pytest.mark.slow
+
 needs_openai = pytest.mark.skipif(
     importlib.util.find_spec("openai") is None,
     reason="the http proposer needs the optional openai client (pip install 'evounlearn[llm]')",
@@ -79,7 +82,7 @@ def served(index: int) -> str:
 def http_search_cfg(url: str, **over: Any) -> Any:
     base: dict[str, Any] = {
         "benchmark": BENCHMARK, "budget": 4, "workers": 1, "baselines": [], "finalists": 1, "report_seeds": 1,
-        "ours.initial": 2, "ours.per_generation": 2, "ours.stage1_epochs": 0,
+        "ours.initial": 2, "ours.per_generation": 2, "ours.stage1_epochs": 0, "ours.race_top": 0,
         "proposer": {"kind": "http", "base_url": url, "model": "test-model", "timeout_s": 10.0,
                      "max_retries": 1, "backoff_s": 0.01, "deadline_s": 60.0},
     }
@@ -180,7 +183,7 @@ def test_a_cache_file_corrupted_during_a_search_stops_it_uncharged(tiny_prepared
     victim = prepare(pcfg).target / "config.json"
     search = load_search_config(None, {
         "benchmark": "generated", "budget": 2, "workers": 1, "baselines": [], "finalists": 1, "report_seeds": 1,
-        "ours.initial": 1, "ours.per_generation": 1, "ours.stage1_epochs": 0, "ours.p_refine": 1.0,
+        "ours.initial": 1, "ours.per_generation": 1, "ours.stage1_epochs": 0, "ours.p_refine": 1.0, "ours.race_top": 0,
         "ours.p_crossover": 0.0, "ours.p_tune": 0.0,
         "unlearn": {"prepare": to_dict(pcfg), "threads": 1, "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3},
                     "eval": {"max_new_tokens": 8}},

@@ -19,6 +19,9 @@ from evounlearn.training.loop import NonFiniteLossError
 
 from .fakes import Interrupted, interrupt_after
 
+# trains a model or starts sandbox workers / Ray: not in the everyday `-m "not slow"` subset
+pytestmark = pytest.mark.slow
+
 METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
 
 

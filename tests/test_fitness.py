@@ -237,6 +237,7 @@ def _destroy_with_grad_ascent(pcfg: Any, p: Any, run_dir: Path) -> dict[str, Any
     return run_unlearning(cfg)["summary"]
 
 
+@pytest.mark.slow
 def test_retain_oracle_beats_the_target_on_the_session_benchmark(tiny_prepared) -> None:
     """On the session's tiny benchmark the models are undertrained (MU 0, ROUGE 0: no utility to
     lose, so a destroyed model cannot be told apart there; see the next test), but the oracle's
@@ -251,6 +252,7 @@ def test_retain_oracle_beats_the_target_on_the_session_benchmark(tiny_prepared) 
             "generated", target, target, fitness=name)
 
 
+@pytest.mark.slow
 def test_retain_oracle_scores_near_the_top_on_a_learned_tiny_benchmark(learned_prepared, tmp_path: Path) -> None:
     """The oracle's calibrated (and oracle) fitness >= the target's and >= a model destroyed by
     grad ascent (a few steps at a high lr), on a tiny benchmark the models did learn."""
@@ -273,6 +275,7 @@ def test_retain_oracle_scores_near_the_top_on_a_learned_tiny_benchmark(learned_p
            (("target", target), ("oracle", oracle), ("grad_ascent", destroyed))})
 
 
+@pytest.mark.slow
 def test_every_registered_benchmark_is_found_by_name_alone() -> None:
     """A lookup imports only the module `BUILTIN_MODULES` names for it: each module must list all
     the names it registers (a fresh process, so no other lookup has imported them first)."""

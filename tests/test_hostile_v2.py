@@ -138,6 +138,7 @@ def test_corpus_is_large_enough() -> None:
     assert len(PROBE_CORPUS) + len(STATIC_CORPUS) >= 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label,source,expected", PROBE_CORPUS, ids=[c[0] for c in PROBE_CORPUS])
 def test_probe_recognition_corpus_rejected(worker: IsolatedWorker, label: str, source: str, expected: str) -> None:
     assert check_program(source, "extended" if "tok_logp" in source else "faithful").reasons["loss_fn"] == "ok"
@@ -170,6 +171,7 @@ LEGIT = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(LEGIT))
 @pytest.mark.parametrize("profile", [None, PROFILE], ids=["default probes", "profiled probes"])
 def test_legitimate_losses_still_validate(worker: IsolatedWorker, name: str, profile: dict | None) -> None:
@@ -191,6 +193,7 @@ def test_profile_from_the_target_values_shapes_the_probes() -> None:
     assert mask.shape[0] == 4 and set(mask.sum(1).tolist()) <= set(range(3, 10)) and float(mask[:, 0].max()) == 0
 
 
+@pytest.mark.slow
 def test_probes_are_fresh_for_every_validation(worker: IsolatedWorker) -> None:
     # a loss whose value depends on the probe values: the fingerprint probes are fixed by the
     # seed (same value), the validation probes are not (the legacy sum never comes back)
@@ -202,6 +205,7 @@ def test_probes_are_fresh_for_every_validation(worker: IsolatedWorker) -> None:
     assert a["probe_values"] == b["probe_values"] != c["probe_values"]
 
 
+@pytest.mark.slow
 def test_fingerprint_theft_fails_with_a_secret_seed(worker: IsolatedWorker) -> None:
     thief = f"if {B} == 6:\n    return {NPO}\nreturn 2.0 * ({NPO})"
     src = loss(f"return {NPO}").replace("loss_fn(", "loss_fn_honest(") + loss(thief).replace("loss_fn(", "loss_fn_thief(")
@@ -221,6 +225,7 @@ def _many(n: int, body: str) -> str:
     return "\n".join(loss(body).replace("loss_fn(", f"loss_fn_{i}(") for i in range(n))
 
 
+@pytest.mark.slow
 def test_only_the_loss_in_use_is_validated(worker: IsolatedWorker) -> None:
     src = _many(3, f"return {HONEST}") + loss(f"x = {HONEST}\n{SPIN_TOP}return x").replace("loss_fn(", "loss_fn_bomb(")
     t0 = time.monotonic()
@@ -231,6 +236,7 @@ def test_only_the_loss_in_use_is_validated(worker: IsolatedWorker) -> None:
     assert time.monotonic() - t0 < 10  # the bomb was never run
 
 
+@pytest.mark.slow
 def test_many_runaway_losses_share_one_deadline(worker: IsolatedWorker) -> None:
     src = _many(32, f"x = {HONEST}\n{SPIN_TOP}return x")
     t0 = time.monotonic()
@@ -243,6 +249,7 @@ def test_many_runaway_losses_share_one_deadline(worker: IsolatedWorker) -> None:
 # -- W7: worker confinement -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_results_come_back_as_json(worker: IsolatedWorker) -> None:
     res = worker.run("tests.hostile_jobs:return_tuple_and_tensor")
     assert res.ok and res.value == {"t": [1, 2], "x": [1.5, 2.5], "s": 3.0}
@@ -251,6 +258,7 @@ def test_results_come_back_as_json(worker: IsolatedWorker) -> None:
     assert worker.run("evounlearn.sandbox.jobs:list_functions", {"source": loss("return 1")}).ok
 
 
+@pytest.mark.slow
 def test_worker_cannot_open_a_socket(worker: IsolatedWorker) -> None:
     worker.start()
     if not worker.layers.get("netns", "").startswith("on"):
@@ -259,6 +267,7 @@ def test_worker_cannot_open_a_socket(worker: IsolatedWorker) -> None:
     assert res.ok and res.value.startswith("blocked"), res.value
 
 
+@pytest.mark.slow
 def test_worker_cannot_write_outside_its_scratch_dir(worker: IsolatedWorker, tmp_path: Path) -> None:
     worker.start()
     if not worker.layers.get("landlock", "").startswith("on"):
@@ -271,6 +280,7 @@ def test_worker_cannot_write_outside_its_scratch_dir(worker: IsolatedWorker, tmp
     assert res.ok and res.value == "written"
 
 
+@pytest.mark.slow
 def test_worker_output_goes_to_its_log_not_the_terminal(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
     log = tmp_path / "worker.log"
     with IsolatedWorker(trusted_prefixes=("evounlearn.", "tests.hostile_jobs"), log_file=str(log)) as w:
@@ -283,6 +293,7 @@ def test_worker_output_goes_to_its_log_not_the_terminal(tmp_path: Path, capfd: p
     assert "hostile warning 0" in text and "hostile raw stderr" in text and "hostile print 49" in text
 
 
+@pytest.mark.slow
 def test_layers_are_logged_once_per_pool(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("INFO", logger="evounlearn.sandbox.workers")
     with WorkerPool(2, write_paths=()) as pool:
@@ -314,6 +325,7 @@ def _alive(pid: int) -> bool:
     return "Z" not in state.split()[1]  # a zombie is dead (its parent has not reaped it yet)
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_killed_driver() -> None:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}"}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(root=str(ROOT / "src"))], cwd=str(ROOT), env=env,
@@ -341,6 +353,7 @@ def _cli(path: Path, *extra: str) -> tuple[int, str, float]:
     return r.returncode, r.stdout, time.monotonic() - t0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "label,source",
     [
@@ -358,6 +371,7 @@ def test_check_rejects_hostile_programs_quickly(tmp_path: Path, label: str, sour
     assert seconds < 60
 
 
+@pytest.mark.slow
 def test_check_accepts_legitimate_programs(tmp_path: Path) -> None:
     path = tmp_path / "loss.py"
     path.write_text(LEGIT["NPO"] + "\n" + LEGIT["GradDiff"].replace("loss_fn(", "loss_fn_2("))
@@ -391,6 +405,7 @@ def test_guard_stops_the_wrong_direction_at_the_step_it_happens() -> None:
         guard.call(sneaky, _faithful_args())
 
 
+@pytest.mark.slow
 def test_guard_stops_a_slow_loss_and_a_retain_flip() -> None:
     def slow(lpf, lpr, rf, rr):
         x = lpf.mean()
@@ -408,12 +423,13 @@ def test_guard_stops_a_slow_loss_and_a_retain_flip() -> None:
     assert TrainingGuard("faithful").call(lambda a, b, c, d: -F.logsigmoid(-(a - c)).mean(), _faithful_args())
 
 
+@pytest.mark.slow
 def test_check_train_stops_a_loss_that_behaves_only_on_probes(tiny_prepared, tmp_path: Path) -> None:
     cfg, _ = tiny_prepared
-    # backwards only where every row is within 0.02 of the reference but not on it: the early steps
-    # of a real run; no probe kind lands there (init: on it; the others: farther, or one row)
+    # backwards only on a small batch exactly on the reference: the first step of a real run; no
+    # probe lands there (the "init" probe, on the reference, has at least 64 rows; no other is on it)
     near = "(log_probs_forget - ref_log_probs_forget).abs().max()"
-    sneaky = honest_unless(f"{near} == 0.0 or {near} > 0.02 or {B} < 3", NPO, f"-({NPO})")
+    sneaky = honest_unless(f"{B} > 16 or {near} > 0.0", NPO, f"-({NPO})")
     assert one(validate_in_worker(sneaky, "faithful"))["ok"]  # it passes validation
     path = tmp_path / "sneaky.py"
     path.write_text(sneaky + "\n" + loss(f"return {NPO}").replace("loss_fn(", "loss_fn_npo("))

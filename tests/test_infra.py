@@ -184,6 +184,7 @@ def _assert_infra_naming(res: dict[str, Any], file: Path) -> None:
     assert res["fitness"] == float("-inf") and res["stage"] == 0
 
 
+@pytest.mark.slow
 def test_a_corrupt_target_model_config_is_an_infra_fault(cache_copy, tmp_path):
     options, p = cache_copy
     (p.target / "config.json").write_text('{"model_type": "lla')  # a half-written file
@@ -191,6 +192,7 @@ def test_a_corrupt_target_model_config_is_an_infra_fault(cache_copy, tmp_path):
     _assert_infra_naming(res, p.target / "config.json")
 
 
+@pytest.mark.slow
 def test_a_corrupt_prepare_info_is_an_infra_fault(cache_copy, tmp_path):
     options, p = cache_copy
     info = p.root / f"prepare-{p.forget_split}.json"
@@ -199,6 +201,7 @@ def test_a_corrupt_prepare_info_is_an_infra_fault(cache_copy, tmp_path):
     _assert_infra_naming(res, info)
 
 
+@pytest.mark.slow
 def test_a_deleted_data_split_is_an_infra_fault(cache_copy, tmp_path):
     options, p = cache_copy
     data = tmp_path / "tofu-folder"  # the generated data as a local TOFU folder (same content: same cache entry)
@@ -238,6 +241,7 @@ def _files(root: Path) -> dict[str, int]:
     return {str(f.relative_to(root)): f.stat().st_mtime_ns for f in sorted(root.rglob("*"))}
 
 
+@pytest.mark.slow
 def test_two_processes_preparing_the_same_entry_build_it_once(tmp_path):
     from evounlearn.benchmarks.tofu.build import _Entry, prepare
     from evounlearn.config import save_config
@@ -278,6 +282,7 @@ def test_two_processes_preparing_the_same_entry_build_it_once(tmp_path):
     assert again.info == read_json(entry.info)
 
 
+@pytest.mark.slow
 def test_a_cache_hit_writes_nothing(tiny_prepared):
     from evounlearn.benchmarks.tofu import prepare
 
@@ -291,6 +296,7 @@ def test_a_cache_hit_writes_nothing(tiny_prepared):
 # a worker that cannot start
 
 
+@pytest.mark.slow
 def test_a_worker_that_cannot_start_is_an_infra_fault(monkeypatch):
     from evounlearn.sandbox.workers import IsolatedWorker
 

@@ -206,6 +206,7 @@ def tiny_llama():
                                         num_attention_heads=4, num_key_value_heads=4, vocab_size=100))
 
 
+@pytest.mark.slow
 def test_rmu_setup_and_trainable_on_tiny_llama():
     model, spec = tiny_llama(), get_method("rmu")
     out = spec.setup(model, {**spec.defaults["loss"]})
@@ -220,6 +221,7 @@ def test_rmu_setup_and_trainable_on_tiny_llama():
         spec.setup(model, {"layer": 10})
 
 
+@pytest.mark.slow
 def test_layer_output_hook_records_layer_output():
     model = tiny_llama()
     ids = torch.randint(0, 100, (2, 5))
@@ -230,6 +232,7 @@ def test_layer_output_hook_records_layer_output():
     assert len(rec) == 1  # hook removed on exit
 
 
+@pytest.mark.slow
 def test_decoder_layers_across_architectures():
     from peft import LoraConfig, get_peft_model
     from transformers import (

@@ -415,3 +415,55 @@ def test_score_answers_token_sets(bigram_setup) -> None:
     short = PromptFormatter(tok, max_length=len(fmt.prompt_ids(qs[0])) + 2)
     cut = score_answers(model, short, qs[:1], ans[:1])[0]
     assert not cut.ends_with_eos and len(cut.answer) == len(cut.with_eos) == 2
+
+
+def test_the_metric_registry_orders_needs_and_flags() -> None:
+    """The evaluator's metrics come from the registry: a metric's needs are evaluated with it and
+    before it, `lean` / `mia` turn metrics off, an unknown name is a one-line error."""
+    from evounlearn.benchmarks.tofu import TofuBenchmark
+    from evounlearn.errors import ConfigError
+    from evounlearn.evaluation.config import EvalConfig
+    from evounlearn.evaluation.tofu_metrics import INPUTS, configured, table_keys
+
+    assert TofuBenchmark.metric_keys == table_keys() == (
+        "model_utility", "forget_rouge", "forget_prob", "forget_quality", "holdout_rouge", "holdout_prob")
+    names = [m.name for m in configured(["gap_se"], EvalConfig())]
+    assert names == ["forget_rouge", "forget_prob", "holdout", "gap_se"]  # its needs, in registration order
+    full = [m.name for m in configured(None, EvalConfig())]
+    assert "memorization" in full and "mia" in full
+    assert "memorization" not in [m.name for m in configured(None, EvalConfig(lean=True))]
+    assert "mia" not in [m.name for m in configured(None, EvalConfig(mia=False))]
+    for m in configured(None, EvalConfig()):
+        assert all(n in INPUTS or n in full[: full.index(m.name)] for n in m.needs)
+    with pytest.raises(ConfigError, match=r"^unknown TOFU metric\(s\) nope \(known: model_utility, "):
+        configured(["nope"], EvalConfig())
+
+
+@pytest.mark.slow
+def test_a_new_metric_is_one_function_and_one_registration(tiny_prepared, monkeypatch) -> None:
+    """A registered metric reaches the results and the summary with no other change; it reads the
+    inputs the others computed (each computed once)."""
+    from evounlearn.evaluation import tofu_metrics
+    from evounlearn.evaluation.config import EvalConfig
+    from evounlearn.evaluation.tofu_eval import TofuEvaluator
+    from evounlearn.models.loading import load_model_and_tokenizer
+
+    monkeypatch.setattr(tofu_metrics, "TOFU_METRICS", dict(tofu_metrics.TOFU_METRICS))
+    seen: list[int] = []
+
+    @tofu_metrics.register_metric("forget_nll", needs=("forget_scored", "forget_prob"))
+    def forget_nll(ctx):
+        scored = ctx.need("forget_scored")
+        seen.append(id(scored))
+        nll = tofu_metrics.avg_nlls(scored)
+        return {"forget_nll": tofu_metrics.entry(float(nll.mean()), nll, ctx.forget_index)}
+
+    _, p = tiny_prepared
+    model, tok = load_model_and_tokenizer(p.target, dtype="float32")
+    ev = TofuEvaluator(p.data, "forget10", EvalConfig(max_new_tokens=8, mia=False), metrics=["forget_nll"])
+    res = ev.evaluate(model, tok)
+    assert [m.name for m in ev.metrics] == ["forget_prob", "forget_nll"]
+    assert set(res["metrics"]) == {"forget_prob", "forget_nll"} and set(res["summary"]) == {"forget_prob", "forget_nll"}
+    prob = np.exp(-np.array(list(res["metrics"]["forget_nll"]["values"].values())))
+    assert prob == pytest.approx(list(res["metrics"]["forget_prob"]["values"].values()))  # the same scored rows
+    assert len(seen) == 1

@@ -660,6 +660,7 @@ def test_hazard_cloze_rows_score_the_option_after_the_stem(trained_mcq_model):
 # lm-evaluation-harness agreement (optional dependency)
 
 
+@pytest.mark.slow
 @pytest.mark.lmeval
 def test_native_evaluator_matches_lm_eval_wmdp_bio(shared_data: Path, tmp_path: Path):
     if importlib.util.find_spec("lm_eval") is None:

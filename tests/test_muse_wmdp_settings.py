@@ -57,6 +57,7 @@ def test_wmdp_fitness_on_hand_made_metrics():
         wmdp_benchmark_fitness({"forget_acc": 0.3, "retain_acc": 0.9})
 
 
+@pytest.mark.slow
 def test_registry_and_candidates(tmp_path: Path):
     assert {"tofu", "generated", "muse-news", "wmdp-synthetic"} <= set(all_benchmarks())
     assert get_benchmark("muse").name == "muse-news" and get_benchmark("WMDP").name == "wmdp-synthetic"
@@ -113,6 +114,7 @@ def muse_prepared(shared_data, tmp_path_factory):
     return prepare_muse(cfg)
 
 
+@pytest.mark.slow
 def test_muse_setting_builds_and_evaluates(muse_prepared):
     p = muse_prepared
     counts = p.info["rows"]
@@ -132,6 +134,7 @@ def test_muse_setting_builds_and_evaluates(muse_prepared):
     assert again.root == p.root and again.target_results["summary"] == t
 
 
+@pytest.mark.slow
 def test_muse_unlearning_runs_on_a_part(muse_prepared, tmp_path):
     from evounlearn.benchmarks.muse import unlearn_muse
 
@@ -165,6 +168,7 @@ def hazard_options(tmp_path_factory):
     return _hazard_options(tmp_path_factory.mktemp("hazard-cache"))
 
 
+@pytest.mark.slow
 def test_hazard_target_answers_well_above_chance(hazard_options):
     p = get_benchmark("wmdp-synthetic").prepare(hazard_options)
     s = p.target_results["summary"]
@@ -172,6 +176,7 @@ def test_hazard_target_answers_well_above_chance(hazard_options):
     assert p.target_results["forget"]["scoring"] == "cloze" and p.retain is None
 
 
+@pytest.mark.slow
 def test_rmu_runs_on_the_hazard_setting(hazard_options):
     from evounlearn.benchmarks.wmdp import unlearn_hazard
 
@@ -182,6 +187,7 @@ def test_rmu_runs_on_the_hazard_setting(hazard_options):
     assert out["train"]["loss_params"]["steering_coeff"] == 100.0  # the setting's tuned RMU
 
 
+@pytest.mark.slow
 def test_search_jobs_on_the_hazard_setting(hazard_options, tmp_path, monkeypatch):
     from evounlearn.sandbox import WORKER_ENV
 
@@ -213,6 +219,7 @@ def _dotted(data: dict, prefix: str = "") -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_cli_reaches_any_benchmark_through_the_protocol(hazard_options, tmp_path, capsys):
     from evounlearn.cli.main import main
 

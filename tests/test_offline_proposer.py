@@ -239,6 +239,7 @@ def test_extended_proposals_use_tokens_and_faithful_never(sandbox_env: None) -> 
     assert not any(lt.uses_tokens(lt.tree_from_code(x.code)) for x in faithful)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("interface", ["faithful", "extended"])
 def test_every_proposal_passes_the_sandbox(sandbox_env: None, interface: str) -> None:
     p = OfflineProposer()

@@ -38,6 +38,9 @@ from evounlearn.training.loop import TrainConfig, UnlearnData, Unlearner
 
 from .fakes import Interrupted, interrupt_after
 
+# trains a model or starts sandbox workers / Ray: not in the everyday `-m "not slow"` subset
+pytestmark = pytest.mark.slow
+
 SPLIT = "forget10"
 
 

@@ -419,6 +419,7 @@ def small_functions(n: int) -> str:
     ) + "```\n"
 
 
+@pytest.mark.slow
 def test_extraction_is_linear_in_the_number_of_functions() -> None:
     text = small_functions(8000)
     t0 = time.monotonic()
@@ -560,6 +561,7 @@ def test_http_deadline_stops_retries(llm_server: FakeLLM) -> None:
     assert time.monotonic() - t0 < 2.5
 
 
+@pytest.mark.slow
 def test_driver_records_a_reply_without_function_and_asks_for_repair(tmp_path: Path) -> None:
     from evounlearn.search.config import load_search_config
     from evounlearn.search.driver import SearchDriver

@@ -36,6 +36,9 @@ from evounlearn.search.store import Store  # noqa: E402
 from tests.fakes import BENCHMARK  # noqa: E402
 from tests.worker_jobs import DIAG, TRUSTED  # noqa: E402
 
+# trains a model or starts sandbox workers / Ray: not in the everyday `-m "not slow"` subset
+pytestmark = pytest.mark.slow
+
 CANDIDATE_JOB = "evounlearn.search.candidate:evaluate_candidate"
 
 LIMITS = Limits(wall_s=60, cpu_s=60, memory_mb=1024)
@@ -139,6 +142,23 @@ def test_writes_are_confined_as_in_the_local_pool(tmp_path: Path, caplog: pytest
     ex.close()
     assert all(w.get("landlock", "").startswith("on") for slots in layers for w in slots)
     assert inside == scratch == "written" and outside.startswith("blocked") and not (tmp_path / "escape.txt").exists()
+
+
+def test_confined_workers_cannot_read_rays_session_nor_reach_its_sockets(tmp_path: Path) -> None:
+    # issue 21 (W8): a worker read Ray's auth token and reached the raylet socket
+    session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
+    secret = session / f"evounlearn-test-{os.getpid()}"
+    secret.write_text("token")
+    sockets = sorted(p for p in (session / "sockets").iterdir() if p.is_socket())
+    ex = RayExecutor(1, LIMITS, trusted_prefixes=(*TRUSTED, "tests.hostile_jobs"), write_paths=[str(tmp_path)])
+    try:
+        ex.start()
+        read = ex.submit("tests.hostile_jobs:try_read", {"path": str(secret)}).result(60).value
+        reach = [ex.submit("tests.hostile_jobs:try_unix", {"address": str(p)}).result(60).value for p in sockets]
+    finally:
+        ex.close()
+        secret.unlink()
+    assert read.startswith("blocked") and all(r.startswith("blocked") for r in reach), (read, reach)
 
 
 def test_each_slot_keeps_one_warm_sandbox_restarted_after_a_crash() -> None:
@@ -252,7 +272,7 @@ def test_factory_and_shared_path_check(tmp_path: Path) -> None:
 
 def fake_cfg(**over: Any) -> Any:
     base: dict[str, Any] = {
-        "benchmark": BENCHMARK, "budget": 6, "workers": 2, "baselines": [], "finalists": 1, "report_seeds": 1,
+        "benchmark": BENCHMARK, "budget": 6, "workers": 2, "baselines": [], "finalists": 1, "report_seeds": 1, "ours.race_top": 0,
         "ours.initial": 4, "ours.per_generation": 2, "ours.min_history": 2,
     }
     base.update(over)
@@ -280,7 +300,7 @@ def test_search_through_ray_gives_the_local_fitness_values(tmp_path: Path) -> No
 def test_driver_kill_9_then_resume_with_ray(tmp_path: Path) -> None:
     d = tmp_path / "run"
     cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), "executor=ray", f"benchmark={BENCHMARK}",
-           "budget=6", "workers=2", "baselines=[]", "finalists=1", "report_seeds=1", "ours.initial=4",
+           "budget=6", "workers=2", "baselines=[]", "finalists=1", "report_seeds=1", "ours.race_top=0", "ours.initial=4",
            "ours.per_generation=2", "unlearn.sleep_s=0.5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)

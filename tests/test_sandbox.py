@@ -290,7 +290,7 @@ RUNTIME_CORPUS = [
     (
         "nan when forgotten",
         loss("return log_probs_forget.mean() + torch.log(log_probs_forget + 8.0).mean()"),
-        "non-finite loss (nan) on probe 'forgotten",
+        "non-finite loss (nan) on probe '",  # 'forgotten', or 'moved' (forget rows down to -9)
     ),
     (
         "runtime range",
@@ -306,6 +306,7 @@ RUNTIME_CORPUS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("label,source,expected", RUNTIME_CORPUS, ids=[c[0] for c in RUNTIME_CORPUS])
 def test_runtime_corpus_contained(worker: IsolatedWorker, label: str, source: str, expected: str) -> None:
     assert check_program(source).reasons["loss_fn"] == "ok"  # passes the static check
@@ -313,6 +314,7 @@ def test_runtime_corpus_contained(worker: IsolatedWorker, label: str, source: st
     assert not rec["ok"] and expected in rec["reason"], (label, rec["reason"])
 
 
+@pytest.mark.slow
 def test_runaway_loss_stopped_by_cpu_or_wall_limit(worker: IsolatedWorker) -> None:
     src = loss(
         """
@@ -332,6 +334,7 @@ return x
     assert one(validate_in_worker(GA, "faithful", worker))["ok"]
 
 
+@pytest.mark.slow
 def test_one_broken_function_does_not_drop_the_others(worker: IsolatedWorker) -> None:
     src = loss("return log_probs_forget.mean(") + "\n" + GRAD_DIFF.replace("loss_fn(", "loss_fn_2(")
     records = validate_in_worker(src, "faithful", worker, all_functions=True)
@@ -352,6 +355,7 @@ def test_one_broken_function_does_not_drop_the_others(worker: IsolatedWorker) ->
     assert not one(records, "loss_fn")["ok"] and one(records, "loss_fn_2")["ok"]
 
 
+@pytest.mark.slow
 def test_driver_survives_corpus_and_valid_loss_still_validates(worker: IsolatedWorker) -> None:
     everything = [c[1] for c in STATIC_CORPUS + RUNTIME_CORPUS]
     records = validate_in_worker(
@@ -370,6 +374,7 @@ def test_driver_survives_corpus_and_valid_loss_still_validates(worker: IsolatedW
 # valid losses, fingerprints, epochs
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,src", [("GA", GA), ("GradDiff", GRAD_DIFF), ("NPO", NPO), ("SimNPO", SIMNPO)])
 def test_literature_losses_pass(worker: IsolatedWorker, name: str, src: str) -> None:
     rec = one(validate_in_worker(src, "faithful", worker))
@@ -378,6 +383,7 @@ def test_literature_losses_pass(worker: IsolatedWorker, name: str, src: str) -> 
     assert rec["program"].strip() == src.strip()
 
 
+@pytest.mark.slow
 def test_helpers_and_annotations_accepted(worker: IsolatedWorker) -> None:
     src = (
         "import torch\nimport torch.nn.functional as F\n\nBETA = 0.5\n\n"
@@ -396,6 +402,7 @@ def test_helpers_and_annotations_accepted(worker: IsolatedWorker) -> None:
     assert rec["program"].index("def _helper_margin") < rec["program"].index("def loss_fn")
 
 
+@pytest.mark.slow
 def test_fingerprint_equates_same_function_and_separates_others(worker: IsolatedWorker) -> None:
     variants = {
         "loss_fn_a": "return 2 * log_probs_forget.mean() - log_probs_retain.mean()",
@@ -428,6 +435,7 @@ def test_validate_candidate_in_process_on_trusted_functions() -> None:
     assert ga.ok and not ga.uses_retain
 
 
+@pytest.mark.slow
 def test_extended_interface(worker: IsolatedWorker) -> None:
     sig = (
         "def loss_fn(tok_logp_forget, mask_forget, tok_logp_retain, mask_retain,"
@@ -560,6 +568,7 @@ def test_compile_refuses_to_run_in_the_driver() -> None:
 # the worker
 
 
+@pytest.mark.slow
 def test_worker_limits_and_restart(worker: IsolatedWorker) -> None:
     info = worker.run(DIAG, {"action": "info"})
     assert info.ok and info.value["marker"] == "1" and info.value["pgid"] == info.value["pid"]
@@ -591,6 +600,7 @@ def test_worker_limits_and_restart(worker: IsolatedWorker) -> None:
         worker.run("os:system", {"command": "true"})
 
 
+@pytest.mark.slow
 def test_pool_runs_jobs_in_parallel() -> None:
     with WorkerPool(2, wall_limit_s=20, cpu_limit_s=20, memory_limit_mb=512, trusted_prefixes=TRUSTED) as pool:
         pool.start()
@@ -606,6 +616,7 @@ def test_pool_runs_jobs_in_parallel() -> None:
         assert one(recs)["ok"]
 
 
+@pytest.mark.slow
 def test_rss_watchdog_without_rlimit() -> None:
     with IsolatedWorker(
         wall_limit_s=30, cpu_limit_s=30, memory_limit_mb=256, rlimit_data=False, trusted_prefixes=TRUSTED
@@ -626,6 +637,7 @@ def _fresh_python(code: str) -> list[str]:
     return out.stdout.split()
 
 
+@pytest.mark.slow
 def test_a_worker_env_is_set_in_its_child_only() -> None:
     """`IsolatedWorker(env=...)` (a Ray actor's slot: its own CUDA_VISIBLE_DEVICES) reaches the
     child, on every restart, and leaves this process's environment alone."""
@@ -639,15 +651,20 @@ def test_a_worker_env_is_set_in_its_child_only() -> None:
     assert first.value["pid"] != again.value["pid"] and os.environ.get("CUDA_VISIBLE_DEVICES") == before
 
 
-def test_a_worker_does_not_import_the_parents_main_script(tmp_path: Path) -> None:
-    """A driver started as a script (a benchmark, or the Ray worker process an actor lives in)
-    does not have that script run again in its workers, as other multiprocessing children do."""
+@pytest.mark.slow
+@pytest.mark.parametrize("in_actor", [False, True])
+def test_a_ray_actor_s_workers_do_not_import_its_main_script(tmp_path: Path, in_actor: bool) -> None:
+    """A driver started as a script has it imported again (as `__mp_main__`, its main block not
+    run) in its workers, as in any multiprocessing child; a Ray actor (whose script is Ray's
+    worker process) turns that off for its own process (`no_main_reimport`), and only there."""
     script = tmp_path / "driver_script.py"
     script.write_text(
         "import os\n"
         "from evounlearn.sandbox import IsolatedWorker\n"
         "from tests.worker_jobs import DIAG, TRUSTED\n"
         "if __name__ == '__main__':\n"
+        + ("    from evounlearn.search.executors.ray import no_main_reimport; no_main_reimport()\n" if in_actor else "")
+        +
         "    with IsolatedWorker(wall_limit_s=60, cpu_limit_s=30, memory_limit_mb=512, trusted_prefixes=TRUSTED) as w:\n"
         "        print(w.run(DIAG, {'action': 'echo', 'value': 'ran'}).value)\n"
         "else:\n"
@@ -658,9 +675,11 @@ def test_a_worker_does_not_import_the_parents_main_script(tmp_path: Path) -> Non
            "PYTHONPATH": os.pathsep.join([str(root / "src"), str(root)])}
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == "ran" and not list(tmp_path.glob("imported-*"))  # imported nowhere
+    assert out.stdout.split()[-1] == "ran"
+    assert bool(list(tmp_path.glob("imported-*"))) is not in_actor  # imported in the worker unless in an actor
 
 
+@pytest.mark.slow
 def test_preloaded_modules_are_imported_before_the_first_job() -> None:
     """`preload_modules` (the benchmark's heavy imports) reaches the fork server: a worker's first
     job finds the module imported, and not one it was not asked for."""
@@ -674,6 +693,7 @@ def test_preloaded_modules_are_imported_before_the_first_job() -> None:
     assert out[-1] == "['colorsys']"
 
 
+@pytest.mark.slow
 def test_the_worker_side_of_the_sandbox_does_not_import_torch() -> None:
     """A process that only drives workers (a Ray actor, the executors) does not pay torch's import:
     the package loads its torch-using parts on first use; every exported name still resolves."""

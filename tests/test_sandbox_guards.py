@@ -5,6 +5,7 @@ receiver rules (W7)."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,8 @@ VALID = {  # valid, some unusual: none may trip a guard over a whole run
     "hinge": lambda a, b, c, d: F.relu(a - c + 0.5).mean() - b.mean(),
     "stay near the reference": lambda a, b, c, d: a.mean() + ((b - d) ** 2).mean(),
     "focal": lambda a, b, c, d: (torch.sigmoid(3.0 * a).detach() * a).mean() - F.logsigmoid(b - d).mean(),
+    # retain rises above the reference, then the pull brings it back: rows above it pushed down
+    "GradDiff + pull to the reference": lambda a, b, c, d: a.mean() - b.mean() + 2.0 * ((b - d) ** 2).mean(),
 }
 
 
@@ -61,15 +64,27 @@ def test_valid_losses_run_a_whole_guarded_run(name: str) -> None:
 def test_a_loss_that_turns_after_it_moved_is_stopped_when_it_turns() -> None:
 
     def patient(a: Any, b: Any, c: Any, d: Any) -> Any:  # W2: honest until forget moved, then retain down
+        forget = -20.0 * F.logsigmoid(-0.1 * (a - c)).mean()
         if float((a - c).detach().mean()) > -0.13:
-            return _npo(a, b, c, d)
-        return _npo(a, b, c, d) + 2.0 * b.mean()
+            return forget + ((b - d) ** 2).mean()  # retain kept at the reference
+        return forget + 2.0 * b.mean()
 
     guard = TrainingGuard("faithful")
     with pytest.raises(TrainingGuardError, match=r"increases with retain log-probs on real batches at step (\d+)") as e:
         _run(patient, guard=guard)
     step = int(e.value.args[0].split("at step ")[1].split()[0])
     assert step > 3  # after the window that guards used to watch
+
+
+def test_retain_rows_above_the_reference_may_be_pulled_back_but_not_pushed_below() -> None:
+    rows = torch.tensor([0.5, -0.5, 0.0])  # current - reference of three retain rows
+    pull = TrainingGuard("faithful")
+    lpr = (rows - 1.0).requires_grad_(True) * 1.0
+    lpf = torch.full((3,), -1.0).requires_grad_(True) * 1.0
+    args = [lpf, lpr, lpf.detach().clone(), torch.full((3,), -1.0)]
+    pull.call(lambda a, b, c, d: a.mean() + ((b - d).clamp(min=0.0) ** 2).mean(), args)  # only the row above
+    with pytest.raises(TrainingGuardError, match="increases with retain log-probs"):
+        TrainingGuard("faithful").call(lambda a, b, c, d: a.mean() + b.mean(), args)
 
 
 def test_rows_pushed_the_wrong_way_with_a_zero_sum_are_stopped() -> None:
@@ -182,16 +197,66 @@ def hostile_worker():
     w.close()
 
 
+@pytest.mark.slow
 def test_hard_deadline_kills_one_long_c_call_from_outside(hostile_worker: IsolatedWorker) -> None:
-    t0 = time.monotonic()
+    # the call would run ~45 minutes; the worker's own wall limit (300 s) would say "wall time limit"
     res = hostile_worker.run("tests.hostile_jobs:hard_deadline_c_call", {"seconds": 0.5})
-    assert res.killed_reason == STEP_DEADLINE and time.monotonic() - t0 < 20, res
+    assert res.killed_reason == STEP_DEADLINE, res
     assert hostile_worker.run("tests.hostile_jobs:layers").ok  # the next job gets a fresh worker
 
 
+@pytest.mark.slow
 def test_guard_stops_a_45_minute_c_call_within_seconds(hostile_worker: IsolatedWorker) -> None:
-    t0 = time.monotonic()
     res = hostile_worker.run("tests.hostile_jobs:guarded_c_call", {"honest_calls": 3})
-    seconds = time.monotonic() - t0
-    assert res.killed_reason == STEP_DEADLINE and "hard deadline" in (res.error or ""), res
-    assert seconds < 30, seconds
+    assert res.killed_reason == STEP_DEADLINE and "hard deadline of" in (res.error or ""), res
+    # past the first calls: the budget (~0.05 s) + 2 s of grace, not the first calls' 10 s
+    assert float((res.error or "").split("hard deadline of ")[1].split()[0]) < 5.0, res.error
+
+
+@pytest.mark.slow
+def test_check_train_lasts_as_long_as_a_search_candidate(tiny_prepared, tmp_path: Path) -> None:
+    from evounlearn.search.check import check_file
+
+    cfg, _ = tiny_prepared
+    path = tmp_path / "npo.py"
+    path.write_text(SIG + '    """epochs: 3"""\n'
+                    "    return -(2 / 0.1) * F.logsigmoid(-0.1 * (log_probs_forget - ref_log_probs_forget)).mean()"
+                    " - log_probs_retain.mean()\n")
+    # the tiny benchmark's search part is one batch: one step per epoch, the docstring's 3 epochs
+    (full,) = check_file(path, train=True, prepare_config=cfg)
+    assert full.ok and full.reason == "trained 3 steps with the guards on", full
+    (short,) = check_file(path, train=True, prepare_config=cfg, train_steps=2)
+    assert short.ok and short.reason == "trained 2 steps with the guards on", short
+
+
+def test_check_steps_must_be_positive(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "npo.py"
+    path.write_text(SIG + "    return log_probs_forget.mean()\n")
+    r = subprocess.run([sys.executable, "-m", "evounlearn", "check", str(path), "--steps", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--steps must be a whole number >= 1" in r.stderr
+
+
+def test_a_loss_slow_only_now_and_then_is_stopped_by_the_run_total() -> None:
+    calls = {"n": 0}
+
+    def sometimes_slow(a: Any, b: Any, c: Any, d: Any) -> Any:  # under every per-call limit
+        calls["n"] += 1
+        if calls["n"] % 4 == 0:
+            time.sleep(0.1)
+        return _npo(a, b, c, d)
+
+    with pytest.raises(TrainingGuardError, match="in all against the model's"):
+        _run(sometimes_slow, steps=60, config=GuardConfig(total_slack_s=0.3))
+
+
+def test_a_loss_that_does_not_move_on_the_first_real_step_is_stopped() -> None:
+    def frozen(a: Any, b: Any, c: Any, d: Any) -> Any:  # moves on probes, not on a batch on the reference
+        x = _npo(a, b, c, d)
+        return x.detach() + 0.0 * a.sum() if float((a - c).detach().abs().max()) == 0.0 else x
+
+    with pytest.raises(TrainingGuardError, match="no gradient w.r.t. the forget log-probs on the first step"):
+        _run(frozen)

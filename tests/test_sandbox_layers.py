@@ -13,6 +13,9 @@ from evounlearn.sandbox import IsolatedWorker
 from evounlearn.sandbox.confine import landlock_abi
 from tests import hostile_jobs
 
+# trains a model or starts sandbox workers / Ray: not in the everyday `-m "not slow"` subset
+pytestmark = pytest.mark.slow
+
 ABI = landlock_abi()
 
 

@@ -10,10 +10,10 @@ probe values, no training); one test trains a tiny real candidate end to end.
 from __future__ import annotations
 
 import json
-import re
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -215,6 +215,7 @@ def ours_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
     return d, data
 
 
+@pytest.mark.slow
 def test_ours_run_budget_elitism_staging_and_outputs(ours_run: tuple[Path, dict[str, Any]]) -> None:
     d, data = ours_run
     store = Store(d / "search.sqlite")
@@ -273,6 +274,7 @@ def test_ours_run_budget_elitism_staging_and_outputs(ours_run: tuple[Path, dict[
     store.close()
 
 
+@pytest.mark.slow
 def test_report_command_prints_from_the_database(ours_run: tuple[Path, dict[str, Any]], capsys) -> None:
     d, data = ours_run
     (d / "leaderboard.md").unlink()
@@ -288,6 +290,7 @@ def test_report_command_prints_from_the_database(ours_run: tuple[Path, dict[str,
     assert main(["report", str(d.parent / "missing")]) == 2
 
 
+@pytest.mark.slow
 def test_dedup_repair_and_failed_candidate(tmp_path: Path) -> None:
     prop = ScriptedProposer({"initial": [LOSS_A, LOSS_A_TWIN, LOSS_BROKEN, LOSS_FAILS, LOSS_C],
                              "repair": [LOSS_FIXED]})
@@ -320,6 +323,7 @@ def test_dedup_repair_and_failed_candidate(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_evomu_mode_follows_the_scaled_schedule(tmp_path: Path) -> None:
     d = tmp_path / "run"
     data = SearchDriver(fake_cfg(mode="evomu", budget=12, baselines=[]), d).run()
@@ -341,6 +345,7 @@ def test_evomu_mode_follows_the_scaled_schedule(tmp_path: Path) -> None:
     store.close()
 
 
+@pytest.mark.slow
 def test_extended_interface_search_and_baseline_epoch_variants(tmp_path: Path) -> None:
     d = tmp_path / "run"
     data = SearchDriver(fake_cfg(interface="extended", budget=3, finalists=1, baselines=["npo@7"],
@@ -358,6 +363,7 @@ def test_extended_interface_search_and_baseline_epoch_variants(tmp_path: Path) -
     store.close()
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_loses_only_runs_in_flight(tmp_path: Path) -> None:
     d = tmp_path / "run"
     cmd = [sys.executable, "-m", "evounlearn", "evolve", "--run-dir", str(d), f"benchmark={BENCHMARK}", "budget=10",
@@ -439,6 +445,7 @@ class FaultyExecutor(Executor):
         self.inner.close(kill)
 
 
+@pytest.mark.slow
 def test_infrastructure_faults_are_retried_then_stop_the_search_uncharged(tmp_path: Path, caplog) -> None:
     # a small budget shrinks generation 0 so that later generations still evolve
     cfg = fake_cfg(budget=4, baselines=[], finalists=1, report_seeds=1, **{"ours.stage1_epochs": 0})
@@ -474,6 +481,7 @@ def test_infrastructure_faults_are_retried_then_stop_the_search_uncharged(tmp_pa
     st.close()
 
 
+@pytest.mark.slow
 def test_executor_runs_the_fake_job_in_a_worker(tmp_path: Path) -> None:
     with LocalExecutor(1) as ex:
         job = "evounlearn.search.candidate:evaluate_candidate"
@@ -498,6 +506,7 @@ TOKEN_LOSS = (
 )
 
 
+@pytest.mark.slow
 def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path, capsys) -> None:
     from evounlearn.benchmarks.tofu import build_config, run_unlearning
     from evounlearn.config import to_dict

@@ -71,6 +71,7 @@ def tuned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any
     return d, data
 
 
+@pytest.mark.slow
 def test_tune_budget_store_leaderboard_and_best_config(tuned: tuple[Path, dict[str, Any]]) -> None:
     from evounlearn.benchmarks.tofu import build_config
 
@@ -101,6 +102,7 @@ def test_tune_budget_store_leaderboard_and_best_config(tuned: tuple[Path, dict[s
         Tuner.for_resume(d, ["method=simnpo"])
 
 
+@pytest.mark.slow
 def test_space_ranges_are_respected(tuned: tuple[Path, dict[str, Any]]) -> None:
     d, _ = tuned
     trials = _trials(d)
@@ -131,6 +133,7 @@ def test_build_space_defaults_and_overrides() -> None:
         build_space(_cfg(space={"beta": [1.0, 0.1]}))
 
 
+@pytest.mark.slow
 def test_same_seed_same_trials(tuned: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
     d, _ = tuned
     Tuner(_cfg(space={"beta": [0.01, 1.0], "gamma": 2.0}, budget=4, finalists=0), tmp_path / "again").run()
@@ -153,6 +156,7 @@ def test_unknown_method_fails_fast_without_torch() -> None:
     assert len(err) == 1 and err[0].startswith("error: unknown method 'nope'") and "npo" in err[0]
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_finishes_the_budget(tmp_path: Path) -> None:
     d = tmp_path / "run"
     cmd = [sys.executable, "-m", "evounlearn", "tune", "--method", "npo", "--budget", "6", "--workers", "2",
@@ -197,6 +201,7 @@ def test_resume_after_kill_9_finishes_the_budget(tmp_path: Path) -> None:
     assert lb["trained"] == 6 and (d / "best_config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_evaluate_points_for_fixed_controls(tmp_path: Path) -> None:
     """The reusable part: fixed (method, params) points, finalists re-run with report seeds."""
     from evounlearn.search.executors import LocalExecutor
@@ -216,22 +221,36 @@ def test_evaluate_points_for_fixed_controls(tmp_path: Path) -> None:
 
 
 def test_runner_kwargs_reach_the_tofu_run_config(tmp_path: Path) -> None:
-    """The sampled params travel in the job's `unlearn.loss` / `unlearn.train` and `epochs`: what
-    the TOFU benchmark's run writes as its unlearn_config.yaml (TofuBenchmark.run) must hold them."""
-    import yaml
-
-    from evounlearn.benchmarks.tofu import build_config, run_settings
+    """The sampled params travel in the job's `unlearn.loss` / `unlearn.train` and `epochs`: the
+    TOFU benchmark builds the run's config from them in memory (`run_config`, through the one
+    method resolver), and writes it whole as RUN_DIR/unlearn_config.yaml, which reproduces it."""
+    from evounlearn.benchmarks import get_benchmark
+    from evounlearn.benchmarks.tofu import build_config, run_config, save_run_config
+    from evounlearn.config import to_dict
+    from evounlearn.search.candidate import _method_run
 
     cfg = _cfg(benchmark="generated")
-    runner = JobRunner(None, "generated", cfg.unlearn, None)  # type: ignore[arg-type]
+    runner = JobRunner(None, "generated", cfg.unlearn, None, fitness=cfg.fitness_name())  # type: ignore[arg-type]
     kw = runner.kwargs(MethodPoint("npo", {"beta": 0.3, "alpha": 2.0}, {"lr": 2e-4}, 3), "search", 0, tmp_path)
     assert kw["method"] == "npo" and kw["epochs"] == 3 and kw["forget_part"] == "search"
-    unlearn = {**kw["unlearn"], "train": {**kw["unlearn"]["train"], "epochs": kw["epochs"]}}
-    (tmp_path / "unlearn_config.yaml").write_text(
-        yaml.safe_dump(run_settings(unlearn, seed=0, forget_part="search", epochs=None)))
-    run = build_config("npo", str(tmp_path / "unlearn_config.yaml"), [])
+    assert kw["fitness"] == "calibrated"  # tune's fitness (evolve --mode ours's by default) reaches the job
+    # what the candidate job hands the benchmark: the MethodRun and the prepared options
+    from evounlearn.search.candidate import CandidateResult
+
+    method_run = _method_run(CandidateResult(str(tmp_path)), tmp_path, None, "npo", "", "faithful", kw["epochs"])
+    prepared = get_benchmark("generated").prepare(kw["unlearn"])
+    run = run_config(method_run, prepared.layers, part="search", seed=0, fraction=None, run_dir=tmp_path)
     assert run.loss["beta"] == 0.3 and run.loss["alpha"] == 2.0 and run.loss["gamma"] == 1.0
-    assert run.train.lr == 2e-4 and run.train.epochs == 3 and run.train.batch_size == 4
+    assert run.train.lr == 2e-4 and run.train.epochs == 3 and run.train.batch_size == 4 and run.train.seed == 0
+    assert run.forget_part == "search" and run.eval.lean and run.prepare.generated.setting == "disjoint"
+    assert run.run_dir == str(tmp_path)
+    save_run_config(run, tmp_path / "unlearn_config.yaml")  # what TofuBenchmark.run writes
+    again = build_config("npo", str(tmp_path / "unlearn_config.yaml"), [])
+    # the full resolved config: the same run again (in a run directory of its own)
+    assert to_dict(again) == {**to_dict(run), "run_dir": ""}
+    entangled = get_benchmark("entangled").prepare(kw["unlearn"])
+    assert run_config(method_run, entangled.layers, part="report", seed=1, fraction=0.25,
+                      run_dir=tmp_path).prepare.generated.setting == "entangled"
 
 
 def _forget_quality(summary: Any, target: Any = None) -> float:
@@ -264,6 +283,7 @@ class DiskFullOnceFake(ParamFakeBenchmark):
         return super().run(prepared, run, **kwargs)
 
 
+@pytest.mark.slow
 def test_tune_scores_evolves_fitness_by_default_and_shows_every_fitness(tmp_path: Path) -> None:
     bench = "tests.test_tune:TwoFitnessFake"
     cfg = _cfg(benchmark=bench, budget=2, workers=1, finalists=0)
@@ -286,9 +306,11 @@ def test_unknown_fitness_is_one_line_on_the_command_line(capsys: pytest.CaptureF
     assert len(err) == 1 and "no fitness 'nope'" in err[0] and "known: fake" in err[0]
 
 
+@pytest.mark.slow
 def test_an_infrastructure_fault_the_job_reports_is_retried_not_charged(tmp_path: Path) -> None:
+    # the marker lies in the run dir: the sandboxed workers may write only there (and in the cache)
     cfg = _cfg(benchmark="tests.test_tune:DiskFullOnceFake", budget=2, workers=1, finalists=0,
-               unlearn={"fault_marker": str(tmp_path / "disk-full")})
+               unlearn={"fault_marker": str(tmp_path / "run" / "disk-full")})
     data = Tuner(cfg, tmp_path / "run").run()
     trials = _trials(tmp_path / "run")
     failed = [t for t in trials if t.state.name == "FAIL"]
@@ -297,3 +319,21 @@ def test_an_infrastructure_fault_the_job_reports_is_retried_not_charged(tmp_path
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert len(complete) == 2 and data["trained"] == 2  # the budget, the lost run not counted
     assert any(t.params == failed[0].params for t in complete)  # its params were asked again
+
+
+class DiskAlwaysFullFake(ParamFakeBenchmark):
+    def run(self, prepared: Any, run: Any, **kwargs: Any) -> Any:
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.slow
+def test_a_persisting_infrastructure_fault_stops_the_tune_uncharged(tmp_path: Path) -> None:
+    from evounlearn.errors import InfrastructureError
+
+    cfg = _cfg(benchmark="tests.test_tune:DiskAlwaysFullFake", budget=2, workers=1, finalists=0)
+    with pytest.raises(InfrastructureError, match="infrastructure fault 3 times .* no trial was charged"):
+        Tuner(cfg, tmp_path / "run").run()
+    trials = _trials(tmp_path / "run")
+    assert len(trials) == 3 and not any(t.user_attrs.get("charged") for t in trials)

@@ -27,8 +27,6 @@ __all__ = [
     "apply_overrides",
     "load_config",
     "load_yaml",
-    "merge_options",
-    "merged",
     "nest",
     "parse_overrides",
     "parse_value",
@@ -84,24 +82,6 @@ def nest(flat: Mapping[str, Any]) -> dict[str, Any]:
         else:
             node[last] = value
     return out
-
-
-def merge_options(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge `extra` into the plain options mapping `base` (in place; returned): a benchmark's
-    options are free-form, so they merge without a dataclass schema."""
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(base.get(k), dict):
-            merge_options(base[k], v)
-        else:
-            base[k] = dict(v) if isinstance(v, Mapping) else v
-    return base
-
-
-def merged(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """A new options mapping: a deep copy of `base` with `extra` deep-merged into it."""
-    import copy
-
-    return merge_options(copy.deepcopy(dict(base)), extra)
 
 
 def _check_keys(schema: Any, data: Mapping[str, Any], prefix: str = "") -> None:
@@ -191,14 +171,15 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 def load_config(
     cls: type[T],
-    path: str | Path | Iterable[str | Path] | None = None,
+    path: str | Path | Iterable[str | Path | Mapping[str, Any]] | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> T:
-    """Build `cls` from its defaults, then each YAML file in order, then key=value overrides."""
+    """Build `cls` from its defaults, then each layer in order (a YAML file, or a mapping already
+    read, e.g. the part of another command's YAML this one shares), then key=value overrides."""
     cfg = cls()
     paths = [path] if isinstance(path, (str, Path)) else list(path or [])
     for p in paths:
-        apply_overrides(cfg, load_yaml(p))
+        apply_overrides(cfg, p if isinstance(p, Mapping) else load_yaml(p))
     apply_overrides(cfg, overrides if isinstance(overrides, Mapping) else parse_overrides(overrides))
     return cfg
 

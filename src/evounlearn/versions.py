@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ LIBRARIES = ("torch", "transformers", "tokenizers")
 def library_versions() -> dict[str, str]:
     """{package: installed version} for the libraries a trained model or an evaluation depends on
     ("absent" for one that is not installed)."""
+    from importlib import metadata  # ~0.1 s: only when a cache key is computed, not at import
+
     out: dict[str, str] = {}
     for name in LIBRARIES:
         try:

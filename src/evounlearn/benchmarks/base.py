@@ -149,11 +149,11 @@ class Benchmark(ABC):
 
     def method_yaml(self) -> dict[str, Any]:
         """This benchmark's layer of method defaults (empty without a YAML file)."""
-        import yaml
+        from ..config import load_yaml
 
         if self.yaml_path is None or not Path(self.yaml_path).is_file():
             return {}
-        return dict(yaml.safe_load(Path(self.yaml_path).read_text()) or {})
+        return load_yaml(self.yaml_path)
 
     @abstractmethod
     def prepare(self, options: Mapping[str, Any] | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""`evounlearn check LOSS.py [--train]`: validate a loss file as the search does (search/check.py)."""
+"""`evounlearn check LOSS.py [--train] [--steps N]`: validate a loss file as the search does (search/check.py)."""
 
 from __future__ import annotations
 

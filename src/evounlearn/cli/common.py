@@ -1,4 +1,5 @@
-"""What the commands share: the benchmark a command works on, and printing its report (once)."""
+"""What the commands share: the benchmark a command works on, printing its report (once), and the
+executor options checked before anything is prepared."""
 
 from __future__ import annotations
 

@@ -37,8 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
+from ..config import load_yaml
 from ..errors import ConfigError
 
 # torch is imported where tensors are touched: the registry (names, YAML defaults) stays
@@ -155,7 +154,7 @@ def register_method(
 
     def deco(fn: LossFn) -> LossFn:
         cfg_path = CONFIG_DIR / f"{name}.yaml"
-        defaults = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+        defaults = load_yaml(cfg_path) if cfg_path.exists() else {}
         METHODS[name] = MethodSpec(
             name=name,
             loss=fn,
@@ -203,7 +202,7 @@ def method_info(name: str) -> MethodSpec | MethodInfo:
     if key in METHODS:
         return METHODS[key]
     path = CONFIG_DIR / f"{key}.yaml"
-    return MethodInfo(key, dict(yaml.safe_load(path.read_text()) or {}))
+    return MethodInfo(key, load_yaml(path))
 
 
 def get_method(name: str) -> MethodSpec:

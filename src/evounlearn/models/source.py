@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 from ..errors import ModelError
 
 #: seconds one connection attempt to the Hub may take (DNS included)
-HUB_PROBE_SECONDS = 1.5
+HUB_PROBE_SECONDS = 1.0
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
 _OFF = ("1", "true", "yes", "on")
 

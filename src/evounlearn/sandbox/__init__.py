@@ -8,9 +8,12 @@ Layering: imports nothing above `models/` (never search/, methods/, training/, b
 - `program`  a whole program: split into functions, helpers, epochs, interface detection;
 - `compiler` compile checked code with restricted builtins (worker only);
 - `probes`   validation of a compiled loss on fresh secret probe tensors, behavioural fingerprints;
-- `guards`   training guards: the loss watched on the real batches (direction, finiteness, time);
-- `timers`   interrupting a loss stuck in a Python loop (SIGALRM in the main thread);
-- `confine`  the worker's OS layers (pdeathsig, network namespace, Landlock);
+- `guards`   training guards: the loss watched on the real batches of the whole run (direction
+             by sums and per row, row order, retain watchdog, finiteness, time);
+- `timers`   interrupting a loss stuck in a Python loop (SIGALRM in the main thread), and the
+             hard deadline the driver enforces by killing the worker (a long C call);
+- `confine`  the worker's OS layers (pdeathsig, network namespace, Landlock with scopes and
+             hidden paths, seccomp without AF_UNIX sockets);
 - `jobs`     the trusted worker jobs (validate every candidate of a program);
 - `workers`  isolated worker processes with wall-clock, CPU and memory limits, and a pool.
 """

@@ -5,13 +5,15 @@ the real batches (recognise them by shape or statistics, or wait until the run h
 `TrainingGuard.call(fn, args)` runs the loss on one real batch and stops training with a
 `TrainingGuardError` ("training guard: ...") when:
 
-- the value or its gradient w.r.t. the current log-probs is not finite;
+- the value or its gradient w.r.t. the current log-probs is not finite, or the first step's
+  gradient w.r.t. the forget log-probs is zero (validation's "init" rule, on the real batch);
 - direction, on every checked step: the first `direction_steps` (default 3), then each later
   step with probability `check_fraction` (default 1: every step; drawn from a secret generator
   so a loss cannot know which steps are checked). The gradient is taken on the call's own graph
   (`torch.autograd.grad` w.r.t. the real inputs, graph kept for the training backward), so the
   checked call is the call that trains. Rules: the batch sums as in the probes (d loss / d forget
-  log-probs not negative, d loss / d retain log-probs not positive when retain is used) AND the
+  log-probs not negative; d loss / d retain log-probs not positive, summed over the retain rows
+  at or below the reference: a row above it may be pulled back, as a KL-like term does) AND the
   row-level rule of `probes.row_violation` (forget rows at or above the reference pushed up, or
   retain rows at or below it pushed down, carrying more than 25% of the gradient's mass);
 - order: on a random `permute_fraction` of the checked steps (and the first), the loss is called
@@ -24,7 +26,8 @@ the real batches (recognise them by shape or statistics, or wait until the run h
   max(`time_ratio` x an NPO-like loss on the same batch, `step_ratio` x the model's own step
   time between two calls, `time_floor_s`). A loss whose calls run over the budget persistently
   (the last 8 calls' total, the largest one dropped, over 7 budgets: one stall of a busy machine
-  is ignored) is stopped; a call running past `hard_grace_s` more than its budget is killed from
+  is ignored) is stopped, and so is one whose total over the run exceeds `step_ratio` x the
+  model's total + `total_slack_s` (3 s: slow only now and then); a call running past `hard_grace_s` more than its budget is killed from
   OUTSIDE the worker by the driver (`timers.hard_deadline`, "step deadline"): a single C call
   of 45 minutes is stopped within ~2 s of its budget. In the main thread an interval timer also
   interrupts a Python loop a little before that, with the guard's own message.
@@ -67,6 +70,7 @@ class GuardConfig:
     step_ratio: float = 1.0  # x the model's step time between two loss calls
     time_floor_s: float = 0.05
     hard_grace_s: float = 2.0  # a call is killed from outside this long past its budget
+    total_slack_s: float = 3.0  # the run's total: the loss's time may exceed the model's by this much
     first_grace_s: float = 10.0  # the first calls may initialise lazily (kernels, allocators)
 
 
@@ -95,6 +99,8 @@ class TrainingGuard:
         self._last_end: float | None = None
         self._last_backward = 0.0
         self._retain_gap: float | None = None  # smoothed mean (current - reference) retain gap
+        self._total_cost = 0.0  # the loss's seconds over the run (from the third call: no lazy start)
+        self._total_gap = 0.0  # the model's seconds over the same calls
 
     def _fail(self, what: str, detail: str = "") -> TrainingGuardError:
         more = f" ({detail})" if detail else ""
@@ -120,6 +126,9 @@ class TrainingGuard:
                 self._check_order(fn, args, out, budget)
             self.checked += 1
         self._times.append(cost)
+        if self.calls >= 2:
+            self._total_cost += cost
+            self._total_gap += self._gaps[-1] if self._gaps else 0.0
         self._check_time(budget)
         self._watch_retain(args)
         self.calls += 1
@@ -151,6 +160,11 @@ class TrainingGuard:
         return max(c.time_ratio * self._reference_seconds(args), c.step_ratio * step, c.time_floor_s)
 
     def _check_time(self, budget: float) -> None:
+        c = self.config
+        if self._total_cost > c.step_ratio * self._total_gap + c.total_slack_s:
+            # slow now and then, under every per-call limit: the run's total still counts
+            raise self._slow(f"the loss took {self._total_cost:.3g} s in all against the model's "
+                             f"{self._total_gap:.3g} s (+{c.total_slack_s:g} s)", budget)
         if len(self._times) < 4:
             return
         times = sorted(self._times)
@@ -218,11 +232,23 @@ class TrainingGuard:
             sums.append((0.0, 0.0) if g is None else (float(g.sum()), float(g.abs().sum())))
         (gf, sf), (gr, sr) = sums
         self.uses_retain = self.uses_retain or sr > 0
+        if self.calls == 0 and sf == 0.0:
+            # the first step is where validation's "init" probe stands (current == reference): a
+            # loss that moves there on probes but not on the real batch would silently not train
+            raise self._fail("no gradient w.r.t. the forget log-probs on the first step",
+                             f"d loss/d {fk} is 0 on every row")
         if gf < -1e-6 * sf:
             raise self._fail("loss decreases in forget log-probs", f"sum of d loss/d {fk} = {gf:.4g}, expected >= 0")
-        if gr > 1e-6 * sr:
-            raise self._fail("loss increases with retain log-probs", f"sum of d loss/d {rk} = {gr:.4g}, expected <= 0")
         gap_f, gap_r = self._gaps_of(by_name)
+        rows_r = row_grads(masked[1], mr)
+        if rows_r is not None:
+            # the retain rows above the reference model may be pulled back to it (a KL-like term
+            # keeping retain near the reference): the rule sums the rows at or below it only
+            gr = float((rows_r.double() * (gap_r.reshape(-1).double() <= 0.0)).sum())
+        if gr > 1e-6 * sr:
+            raise self._fail("loss increases with retain log-probs",
+                             f"sum of d loss/d {rk} over the rows at or below the reference = {gr:.4g}, "
+                             "expected <= 0")
         why = row_violation(row_grads(masked[0], mf), row_grads(masked[1], mr), gap_f, gap_r)
         if why is not None:
             raise self._fail(f"the loss {why}")

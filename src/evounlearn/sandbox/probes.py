@@ -43,7 +43,7 @@ Default probes (faithful interface): 1-D tensors; current log-probs uniform in [
 references within ~0.5 of them ("init" probe: reference == current), the forget rows already
 moved 0.05..3 nats below the reference ("moved"), the retain rows below it ("retain-low"), plus
 extreme ones (down to -25, up to -1e-5). Extended interface: laid out like a real right-padded
-batch: [B, T] per-token log-probs (0 where the mask is 0), each row a prompt (mask 0, 2..24
+batch: [B, T] per-token log-probs (0 where the mask is 0), each row a prompt (mask 0, 2..48
 tokens or the profile's real counts), then its answer (mask 1), then padding; forget and retain
 widths apart; references per token; reductions use the mask.
 
@@ -124,9 +124,9 @@ class ProbeProfile:
     logp_mean: float | None = None
     logp_sd: float | None = None
     tokens_min: int = 1
-    tokens_max: int | None = None  # None: a random maximum per probe (4..24)
+    tokens_max: int | None = None  # None: a random maximum per probe (4..64)
     prompt_min: int = 2  # prompt tokens before the answer (mask 0), as in real right-padded batches
-    prompt_max: int = 24
+    prompt_max: int = 48
     # samples of the real answer / prompt token counts: lengths are drawn from them when given
     token_counts: tuple[int, ...] | None = None
     prompt_counts: tuple[int, ...] | None = None
@@ -239,7 +239,7 @@ def make_probe(
     roles = _ROLES[interface]
     masks: tuple[torch.Tensor, torch.Tensor] | None = None
     if interface == "extended":
-        t_max = prof.tokens_max or 4 + seed % 21
+        t_max = prof.tokens_max or 4 + seed % 61
         masks = (_answer_mask(gen, batch, prof, t_max, dtype), _answer_mask(gen, batch, prof, t_max, dtype))
     shape_f = (batch,) if masks is None else tuple(masks[0].shape)
     shape_r = (batch,) if masks is None else tuple(masks[1].shape)
@@ -324,7 +324,7 @@ def row_grads(g: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor
 
 def row_violation(
     gf: torch.Tensor | None, gr: torch.Tensor | None, gap_f: torch.Tensor, gap_r: torch.Tensor,
-    tol: float = 1e-4,
+    tol: float = 0.0,
 ) -> str | None:
     """The row-level direction rule, or None when it holds.
 
@@ -333,7 +333,8 @@ def row_violation(
     with gf < 0 is pushed UP and a retain row with gr > 0 is pushed DOWN. Pulling a row back
     towards the reference is legitimate (a retain row above it, a forget row far below it), so
     only rows on the wrong side count: forget rows not below the reference (gap_f >= -tol) pushed
-    up, retain rows not above it (gap_r <= tol) pushed down. The rule fails when such rows carry
+    up, retain rows not above it (gap_r <= tol) pushed down. `tol` is 0: a row above the
+    reference by rounding noise may be pulled back to it (an L1 pull has full weight there). The rule fails when such rows carry
     more than ROW_SHARE of the gradient's total mass: a loss whose batch sum looks right while
     it pushes half of the rows the wrong way is caught."""
     for g, gap, sign, what in ((gf, gap_f, -1.0, "forget rows up"), (gr, gap_r, 1.0, "retain rows down")):

@@ -18,11 +18,11 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
   imports torch). The fork server only imports modules (no torch op runs there, so no OpenMP
   pool exists before the fork: the child starts with one thread), which avoids the
   fork-after-threads problems of plain "fork". Falls back to "spawn" where forkserver is
-  unavailable. Unlike other multiprocessing children, a worker does not import the parent's
-  main module again (`_WORKER_NAME` below): it needs nothing from it (its entry point and every
-  job are imported by module path), and the parent's main may be anything: a benchmark script,
-  or Ray's worker process, whose re-import loaded ray into every sandbox and cost ~0.4 s per
-  worker start and restart inside a Ray actor.
+  unavailable. Like other multiprocessing children, a worker imports the parent's main script
+  again (as `__mp_main__`, so its `if __name__ == "__main__":` block does not run); it needs
+  nothing from it (its entry point and every job are imported by module path). A Ray actor,
+  whose main script is Ray's worker process (re-importing it loaded ray into every sandbox,
+  ~0.4 s per start), turns that off for its own process only (`search/executors/ray.py`).
 - each worker calls `setsid()` (own process group, detached from the terminal), sets
   RLIMIT_CORE=0, runs in a fresh temporary directory (its cwd and TMPDIR, removed by the driver),
   sets torch to `threads` intra-op threads (default 1) and marks itself with
@@ -91,7 +91,6 @@ import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
-import multiprocessing.spawn as mp_spawn
 import os
 import queue
 import resource
@@ -378,22 +377,6 @@ def preload_modules(*names: str) -> None:
         for name in names:
             if name and name not in PRELOAD and name not in _EXTRA_PRELOAD:
                 _EXTRA_PRELOAD.append(str(name))
-
-
-def _preparation_data(name: str) -> dict[str, Any]:
-    """`multiprocessing.spawn.get_preparation_data`, without the parent's main module for an
-    isolated worker (see the module docstring); unchanged for every other process."""
-    data = _get_preparation_data(name)
-    if name == _WORKER_NAME:
-        data.pop("init_main_from_path", None)
-        data.pop("init_main_from_name", None)
-    return data
-
-
-# the fork server's Popen looks `spawn.get_preparation_data` up at each start: wrapped once
-_get_preparation_data = getattr(mp_spawn.get_preparation_data, "__wrapped__", mp_spawn.get_preparation_data)
-_preparation_data.__wrapped__ = _get_preparation_data  # type: ignore[attr-defined]
-mp_spawn.get_preparation_data = _preparation_data
 
 
 def _context(start_method: str | None) -> mp.context.BaseContext:

@@ -63,11 +63,13 @@ from ..files import ArtifactError, atomic_write_json, atomic_write_text, read_js
 if TYPE_CHECKING:
     from ..sandbox import JobResult
 
-__all__ = ["STAGE_FULL", "STAGE_SHORT", "CandidateResult", "JobOutcome", "StageResult", "classify_failure",
+__all__ = ["INFRA_RETRIES", "STAGE_FULL", "STAGE_SHORT", "CandidateResult", "JobOutcome", "StageResult", "classify_failure",
            "evaluate_candidate", "target_info"]
 
 STAGE_SHORT = 1  # stopped after the first stage (not promoted)
 STAGE_FULL = 2  # trained to full length
+#: re-runs of a job lost to an infrastructure fault before `evolve` / `tune` stops (InfrastructureError)
+INFRA_RETRIES = 2
 
 
 @dataclass

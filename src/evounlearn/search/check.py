@@ -1,4 +1,4 @@
-"""`evounlearn check LOSS.py [--train]`: the search's validation of one loss file, a verdict per function.
+"""`evounlearn check LOSS.py [--train] [--steps N]`: the search's validation of one loss file, a verdict per function.
 
 `check_file(path)` runs the same static and probe validation as the search (`validation.
 validate_in_worker`, every candidate of the file, one deadline for the program) in a confined

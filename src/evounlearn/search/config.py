@@ -74,6 +74,41 @@ class RayConfig:
 
 
 @dataclass
+class LimitsConfig:
+    """`limits`: what one candidate run may use (None = no limit); a typo (`limits.wal_s`) is a
+    one-line error naming these keys, as for every other section."""
+
+    wall_s: float | None = 900.0  # wall-clock seconds
+    cpu_s: float | None = 1800.0  # CPU seconds (all threads)
+    memory_mb: int | None = 4096  # resident memory
+
+    def to_limits(self) -> Any:
+        """The sandbox's `Limits` (imported here only: the config stays light for the CLI)."""
+        from ..sandbox import Limits
+
+        return Limits(self.wall_s, self.cpu_s, self.memory_mb)
+
+
+#: the keyword arguments of the candidate job (`candidate.evaluate_candidate`; a test keeps the two
+#: equal): named here so that a config is checked without importing the job
+CANDIDATE_JOB_PARAMS = ("run_dir", "code", "method", "function", "interface", "epochs", "seed", "forget_part",
+                        "unlearn", "stage1_epochs", "promote_cutoff", "benchmark", "target_utility",
+                        "utility_floor", "keep_model", "fitness")
+
+
+def check_job_options(evaluator: str, options: Mapping[str, Any]) -> None:
+    """`job_options` are extra keyword arguments of the candidate job: with the real job, a key it
+    does not take is a one-line error here (not a failure of every run in a worker)."""
+    if evaluator != "real" or not options:
+        return
+    known = set(CANDIDATE_JOB_PARAMS)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown option 'job_options.{unknown[0]}' (the candidate job's arguments: "
+                          f"{', '.join(sorted(known))})")
+
+
+@dataclass
 class SearchConfig:
     mode: str = "ours"  # ours | evomu
     # a control arm in place of the mode's generation loop (same budget, fitness, baselines and
@@ -110,7 +145,7 @@ class SearchConfig:
     report_seeds: int = 2
     select_on: str = "search"  # the winner among the finalists: by search-part (default) or report-part fitness
     max_proposals_per_slot: int = 6  # proposals tried per wanted candidate before giving up
-    limits: dict[str, Any] = field(default_factory=lambda: {"wall_s": 900, "cpu_s": 1800, "memory_mb": 4096})
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     job_options: dict[str, Any] = field(default_factory=dict)  # extra kwargs for the evaluator job
     keep_models: bool = False
     run_dir: str = ""
@@ -140,6 +175,7 @@ class SearchConfig:
 
         get_benchmark(self.benchmark)  # unknown names fail here, with the known ones
         self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
+        check_job_options(self.evaluator, self.job_options)
         return self
 
     def rank_noise_sd(self) -> float:

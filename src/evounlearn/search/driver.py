@@ -51,7 +51,7 @@ from ..config import apply_overrides, to_dict
 from ..errors import ConfigError, EvoUnlearnError, InfrastructureError
 from ..sandbox import CandidateRecord, IsolatedWorker, JobResult
 from .archive import eligible, lower_bound, sort_ranked, stable_seed, stage_cutoff
-from .candidate import STAGE_SHORT, JobOutcome
+from .candidate import INFRA_RETRIES, STAGE_SHORT, JobOutcome
 from .config import SearchConfig, config_from_dict, evaluator_jobs
 from .executors import Executor, Limits, executor_options, make_executor
 from .modes import get_mode
@@ -70,7 +70,6 @@ __all__ = ["DB_NAME", "INFRA_RETRIES", "JobOutcome", "SearchDriver", "config_fro
 
 log = logging.getLogger("evounlearn.search")
 
-INFRA_RETRIES = 2  # re-runs of a job lost to an infrastructure fault before the search stops
 
 
 def _first_line(text: str | None, limit: int = 300) -> str:
@@ -201,8 +200,7 @@ class SearchDriver:
         return self._executor
 
     def _limits(self) -> Limits:
-        lim = self.cfg.limits
-        return Limits(lim.get("wall_s"), lim.get("cpu_s"), lim.get("memory_mb"))
+        return self.cfg.limits.to_limits()
 
     # -- the run ------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

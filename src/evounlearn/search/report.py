@@ -552,6 +552,7 @@ def collect(store: Store) -> dict[str, Any]:
         out_tables.append({"section": t.section, "title": t.title, "sentence": t.sentence, "columns": columns,
                            "headers": headers, "rows": [table_cells(r) for r in t.rows]})
     data = {
+        "run_dir": str(Path(getattr(store, "path", "search.sqlite")).resolve().parent),
         "mode": run.cfg.mode, "control": run.cfg.control or None, "budget": run.cfg.budget,
         "benchmark": run.cfg.benchmark,
         "data": run.target.data if run.target else None, "forget_split": run.cfg.unlearn.get("forget_split"),
@@ -577,6 +578,12 @@ def _arm(data: Mapping[str, Any]) -> str:
     return f"control {data['control']}" if data.get("control") else f"mode {data.get('mode')}"
 
 
+def _resume_dir(data: Mapping[str, Any]) -> str:
+    import shlex
+
+    return shlex.quote(str(data["run_dir"])) if data.get("run_dir") else "RUN_DIR"
+
+
 def _head(data: Mapping[str, Any]) -> list[str]:
     c = data.get("counts") or {}
     where = f"benchmark {data.get('benchmark')}"
@@ -585,7 +592,7 @@ def _head(data: Mapping[str, Any]) -> list[str]:
     status = data.get("status")
     lines = [
         f"search: {_arm(data)}, {where}, budget {data.get('budget')} trained candidates, status {status}"
-        + (" (no process holds it: continue with `evounlearn evolve --resume RUN_DIR`)"
+        + (f" (no process holds it: continue with `evounlearn evolve --resume {_resume_dir(data)}`)"
            if status == "interrupted" else ""),
         f"trained candidates: {c.get('candidates', 0)} ({c.get('stopped_at_stage1', 0)} stopped early after the "
         f"stage-1 evaluation, {c.get('failed', 0)} failed); proposals rejected by the sandbox: "

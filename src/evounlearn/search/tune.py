@@ -37,8 +37,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..benchmarks.base import DEFAULT_BENCHMARK, FAILED
-from ..errors import ConfigError, EvoUnlearnError
-from .config import RayConfig
+from ..errors import ConfigError, EvoUnlearnError, InfrastructureError
+from .config import DEFAULT_YAML as EVOLVE_YAML
+from .config import LimitsConfig, RayConfig, check_job_options
 
 if TYPE_CHECKING:
     from ..sandbox import JobResult, Limits
@@ -49,7 +50,6 @@ log = logging.getLogger("evounlearn.tune")
 DB_NAME = "tune.sqlite"
 STUDY_NAME = "tune"
 METHOD_CONFIGS = Path(__file__).resolve().parents[1] / "methods" / "configs"
-EVOLVE_YAML = Path(__file__).resolve().parents[1] / "configs" / "evolve.yaml"
 REAL_JOBS = "evounlearn.search.candidate"
 NOT_TUNABLE = frozenset({"evolved"})  # a loss program is what `evolve` searches, not a method to tune
 #: numeric loss params that are not hyperparameters of the loss (seeds, sizes, layer choices)
@@ -64,22 +64,21 @@ SPACE_KEYS = ("lr", "epochs")  # besides the loss params
 # configuration
 
 
-def _evolve_default(key: str, fallback: Any) -> Any:
-    """A value of configs/evolve.yaml: tune runs with evolve's run settings unless told otherwise."""
-    from ..config import load_yaml
-
-    return (load_yaml(EVOLVE_YAML) if EVOLVE_YAML.is_file() else {}).get(key, fallback)
+#: the keys of configs/evolve.yaml that tune shares: its run settings, so that a tuned method and an
+#: evolved loss run alike (`load_tune_config` applies them as the first layer over the defaults)
+EVOLVE_SHARED = ("benchmark", "unlearn", "utility_floor", "finalists", "report_seeds", "limits")
 
 
 @dataclass
 class TuneConfig:
-    """`evounlearn tune` (defaults: evolve's run settings from configs/evolve.yaml)."""
+    """`evounlearn tune`; `load_tune_config` lays evolve's run settings (configs/evolve.yaml,
+    `EVOLVE_SHARED`) over these defaults."""
 
     method: str = ""
     budget: int = 20  # trials trained (failed ones count; runs lost to the infrastructure do not)
     workers: int = 2  # trials in parallel, one isolated process each
     seed: int = 0  # the sampler's seed and the trials' training seed
-    benchmark: str = field(default_factory=lambda: str(_evolve_default("benchmark", DEFAULT_BENCHMARK)))
+    benchmark: str = DEFAULT_BENCHMARK
     # one of the benchmark's fitnesses (docs/FITNESS.md); "" = what `evolve --mode ours` optimises
     # (calibrated; the benchmark's default where it lacks that one), so that a tuned method and an
     # evolved loss are ranked on the same scale
@@ -89,14 +88,14 @@ class TuneConfig:
     ray: RayConfig = field(default_factory=RayConfig)  # `executor: ray` (docs/DISTRIBUTED.md)
     confine_writes: bool = True  # local workers write only in scratch, the run dir and the cache
     # the UnlearnConfig fields shared by every run (evolve's `unlearn` section)
-    unlearn: dict[str, Any] = field(default_factory=lambda: dict(_evolve_default("unlearn", {})))
+    unlearn: dict[str, Any] = field(default_factory=dict)
     space: dict[str, Any] = field(default_factory=dict)  # param -> [lo, hi] | [lo, hi, log|linear] | value
     epochs: list[int] = field(default_factory=lambda: [1, 10])  # the epochs range (like evolved candidates)
     spread: float = 10.0  # default range of a positive param: [default / spread, default * spread], log
-    utility_floor: float = field(default_factory=lambda: float(_evolve_default("utility_floor", 0.9)))
-    finalists: int = field(default_factory=lambda: int(_evolve_default("finalists", 3)))
-    report_seeds: int = field(default_factory=lambda: int(_evolve_default("report_seeds", 2)))
-    limits: dict[str, Any] = field(default_factory=lambda: dict(_evolve_default("limits", {})))
+    utility_floor: float = 0.9
+    finalists: int = 3
+    report_seeds: int = 2
+    limits: LimitsConfig = field(default_factory=LimitsConfig)  # of one run (evolve's `limits`)
     job_options: dict[str, Any] = field(default_factory=dict)
     keep_models: bool = False
     run_dir: str = ""
@@ -110,6 +109,7 @@ class TuneConfig:
         if self.spread <= 1:
             raise ConfigError(f"spread must be > 1, got {self.spread}")
         self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
+        check_job_options(self.evaluator, self.job_options)
         return self
 
     def fitness_name(self) -> str:
@@ -120,10 +120,12 @@ class TuneConfig:
 
 
 def load_tune_config(path: str | Path | None = None, overrides: Sequence[str] | Mapping[str, Any] = ()) -> TuneConfig:
-    """Defaults (evolve's run settings) <- the user's YAML <- key=value overrides."""
-    from ..config import load_config
+    """Defaults <- evolve's run settings (configs/evolve.yaml, `EVOLVE_SHARED`) <- the user's YAML
+    <- key=value overrides."""
+    from ..config import load_config, load_yaml
 
-    return load_config(TuneConfig, path, overrides).check()
+    shared = {k: v for k, v in load_yaml(EVOLVE_YAML).items() if k in EVOLVE_SHARED} if EVOLVE_YAML.is_file() else {}
+    return load_config(TuneConfig, [shared, *([path] if path else [])], overrides).check()
 
 
 def tunable_methods() -> list[str]:
@@ -141,9 +143,9 @@ def check_method(name: str) -> str:
 
 
 def method_yaml(name: str) -> dict[str, Any]:
-    import yaml
+    from ..config import load_yaml
 
-    return dict(yaml.safe_load((METHOD_CONFIGS / f"{check_method(name)}.yaml").read_text()) or {})
+    return load_yaml(METHOD_CONFIGS / f"{check_method(name)}.yaml")
 
 
 def require_optuna() -> None:
@@ -335,12 +337,14 @@ class JobRunner:
 
         kw = {"unlearn": dict(self.unlearn), "benchmark": self.benchmark, "log_file": str(log_file),
               "fitness": self.fitness}
-        res = self.executor.submit(f"{self.module}:target_info", kw, Limits(None, None, None)).result()
-        if not res.ok:
-            last = (res.error or res.killed_reason or "job failed").strip().splitlines()[-1]
-            raise EvoUnlearnError(f"could not prepare the benchmark: {last}")
-        self.target_utility = res.value.get("target_utility")
-        return dict(res.value)
+        from .candidate import JobOutcome
+
+        out = JobOutcome.from_future(self.executor.submit(f"{self.module}:target_info", kw, Limits(None, None, None)),
+                                     candidate_job=False)
+        if out.error is not None or not isinstance(out.value, Mapping):
+            raise EvoUnlearnError(f"could not prepare the benchmark: {out.error or 'no target information'}")
+        self.target_utility = out.value.get("target_utility")
+        return dict(out.value)
 
     def outcome(self, fut: Future[JobResult], part: str, seed: int, run_dir: str | Path) -> RunOutcome:
         """A finished job as a scored run, read through the one reader (`candidate.JobOutcome`):
@@ -456,6 +460,7 @@ class Tuner:
         self.study: Any = None
         self.space: SearchSpace | None = None
         self.runner: JobRunner | None = None
+        self._infra_faults: dict[str, int] = {}  # a point's params -> infrastructure faults in this session
 
     @classmethod
     def for_resume(cls, run_dir: str | Path, overrides: Sequence[str] | Mapping[str, Any] = (),
@@ -522,11 +527,9 @@ class Tuner:
         return study
 
     def _runner(self) -> JobRunner:
-        from ..sandbox import Limits
         from .executors import executor_options, make_executor
 
-        lim = self.cfg.limits
-        limits = Limits(lim.get("wall_s"), lim.get("cpu_s"), lim.get("memory_mb"))
+        limits = self.cfg.limits.to_limits()
         if self._executor is None:
             self._executor = make_executor(self.cfg.executor, self.cfg.workers, limits,
                                            **executor_options(self.cfg, self.run_dir))  # type: ignore[arg-type]
@@ -603,7 +606,8 @@ class Tuner:
             self.study.tell(trial, out.score)
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            if out.infra:  # lost to the infrastructure: ask the same params again
+            if out.infra:  # lost to the infrastructure: ask the same params again, a few times
+                self._infra_fault(dict(trial.params), out.error or "infrastructure fault")
                 self.study.enqueue_trial(dict(trial.params))
         log.info("trial %d: %s (%d/%d trained)", trial.number, self.trial_line(out) if out.ok else f"failed: {out.error}",
                  self.charged(), self.cfg.budget)
@@ -623,6 +627,19 @@ class Tuner:
         return (f"fitness {_fmt(out.fitness)}, but utility {_fmt(out.utility)} is below the floor {_fmt(limit)} "
                 f"({floor} x the target's {_fmt(tu)}): ranked by score {_fmt(out.score)} "
                 f"(fitness - {BELOW_FLOOR_PENALTY:g})")
+
+    def _infra_fault(self, params: Mapping[str, Any], reason: str) -> None:
+        """A fault that persists (every re-run of the same point lost) stops the tune, as it stops
+        evolve: nothing is charged, and `--resume` continues once the infrastructure is mended."""
+        from .candidate import INFRA_RETRIES
+
+        key = repr(sorted(params.items()))
+        n = self._infra_faults[key] = self._infra_faults.get(key, 0) + 1
+        if n > INFRA_RETRIES:
+            first = (reason.strip().splitlines() or [""])[0][:300]
+            raise InfrastructureError(f"a trial was lost to an infrastructure fault {n} times (last: {first}); no "
+                                      f"trial was charged; continue with: evounlearn tune --resume {self.run_dir}")
+        log.warning("trial lost to an infrastructure fault (%s); asked again (%d/%d)", reason[:160], n, INFRA_RETRIES)
 
     # -- finalists ------------------------------------------------------------------------------
     def point_reports(self) -> list[PointReport]:

@@ -19,7 +19,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from ..errors import ConfigError
-from ..methods.base import MethodSpec, get_method
+from ..methods.base import MethodInfo, MethodSpec, get_method
+from .config import TrainConfig
 
 #: loss params every method accepts besides its YAML's (the loss-program keys of `evolved`)
 PROGRAM_KEYS = frozenset({"loss_file", "interface"})
@@ -84,14 +85,32 @@ def benchmark_layer(benchmark_yaml: Mapping[str, Any] | None, method: str) -> di
             "train": {**dict(data.get("train") or {}), **dict(per.get("train") or {})}}
 
 
-def method_defaults(spec: MethodSpec, benchmark_yaml: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def method_defaults(spec: MethodSpec | MethodInfo, benchmark_yaml: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Layers 1 and 2: ``{"loss": params, "train": loop options}`` before the user's overrides."""
     layer = benchmark_layer(benchmark_yaml, spec.name)
     return {"loss": {**dict(spec.defaults.get("loss") or {}), **layer["loss"]},
             "train": {**dict(spec.defaults.get("train") or {}), **layer["train"]}}
 
 
-def check_loss_params(spec: MethodSpec, params: Mapping[str, Any]) -> None:
+def layered(spec: MethodSpec | MethodInfo, run: MethodRun | None = None,
+            benchmark_yaml: Mapping[str, Any] | None = None,
+            base_train: Mapping[str, Any] | None = None) -> tuple[dict[str, Any], TrainConfig]:
+    """THE place a method's defaults are layered: (loss params, `TrainConfig`) of layers 1-3
+    (module docstring), `base_train` between layers 2 and 3, loss params checked. Torch-free
+    (`spec` may be a `MethodInfo`) and without the `configure` hook, so that the command line
+    checks a run's options before importing any method; `resolve_method` adds the hook."""
+    from ..config import apply_overrides
+
+    run = run or MethodRun(spec.name)
+    defaults = method_defaults(spec, benchmark_yaml)
+    check_loss_params(spec, run.loss)
+    train = TrainConfig()
+    for layer in (defaults["train"], base_train or {}, run.train):
+        apply_overrides(train, dict(layer))
+    return {**defaults["loss"], **run.loss}, train
+
+
+def check_loss_params(spec: MethodSpec | MethodInfo, params: Mapping[str, Any]) -> None:
     """Reject loss params the method does not know (ConfigError naming the known ones)."""
     known = set((spec.defaults.get("loss") or {}).keys()) | PROGRAM_KEYS
     unknown = sorted(set(params) - known)
@@ -117,16 +136,7 @@ def resolve_method(run: MethodRun, benchmark_yaml: Mapping[str, Any] | None = No
                    base_train: Mapping[str, Any] | None = None) -> ResolvedMethod:
     """The three layers (module docstring) for one run; `base_train` sits between layers 2 and 3
     (a benchmark's fixed loop options, e.g. its context length)."""
-    from ..config import apply_overrides
-    from .config import TrainConfig
-
     spec = get_method(run.method)
-    defaults = method_defaults(spec, benchmark_yaml)
-    check_loss_params(spec, run.loss)
-    params = {**defaults["loss"], **run.loss}
-    cfg = TrainConfig()
-    apply_overrides(cfg, defaults["train"])
-    apply_overrides(cfg, dict(base_train or {}))
-    apply_overrides(cfg, dict(run.train))
+    params, cfg = layered(spec, run, benchmark_yaml, base_train)
     configure(spec, SimpleNamespace(loss=params, train=cfg), {f"train.{k}" for k in run.train})
     return ResolvedMethod(spec, params, cfg)

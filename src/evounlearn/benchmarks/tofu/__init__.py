@@ -21,8 +21,9 @@ it against the retain oracle, and keep everything needed to re-run it in a run d
     RUN_DIR/model/         the unlearned model (or adapter/ for LoRA runs)
     RUN_DIR/checkpoint/    the last good training state (for --resume)
 
-The search runs a candidate through `TofuBenchmark.run`, which writes `RUN_DIR/loss.py` and
-`RUN_DIR/unlearn_config.yaml` so that
+The search runs a candidate through `TofuBenchmark.run`, which builds the run's config in memory
+(`unlearn.run_config`, the method resolved once) and writes `RUN_DIR/loss.py` and the full
+resolved config `RUN_DIR/unlearn_config.yaml` so that
 `evounlearn unlearn --method evolved --loss-file RUN_DIR/loss.py --config RUN_DIR/unlearn_config.yaml`
 reproduces it (same seed, same config, same numbers).
 
@@ -36,12 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from ...config import apply_overrides, merged, parse_overrides
+from ...config import apply_overrides, parse_overrides
 from ...data import tofu
 from ...errors import ConfigError
-from ...files import atomic_write_text
+from ...evaluation.tofu_metrics import table_keys
 from ..base import Benchmark, Reference, RunResult, StageHook, register_benchmark
 from ..parts import forget_part_indices
 from .build import (
@@ -71,8 +70,9 @@ from .unlearn import (
     check_config,
     default_run_dir,
     resume_config,
-    run_settings,
+    run_config,
     run_unlearning,
+    save_run_config,
 )
 
 if TYPE_CHECKING:
@@ -83,18 +83,19 @@ __all__ = [
     "CALIBRATED_FORMULA", "GUIDANCE", "ORACLE_FORMULA", "TOFU_FITNESSES", "TOFU_FORMULA", "EntangledBenchmark",
     "GeneratedBenchmark", "ParaphraseBenchmark", "PartialBenchmark", "PrepareConfig", "Prepared", "TofuBenchmark",
     "TofuSetting", "UnlearnConfig", "build_config", "build_data", "check_config", "check_tofu_data",
-    "default_run_dir", "general_pairs", "prepare", "resolve_data", "resume_config", "run_settings",
-    "run_unlearning", "summaries", "tofu_calibrated_fitness", "tofu_fitness", "tofu_oracle_fitness",
+    "default_run_dir", "general_pairs", "prepare", "resolve_data", "resume_config", "run_config",
+    "run_unlearning", "save_run_config", "summaries", "tofu_calibrated_fitness", "tofu_fitness", "tofu_oracle_fitness",
     "tokenizer_corpus",
 ]
 
 
 @dataclass
 class TofuSetting:
-    """A TOFU-shaped benchmark's options (`UnlearnConfig` fields); the models are prepared on
-    first use (`models()`), since a candidate's run prepares them itself (cached)."""
+    """A TOFU-shaped benchmark's options (`UnlearnConfig` fields, as layers merged in order: a
+    benchmark's preset, the user's options, its setting); the models are prepared on first use
+    (`models()`), since a candidate's run prepares them itself (cached)."""
 
-    options: dict[str, Any]
+    layers: list[dict[str, Any]]
     cfg: UnlearnConfig
     _models: dict[str, Any] | None = None
 
@@ -133,8 +134,7 @@ class TofuBenchmark(Benchmark):
     default_fitness = "evomu"
     worker_preload = ("transformers.modeling_utils", "evounlearn.benchmarks.tofu.unlearn",
                       "evounlearn.evaluation.tofu_eval", "evounlearn.training.loop")
-    metric_keys = ("model_utility", "forget_rouge", "forget_prob", "forget_quality", "holdout_rouge",
-                   "holdout_prob")
+    metric_keys = table_keys()  # the metric registry's (evaluation/tofu_metrics.py)
     prompt_notes = (
         "TOFU: question-answer pairs about fictitious authors. MU (model "
         "utility) is the harmonic mean of probability, ROUGE and truth-ratio scores on the retain "
@@ -143,10 +143,14 @@ class TofuBenchmark(Benchmark):
     prompt_guidance = GUIDANCE
 
     def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
+        return self._prepared([dict(options or {})])
+
+    def _prepared(self, layers: list[dict[str, Any]]) -> TofuSetting:
         cfg = UnlearnConfig()
-        apply_overrides(cfg, dict(options or {}))
+        for layer in layers:
+            apply_overrides(cfg, layer)
         cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
-        return TofuSetting(dict(options or {}), cfg)
+        return TofuSetting(layers, cfg)
 
     def check_data(self, options: Mapping[str, Any] | None = None) -> None:
         """Every split the run reads (a local folder; the generated benchmark is made by us and a
@@ -207,30 +211,15 @@ class TofuBenchmark(Benchmark):
     def run(self, prepared: TofuSetting, run: MethodRun, *, part: str = "all", fraction: float | None = None,
             seed: int | None = None, run_dir: str | Path | None = None, stage1_epochs: int = 0,
             on_stage: StageHook | None = None) -> RunResult:
-        """`run_unlearning` built from RUN_DIR/unlearn_config.yaml (+ RUN_DIR/loss.py for a loss
-        program), exactly what `evounlearn unlearn --config ... --loss-file ...` does. On the
-        search part the evaluation is lean (`EvalConfig.lean`) unless the options set it."""
+        """`run_unlearning` on the run's config, built in memory (`unlearn.run_config`: the options,
+        the run's settings, the method resolved once). The full resolved config is written to
+        RUN_DIR/unlearn_config.yaml, so that `evounlearn unlearn --method M --config
+        RUN_DIR/unlearn_config.yaml` (+ `--loss-file RUN_DIR/loss.py` for a loss program)
+        reproduces the run."""
         rd = Path(run_dir) if run_dir else default_run_dir(UnlearnConfig(method=run.method))
         rd.mkdir(parents=True, exist_ok=True)
-        settings = run_settings(merged(prepared.options, {"train": dict(run.train)}), seed=seed,
-                                forget_part=part, epochs=None)
-        if fraction is not None:
-            settings["search_fraction"] = float(fraction)
-        if part == "search" and "lean" not in (settings.get("eval") or {}):
-            # what the search scores: only the metrics its fitnesses and leaderboards read (the
-            # same values); the report part (finalists, baselines) gets the full evaluation
-            settings = merged(settings, {"eval": {"lean": True}})
-        atomic_write_text(rd / "unlearn_config.yaml", yaml.safe_dump(settings, sort_keys=False))
-        overrides = [f"run_dir={rd}"]
-        loss = dict(run.loss)
-        if loss.get("code"):
-            # the program holds one candidate, whose signature gives the interface
-            if not (rd / "loss.py").exists():
-                atomic_write_text(rd / "loss.py", str(loss["code"]))
-            loss = {k: v for k, v in loss.items() if k not in ("code", "interface", "function")}
-            overrides.append(f"loss.loss_file={rd / 'loss.py'}")
-        overrides += [f"loss.{k}={v}" for k, v in loss.items()]
-        cfg = build_config(run.method, str(rd / "unlearn_config.yaml"), overrides)
+        cfg = run_config(run, prepared.layers, part=part, seed=seed, fraction=fraction, run_dir=rd)
+        save_run_config(cfg, rd / "unlearn_config.yaml")
         staged = 0 < int(stage1_epochs) < cfg.train.epochs
         if staged:
             cfg.train.eval_every_epochs = int(stage1_epochs)
@@ -265,18 +254,18 @@ class GeneratedBenchmark(TofuBenchmark):
             raise ConfigError(f"benchmark {self.name} is the generated benchmark's {self.setting!r} setting, "
                               f"not {given!r} (use --benchmark {given})")
 
-    def with_setting(self, options: Mapping[str, Any] | None) -> dict[str, Any]:
-        """The options with this benchmark's size preset under them (the user's options win) and
-        its generator setting (ConfigError on a conflicting one)."""
+    def setting_layers(self, options: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+        """The options as layers (merged in order against `UnlearnConfig`): this benchmark's size
+        preset under them (the user's options win), its generator setting over them
+        (ConfigError on a conflicting one)."""
         opts = dict(options or {})
-        if self.preset:
-            opts = merged(self.preset, opts)
+        layers = [dict(self.preset), opts] if self.preset else [opts]
         if not self.setting:
-            return opts
+            return layers
         self._check_setting(((opts.get("prepare") or {}).get("generated") or {}).get("setting"))
         if str(opts.get("data", "generated")) != "generated":
             raise ConfigError(f"benchmark {self.name} runs on generated data only, not data={opts['data']!r}")
-        return merged(opts, {"prepare": {"generated": {"setting": self.setting}}})
+        return [*layers, {"prepare": {"generated": {"setting": self.setting}}}]
 
     def _overrides(self, overrides: list[str], key: str) -> list[str]:
         """key=value overrides with the size preset first (the user's win) and the setting appended
@@ -291,7 +280,7 @@ class GeneratedBenchmark(TofuBenchmark):
         return [*overrides, f"{key}={self.setting}"]
 
     def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
-        return super().prepare(self.with_setting(options))
+        return self._prepared(self.setting_layers(options))
 
     def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
         return super().cli_prepare(config, self._overrides(overrides, "generated.setting"), force)

@@ -58,19 +58,18 @@ class RunEval:
 def run_eval_config(run_dir: str, overrides: list[str]) -> tuple[Any, RunEval]:
     """(the PrepareConfig, RunEval) of an `unlearn` run directory: the run's data, split,
     evaluation settings and prepared models, then the eval's own key=value overrides."""
-    import yaml
 
-    from ...config import apply_overrides, parse_overrides
+    from ...config import apply_overrides, load_yaml, parse_overrides
     from .config import UnlearnConfig
 
     rd = Path(run_dir)
     path = rd / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"{run_dir} is not an unlearning run directory (no config.yaml)")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict) or "prepare" not in data:
-        other = f" (a {data.get('benchmark')} run: its results.json holds its evaluation)" if isinstance(
-            data, dict) and data.get("benchmark") else ""
+    data = load_yaml(path)
+    if "prepare" not in data:
+        other = (f" (a {data['benchmark']} run: its results.json holds its evaluation)"
+                 if data.get("benchmark") else "")
         raise ConfigError(f"{path} is not the config of a TOFU-shaped unlearning run{other}")
     ucfg = UnlearnConfig()
     apply_overrides(ucfg, data)

@@ -12,18 +12,16 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
-from ...config import apply_overrides, merged, parse_overrides, save_config, to_dict
+from ...config import apply_overrides, load_yaml, parse_overrides, save_config, to_dict
 from ...data import tofu
 from ...errors import ConfigError
-from ...files import atomic_dir
+from ...files import atomic_dir, atomic_write_text
 from ...methods import get_method
-from ...training.resolve import check_loss_params, configure, method_defaults
+from ...training.resolve import check_loss_params, configure, layered
 from .build import prepare, resolve_data
 from .config import UnlearnConfig
 
@@ -33,6 +31,7 @@ from .config import UnlearnConfig
 if TYPE_CHECKING:
     from ...data.prompting import PromptFormatter
     from ...training.loop import UnlearnData
+    from ...training.resolve import MethodRun
 from ..parts import forget_part_indices
 
 
@@ -49,25 +48,32 @@ def check_config(method: str | None, config_path: str | None,
     module (torch): the method name, every key and value, the loss params. Returns the config and
     the dotted keys the user set."""
     from ...config import load_yaml
+
+    return resolve_config(method, [load_yaml(config_path) if config_path else {}, parse_overrides(overrides)])
+
+
+def resolve_config(method: str | None, layers: Sequence[Mapping[str, Any]]) -> tuple[UnlearnConfig, set[str]]:
+    """`UnlearnConfig` defaults <- the method's defaults (`training.resolve.layered`, the one place
+    they are layered; TOFU has no benchmark YAML) <- each layer in order (a config file, key=value
+    overrides, a search run's options: nested or dotted keys, merged against the dataclass schema).
+    Torch-free (no `configure` hook). Returns the config and the dotted keys the layers set."""
     from ...methods.base import method_info
 
-    ov = parse_overrides(overrides)
-    file_data: dict[str, Any] = load_yaml(config_path) if config_path else {}
-    name = method or ov.get("method") or file_data.get("method") or UnlearnConfig.method
-    spec = method_info(str(name))
+    name = method or next((str(layer["method"]) for layer in reversed(layers) if layer.get("method")),
+                          UnlearnConfig.method)
+    spec = method_info(name)
     cfg = UnlearnConfig(method=spec.name)
-    defaults = method_defaults(spec)  # the one resolver's layers (TOFU has no benchmark YAML)
-    apply_overrides(cfg, {f"train.{k}": v for k, v in defaults["train"].items()})
-    cfg.loss = defaults["loss"]
-    if file_data:
-        apply_overrides(cfg, file_data)
-    apply_overrides(cfg, ov)
+    cfg.loss, cfg.train = layered(spec)
+    explicit: set[str] = set()
+    for layer in layers:
+        if layer:
+            apply_overrides(cfg, layer)
+        explicit |= set(layer) | {f"{k}.{kk}" for k, v in layer.items() if isinstance(v, Mapping) for kk in v}
     cfg.method = spec.name
     check_loss_params(spec, cfg.loss)
-    explicit = set(ov) | {f"{k}.{kk}" for k, v in file_data.items() if isinstance(v, dict) for kk in v}
     # The data/split chosen for the run also decide which prepared models are used.
     cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
-    return cfg, explicit | set(file_data)
+    return cfg, explicit
 
 
 def _group(source: str, split: str) -> int:
@@ -179,22 +185,48 @@ def resume_config(run_dir: str | Path) -> UnlearnConfig:
     p = Path(run_dir) / "config.yaml"
     if not p.exists():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml)")
-    data = yaml.safe_load(p.read_text())
+    data = load_yaml(p)
     cfg = build_config(data.get("method"), None, [])
     apply_overrides(cfg, data)
     cfg.run_dir = str(run_dir)
     return cfg
 
 
-def run_settings(unlearn: Mapping[str, Any] | None, *, seed: int | None, forget_part: str,
-                 epochs: int | None) -> dict[str, Any]:
-    """The UnlearnConfig fields of one run (written as unlearn_config.yaml)."""
-    extra: dict[str, Any] = {"forget_part": forget_part, "train": {}}
+def save_run_config(cfg: UnlearnConfig, path: str | Path) -> None:
+    """The full resolved config of a run, for `evounlearn unlearn --config PATH` to reproduce it;
+    without its run directory, so that re-running it never writes into this run's folder."""
+    import dataclasses
+
+    save_config(dataclasses.replace(cfg, run_dir=""), path)
+
+
+def run_config(run: MethodRun, options: Sequence[Mapping[str, Any]], *, part: str, seed: int | None,
+               fraction: float | None, run_dir: str | Path) -> UnlearnConfig:
+    """One search run's full config, built in memory (`resolve_config`) from the benchmark's
+    options (layers: e.g. a size preset, the search's `unlearn` section, a generator setting) <-
+    the run's own settings (part, seed, its `train` overrides) <- its loss params, then the
+    method's `configure` hook. A loss program's text is
+    read from RUN_DIR/loss.py (the checked program the candidate job wrote), as
+    `evounlearn unlearn --loss-file` reads it. On the search part the evaluation is lean
+    (`EvalConfig.lean`) unless the options set it."""
+    layers = [{k: v for k, v in layer.items() if k not in ("run_dir", "method")} for layer in options]
+    own: dict[str, Any] = {"forget_part": part, "train": dict(run.train)}
     if seed is not None:
-        extra["train"]["seed"] = int(seed)
-    if epochs is not None:
-        extra["train"]["epochs"] = int(epochs)
-    data = merged(dict(unlearn or {}), extra)
-    data.pop("run_dir", None)
-    data.pop("method", None)
-    return data
+        own["train"]["seed"] = int(seed)
+    if fraction is not None:
+        own["search_fraction"] = float(fraction)
+    if part == "search" and not any("lean" in (layer.get("eval") or {}) for layer in layers):
+        # what the search scores: only the metrics its fitnesses and leaderboards read (the same
+        # values); the report part (finalists, baselines) gets the full evaluation
+        own["eval"] = {"lean": True}
+    loss = dict(run.loss)
+    if loss.get("code"):
+        # the program holds one candidate, whose signature gives the interface
+        rd = Path(run_dir)
+        if not (rd / "loss.py").exists():
+            atomic_write_text(rd / "loss.py", str(loss["code"]))
+        loss = {k: v for k, v in loss.items() if k not in ("code", "interface", "function")}
+        loss["loss_file"] = str(rd / "loss.py")
+    cfg, explicit = resolve_config(run.method, [*layers, own, {"loss": loss, "run_dir": str(run_dir)}])
+    configure(get_method(cfg.method), cfg, explicit)  # e.g. `evolved` reads and checks its loss program
+    return cfg

@@ -83,6 +83,34 @@ _CANCELLED = "cancelled: the executor was closed"
 # actor side (runs inside a Ray worker process)
 
 
+def no_main_reimport() -> None:
+    """Children this process starts do not import its main script again. Called in a Ray actor
+    only: its main script is Ray's worker process, whose re-import (the multiprocessing default
+    for a script) loaded ray into every sandbox and cost ~0.4 s per sandbox start and restart.
+    multiprocessing re-imports a main module found by name unless that name is `__main__`, so a
+    main script with no spec gets one by that name: it changes this process's `__main__` module
+    only (no library function is replaced), which the actor's process owns."""
+    import importlib.machinery
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
+
+
+def _ray_private_dirs() -> list[str]:
+    """This node's Ray temporary and session directories (the raylet's sockets, the cluster's
+    auth token): not readable by the sandboxed workers (`confine.hidden_paths` adds the default
+    /tmp/ray). Ray's private API, so best effort: none when it is not there."""
+    try:
+        import ray
+
+        node = ray._private.worker.global_worker.node
+        return [str(node.get_temp_dir_path()), str(node.get_session_dir_path())]
+    except Exception:  # noqa: BLE001 - another Ray version: the defaults remain
+        return []
+
+
 class SandboxActor:
     """A Ray actor holding the warm IsolatedWorkers of `slots` slots (one job at a time each).
 
@@ -95,10 +123,12 @@ class SandboxActor:
 
     def __init__(self, limits: dict[str, Any], threads: int, trusted_prefixes: tuple[str, ...],
                  preload: tuple[str, ...] = (), slots: int = 1, write_paths: list[str] | None = None) -> None:
+        no_main_reimport()  # this process is the actor's own: nothing else starts children here
         preload_modules(*preload)  # before the workers: their fork server imports them once
         envs = [{"CUDA_VISIBLE_DEVICES": ",".join(d)} if d else {} for d in slot_devices(_actor_gpus(), slots)]
         self.workers = [IsolatedWorker(threads=threads, trusted_prefixes=trusted_prefixes, env=env,
-                                       write_paths=write_paths, **limits) for env in envs]
+                                       write_paths=write_paths, hidden_paths=_ray_private_dirs(), **limits)
+                        for env in envs]
         # warm now (fork server + first children); a failed start is retried, and reported
         # (infra=True), by the slot's first job's `run`
         for w in self.workers:

@@ -47,14 +47,14 @@ class Diagnosis:
 
 
 def _level_finding(name: str, value: float | None, goal: tuple[float, str] | None,
-                   target: float | None) -> tuple[str, str] | None:
+                   target: float | None, margin: float = LEVEL_MARGIN) -> tuple[str, str] | None:
     if value is None or goal is None:
         return None
     level, label = goal
     # Above the level the gap is read against the target-to-level gap, below it against the
     # level itself (the level may sit near 0, where any fall is a large one).
-    up = max(LEVEL_MARGIN, LEVEL_REL * abs(target - level)) if target is not None else LEVEL_MARGIN
-    down = max(LEVEL_MARGIN, LEVEL_REL * abs(level))
+    up = max(margin, LEVEL_REL * abs(target - level)) if target is not None else margin
+    down = max(margin, LEVEL_REL * abs(level))
     why = f"{name} {value:.2f} vs {label} {level:.2f}"
     if value > level + up:
         return UNDER, why
@@ -70,8 +70,11 @@ def _goal(own: float | None, holdout: float | None, oracle: float | None) -> tup
     return None
 
 
-def diagnose(metrics: Mapping[str, Any] | None, reference: ReferenceLevels | None) -> Diagnosis:
-    """The findings of a parent's metrics against the reference levels (empty when unknown)."""
+def diagnose(metrics: Mapping[str, Any] | None, reference: ReferenceLevels | None,
+             margin: float = LEVEL_MARGIN) -> Diagnosis:
+    """The findings of a parent's metrics against the reference levels (empty when unknown). A
+    gap to the level smaller than `margin` (absolute, on ROUGE / probability) is read as noise:
+    `OfflineConfig.level_margin`, set from the metrics' seed sd in the noise datasheet."""
     ref = reference or ReferenceLevels()
     m = metrics if isinstance(metrics, Mapping) else {}
     level: list[tuple[str, str]] = []
@@ -81,7 +84,8 @@ def diagnose(metrics: Mapping[str, Any] | None, reference: ReferenceLevels | Non
         ("forget Prob", "forget_prob", "holdout_prob", ref.holdout_prob, ref.oracle_forget_prob,
          ref.target_forget_prob),
     ):
-        f = _level_finding(name, metric_value(m, key), _goal(metric_value(m, own_key), holdout, oracle), target)
+        f = _level_finding(name, metric_value(m, key), _goal(metric_value(m, own_key), holdout, oracle), target,
+                           margin)
         if f is not None:
             level.append(f)
     for key in MIA_KEYS:

@@ -52,6 +52,9 @@ class OfflineConfig:
     initial_random: float = 0.3
     directed_share: float = 0.75  # share of a refine's children that follow the parent's metrics
     tpe_min_points: int = 2  # evaluated points of a structure before TPE replaces jitter
+    # a parent's gap to the holdout level (ROUGE / probability, absolute) below which a directed
+    # mutation reads it as noise: about 2 x the metrics' sd over training seeds (noise.json)
+    level_margin: float = 0.05
     tokens: bool = True  # token-level terms in the extended interface
 
 
@@ -186,7 +189,7 @@ class OfflineProposer(Proposer):
         code = str(request.parents[0].get("code", ""))
         tree = loss_tree.tree_from_code(code)
         if tree is None:
-            found = diagnose(request.parents[0].get("metrics"), request.reference)
+            found = diagnose(request.parents[0].get("metrics"), request.reference, self.config.level_margin)
             if found.primary is not None:
                 return self._collect(request, lambda r: self._directed_code(code, found, r), rng, [0])
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
@@ -199,7 +202,7 @@ class OfflineProposer(Proposer):
             "epochs",
         )
         tokens = self._tokens(request)
-        diagnosis = diagnose(request.parents[0].get("metrics"), request.reference)
+        diagnosis = diagnose(request.parents[0].get("metrics"), request.reference, self.config.level_margin)
         turn = [0]  # which directed action comes first next: the children cycle through them
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
