@@ -22,7 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also train each valid function as long as one search candidate on the default "
                    "benchmark, training guards on")
     p.add_argument("--steps", type=_positive, default=None, metavar="N",
-                   help="with --train: stop each training after N optimizer steps (implies --train)")
+                   help="with --train: stop each training after N optimizer steps (implies --train; default: as long "
+                        "as one search candidate trains)")
     p.set_defaults(func=_run)
 
 
