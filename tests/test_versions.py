@@ -71,3 +71,27 @@ def test_the_large_benchmarks_carry_the_resolving_size() -> None:
         "generated.authors=160", "generated.holdout_authors=16", "train.epochs=32", "generated.authors=20",
         "generated.setting=partial"]
     assert get_benchmark("generated").preset == {}
+
+
+@pytest.mark.slow
+def test_probe_lengths_come_from_the_search_parts_rows(tiny_prepared) -> None:
+    """The search's validation probes draw their lengths from the real rows: the target job reports
+    the search part's answer (+EOS) and prompt token counts, and the driver's probe profile uses them."""
+    from evounlearn.benchmarks import get_benchmark
+    from evounlearn.config import to_dict
+    from evounlearn.sandbox.probes import ProbeProfile
+    from evounlearn.search.driver import SearchDriver
+
+    pcfg, _ = tiny_prepared
+    bench = get_benchmark("generated")
+    setting = bench.prepare({"prepare": to_dict(pcfg)})
+    lengths = bench.probe_lengths(setting, "search")
+    n = len(bench.part_indices(setting, "search"))
+    assert len(lengths["answer"]) == len(lengths["prompt"]) == n > 0
+    assert min(lengths["answer"]) >= 2 and min(lengths["prompt"]) >= 2  # an answer token + EOS; BOS + words
+    driver = SearchDriver.__new__(SearchDriver)  # only the profile: no run directory, no workers
+    driver.cfg = type("Cfg", (), {"unlearn": {"train": {"batch_size": 4}}})()
+    driver.target = {"target": {"search": {"summary": {"forget_prob": 0.5}}}, "probe_lengths": lengths}
+    profile = ProbeProfile.from_dict(driver._probe_profile())
+    assert profile.token_counts == tuple(lengths["answer"]) and profile.prompt_counts == tuple(lengths["prompt"])
+    assert profile.tokens_max == max(lengths["answer"]) and profile.batch_size == 4

@@ -103,6 +103,10 @@ class TargetInfo:
     target_utility: float | None
     seconds: float = 0.0
     prepare_seconds: float = 0.0  # of that, preparing (training or fetching) the models
+    # token counts of the search part's real rows ({"answer": [...], "prompt": [...]}), so that the
+    # validation probes draw their lengths where real batches have them (None: the benchmark has
+    # no such rows, or they could not be read: the probes' default ranges)
+    probe_lengths: dict[str, list[int]] | None = None
 
 
 class Benchmark(ABC):
@@ -203,6 +207,11 @@ class Benchmark(ABC):
 
     def data_name(self, prepared: Any) -> str:
         return self.name
+
+    def probe_lengths(self, prepared: Any, part: str = "search") -> dict[str, list[int]] | None:
+        """Token counts of a part's real forget rows, {"answer": [...] (with EOS), "prompt": [...]}:
+        what the validation probes draw their lengths from. Default None (the probes' ranges)."""
+        return None
 
 
 # ------------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ import contextlib
 import errno
 import functools
 import json
+import logging
 import math
 import shutil
 import time
@@ -70,6 +71,8 @@ STAGE_SHORT = 1  # stopped after the first stage (not promoted)
 STAGE_FULL = 2  # trained to full length
 #: re-runs of a job lost to an infrastructure fault before `evolve` / `tune` stops (InfrastructureError)
 INFRA_RETRIES = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -516,7 +519,12 @@ def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -
             retain[part] = {"summary": with_fitnesses(bench, ref.retain, ref.target),
                             "fitness": safe_fitness(spec, ref.retain, ref.target)}
     fraction = float(options.get("search_fraction", 0.5))
+    try:  # for realistic probes only: a benchmark that cannot say keeps the probes' default ranges
+        lengths = bench.probe_lengths(prepared, "search")
+    except Exception as e:  # noqa: BLE001 - never a reason to stop a search
+        log.info("probe lengths unavailable (%s): the probes use their default ranges", e)
+        lengths = None
     return TargetInfo(data=bench.data_name(prepared), paths=bench.paths(prepared),
                       parts={p: {"fraction": fraction} for p in ("search", "report")}, target=target,
                       retain=retain or None, target_utility=utility(bench, target["search"]["summary"], spec.name),
-                      seconds=time.time() - t0, prepare_seconds=prepare_seconds)
+                      seconds=time.time() - t0, prepare_seconds=prepare_seconds, probe_lengths=lengths)

@@ -472,6 +472,13 @@ class SearchDriver:
         prob = ((self.target.get("target") or {}).get("search") or {}).get("summary", {}).get("forget_prob")
         if isinstance(prob, (int, float)) and 0.0 < prob < 1.0:
             profile.update(logp_mean=math.log(prob), logp_sd=1.0)
+        # lengths drawn from the real rows' token counts (a probe's shape then says nothing)
+        lengths = self.target.get("probe_lengths") or {}
+        answers, prompts = lengths.get("answer") or [], lengths.get("prompt") or []
+        if answers:
+            profile.update(tokens_min=max(1, min(answers)), tokens_max=max(answers), token_counts=list(answers))
+        if prompts:
+            profile.update(prompt_min=max(1, min(prompts)), prompt_max=max(prompts), prompt_counts=list(prompts))
         return profile
 
     def _ensure_validator(self) -> IsolatedWorker:

@@ -181,6 +181,20 @@ class TofuBenchmark(Benchmark):
     def data_name(self, prepared: TofuSetting) -> str:
         return str(prepared.models()["source"])
 
+    def probe_lengths(self, prepared: TofuSetting, part: str = "search") -> dict[str, list[int]] | None:
+        """The forget part's answer (+EOS) and prompt token counts under the target's tokenizer."""
+        from ...data.prompting import PromptFormatter
+        from ...models.loading import load_tokenizer
+
+        m = prepared.models()
+        split = tofu.check_forget_split(prepared.cfg.forget_split)
+        rows = tofu.load_split(split, m["source"])
+        idx = self.part_indices(prepared, part)
+        rows = rows if idx is None else [rows[i] for i in idx]
+        fmt = PromptFormatter(load_tokenizer(m["target"]), max_length=prepared.cfg.train.max_length)
+        return {"answer": [len(fmt.answer_ids(r["answer"])) for r in rows],
+                "prompt": [len(fmt.prompt_ids(r["question"])) for r in rows]}
+
     def part_indices(self, prepared: TofuSetting, part: str, fraction: float | None = None) -> list[int] | None:
         cfg, source = prepared.cfg, prepared.models()["source"]
         split = tofu.check_forget_split(cfg.forget_split)
