@@ -283,13 +283,6 @@ def mia(ctx: MetricContext) -> dict[str, dict[str, Any]]:
     def pack(name: str, sf: Any, sh: Any) -> None:
         res[name] = {"agg": float(M.mia_auc(sf, sh)), "values": {"forget": values(sf, ctx.forget_index),
                                                                   "holdout": values(sh)}}
-        if name == "mia_loss" and len(sf) > 1 and len(sh) > 1:
-            # the `calibrated` fitness's membership term: the LOSS scores' standardised
-            # difference, steadier than the AUC (docs/FITNESS.md)
-            d, se = M.standardized_difference(sf, sh)
-            d = max(-1e6, min(1e6, d))  # two constant samples give +-inf: JSON has no inf
-            res["mia_loss_smd"] = {"agg": float(d)}
-            res["mia_loss_smd_se"] = {"agg": float(se)}
 
     if ctx.cfg.lean:
         pack("mia_loss", M.mia_loss_scores(*with_eos(f_scored)), M.mia_loss_scores(*with_eos(h_scored)))
@@ -308,3 +301,18 @@ def mia(ctx: MetricContext) -> dict[str, dict[str, Any]]:
         auc_ref = retain["metrics"]["mia_min_k"]["agg"]
     res["privleak"] = {"agg": M.privleak(res["mia_min_k"]["agg"], auc_ref), "auc_ref": auc_ref}
     return res
+
+
+@register_metric("mia_loss_smd", needs=("mia",), mia=True)
+def mia_loss_smd(ctx: MetricContext) -> dict[str, dict[str, Any]]:
+    """The `calibrated` fitness's membership term: the LOSS scores' standardised difference forget
+    vs holdout and its sampling scale, steadier than the AUC (docs/FITNESS.md)."""
+    from . import metrics as M
+
+    scores = ctx.out["mia_loss"]["values"]
+    sf, sh = list(scores["forget"].values()), list(scores["holdout"].values())
+    if len(sf) < 2 or len(sh) < 2:
+        return {}
+    d, se = M.standardized_difference(sf, sh)
+    d = max(-1e6, min(1e6, d))  # two constant samples give +-inf: JSON has no inf
+    return {"mia_loss_smd": {"agg": float(d)}, "mia_loss_smd_se": {"agg": float(se)}}
