@@ -267,15 +267,14 @@ def transfer(settings: list[str], opts: argparse.Namespace) -> dict[str, dict[st
 
 def compare(a: list[float | None], b: list[float | None]) -> dict[str, Any]:
     """delta = mean(a) - mean(b), SE = sqrt(var_a / n_a + var_b / n_b) over the search seeds;
-    beats = delta > 2 SE and delta > 0.01, worse = delta < -2 SE."""
-    xa = [float(x) for x in a if isinstance(x, (int, float)) and math.isfinite(x)]
-    xb = [float(x) for x in b if isinstance(x, (int, float)) and math.isfinite(x)]
-    if len(xa) < 2 or len(xb) < 2:
-        return {"delta": None, "se": None, "beats": False, "worse": False, "n": [len(xa), len(xb)]}
-    delta = statistics.fmean(xa) - statistics.fmean(xb)
-    se = math.sqrt(statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb))
-    return {"delta": delta, "se": se, "beats": delta > 2 * se and delta > 0.01, "worse": delta < -2 * se,
-            "n": [len(xa), len(xb)]}
+    beats = delta > 2 SE and delta > 0.01, worse = delta < -2 SE (`evounlearn.reports.stats`)."""
+    from evounlearn.reports.stats import difference_of_values
+
+    d = difference_of_values(a, b, min_delta=0.01)
+    if d is None or d.se is None:
+        return {"delta": None if d is None else d.delta, "se": None, "beats": False, "worse": False,
+                "n": [0, 0] if d is None else [d.n_a, d.n_b]}
+    return {"delta": d.delta, "se": d.se, "beats": d.above, "worse": d.below, "n": [d.n_a, d.n_b]}
 
 
 def qualify(s: dict[str, Any]) -> None:

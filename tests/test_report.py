@@ -361,3 +361,21 @@ def test_a_control_run_says_so_in_its_summary(tmp_path: Path) -> None:
     cfg = load_search_config(None, {"benchmark": BENCHMARK, "control": "random"})
     st.set_meta("config", to_dict(cfg))
     assert format_report(collect(st)).startswith("search: control random,")
+
+
+def test_the_comparison_statistic() -> None:
+    """Difference of means with SE = sqrt(sd_a²/n_a + sd_b²/n_b): above at > 2 SE (and the minimum
+    size), below at < -2 SE, within the noise between; no SE with one value on a side."""
+    import math
+
+    from evounlearn.reports.stats import difference_of_means, difference_of_values
+
+    d = difference_of_values([0.80, 0.82, 0.84], [0.70, 0.71, 0.72])
+    se = math.sqrt(0.02**2 / 3 + 0.01**2 / 3)
+    assert d is not None and abs(d.delta - 0.11) < 1e-9 and abs(d.se - se) < 1e-9 and d.above and not d.below
+    assert difference_of_values([0.70, 0.71, 0.72], [0.80, 0.82, 0.84]).below
+    close = difference_of_means(0.80, 0.05, 3, 0.79, 0.05, 3)
+    assert close.within_noise and not close.above and not close.below
+    assert not difference_of_means(0.80, 0.001, 5, 0.795, 0.001, 5, min_delta=0.01).above  # too small to matter
+    assert difference_of_means(0.8, None, 1, 0.7, 0.01, 3).se is None
+    assert difference_of_values([float("nan")], [0.5]) is None

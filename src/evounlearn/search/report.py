@@ -37,6 +37,7 @@ import yaml
 from ..benchmarks import passes_floor
 from ..benchmarks.base import TargetInfo, get_benchmark, rank_score
 from ..reports.safe_text import clean_data, clean_text, code_fence, md_text
+from ..reports.stats import difference_of_means
 from ..reports.tables import fmt_value, table
 from ..sandbox.program import check_program
 from .archive import eligible, score_of, sort_ranked
@@ -746,14 +747,12 @@ def noise_lines(data: Mapping[str, Any]) -> list[str]:
         mb, sb, nb = b.get("fitness_report_mean"), b.get("fitness_report_std"), int(b.get("seeds") or 0)
         if mb is None:
             continue
-        delta = float(mw) - float(mb)
-        if nw > 1 and nb > 1 and sw is not None and sb is not None:
-            se = math.sqrt(float(sw) ** 2 / nw + float(sb) ** 2 / nb)
-            if abs(delta) < 2 * se:
-                within.append(f"{name} ({sig(float(mb))}; difference {sig(delta, 2)}, SE {sig(se, 2)} over {nw} + {nb} "
-                              "seeds)")
-        else:
-            unknown.append(f"{name} ({sig(float(mb))}; difference {sig(delta, 2)})")
+        d = difference_of_means(mw, sw, nw, mb, sb, nb)
+        if d.se is None:
+            unknown.append(f"{name} ({sig(float(mb))}; difference {sig(d.delta, 2)})")
+        elif d.within_noise:
+            within.append(f"{name} ({sig(float(mb))}; difference {sig(d.delta, 2)}, SE {sig(d.se, 2)} over {nw} + {nb} "
+                          "seeds)")
     out = []
     if within:
         out.append(f"Noise: the winner's report fitness {sig(float(mw))} is within the noise (|difference| < 2 SE) "
