@@ -78,7 +78,7 @@ def main() -> None:
 
     from evounlearn.search.config import load_search_config
     from evounlearn.search.driver import SearchDriver
-    from evounlearn.search.report import format_report
+    from evounlearn.search.report_text import format_report
 
     budget = args.budget or (80 if args.mode == "evomu" else 40)
     suffix = "" if args.mode == "ours" else "_evomu"

@@ -367,7 +367,7 @@ def test_a_control_arm_is_named_in_its_run_directory_and_summary(tmp_path):
 
     assert default_search_dir(load_search_config(None, ["control=random"])).name.startswith("evolve-random-forget10-")
     assert default_search_dir(load_search_config(None, [])).name.startswith("evolve-ours-forget10-")
-    from evounlearn.search.report import _head
+    from evounlearn.search.report_text import _head
 
     assert _head({"mode": "ours", "control": "random"})[0].startswith("search: control random,")
     assert _head({"mode": "evomu", "control": None})[0].startswith("search: mode evomu,")

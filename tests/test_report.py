@@ -15,8 +15,10 @@ from typing import Any
 from evounlearn.cli.main import main
 from evounlearn.config import to_dict
 from evounlearn.reports.safe_text import clean_text, code_fence, md_text
+from evounlearn.sandbox.program import checked_program
 from evounlearn.search.config import load_search_config
-from evounlearn.search.report import checked_program, collect, format_report, write_outputs
+from evounlearn.search.report import collect, write_outputs
+from evounlearn.search.report_text import format_report
 from evounlearn.search.store import Store
 
 from .fakes import BENCHMARK, RETAIN, TARGET
@@ -306,7 +308,7 @@ def _table_lines(text: str) -> list[list[str]]:
 
 
 def test_the_terminal_leaderboard_fits_120_columns_and_leads_with_rank_floor_fitness(tmp_path: Path) -> None:
-    from evounlearn.search.report import TERMINAL_WIDTH, sig
+    from evounlearn.search.report_text import TERMINAL_WIDTH, sig
 
     st, ids = standard_run(tmp_path / "run")
     st.set_meta("seconds", 400.7713)
@@ -328,7 +330,7 @@ def test_the_terminal_leaderboard_fits_120_columns_and_leads_with_rank_floor_fit
 
 
 def test_a_winner_within_the_noise_of_a_baseline_is_said_so(tmp_path: Path) -> None:
-    from evounlearn.search.report import noise_lines
+    from evounlearn.search.report_text import noise_lines
 
     st, ids = standard_run(tmp_path / "run")  # winner 0.85 ± 0.03 vs npo 0.82 ± 0.01, 3 seeds each
     data = collect(st)

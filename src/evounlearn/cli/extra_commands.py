@@ -179,7 +179,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     print(f"run directory: {run_dir}  (continue after an interruption: evounlearn evolve --resume "
           f"{_quoted(run_dir.resolve())})", flush=True)
     data = driver.run()
-    from ..search.report import format_report
+    from ..search.report_text import format_report
 
     print(format_report(data))
     print(f"\nwritten: {run_dir / 'leaderboard.md'}, {run_dir / 'leaderboard.json'}, "
@@ -199,7 +199,8 @@ def _quoted(path: Path) -> str:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..search.report import format_report, write_outputs
+    from ..search.report import write_outputs
+    from ..search.report_text import format_report
     from ..search.store import Store
 
     store = Store.open_run(args.run_dir)  # ConfigError when the directory holds no search

@@ -309,3 +309,25 @@ def _candidate_reason(pc: ProgramCheck, name: str, calls: dict[str, tuple[str, .
         return f"helper '{bad[0]}' rejected: {pc.results[bad[0]].reason}"
     pc.helpers[name] = needed
     return "ok"
+
+
+def checked_program(code: str | None, interface: str = "faithful", function: str | None = None) -> str | None:
+    """The candidate `function` (default: the first accepted one) of a loss program and the
+    helpers it needs, re-generated from their syntax trees (`ast.unparse`) after the sandbox's
+    check: top-level statements, comments and anything the sandbox ignores are gone. None when
+    no candidate of the program passes the check."""
+    if not code:
+        return None
+    pc = check_program(code, interface or "faithful")
+    ok = [n for n, reason in pc.reasons.items() if reason == "ok"]
+    name = function if function and function in pc.reasons else next(iter(ok), None)
+    if name not in ok:
+        return None
+    by_name = {f.name: f for f in pc.functions}
+    parts = []
+    for n in [*pc.helpers.get(name, []), name]:
+        body = ast.parse(by_name[n].source).body
+        if len(body) != 1 or not isinstance(body[0], ast.FunctionDef):
+            return None
+        parts.append(ast.unparse(body[0]))
+    return "\n\n\n".join(parts) + "\n"

@@ -381,7 +381,7 @@ def _method_run(out: CandidateResult, rd: Path, code: str | None, method: str | 
     train = {"epochs": int(epochs)} if epochs is not None else {}
     if code is not None:
         from ..sandbox import validate_source
-        from .report import checked_program
+        from ..sandbox.program import checked_program
 
         tv = time.time()
         records = validate_source(code, interface, function=function or None)
