@@ -412,7 +412,8 @@ def test_tune_prints_its_run_directory_first_and_leaves_nothing_without_optuna(t
 def test_tune_trial_lines_explain_the_utility_floor():
     from types import SimpleNamespace
 
-    from evounlearn.search.tune import RunOutcome, Tuner
+    from evounlearn.search.points import RunOutcome
+    from evounlearn.search.tune import Tuner
 
     host = SimpleNamespace(runner=SimpleNamespace(target_utility=0.8), cfg=SimpleNamespace(utility_floor=0.9))
     below = RunOutcome("search", 0, "", True, fitness=0.8512, utility=0.5, score=-1.1488)

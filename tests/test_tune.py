@@ -22,13 +22,11 @@ from evounlearn.benchmarks import FitnessSpec  # noqa: E402
 from evounlearn.benchmarks.tofu import tofu_fitness  # noqa: E402
 from evounlearn.cli.main import main  # noqa: E402
 from evounlearn.errors import ConfigError  # noqa: E402
+from evounlearn.search.points import JobRunner, MethodPoint, evaluate_points  # noqa: E402
 from evounlearn.search.tune import (  # noqa: E402
     STUDY_NAME,
-    JobRunner,
-    MethodPoint,
     Tuner,
     build_space,
-    evaluate_points,
     load_tune_config,
     storage_url,
 )
@@ -205,7 +203,7 @@ def test_resume_after_kill_9_finishes_the_budget(tmp_path: Path) -> None:
 def test_evaluate_points_for_fixed_controls(tmp_path: Path) -> None:
     """The reusable part: fixed (method, params) points, finalists re-run with report seeds."""
     from evounlearn.search.executors import LocalExecutor
-    from evounlearn.search.tune import REAL_JOBS  # noqa: F401 - the job module the runner submits to
+    from evounlearn.search.points import REAL_JOBS  # noqa: F401 - the job module the runner submits to
 
     cfg = _cfg()
     with LocalExecutor(2) as ex:
