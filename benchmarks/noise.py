@@ -115,7 +115,8 @@ def run_one(bench_name: str, loss: str, seed: int, run_dir: str) -> dict[str, An
 
 
 def _sd(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+    # a failed fitness (-inf) has no sd
+    return statistics.stdev(xs) if len(xs) > 1 and all(map(math.isfinite, xs)) else float("nan")
 
 
 def _fit(bench_name: str, summary: dict[str, Any], target_mu: float, fitness: str) -> float:
