@@ -4,7 +4,7 @@ compiled, probed, and run in isolated worker processes with OS limits.
 Layering: imports nothing above `models/` (never search/, methods/, training/, benchmarks/).
 
 - `policy`   allow-lists and size limits (the rules);
-- `checker`  the AST check of one function against the rules;
+- `checker`  the AST check of one function against the rules (`node_checker`: the per-node walk);
 - `program`  a whole program: split into functions, helpers, epochs, interface detection;
 - `compiler` compile checked code with restricted builtins (worker only);
 - `probes`   validation of a compiled loss on fresh secret probe tensors, behavioural fingerprints;
