@@ -182,7 +182,7 @@ def test_legitimate_losses_still_validate(worker: IsolatedWorker, name: str, pro
 
 
 def test_profile_from_the_target_values_shapes_the_probes() -> None:
-    from evounlearn.sandbox.probes import ProbeProfile, make_probe, profile_from_values
+    from evounlearn.sandbox.probe_inputs import ProbeProfile, make_probe, profile_from_values
 
     prof = ProbeProfile.from_dict(profile_from_values([-0.2, -0.4, -0.3, -0.9], [3, 9, 5], batch_size=32))
     assert prof.batch_size == 32 and prof.logp_min == -0.9 and prof.logp_max == -0.2 and prof.tokens_max == 9

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from evounlearn.sandbox import STEP_DEADLINE, IsolatedWorker, check_program
 from evounlearn.sandbox.guards import GuardConfig, TrainingGuard, TrainingGuardError
-from evounlearn.sandbox.probes import ProbeProfile, make_probe, validate_candidate
+from evounlearn.sandbox.probe_inputs import ProbeProfile, make_probe
+from evounlearn.sandbox.probes import validate_candidate
 from tests import hostile_jobs
 
 SIG = "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
