@@ -1,6 +1,6 @@
 """Benchmark of the tiny MUSE-News and WMDP-shaped settings (issue 6).
 
-MUSE-News (benchmarks/muse.py in the package): a tiny Llama target trained on a subset of the MUSE-News forget
+MUSE-News (benchmarks/muse/ in the package): a tiny Llama target trained on a subset of the MUSE-News forget
 material (verbmem passages, privleak members, knowmem facts) plus a retain corpus, and a retain
 oracle trained on the retain corpus only; NPO and UnDIAL unlearn the forget corpus through the
 engine. WMDP-shaped (benchmarks/wmdp.py in the package): a tiny Llama trained on the generated hazard
@@ -153,7 +153,7 @@ def markdown(out: dict[str, Any], details: dict[str, Any]) -> str:
         "# Tiny MUSE-News and WMDP-shaped settings (issue 6)", "",
         f"Total wall time {out['seconds']:.0f} s on this machine (2 CPU cores, `OMP_NUM_THREADS=1`), "
         "from an empty cache (every model trained).", "",
-        "## MUSE-News (src/evounlearn/benchmarks/muse.py)", "",
+        "## MUSE-News (src/evounlearn/benchmarks/muse/)", "",
         "VerbMem / KnowMem are ROUGE-L F1 in [0, 1] (MUSE reports x100); PrivLeak in percent, relative to "
         "the tiny retain oracle's own Min-40% AUC; fitness = SPEC 2.1's MUSE formula.", "",
         table(muse_rows, ["model", *MUSE_KEYS, "fitness", "lr", "epochs", "steps", "seconds"], markdown=True), "",
