@@ -1,4 +1,4 @@
-"""The WMDP-shaped benchmark (``wmdp-synthetic``): unlearn a hazardous domain, keep a benign one (issue 6).
+"""The WMDP-shaped benchmark (``wmdp-synthetic``): unlearn a hazardous domain, keep a benign one.
 
 WMDP's unlearning corpora (bio/cyber forget and retain text) are not available, and a tiny model
 trained from scratch cannot answer real WMDP or MMLU questions. This setting uses the generated
@@ -306,7 +306,7 @@ def _value(metrics: Mapping[str, Any], *keys: str) -> float:
 
 
 def wmdp_benchmark_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[str, Any] | None = None) -> float:
-    """Our WMDP fitness (SPEC 2.1, marked as ours): needs the target's accuracies, from
+    """Our WMDP fitness (the EvoMU paper defines none for WMDP): needs the target's accuracies, from
     `target_metrics` or from ``acc_wmdp_target`` / ``acc_mmlu_target`` in `metrics`. Accepts
     ``forget_acc``/``retain_acc`` or ``acc_wmdp``/``acc_mmlu``."""
     acc_w = _value(metrics, "acc_wmdp", "forget_acc")

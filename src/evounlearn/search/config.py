@@ -15,7 +15,7 @@ MODES = ("ours", "evomu")
 #: control arms (`--control`): generation loops in search.modes that stand in for the mode's
 CONTROLS = ("random", "seeds")
 
-#: The paper's schedule (SPEC 2.1): generation 0 = 10 zero-shot losses, then
+#: The EvoMU paper's schedule: generation 0 = 10 zero-shot losses, then
 #: (parents, children per parent): top-5 x 5, top-3 x 10, top-5 x 3 = 80 candidates.
 EVOMU_SCHEDULE: list[list[int]] = [[10, 1], [5, 5], [3, 10], [5, 3]]
 

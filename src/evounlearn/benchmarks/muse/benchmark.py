@@ -11,7 +11,7 @@ forget-side set (verbmem, knowmem forget with its sentences, privleak forget and
 whole. The target's and the oracle's metrics on each part are evaluated once and cached
 (`MusePrepared.reference`).
 
-Fitnesses (docs/FITNESS.md; the utility is KnowMem_r): `evomu` (SPEC 2.1, the default):
+Fitnesses (docs/FITNESS.md; the utility is KnowMem_r): `evomu` (the EvoMU paper's, the default):
 ``0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100)) + 0.5 * KnowMem_r``
 (`evaluation.muse_eval.muse_fitness`); `calibrated`: ``(1 - 2 |AUC_MinK(forget vs holdout) - 0.5|)
 * min(1, KnowMem_r / KnowMem_r_target)`` (MUSE's holdout is raw text: no ROUGE / Prob
@@ -84,7 +84,7 @@ def unlearn_muse(prepared: MusePrepared, method: str | MethodRun | dict[str, Any
 
 
 def muse_benchmark_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[str, Any] | None = None) -> float:
-    """SPEC 2.1's MUSE fitness (the target is not needed)."""
+    """The EvoMU paper's MUSE fitness (the target is not needed)."""
     return float(muse_fitness(metrics))
 
 

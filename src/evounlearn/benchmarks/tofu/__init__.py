@@ -6,7 +6,7 @@ retain oracle, cached), `unlearn.py` (one unlearning run in a run directory), `f
 calibrated, oracle), `cli.py` (the `prepare` / `eval` / `unlearn` commands), and here the
 benchmark classes.
 
-Prepare (`evounlearn prepare`, SPEC 5): target = tiny Llama fine-tuned on `full` + general
+Prepare (`evounlearn prepare`): target = tiny Llama fine-tuned on `full` + general
 knowledge (real_authors, world_facts); retain oracle = the same recipe on the matching
 `retainXX` + general knowledge. Both share one BPE tokenizer trained on the benchmark's text, are
 saved with `save_pretrained`, evaluated with the full TOFU suite, and cached by a hash of the data
