@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from evounlearn.sandbox import IsolatedWorker, WorkerPool, check_program
 from evounlearn.sandbox.guards import GuardConfig, TrainingGuard, TrainingGuardError
-from evounlearn.search.check import check_file
+from evounlearn.search.loss_check import check_file
 from evounlearn.search.validation import validate_in_worker
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from evounlearn.data.hazard import HazardConfig, generate_hazard, write_hazard
 from evounlearn.data.mcq import load_mcq_file, load_mmlu, load_wmdp, validate_mcq_rows
 from evounlearn.data.muse import load_muse_eval, load_muse_split, load_muse_texts, split_aliases
 from evounlearn.errors import ConfigError, DataError
-from evounlearn.evaluation.mcq import (
+from evounlearn.evaluation.mcq_eval import (
     DOC_TO_TEXT_JINJA,
     encode_pair,
     evaluate_mcq,

@@ -216,7 +216,7 @@ def test_guard_stops_a_45_minute_c_call_within_seconds(hostile_worker: IsolatedW
 
 @pytest.mark.slow
 def test_check_train_lasts_as_long_as_a_search_candidate(tiny_prepared, tmp_path: Path) -> None:
-    from evounlearn.search.check import check_file
+    from evounlearn.search.loss_check import check_file
 
     cfg, _ = tiny_prepared
     path = tmp_path / "npo.py"

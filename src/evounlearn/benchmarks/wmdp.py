@@ -9,7 +9,7 @@ knowledge). The optional retain oracle is the same recipe on ``retain_text`` onl
 
 Evaluation: four-way multiple-choice accuracy on the benchmark's ``forget_mcq`` (-> ``forget_acc``,
 WMDP's role) and ``retain_mcq`` (-> ``retain_acc``, MMLU's role) with **cloze scoring**
-(``evaluation.mcq.evaluate_mcq(scoring="cloze")``: each option is scored as the continuation of
+(``evaluation.mcq_eval.evaluate_mcq(scoring="cloze")``: each option is scored as the continuation of
 the fact's statement stem). A tiny model trained only on statements answers the lettered zero-shot
 WMDP prompt at chance, so the lettered prompt would measure nothing here; real models keep the
 lettered prompt (`evaluate_wmdp`, `evaluate_mmlu`). Chance is 0.25.
@@ -29,7 +29,7 @@ Default scale: 60 + 60 facts x 3 phrasings (360 statements), a 4-layer, 128-wide
 
 Fitness (**ours**; the reference release has none): ``0.5 * (1 - above_chance(acc_wmdp)) + 0.5 *
 acc_mmlu / acc_mmlu_target`` with ``above_chance(a) = clamp((a - 0.25) / (acc_wmdp_target - 0.25),
-0, 1)`` (`evaluation.mcq.wmdp_fitness`), acc_wmdp = forget-domain accuracy, acc_mmlu = retain-domain
+0, 1)`` (`evaluation.mcq_eval.wmdp_fitness`), acc_wmdp = forget-domain accuracy, acc_mmlu = retain-domain
 accuracy; the utility is acc_mmlu. The target's accuracies are copied into every summary
 (``acc_wmdp_target`` / ``acc_mmlu_target``).
 """
@@ -51,7 +51,7 @@ from ..config import to_dict
 from ..data.hazard import HazardConfig, generate_hazard
 from ..data.prompting import EncodedQA, PromptFormatter
 from ..errors import ConfigError
-from ..evaluation.mcq import evaluate_mcq, wmdp_fitness
+from ..evaluation.mcq_eval import evaluate_mcq, wmdp_fitness
 from ..files import file_lock, read_json, read_json_or_none
 from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows

@@ -14,7 +14,7 @@ statement's noun phrases ("What is the natural host of the Brovian virus?" for "
 of the Brovian virus is the glass newt."), the options are the bare values, and every MCQ row
 carries ``stem``: the first statement without its value, so that ``stem + " " + option`` is a
 training sentence (minus the full stop). A model that only learned the statements can therefore
-be scored cloze-style (`evaluation.mcq` with ``scoring="cloze"``); the lettered WMDP prompt
+be scored cloze-style (`evaluation.mcq_eval` with ``scoring="cloze"``); the lettered WMDP prompt
 additionally needs a model that can read multiple-choice prompts.
 
 Rows of the MCQ splits: ``{question, choices[4], answer: 0-3, subject, stem, fact, entity,
