@@ -1,6 +1,6 @@
 """The MUSE-News benchmark, tiny setting: a target and a retain oracle that fit a 2-core CPU.
 
-- `config`     `MuseSettingConfig` and the data source;
+- `config`     `MuseConfig` and the data source;
 - `material`   the forget / retain / holdout material (text) and its rows (token ids);
 - `prepare`    the tokenizer, the target and the retain oracle, their evaluations (cached);
 - `benchmark`  unlearning runs (`unlearn_muse`), the fitnesses and the registered `MuseBenchmark`.
@@ -13,9 +13,9 @@ from .benchmark import (
     muse_calibrated_fitness,
     unlearn_muse,
 )
-from .config import HUB_ID, MuseSettingConfig, default_muse_source
+from .config import HUB_ID, MuseConfig, default_muse_source
 from .material import MuseMaterial, MuseRows, build_rows, load_material, source_sentences
-from .prepare import MusePrepared, evaluate_muse_setting, prepare_muse, stand_ins
+from .prepare import MusePrepared, evaluate_muse_prepared, prepare_muse, stand_ins
 
 __all__ = [
     "HUB_ID",
@@ -24,10 +24,10 @@ __all__ = [
     "MuseMaterial",
     "MusePrepared",
     "MuseRows",
-    "MuseSettingConfig",
+    "MuseConfig",
     "build_rows",
     "default_muse_source",
-    "evaluate_muse_setting",
+    "evaluate_muse_prepared",
     "load_material",
     "muse_benchmark_fitness",
     "muse_calibrated_fitness",

@@ -1,4 +1,4 @@
-"""The MUSE-News setting's configuration (`MuseSettingConfig`) and where its data comes from."""
+"""The MUSE-News setting's configuration (`MuseConfig`) and where its data comes from."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def _default_train() -> FinetuneConfig:
 
 
 @dataclass
-class MuseSettingConfig:
+class MuseConfig:
     source: str = ""  # a local MUSE folder or the Hub id; default: $EVOUNLEARN_MUSE_DATA, else the Hub
     n_verbmem: int = 50
     n_knowmem: int = 100  # forget and retain QA each

@@ -47,7 +47,7 @@ from ..text import (
     row_tokens,
     text_ids,
 )
-from .config import MuseSettingConfig, default_muse_source
+from .config import MuseConfig, default_muse_source
 
 
 @dataclass
@@ -125,7 +125,7 @@ def source_sentences(articles: list[str], qa: list[dict[str, str]]) -> list[str]
     return out
 
 
-def load_material(cfg: MuseSettingConfig) -> MuseMaterial:
+def load_material(cfg: MuseConfig) -> MuseMaterial:
     """Load the subsets the setting uses (see the module docstring)."""
     src = cfg.source or default_muse_source()
     verbmem = load_muse_split("verbmem", "forget", src)[: cfg.n_verbmem]
@@ -173,7 +173,7 @@ class MuseRows:
                 "forget_tokens": row_tokens(self.forget), "retain_tokens": row_tokens(self.retain)}
 
 
-def _qa_row(tokenizer: Any, row: dict[str, str], icl: list[dict[str, str]], cfg: MuseSettingConfig) -> EncodedQA:
+def _qa_row(tokenizer: Any, row: dict[str, str], icl: list[dict[str, str]], cfg: MuseConfig) -> EncodedQA:
     """The few-shot KnowMem prompt exactly as the evaluation encodes it ([BOS] + prompt, cut from
     the left to the generation room), then the answer and the "\\n\\n" that ends it."""
     prompt = knowmem_prompt(row["question"], [(s["question"], s["answer"]) for s in icl[: cfg.knowmem_icl]])
@@ -200,7 +200,7 @@ def _pack(tokenizer: Any, texts: list[str], context: int) -> list[EncodedQA]:
     return rows
 
 
-def build_rows(m: MuseMaterial, tokenizer: Any, cfg: MuseSettingConfig) -> MuseRows:
+def build_rows(m: MuseMaterial, tokenizer: Any, cfg: MuseConfig) -> MuseRows:
     """Token rows of the forget and retain corpora (see the module docstring)."""
     bos = tokenizer.bos_token_id
     if bos is None:

@@ -43,7 +43,7 @@ from ..text import (
     load_model,
     save_model,
 )
-from .config import MuseSettingConfig
+from .config import MuseConfig
 from .material import MuseMaterial, MuseRows, build_rows, load_material, tokenizer_corpus
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class MusePrepared(OptionsMixin):
     target_results: dict[str, Any]  # on every item ("all")
     retain_results: dict[str, Any]
     material: MuseMaterial
-    cfg: MuseSettingConfig
+    cfg: MuseConfig
     info: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)  # the search's / CLI's options (train, loss, ...)
 
@@ -81,11 +81,11 @@ class MusePrepared(OptionsMixin):
                               suffix=f"-{part}-{fraction:g}")
 
 
-def _cache_root(cfg: MuseSettingConfig) -> Path:
+def _cache_root(cfg: MuseConfig) -> Path:
     return Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache")
 
 
-def _model_config(cfg: MuseSettingConfig) -> TinyModelConfig:
+def _model_config(cfg: MuseConfig) -> TinyModelConfig:
     return replace(cfg.model, max_position_embeddings=cfg.context)
 
 
@@ -109,7 +109,7 @@ def summarize(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def evaluate_muse_setting(model: Any, tokenizer: Any, material: MuseMaterial, cfg: MuseSettingConfig,
+def evaluate_muse_prepared(model: Any, tokenizer: Any, material: MuseMaterial, cfg: MuseConfig,
                           auc_ref: float | None = None) -> dict[str, Any]:
     """`evaluate_muse_model` with the setting's lengths; adds ``summary`` (flat metrics) and
     ``eval_seconds``. `auc_ref` = the retain oracle's AUC on the same items (None: 0.5)."""
@@ -126,7 +126,7 @@ def evaluate_muse_setting(model: Any, tokenizer: Any, material: MuseMaterial, cf
     return res
 
 
-def _evaluate_pair(root: Path, target: Path, retain: Path, material: MuseMaterial, cfg: MuseSettingConfig,
+def _evaluate_pair(root: Path, target: Path, retain: Path, material: MuseMaterial, cfg: MuseConfig,
                    suffix: str = "") -> dict[str, dict[str, Any]]:
     """Evaluate the retain oracle (its own PrivLeak reference: 0 by definition), then the target
     against it; cached as JSON next to the models (built under a lock: candidate jobs sharing the
@@ -139,13 +139,13 @@ def _evaluate_pair(root: Path, target: Path, retain: Path, material: MuseMateria
                     continue
                 model, tok = load_model(path)
                 if name == "retain":
-                    res = evaluate_muse_setting(model, tok, material, cfg)
+                    res = evaluate_muse_prepared(model, tok, material, cfg)
                     auc = float(res["privleak"]["auc"])
                     res["privleak"].update(agg=privleak(auc, auc), auc_ref=auc)
                     res["summary"] = summarize(res)
                 else:
                     auc_ref = read_json(files["retain"], "MUSE results")["privleak"]["auc"]
-                    res = evaluate_muse_setting(model, tok, material, cfg, auc_ref=auc_ref)
+                    res = evaluate_muse_prepared(model, tok, material, cfg, auc_ref=auc_ref)
                 write_json(files[name], res)
     return {name: read_json(f, "MUSE results") for name, f in files.items()}
 
@@ -156,11 +156,11 @@ def _complete(root: Path) -> bool:
                                              "target_results.json", "retain_results.json", "info.json"))
 
 
-def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> MusePrepared:
+def prepare_muse(cfg: MuseConfig | None = None, force: bool = False) -> MusePrepared:
     """Train (or fetch from the cache) the tokenizer, the target and the retain oracle, and
     evaluate both on every item (the oracle first: its AUC is PrivLeak's reference). A cache hit
     writes nothing; building holds the entry's lock (runs sharing the cache build it once)."""
-    cfg = cfg or MuseSettingConfig()
+    cfg = cfg or MuseConfig()
     t0 = time.time()
     material = load_material(cfg)
     recipe = {"version": RECIPE_VERSION,
@@ -180,7 +180,7 @@ def prepare_muse(cfg: MuseSettingConfig | None = None, force: bool = False) -> M
                         cfg, info)
 
 
-def _build_muse(root: Path, material: MuseMaterial, cfg: MuseSettingConfig, t0: float) -> None:
+def _build_muse(root: Path, material: MuseMaterial, cfg: MuseConfig, t0: float) -> None:
     """Build what the entry `root` lacks (under its lock); info.json last, marking it complete."""
     root.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = read_json_or_none(root / "info.json") or {}
