@@ -1,4 +1,4 @@
-"""MUSE loaders and metrics, WMDP/MMLU loaders and the multiple-choice evaluator, the hazard benchmark."""
+"""MUSE loaders and metrics, WMDP/MMLU loaders and the multiple-choice evaluator, the synthetic WMDP data."""
 
 from __future__ import annotations
 

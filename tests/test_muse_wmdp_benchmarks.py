@@ -1,4 +1,4 @@
-"""The tiny MUSE-News and WMDP-shaped benchmarks, the benchmark registry and the candidate job (issue 6).
+"""The tiny MUSE-News and WMDP-shaped benchmarks, the benchmark registry and the candidate job.
 
 Very small settings (a few items, a one- or two-layer model) so the whole file runs in well under a
 minute on 2 CPU cores; the full-size numbers come from benchmarks/muse_wmdp.py.
