@@ -15,7 +15,7 @@ from .benchmark import (
 )
 from .config import HUB_ID, MuseConfig, default_muse_source
 from .material import MuseMaterial, MuseRows, build_rows, load_material, source_sentences
-from .prepare import MusePrepared, evaluate_muse_prepared, prepare_muse, stand_ins
+from .prepare import MusePrepared, evaluate_on_material, prepare_muse, stand_ins
 
 __all__ = [
     "HUB_ID",
@@ -27,7 +27,7 @@ __all__ = [
     "MuseConfig",
     "build_rows",
     "default_muse_source",
-    "evaluate_muse_prepared",
+    "evaluate_on_material",
     "load_material",
     "muse_benchmark_fitness",
     "muse_calibrated_fitness",

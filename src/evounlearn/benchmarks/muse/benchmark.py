@@ -41,7 +41,7 @@ from ..text import (
 )
 from .config import MuseConfig, default_muse_source
 from .material import load_material
-from .prepare import SUMMARY_KEYS, MusePrepared, evaluate_muse_prepared, prepare_muse
+from .prepare import SUMMARY_KEYS, MusePrepared, evaluate_on_material, prepare_muse
 
 YAML = Path(__file__).resolve().parents[1] / "muse.yaml"  # per-method defaults of this setting (training.resolve)
 
@@ -68,7 +68,7 @@ def unlearn_muse(prepared: MusePrepared, method: str | MethodRun | dict[str, Any
     fmt = PromptFormatter(tok, max_length=prepared.cfg.context)
 
     def eval_now(m: Any) -> dict[str, Any]:
-        return evaluate_muse_prepared(m, tok, material, prepared.cfg, auc_ref=auc_ref)["summary"]
+        return evaluate_on_material(m, tok, material, prepared.cfg, auc_ref=auc_ref)["summary"]
 
     during = None if on_stage is None else (lambda m: on_stage(m, eval_now))
     model, record = unlearn_rows(model, fmt, run, rows.forget, rows.retain, benchmark_yaml=MuseBenchmark().method_yaml(),
@@ -76,7 +76,7 @@ def unlearn_muse(prepared: MusePrepared, method: str | MethodRun | dict[str, Any
                                  stage1_epochs=stage1_epochs, evaluate=during)
     out: dict[str, Any] = {"train": record, "part": part}
     if evaluate:
-        res = evaluate_muse_prepared(model, tok, material, prepared.cfg, auc_ref=auc_ref)
+        res = evaluate_on_material(model, tok, material, prepared.cfg, auc_ref=auc_ref)
         out.update(results=res, summary=res["summary"])
     out["model"] = model
     return out

@@ -109,9 +109,9 @@ def summarize(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def evaluate_muse_prepared(model: Any, tokenizer: Any, material: MuseMaterial, cfg: MuseConfig,
+def evaluate_on_material(model: Any, tokenizer: Any, material: MuseMaterial, cfg: MuseConfig,
                           auc_ref: float | None = None) -> dict[str, Any]:
-    """`evaluate_muse_model` with the setting's lengths; adds ``summary`` (flat metrics) and
+    """`evaluate_muse_model` on `material` with the config's lengths; adds ``summary`` (flat metrics) and
     ``eval_seconds``. `auc_ref` = the retain oracle's AUC on the same items (None: 0.5)."""
     t0 = time.time()
     res = evaluate_muse_model(
@@ -139,13 +139,13 @@ def _evaluate_pair(root: Path, target: Path, retain: Path, material: MuseMateria
                     continue
                 model, tok = load_model(path)
                 if name == "retain":
-                    res = evaluate_muse_prepared(model, tok, material, cfg)
+                    res = evaluate_on_material(model, tok, material, cfg)
                     auc = float(res["privleak"]["auc"])
                     res["privleak"].update(agg=privleak(auc, auc), auc_ref=auc)
                     res["summary"] = summarize(res)
                 else:
                     auc_ref = read_json(files["retain"], "MUSE results")["privleak"]["auc"]
-                    res = evaluate_muse_prepared(model, tok, material, cfg, auc_ref=auc_ref)
+                    res = evaluate_on_material(model, tok, material, cfg, auc_ref=auc_ref)
                 write_json(files[name], res)
     return {name: read_json(f, "MUSE results") for name, f in files.items()}
 
