@@ -391,3 +391,39 @@ def test_unlearning_run_with_attacks_feeds_the_robust_fitness(tiny_prepared, tmp
     assert s["attack_seconds"] > 0
     f = compute_fitness("generated", s, {"model_utility": 1.0}, fitness="robust")
     assert math.isfinite(f) and f <= compute_fitness("generated", s, {"model_utility": 1.0}, fitness="calibrated") + 1e-12
+
+
+TINY_OVERRIDES = ["generated.authors=10", "generated.questions_per_author=4", "generated.holdout_authors=2",
+                  "generated.general_items=8", "generated.retain_perturbed_authors=2", "model.vocab_size=400",
+                  "model.hidden_size=48", "model.intermediate_size=96", "model.num_hidden_layers=2",
+                  "model.num_attention_heads=2", "model.max_position_embeddings=128", "train.epochs=12",
+                  "train.batch_size=16", "train.lr=5e-3", "eval.max_new_tokens=24"]
+
+
+def test_cli_eval_rejects_bad_attacks_in_one_line(capsys) -> None:
+    from evounlearn.cli.main import main
+
+    assert main(["eval", "--attacks", "quantise"]) != 0
+    assert "unknown attack 'quantise' (known: quantize, quantize_8bit" in capsys.readouterr().err
+    assert main(["eval", "--attacks", "relearn", "--attack-option", "relearn.stepz=3"]) != 0
+    assert "unknown option 'relearn.stepz'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_eval_reports_a_column_per_attack_with_the_oracle_floor(tiny_prepared, tmp_path) -> None:
+    import json
+
+    from evounlearn.cli.main import main
+
+    cfg, _ = tiny_prepared
+    rc = main(["eval", "--attacks", "quantize_4bit,relearn", "--attack-option", "relearn.steps=2",
+               "--out", str(tmp_path), f"cache_dir={cfg.cache_dir}", *TINY_OVERRIDES])
+    assert rc == 0
+    target = json.loads((tmp_path / "target_results.json").read_text())
+    retain = json.loads((tmp_path / "retain_results.json").read_text())
+    for name in ("quantize_4bit", "relearn"):
+        assert "oracle" in target["attacks"][name] and f"oracle_floor@{name}" in target["summary"]
+        assert f"model_utility@{name}" in target["summary"]
+        # the oracle's floor is the oracle's own recovery under the same attack (one cached evaluation)
+        assert target["attacks"][name]["oracle"]["summary"] == retain["attacks"][name]["summary"]
+        assert target["attacks"][name]["oracle"]["cached"]

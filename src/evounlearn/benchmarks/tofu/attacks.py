@@ -26,6 +26,10 @@ def run_tofu_attacks(model: Any, tok: Any, fmt: Any, names: Sequence[str], *, so
     from ..text import content_hash
 
     data = tofu_attack_data(source, split, part)
+    if hasattr(model, "merge_and_unload"):  # a LoRA run: attack the merged weights (bitsandbytes
+        import copy  # quantizes the base weights; the adapter is part of the model that is released)
+
+        model = copy.deepcopy(model).merge_and_unload()
 
     def evaluate(m: Any, rows: list[int]) -> dict[str, Any]:
         m.eval()
