@@ -91,5 +91,9 @@ class AttacksConfig:
     quantize: QuantizeOptions = field(default_factory=QuantizeOptions)  # bits / quant_type set per attack name
     relearn: RelearnOptions = field(default_factory=RelearnOptions)
     finetune: FinetuneOptions = field(default_factory=FinetuneOptions)
+    # the TOFU metrics an attacked model is scored on (comma-separated registry names, with what
+    # they need; empty: the run's whole evaluation). The `robust` fitness's search part scores only
+    # what its calibrated term reads (no model utility: its generations are most of an evaluation)
+    metrics: str = ""
     oracle: bool = False  # also attack the retain oracle (the recovery floor); the eval command and benchmark do
     cache: bool = True  # reuse an attack's evaluation for the same model weights and options

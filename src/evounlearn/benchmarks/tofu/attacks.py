@@ -31,14 +31,17 @@ def run_tofu_attacks(model: Any, tok: Any, fmt: Any, names: Sequence[str], *, so
 
         model = copy.deepcopy(model).merge_and_unload()
 
+    metrics = [n.strip() for n in (cfg.metrics if cfg else "").split(",") if n.strip()] or None
+
     def evaluate(m: Any, rows: list[int]) -> dict[str, Any]:
         m.eval()
-        ev = TofuEvaluator(source, split, eval_cfg, forget_indices=rows)
+        ev = TofuEvaluator(source, split, eval_cfg, forget_indices=rows, metrics=metrics)
         return ev.evaluate(m, tok, retain_results=dict(retain_results) if retain_results else None, fmt=fmt)
 
     rr = (retain_results or {}).get("metrics", {}).get("forget_truth_ratio", {}).get("values")
     eval_key = content_hash({"source": source, "split": split, "eval": dataclasses.asdict(eval_cfg),
-                             "max_length": getattr(fmt, "max_length", None), "retain": rr}, n=24)
+                             "max_length": getattr(fmt, "max_length", None), "retain": rr,
+                             "metrics": metrics}, n=24)
     oracle = None
     if oracle_path:
         from ...models.loading import load_model_and_tokenizer

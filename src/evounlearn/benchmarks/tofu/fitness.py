@@ -123,11 +123,13 @@ ROBUST_FORMULA = ("min(C(model), C(model after each attack)) * min(1, MU / MU_ta
                   "MU = the unattacked model's; attacks: quantize_4bit and relearn (10 steps) on the search part, "
                   "quantize_8bit, quantize_4bit, relearn (50 steps), finetune on the report part")
 
+#: what the attacked models are scored on during the search: the calibrated term's inputs only
+ROBUST_METRICS = "forget_rouge,forget_prob,holdout,gap_se,mia_loss_smd"
 #: the attacks the `robust` fitness runs inside a candidate's job, by part: the cheap ones during
 #: the search (4-bit rounding: no training; relearning: 10 steps), the full set for the report part
 #: (finalists, baselines). A run's own `attacks` options win.
 ROBUST_PART_OPTIONS: dict[str, dict[str, Any]] = {
-    "search": {"attacks": {"names": "quantize_4bit,relearn", "relearn": {"steps": 10}}},
+    "search": {"attacks": {"names": "quantize_4bit,relearn", "relearn": {"steps": 10}, "metrics": ROBUST_METRICS}},
     "report": {"attacks": {"names": "quantize_8bit,quantize_4bit,relearn,finetune"}},
     "all": {"attacks": {"names": "quantize_8bit,quantize_4bit,relearn,finetune"}},
 }
