@@ -427,3 +427,14 @@ def test_cli_eval_reports_a_column_per_attack_with_the_oracle_floor(tiny_prepare
         # the oracle's floor is the oracle's own recovery under the same attack (one cached evaluation)
         assert target["attacks"][name]["oracle"]["summary"] == retain["attacks"][name]["summary"]
         assert target["attacks"][name]["oracle"]["cached"]
+
+
+def test_evolve_and_tune_take_the_robust_fitness_by_flag(capsys) -> None:
+    from evounlearn.cli.main import build_parser, main
+
+    args = build_parser().parse_args(["evolve", "--fitness", "robust", "--budget", "1"])
+    assert args.fitness == "robust"
+    assert main(["evolve", "--fitness", "nope", "--budget", "1"]) != 0
+    assert "known: evomu, calibrated, oracle, robust" in capsys.readouterr().err
+    args = build_parser().parse_args(["tune", "--method", "npo", "--fitness", "robust"])
+    assert args.fitness == "robust"

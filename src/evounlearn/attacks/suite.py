@@ -8,7 +8,7 @@ for `relearn` only the RTT rows not trained on), and reports per attack:
 - `recovery`: per forget metric (`RECOVERY_METRICS`), `(after - unlearned) / (target - unlearned)`
   on the same rows, where `unlearned` and `target` are the per-row means of the model's own
   evaluation before the attack and of the target's saved results; NaN with a `reasons` entry when
-  the target and the unlearned model are within `MIN_GAP` of each other (nothing was forgotten:
+  the target and the unlearned model are within `MIN_GAP` (0.01) of each other (nothing was forgotten:
   recovery undefined, never inf); `recovery_agg` = the mean of the finite ones;
 - with the retain oracle (`oracle=`): the oracle attacked the same way, `oracle.floor` = its own
   recovery `(oracle_after - oracle) / (target - oracle)` (what the attack teaches a model that never
@@ -42,7 +42,9 @@ from .config import AttacksConfig, FinetuneOptions, QuantizeOptions, RelearnOpti
 log = logging.getLogger(__name__)
 
 RECOVERY_METRICS = ("forget_rouge", "forget_prob")
-MIN_GAP = 1e-3  # |target - unlearned| below this: recovery undefined (NaN with a reason)
+# |target - unlearned| below this (one point on a [0, 1] metric): recovery undefined (NaN with a
+# reason); a smaller gap would turn a metric's noise into recoveries of +-30
+MIN_GAP = 0.01
 _VERSION = 1  # bump when what an attack's evaluation computes changes without a change of its inputs
 SEP = "@"  # summary keys of an attacked model: "<metric>@<attack>"
 
