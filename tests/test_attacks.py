@@ -6,6 +6,7 @@ options' one-line errors, and the `robust` fitness's properties."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,6 +27,8 @@ from evounlearn.attacks.quantize import (
 )
 from evounlearn.benchmarks import FAILED, compute_fitness
 from evounlearn.errors import ConfigError
+
+ROOT_DIR = Path(__file__).resolve().parents[1]
 
 # --------------------------------------------------------------------------------------------------
 # the quantizer
@@ -438,3 +441,38 @@ def test_evolve_and_tune_take_the_robust_fitness_by_flag(capsys) -> None:
     assert "known: evomu, calibrated, oracle, robust" in capsys.readouterr().err
     args = build_parser().parse_args(["tune", "--method", "npo", "--fitness", "robust"])
     assert args.fitness == "robust"
+
+
+@pytest.mark.slow
+def test_robustness_benchmark_smoke(tiny_prepared, tmp_path) -> None:
+    """benchmarks/robustness.py on the tiny benchmark: one method, one seed, part 1 only; the JSON
+    has the shape the issue asks for."""
+    import importlib.util
+    import json
+    import os
+
+    cfg, _ = tiny_prepared
+    spec = importlib.util.spec_from_file_location("robustness", ROOT_DIR / "benchmarks" / "robustness.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    opts = [f"prepare.{o}" for o in TINY_OVERRIDES] + [f"prepare.cache_dir={cfg.cache_dir}", "eval.max_new_tokens=24"]
+    old = os.environ.get("EVOUNLEARN_CACHE")
+    os.environ["EVOUNLEARN_CACHE"] = str(cfg.cache_dir)
+    try:
+        rc = mod.main(["--settings", "generated", "--methods", "npo", "--seeds", "1", "--tune-budget", "1",
+                       "--no-search", "--work", str(tmp_path / "runs"), "--results", str(tmp_path), *opts])
+    finally:
+        if old is None:
+            os.environ.pop("EVOUNLEARN_CACHE", None)
+        else:
+            os.environ["EVOUNLEARN_CACHE"] = old
+    assert rc == 0
+    data = json.loads((tmp_path / "robustness.json").read_text())
+    npo = data["settings"]["generated"]["methods"]["npo"]
+    for a in ("quantize_8bit", "quantize_4bit", "relearn", "finetune"):
+        assert len(npo["attacks"][a]["recovery"]) == 1 and len(npo["attacks"][a]["utility_after"]) == 1
+        assert npo["attacks"][a]["utility_after"][0] is not None
+        assert len(npo["tuned"]["attacks"][a]["recovery"]) == 1
+        assert len(data["settings"]["generated"]["oracle"]["attacks"][a]["recovery"]) == 1
+    assert (tmp_path / "robustness.md").is_file()
