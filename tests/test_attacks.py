@@ -476,3 +476,25 @@ def test_robustness_benchmark_smoke(tiny_prepared, tmp_path) -> None:
         assert len(npo["tuned"]["attacks"][a]["recovery"]) == 1
         assert len(data["settings"]["generated"]["oracle"]["attacks"][a]["recovery"]) == 1
     assert (tmp_path / "robustness.md").is_file()
+
+
+@pytest.mark.slow
+def test_target_info_scores_the_references_under_the_robust_fitness(tiny_prepared) -> None:
+    from evounlearn.search.candidate import target_info
+
+    cfg, _ = tiny_prepared
+    opts = {"prepare": {"cache_dir": cfg.cache_dir, "generated": {"authors": 10, "questions_per_author": 4,
+                                                                  "holdout_authors": 2, "general_items": 8,
+                                                                  "retain_perturbed_authors": 2},
+                        "model": {"vocab_size": 400, "hidden_size": 48, "intermediate_size": 96,
+                                  "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 128},
+                        "train": {"epochs": 12, "batch_size": 16, "lr": 5e-3}, "eval": {"max_new_tokens": 24}},
+            "eval": {"max_new_tokens": 24}, "attacks": {"relearn": {"steps": 2}, "finetune": {"epochs": 1}}}
+    info = target_info(unlearn=opts, benchmark="generated", fitness="robust")
+    for part, attacks in (("search", ("quantize_4bit", "relearn")),
+                          ("report", ("quantize_8bit", "quantize_4bit", "relearn", "finetune"))):
+        for who in ("target", "retain"):
+            s = info[who][part]["summary"]
+            assert all(f"forget_rouge@{a}" in s for a in attacks), (who, part)
+            assert math.isfinite(info[who][part]["fitness"])
+            assert s["fitness_robust"] <= s["fitness_calibrated"] + 1e-12

@@ -529,7 +529,9 @@ def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -
     target: dict[str, dict[str, Any]] = {}
     retain: dict[str, dict[str, Any]] = {}
     for part in ("search", "report"):
-        ref = cached_reference(bench, prepared, part, options)
+        # what the fitness needs on the part (e.g. `robust`'s attacks), as the candidates' runs get it
+        popts = fitness_options(spec, part, options)
+        ref = cached_reference(bench, prepared if popts == options else bench.prepare(popts), part, popts)
         target[part] = {"summary": with_fitnesses(bench, ref.target, ref.target),
                         "fitness": safe_fitness(spec, ref.target, ref.target)}
         if ref.retain is not None:
