@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "attacks (sampling, prefill), comma-separated (default: none)")
     p.add_argument("--attack-option", action="append", metavar="KEY=VALUE",
                    help="a recovery attack's option, repeatable: e.g. relearn.steps=100, finetune.file=rows.jsonl, "
-                   "quantize.blocksize=128, oracle=false (docs/METRICS.md \"Recovery attacks\")")
+                   "quantize.blocksize=128, oracle=false (default: each attack's paper defaults, docs/METRICS.md \"Recovery attacks\")")
     p.add_argument("--attack-samples", type=int, default=16, help="samples per question (sampling attack)")
     p.add_argument("--attack-temperature", type=float, default=1.0, help="temperature (sampling attack)")
     p.add_argument("--config", help="YAML file with PrepareConfig fields (default: none)")
