@@ -15,6 +15,9 @@ multiply with (tests/test_attacks.py checks them against bitsandbytes where it r
   (the kernels multiply by the reciprocal), clamped to [-1, 1], rounded to the nearest codebook
   value (bitsandbytes' `get_4bit_type` tables, below), dequantized as `code * absmax` (float32).
   No double quantization of the block scales (`bnb_4bit_use_double_quant` defaults to False).
+  The tables are the CUDA kernels' (`get_4bit_type`: FP4 = the e2m1 values / 12); bitsandbytes'
+  CPU/XPU fallback (`backends/utils.py: _FP4_QUANT_TABLE`) rounds FP4 to 4 decimals (0.0052,
+  0.6667, ...), so its dequantized weights differ from the GPU's in the 5th digit.
 
 What bitsandbytes quantizes: through transformers, every `nn.Linear` except the ones it keeps in
 full precision (`lm_head` / the output embedding: `llm_int8_skip_modules` defaults to the output
