@@ -175,18 +175,19 @@ def test_fitness_selection_by_name_and_mode() -> None:
     from evounlearn.search.config import SearchConfig
 
     gen = get_benchmark("generated")
-    assert set(gen.all_fitnesses()) == {"evomu", "calibrated", "oracle"} and gen.fitness.name == "evomu"
+    assert set(gen.all_fitnesses()) == {"evomu", "calibrated", "oracle", "robust"} and gen.fitness.name == "evomu"
     assert fitness_name("generated", "", "ours") == "calibrated"
     assert fitness_name("generated", "", "evomu") == "evomu"
     assert fitness_name("wmdp", "", "evomu") == "wmdp"  # no evomu formula there: its default
     assert fitness_name("tests.fakes:FakeBenchmark", "", "ours") == "fake"  # a benchmark with one fitness
     assert SearchConfig(mode="evomu").check().fitness_name() == "evomu"
     assert SearchConfig(fitness="oracle").check().fitness_name() == "oracle"
-    with pytest.raises(ConfigError, match="known: evomu, calibrated, oracle"):
+    with pytest.raises(ConfigError, match="known: evomu, calibrated, oracle, robust"):
         SearchConfig(fitness="nope").check()
     vals = fitness_values("generated", tofu_summary(0.3, 0.2, 0.5), TARGET)
-    assert set(vals) == {"fitness_evomu", "fitness_calibrated", "fitness_oracle"}
+    assert set(vals) == {"fitness_evomu", "fitness_calibrated", "fitness_oracle", "fitness_robust"}
     assert vals["fitness_calibrated"] == pytest.approx(1.0) and vals["fitness_oracle"] is None
+    assert vals["fitness_robust"] is None  # a run without attacks: nothing to score robustness on
 
 
 def test_generated_settings_are_benchmarks(tmp_path: Path) -> None:

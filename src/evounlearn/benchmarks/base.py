@@ -70,6 +70,10 @@ class FitnessSpec:
     # bumped whenever the formula changes: every result records it (`fitness_version`), so that
     # numbers computed under different formulas are never compared as if they were one
     version: int = 1
+    # options a run scored with this fitness needs, by forget part ("search", "report", "all"): the
+    # candidate job layers them under the search's own `unlearn` options (e.g. `robust`: which
+    # recovery attacks run after the evaluation)
+    part_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass

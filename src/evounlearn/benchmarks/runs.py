@@ -61,6 +61,7 @@ class EvalRequest:
     attack_samples: int = 16
     attack_temperature: float = 1.0
     run_dir: str | None = None  # `evounlearn eval RUN_DIR`: that run's model with that run's config
+    attack_options: list[str] = field(default_factory=list)  # key=value on `attacks.config.AttacksConfig`
 
 
 def load_options(config: str | None, overrides: Iterable[str]) -> dict[str, Any]:

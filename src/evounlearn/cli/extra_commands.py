@@ -154,7 +154,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         for key, val in (("budget", args.budget), ("workers", args.workers)):
             if val is not None:
                 extra[key] = val
-        if args.mode or args.control or args.config or args.proposer or args.split or args.data or args.benchmark:
+        if (args.mode or args.control or args.config or args.proposer or args.split or args.data or args.benchmark
+                or args.fitness):
             raise ConfigError("--resume continues a search with its saved config; only --budget, --workers "
                               "and key=value overrides may change")
         from ..search.driver import SearchDriver  # after the checks: it imports torch
@@ -164,7 +165,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     else:
         for flag, key in ((args.mode, "mode"), (args.control, "control"), (args.budget, "budget"), (args.workers, "workers"),
                           (args.proposer, "proposer.kind"), (args.split, "unlearn.forget_split"),
-                          (args.data, "unlearn.data"), (args.seed, "seed"), (args.benchmark, "benchmark")):
+                          (args.data, "unlearn.data"), (args.seed, "seed"), (args.benchmark, "benchmark"),
+                          (args.fitness, "fitness")):
             if flag is not None:
                 ov.append(f"{key}={flag}")
         cfg = load_search_config(args.config, ov)
@@ -235,6 +237,8 @@ def register_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="search seed (default 0)")
     p.add_argument("--benchmark", help="a registered benchmark or alias (default: the generated TOFU-shaped one; "
                    "docs/ARCHITECTURE.md lists them)")
+    p.add_argument("--fitness", help="one of the benchmark's fitnesses, docs/FITNESS.md: evomu, calibrated, oracle, "
+                   "robust (default: the mode's, ours: calibrated)")
     p.add_argument("--config", help="YAML file with search options (defaults: configs/evolve.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. ours.per_generation=8 unlearn.train.lr=5e-4 "
                    "proposer.base_url=http://127.0.0.1:8000/v1")

@@ -95,7 +95,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     args.overrides = overrides
     req = EvalRequest(args.config, _overrides(args), args.model, args.adapter, args.retain_results,
                       args.reference_model, args.out, args.attacks, args.attack_samples, args.attack_temperature,
-                      run_dir=run_dir)
+                      run_dir=run_dir, attack_options=list(args.attack_option or []))
     report = benchmark_of(args).cli_eval(req)
     print_report(report)
     if args.json and is_main_process():
@@ -128,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference-model", help="model for the reference-model MIA (default: none)")
     p.add_argument("--out", help="folder for the results JSON files (default: none, nothing written)")
     p.add_argument("--json", action="store_true", help="also print the summaries as one JSON line")
-    p.add_argument("--attacks", help="leakage attacks on the forget split: sampling,prefill (default: none)")
+    p.add_argument("--attacks", help="attacks on the forget split: recovery attacks on the model (quantize = "
+                   "quantize_8bit,quantize_4bit; quantize_nf4, relearn, relearn_related, finetune) and generation "
+                   "attacks (sampling, prefill), comma-separated (default: none)")
+    p.add_argument("--attack-option", action="append", metavar="KEY=VALUE",
+                   help="a recovery attack's option, repeatable: e.g. relearn.steps=100, finetune.file=rows.jsonl, "
+                   "quantize.blocksize=128, oracle=false (default: each attack's paper defaults, docs/METRICS.md \"Recovery attacks\")")
     p.add_argument("--attack-samples", type=int, default=16, help="samples per question (sampling attack)")
     p.add_argument("--attack-temperature", type=float, default=1.0, help="temperature (sampling attack)")
     p.add_argument("--config", help="YAML file with PrepareConfig fields (default: none)")

@@ -262,6 +262,22 @@ def _prepared(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any], part
     return prepared, _target_summary(bench, spec, prepared, part, target_utility)
 
 
+def fitness_options(spec: FitnessSpec, part: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's options with what the fitness needs on this part (`FitnessSpec.part_options`, e.g.
+    the `robust` fitness's attacks) layered under them: the search's own options win."""
+    from ..config import nest
+
+    extra = spec.part_options.get(part) if spec.part_options else None
+    return _under(nest(dict(extra)), nest(dict(options))) if extra else dict(options)
+
+
+def _under(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _under(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), Mapping) else v
+    return out
+
+
 def _check_prepared(bench: Benchmark, prepared: Any) -> None:
     """The prepared models are complete (`check_model_folder`), checked before the candidate runs
     so that a damaged cache entry is reported as such, naming the file."""
@@ -459,6 +475,7 @@ def evaluate_candidate(
             return out.to_dict()
         atomic_write_json(rd / "candidate.json", {"benchmark": bench.name, "part": forget_part, "seed": seed,
                                                   "candidate": asdict(run)}, default=str)
+        options = fitness_options(spec, forget_part, options)
         prepared, target = _prepared(bench, spec, options, forget_part, target_utility)
         gate = _StageGate(bench, spec, target, int(stage1_epochs), promote_cutoff, target_utility, utility_floor)
         candidate_ran = True
@@ -512,7 +529,9 @@ def _target_info(bench: Benchmark, spec: FitnessSpec, options: dict[str, Any]) -
     target: dict[str, dict[str, Any]] = {}
     retain: dict[str, dict[str, Any]] = {}
     for part in ("search", "report"):
-        ref = cached_reference(bench, prepared, part, options)
+        # what the fitness needs on the part (e.g. `robust`'s attacks), as the candidates' runs get it
+        popts = fitness_options(spec, part, options)
+        ref = cached_reference(bench, prepared if popts == options else bench.prepare(popts), part, popts)
         target[part] = {"summary": with_fitnesses(bench, ref.target, ref.target),
                         "fitness": safe_fitness(spec, ref.target, ref.target)}
         if ref.retain is not None:

@@ -219,7 +219,12 @@ class TofuBenchmark(Benchmark):
             model.eval()
             fmt = PromptFormatter(tok, max_length=cfg.train.max_length)
             ev = TofuEvaluator(m["source"], split, cfg.eval, forget_indices=idx)
-            out[name] = ev.evaluate(model, tok, retain_results=m["retain_results"], fmt=fmt)["summary"]
+            res = ev.evaluate(model, tok, retain_results=m["retain_results"], fmt=fmt)
+            if cfg.attacks.names:  # the run's recovery attacks (the `robust` fitness): the references too
+                from .unlearn import _add_attacks
+
+                _add_attacks(res, model, tok, fmt, cfg, m["source"], idx, m["retain_results"])
+            out[name] = res["summary"]
         return Reference(out["target"], out.get("retain"))
 
     def run(self, prepared: TofuPrepared, run: MethodRun, *, part: str = "all", fraction: float | None = None,

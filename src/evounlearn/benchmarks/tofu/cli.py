@@ -107,11 +107,10 @@ def cli_eval(req: EvalRequest) -> Report:
             raise ConfigError("a run directory brings its own config: give key=value overrides, not --config")
     else:
         cfg = load_config(PrepareConfig, req.config, req.overrides)
-    attacks: list[str] = []
-    if req.attacks:
-        from ...evaluation.attacks import parse_attacks
+    from ...attacks import split_attacks
 
-        attacks = parse_attacks(req.attacks)
+    model_attacks, attacks = split_attacks(req.attacks)  # unknown names fail here, before any model
+    acfg = _attacks_config(model_attacks, req.attack_options)
     if req.adapter and not Path(req.adapter).is_dir():
         raise ConfigError(f"adapter folder {req.adapter} does not exist")
     if req.retain_results and not Path(req.retain_results).is_file():
@@ -127,18 +126,37 @@ def cli_eval(req: EvalRequest) -> Report:
     if os.environ.get("RANK", "0") in ("", "0"):  # the main process of an `accelerate launch` only
         print(f"eval: {what} on {cfg.forget_split} of {cfg.data} (loading; the table follows)", file=sys.stderr,
               flush=True)
-    return _evaluate(req, cfg, attacks, run)
+    return _evaluate(req, cfg, attacks, run, model_attacks, acfg)
 
 
-def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | None = None) -> Report:
+def _attacks_config(names: list[str], options: list[str]) -> Any:
+    """The recovery attacks' options (`AttacksConfig`; the eval command attacks the retain oracle
+    too, for the floor), every attack's options checked."""
+    from ...attacks import attack_options
+    from ...attacks.config import AttacksConfig
+    from ...config import apply_overrides, parse_overrides
+
+    acfg = apply_overrides(AttacksConfig(oracle=True), parse_overrides(list(options or [])))
+    if options and not names:
+        raise ConfigError("--attack-option needs recovery attacks in --attacks")
+    for name in names:
+        attack_options(name, acfg)
+    return acfg
+
+
+def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | None = None,
+              model_attacks: list[str] | None = None, acfg: Any = None) -> Report:
     from ...evaluation.tofu_eval import TofuEvaluator, load_results, save_results
     from ...models.loading import load_model_and_tokenizer
+    from ..base import default_cache_dir
     from .build import cached_prepared, prepare
 
+    model_attacks = list(model_attacks or [])
     models: dict[str, tuple[str, str | None]] = {}
     lines: list[str] = []
     retain_path = req.retain_results or (run.retain_results if run else "")
     forget_indices = None
+    target_results_path, oracle_path = "", ""
     if req.model or run is not None:
         if run is not None:
             model, adapter = run.model, run.adapter
@@ -155,6 +173,7 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | Non
         source = found.data if found else _source(cfg)
         if found is not None:
             retain_path = str(found.retain_results)
+            target_results_path, oracle_path = str(found.target_results), str(found.retain)
         if retain_path:
             lines.append(f"forget quality and PrivLeak against the retain oracle's results: {retain_path}")
         else:
@@ -171,6 +190,7 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | Non
         p = prepare(cfg)
         source = p.data
         models = {"target": (str(p.target), None), "retain": (str(p.retain), None)}
+        target_results_path, oracle_path = str(p.target_results), str(p.retain)
         lines.append(f"data: the whole {cfg.forget_split} split")
     retain_results = load_results(retain_path) if retain_path else None
     ev = TofuEvaluator(source, cfg.forget_split, cfg.eval, forget_indices=forget_indices)
@@ -190,6 +210,19 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | Non
             add_attacks(res, model, PromptFormatter(tok), ev.forget, attacks, AttackConfig(
                 samples=req.attack_samples, temperature=req.attack_temperature,
                 max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size))
+        if model_attacks:  # recovery attacks (attacks/): the attacked copies scored like the model
+            from ...attacks.suite import flat_summary
+            from ...data.prompting import PromptFormatter
+            from ...evaluation.tofu_eval import load_results as _load
+            from .attacks import run_tofu_attacks
+
+            res["attacks"] = run_tofu_attacks(
+                model, tok, PromptFormatter(tok), model_attacks, source=source, split=cfg.forget_split,
+                part=forget_indices, eval_cfg=cfg.eval, clean=res, retain_results=ref_res,
+                target_results=_load(target_results_path) if target_results_path else None,
+                oracle_path=(oracle_path or None) if acfg.oracle and name != "retain" else None, cfg=acfg,
+                cache_root=str(cfg.cache_dir or default_cache_dir()))
+            res["summary"].update(flat_summary(res["attacks"]))
         if name == "retain":
             retain_results = res
         res["model"] = path
@@ -203,8 +236,9 @@ def _evaluate(req: EvalRequest, cfg: Any, attacks: list[str], run: RunEval | Non
     if not req.out:
         lines.append("results not saved (add --out DIR to write them as JSON)")
     order = sorted(summaries, key=lambda n: n == "retain")  # target (or the model) first, as prepare
-    return Report({n: summaries[n] for n in order}, TOFU_TABLE_KEYS + tuple(f"{a}_attack_rouge" for a in attacks),
-                  lines)
+    recovery_cols = tuple(f"{k}@{a}" for a in model_attacks or () for k in ("recovery", "oracle_floor", "model_utility"))
+    return Report({n: summaries[n] for n in order}, TOFU_TABLE_KEYS + tuple(f"{a}_attack_rouge" for a in attacks)
+                  + recovery_cols, lines)
 
 
 def _source(cfg: Any) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...attacks.config import AttacksConfig
 from ...data.generated import GeneratedConfig
 from ...evaluation.config import EvalConfig
 from ...models.config import TinyModelConfig
@@ -40,3 +41,7 @@ class UnlearnConfig:
     search_fraction: float = 0.5  # the search part = the first fraction of the split's rows (whole authors)
     run_dir: str = ""  # default: runs/<method>-<split>-<time>
     threads: int = 0
+    # recovery attacks on the unlearned model after its evaluation (`attacks.names`, e.g.
+    # quantize_4bit,relearn): the attacked models' summaries join the run's as "<key>@<attack>"
+    # (what the `robust` fitness reads); docs/METRICS.md "Recovery attacks"
+    attacks: AttacksConfig = field(default_factory=AttacksConfig)

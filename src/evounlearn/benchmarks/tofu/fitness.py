@@ -7,7 +7,10 @@
   forget split (`CALIBRATED_FORMULA`); `tofu_calibrated_v1_fitness` keeps the earlier formula (not registered: for comparisons with
   older results, e.g. benchmarks/noise.py);
 - `oracle`: `clamp(1 + log10(FQ) / 10, 0, 1) * min(1, MU / MU_target)` (FQ needs the retain
-  oracle's results).
+  oracle's results);
+- `robust`: calibrated's first factor of the worst case among the model and the model after each
+  recovery attack of its run, times `min(1, MU / MU_target)` (`ROBUST_FORMULA`; the attacks each
+  part runs: `ROBUST_PART_OPTIONS`).
 """
 
 
@@ -55,12 +58,31 @@ def tofu_calibrated_fitness(summary: Mapping[str, Any], target: Mapping[str, Any
     holdout level (total over- and total under-forgetting cost alike), the membership term from the
     LOSS scores' standardised difference; times the utility kept relative to the target model. The
     membership term is left out when the MIAs were not computed (`eval.mia: false`)."""
+    return calibrated_term(summary) * relative_utility(summary, target, "model_utility")
+
+
+def calibrated_term(summary: Mapping[str, Any]) -> float:
+    """`calibrated`'s first factor: 1 - the mean of its gaps (forget vs holdout), without the utility."""
     gaps = [side_gap(metric(summary, f"forget_{k}"), metric(summary, f"holdout_{k}"),
                      optional_metric(summary, f"forget_{k}_gap_se")) for k in ("rouge", "prob")]
     smd = optional_metric(summary, "mia_loss_smd")
     if smd is not None:
         gaps.append(smd_gap(smd, optional_metric(summary, "mia_loss_smd_se")))
-    return calibration(gaps) * relative_utility(summary, target, "model_utility")
+    return calibration(gaps)
+
+
+def tofu_robust_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
+    """`robust` (docs/FITNESS.md): the calibrated term of the worst case among the model as it is
+    and the model after each recovery attack in the summary ("<key>@<attack>" keys, a run's
+    `attacks.names`), times the utility the model itself keeps relative to the target's. KeyError
+    when the summary holds no attacked model (the run was not attacked: nothing to score)."""
+    from ...attacks.suite import attacked_views
+
+    views = attacked_views(summary)
+    if not views:
+        raise KeyError("robust: the summary holds no attacked model (attacks.names)")
+    worst = min([calibrated_term(summary), *(calibrated_term(v) for v in views.values())])
+    return worst * relative_utility(summary, target, "model_utility")
 
 
 def tofu_calibrated_v1_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
@@ -95,6 +117,23 @@ CALIBRATED_V1_FORMULA = ("(1 - mean(|forget_ROUGE - holdout_ROUGE|, |forget_Prob
 
 ORACLE_FORMULA = "clamp(1 + log10(forget_quality) / 10, 0, 1) * min(1, MU / MU_target)"
 
+ROBUST_FORMULA = ("min(C(model), C(model after each attack)) * min(1, MU / MU_target), where C = calibrated's first "
+                  "factor (1 - mean(side_gap(forget_ROUGE, holdout_ROUGE), side_gap(forget_Prob, holdout_Prob), "
+                  "clamp((|d_LOSS| - se_d) / 2))), each attacked model scored on its own forget and holdout rows, "
+                  "MU = the unattacked model's; attacks: quantize_4bit and relearn (10 steps) on the search part, "
+                  "quantize_8bit, quantize_4bit, relearn (50 steps), finetune on the report part")
+
+#: what the attacked models are scored on during the search: the calibrated term's inputs only
+ROBUST_METRICS = "forget_rouge,forget_prob,holdout,gap_se,mia_loss_smd"
+#: the attacks the `robust` fitness runs inside a candidate's job, by part: the cheap ones during
+#: the search (4-bit rounding: no training; relearning: 10 steps), the full set for the report part
+#: (finalists, baselines). A run's own `attacks` options win.
+ROBUST_PART_OPTIONS: dict[str, dict[str, Any]] = {
+    "search": {"attacks": {"names": "quantize_4bit,relearn", "relearn": {"steps": 10}, "metrics": ROBUST_METRICS}},
+    "report": {"attacks": {"names": "quantize_8bit,quantize_4bit,relearn,finetune"}},
+    "all": {"attacks": {"names": "quantize_8bit,quantize_4bit,relearn,finetune"}},
+}
+
 
 TOFU_FITNESSES = {
     "evomu": FitnessSpec("evomu", tofu_fitness, "model_utility", TOFU_FORMULA),
@@ -102,6 +141,8 @@ TOFU_FITNESSES = {
                               needs_target_utility=True, version=2),
     "oracle": FitnessSpec("oracle", tofu_oracle_fitness, "model_utility", ORACLE_FORMULA,
                           needs_target_utility=True),
+    "robust": FitnessSpec("robust", tofu_robust_fitness, "model_utility", ROBUST_FORMULA,
+                          needs_target_utility=True, part_options=ROBUST_PART_OPTIONS),
 }
 
 

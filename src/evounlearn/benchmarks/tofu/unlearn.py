@@ -71,6 +71,11 @@ def resolve_config(method: str | None, layers: Sequence[Mapping[str, Any]]) -> t
         explicit |= set(layer) | {f"{k}.{kk}" for k, v in layer.items() if isinstance(v, Mapping) for kk in v}
     cfg.method = spec.name
     check_loss_params(spec, cfg.loss)
+    if cfg.attacks.names:  # every attack name and option, before any model is loaded
+        from ...attacks import attack_options, parse_model_attacks
+
+        for name in parse_model_attacks(cfg.attacks.names):
+            attack_options(name, cfg.attacks)
     # The data/split chosen for the run also decide which prepared models are used.
     cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
     return cfg, explicit
@@ -164,12 +169,39 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
         if evaluate:
             final.eval()
             res = evaluator.evaluate(final, tok, retain_results=retain_results, fmt=fmt)
+            if cfg.attacks.names:
+                _add_attacks(res, final, tok, fmt, cfg, source, part, retain_results)
             res.update(method=spec.name, run_dir=str(run_dir), train_seconds=record["seconds"],
                        seconds_per_step=record["seconds_per_step"], config=to_dict(cfg), runtime=runtime_info())
             save_results(res, run_dir / "results.json")
-            record.update(summary=res["summary"], eval_seconds=res["eval_seconds"])
+            record.update(summary=res["summary"], eval_seconds=res["eval_seconds"] + res.get("attack_seconds", 0.0))
     unlearner.acc.wait_for_everyone()
     return record
+
+
+def _add_attacks(res: dict[str, Any], model: Any, tok: Any, fmt: PromptFormatter, cfg: UnlearnConfig, source: str,
+                 part: list[int] | None, retain_results: dict[str, Any] | None) -> None:
+    """The run's recovery attacks (`cfg.attacks`) on the final model: `res["attacks"]` and the
+    attacked summaries as "<key>@<attack>" in `res["summary"]`; `res["attack_seconds"]` = their cost."""
+    from ...attacks import parse_model_attacks
+    from ...attacks.suite import flat_summary
+    from ...benchmarks.base import default_cache_dir
+    from ...evaluation.tofu_eval import load_results
+    from .attacks import run_tofu_attacks
+
+    t0 = time.time()
+    target_results, oracle = None, None
+    if not cfg.model:  # the prepared target's results (recovery) and oracle (the floor)
+        p = prepare(cfg.prepare)
+        target_results = load_results(p.target_results)
+        oracle = str(p.retain) if cfg.attacks.oracle else None
+    res["attacks"] = run_tofu_attacks(
+        model, tok, fmt, parse_model_attacks(cfg.attacks.names), source=source, split=cfg.forget_split, part=part,
+        eval_cfg=cfg.eval, clean=res, retain_results=retain_results, target_results=target_results,
+        oracle_path=oracle, cfg=cfg.attacks, cache_root=str(cfg.prepare.cache_dir or default_cache_dir()))
+    res["summary"].update(flat_summary(res["attacks"]))
+    res["attack_seconds"] = time.time() - t0
+    res["summary"]["attack_seconds"] = res["attack_seconds"]
 
 
 def _inputs(cfg: UnlearnConfig) -> tuple[str, str, str | None]:
