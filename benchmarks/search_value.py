@@ -7,6 +7,8 @@ Arms (each run through the CLI, as a user would):
 - `random`:       evounlearn evolve --control random   (random trees, no selection)
 - `tuned_npo`:    evounlearn tune --method npo         (TPE over constants, retain weight, lr, epochs)
 - `tuned_simnpo`: evounlearn tune --method simnpo
+- `search_extended` (only with --arms, not in the criteria): `search` in the extended (token-level)
+  interface, `interface=extended`: what the token-level terms add, under the same protocol
 Every arm trains `--budget` times on the search part per search seed (the search's races count;
 one finalist, so the finalist's re-runs select nothing: its search seeds are already raced), >= 5
 search seeds per arm; its winner (chosen on the search part) is re-run with `--report-seeds`
@@ -57,6 +59,10 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SETTINGS = ("generated-large", "entangled-large", "partial-large")
 ARMS = ("search", "random", "tuned_npo", "tuned_simnpo")
+# Arms that may be added with --arms (not in the criteria): the search in the extended (token-level)
+# interface, so that what the token-level terms add is measured under the same protocol.
+EXTRA_ARMS = ("search_extended",)
+EVOLVE_ARMS = ("search", "random", "search_extended")
 FITNESS = "calibrated"
 
 
@@ -95,9 +101,10 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
 
         shutil.rmtree(rd)
     keys = [f"finalists={opts.finalists}", f"report_seeds={opts.report_seeds}"]
-    if arm in ("search", "random"):
+    if arm in EVOLVE_ARMS:
         args = ["evolve", *_common(setting, budget, seed, opts), "--run-dir", str(rd),
-                *(["--mode", "ours"] if arm == "search" else ["--control", "random"]),
+                *(["--control", "random"] if arm == "random" else ["--mode", "ours"]),
+                *(["interface=extended"] if arm == "search_extended" else []),
                 f"fitness={FITNESS}", "baselines=[]", *keys]
     else:
         method = arm.removeprefix("tuned_")
@@ -387,11 +394,15 @@ def main(argv: list[str] | None = None) -> int:
                     help="top candidates re-run before picking the winner (1: its re-runs select nothing)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--settings", default=",".join(SETTINGS))
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(ARMS),
+                    help=f"arms to run (default: the criteria's four; extra: {', '.join(EXTRA_ARMS)})")
     ap.add_argument("--work", default=str(ROOT / "runs" / "search_value"), help="where the runs are kept")
     ap.add_argument("--out", default=str(RESULTS / "search_value"), help="output path without extension")
     opts = ap.parse_args(argv)
     settings, arms = opts.settings.split(","), opts.arms.split(",")
+    unknown_arms = sorted(set(arms) - set(ARMS) - set(EXTRA_ARMS))
+    if unknown_arms:
+        ap.error(f"unknown arm(s) {', '.join(unknown_arms)}; known: {', '.join(ARMS + EXTRA_ARMS)}")
     if opts.quick:
         settings, opts.budget, opts.seeds, opts.report_seeds, opts.finalists = settings[:1], 4, 1, 1, 1
         opts.work = str(Path(opts.work).with_name(Path(opts.work).name + "_quick"))
@@ -419,11 +430,11 @@ def main(argv: list[str] | None = None) -> int:
                 earlier += took or 0.0
                 unknown += took is None
             rd = run_arm(arm, setting, seed, opts.budget, opts)
-            per.append(evolve_result(rd) if arm in ("search", "random") else tune_result(rd))
+            per.append(evolve_result(rd) if arm in EVOLVE_ARMS else tune_result(rd))
         keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness", "trainings"]
-        keys += ["winner_search_sd"] if arm in ("search", "random") else []
+        keys += ["winner_search_sd"] if arm in EVOLVE_ARMS else []
         keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness", "gen0_best_mean",
-                 "gen0_best_seeds", "final_best_mean", "final_best_seeds"] if arm == "search" else []
+                 "gen0_best_seeds", "final_best_mean", "final_best_seeds"] if arm.startswith("search") else []
         results[setting]["arms"][arm] = {k: [p.get(k) for p in per] for k in keys}
         trained += sum(int(p.get("trained") or 0) for p in per)
     for setting in settings:
@@ -440,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_this_invocation": now, "seconds_earlier_runs": earlier, "runs_without_recorded_time": unknown,
         "seconds_per_candidate": seconds / trained if trained else None,
         "settings": results, "transfer": xfer, "env": env_info(opts.workers),
-        "criteria": ({"evaluated": False, "why": "--quick is a smoke test"} if opts.quick or len(arms) < len(ARMS)
+        "criteria": ({"evaluated": False, "why": "--quick is a smoke test"} if opts.quick or not set(ARMS) <= set(arms)
                      else criteria(results, seconds)),
     }
     out = Path(opts.out)
