@@ -82,7 +82,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unlearn", help="run one unlearning method and evaluate it against the retain oracle")
     p.add_argument("--method", help="required: grad_ascent, grad_diff, npo, simnpo, idk_dpo, rmu, undial, pmc, "
-                   "evolved (default: none)")
+                   "wga, satimp, ceu, pdu, altpo, evolved (default: none)")
     p.add_argument("--benchmark", help="a registered benchmark or alias (default: generated)")
     p.add_argument("--split", help="forget split (default: forget10)")
     p.add_argument("--data", help="'generated', a TOFU-shaped folder, or a Hub dataset id (default: generated)")
