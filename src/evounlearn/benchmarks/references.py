@@ -31,7 +31,7 @@ __all__ = ["cached_reference", "reference_cache_path"]
 
 log = logging.getLogger(__name__)
 
-_VERSION = 3  # bump when what `reference` computes changes without a change of its inputs
+_VERSION = 4  # bump when what `reference` computes changes without a change of its inputs
 _VOLATILE = frozenset({"seed", "run_dir", "log_file"})  # options that cannot change the evaluation
 
 
