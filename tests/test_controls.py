@@ -12,7 +12,7 @@ from evounlearn.errors import ConfigError
 from evounlearn.search.config import load_search_config
 from evounlearn.search.driver import SearchDriver
 from evounlearn.search.proposers.offline import render, seed_trees
-from evounlearn.search.proposers.offline.tune import structure_key
+from evounlearn.search.proposers.offline.tpe import structure_key
 from evounlearn.search.store import Store
 
 from .fakes import BENCHMARK

@@ -22,7 +22,7 @@ from evounlearn.search.proposers.offline import (
     operators,
     render,
     seed_trees,
-    tune,
+    tpe,
 )
 from evounlearn.search.proposers.offline import tree as lt
 from evounlearn.search.proposers.offline.diagnosis import OVER, UNDER, UTILITY, diagnose
@@ -152,18 +152,18 @@ TUNE_TREE = LossTree(("softplus", ("*", 1.0, "dF")), ("neg", "lpr"), 1.0, 5)
 
 
 def _history(cs: list[float]) -> list[dict[str, Any]]:
-    return [{"code": render.render(tune.with_constants(TUNE_TREE, [c, 1.0])), "fitness": -((c - 0.3) ** 2)} for c in cs]
+    return [{"code": render.render(tpe.with_constants(TUNE_TREE, [c, 1.0])), "fitness": -((c - 0.3) ** 2)} for c in cs]
 
 
 def test_structure_key_and_constant_vector_roundtrip() -> None:
     rng = random.Random(0)
     for _ in range(30):
         t = operators.random_tree(rng, tokens=True)
-        vec = tune.constant_vector(t)
-        assert tune.with_constants(t, vec) == t
-        moved = tune.with_constants(t, [v * 1.1 for v in vec])
-        assert tune.structure_key(moved) == tune.structure_key(t)
-    assert tune.structure_key(TUNE_TREE) != tune.structure_key(GRADDIFF)
+        vec = tpe.constant_vector(t)
+        assert tpe.with_constants(t, vec) == t
+        moved = tpe.with_constants(t, [v * 1.1 for v in vec])
+        assert tpe.structure_key(moved) == tpe.structure_key(t)
+    assert tpe.structure_key(TUNE_TREE) != tpe.structure_key(GRADDIFF)
 
 
 def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
@@ -179,7 +179,7 @@ def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
         out = OfflineProposer().propose(req)
         assert len(out) == 6 and all(x.operator == "tune_tpe" for x in out)
         assert "TPE over 10 evaluated points" in out[0].notes
-        got = [tune.constant_vector(render.tree_from_code(x.code))[0] for x in out]  # type: ignore[arg-type]
+        got = [tpe.constant_vector(render.tree_from_code(x.code))[0] for x in out]  # type: ignore[arg-type]
         dists.append(statistics.median(abs(math.log(c / 0.3)) for c in got))
         assert dists[-1] < math.log(3.0), got
         assert [x.code for x in OfflineProposer().propose(req)] == [x.code for x in out]  # deterministic
@@ -190,7 +190,7 @@ def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
 def test_tune_falls_back_to_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     hist = _history([0.1, 0.3, 1.0, 2.0])
     req = ProposalRequest(kind="tune", n=3, seed=0, parents=[hist[0]], history=hist)
-    monkeypatch.setattr(tune, "_import_optuna", lambda: None)
+    monkeypatch.setattr(tpe, "_import_optuna", lambda: None)
     out = OfflineProposer().propose(req)
     assert len(out) == 3 and all(x.operator == "tune_constants" for x in out)
     # Too few points of the structure: jitter too.

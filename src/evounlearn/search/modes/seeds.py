@@ -2,7 +2,7 @@
 holds the offline proposer's seed trees (GA, GradDiff, NPO, SimNPO and the EvoMU-style templates;
 the token-level ones too in the extended interface); every later generation asks one constant
 tuning of each seed structure, best structure first, until the budget is spent. Tuning is the
-offline proposer's own `tune` operator (`proposers/offline/tune.py`): an Optuna TPE study per
+offline proposer's own `tune` operator (`proposers/offline/tpe.py`): an Optuna TPE study per
 structure over its constants, retain weight and epochs (1-10), fed with every evaluated point of
 that structure, and log-normal jitter (epochs moved by one now and then) before a structure has
 `tpe_min_points` points. Finalists and report seeds are the driver's, as in the search.
@@ -22,8 +22,8 @@ from ..proposers import Proposal, ProposalRequest
 from ..proposers.offline import OfflineProposer
 from ..proposers.offline.render import render, tree_from_code
 from ..proposers.offline.seed_trees import seed_trees
+from ..proposers.offline.tpe import structure_key
 from ..proposers.offline.tree import LossTree
-from ..proposers.offline.tune import structure_key
 from ..store import CandidateRow
 from .base import ModeHost, ModePolicy, SearchMode
 from .random import control_policy, control_proposer_config

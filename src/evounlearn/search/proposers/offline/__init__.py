@@ -6,7 +6,7 @@
 - `operators`: random trees and the variation operators (mutations, crossover);
 - `seed_trees`: the literature losses as trees;
 - `code_constants`: constant tuning of code that carries no tree;
-- `diagnosis`, `directed`, `tune`: reading a parent's metrics, mutations directed by them, TPE tuning;
+- `diagnosis`, `directed`, `tpe`: reading a parent's metrics, mutations directed by them, TPE tuning;
 - `proposer`: the `OfflineProposer` that maps request kinds to these operators.
 
 A new grammar primitive touches `tree` (vocabulary, JSON, structure checks), `render`, `interpret`

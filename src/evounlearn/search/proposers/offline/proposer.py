@@ -12,7 +12,7 @@ Request kinds map to operators (all deterministic from `request.seed` and the pa
              an epochs change;
 - crossover: crossover of parents[0] and parents[1] (term swap or subtree graft);
 - tune:      constants only (and the epochs gene): asked from a TPE study fed with the evaluated
-             points of the parent's structure (`tune`), random jitter without optuna or points;
+             points of the parent's structure (`tpe`), random jitter without optuna or points;
 - repair:    a fresh (subtree / point) mutation of the broken candidate.
 
 A parent whose code carries no (trusted) `# tree:` comment, e.g. one written by an LLM, is a
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import Proposal, ProposalRequest, Proposer
-from . import tune as tpe
+from . import tpe
 from .code_constants import perturb_code_constants, shift_code_epochs
 from .diagnosis import UNDER, Diagnosis, diagnose
 from .directed import directed_child
