@@ -402,7 +402,7 @@ def test_tune_prints_its_run_directory_first_and_leaves_nothing_without_optuna(t
     def no_optuna():
         raise ConfigError("evounlearn tune needs Optuna: pip install 'evounlearn[tune]'")
 
-    monkeypatch.setattr(tune, "_optuna", no_optuna)
+    monkeypatch.setattr(tune.study, "import_optuna", no_optuna)
     monkeypatch.chdir(tmp_path)
     assert main(["tune", "--method", "npo", "--benchmark", "tests.fakes:FakeBenchmark"]) == 2
     assert "needs Optuna" in capsys.readouterr().err

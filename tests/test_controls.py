@@ -11,8 +11,8 @@ import pytest
 from evounlearn.errors import ConfigError
 from evounlearn.search.config import load_search_config
 from evounlearn.search.driver import SearchDriver
-from evounlearn.search.proposers.offline import tree as loss_tree
-from evounlearn.search.proposers.offline.tune import structure_key
+from evounlearn.search.proposers.offline import render, seed_trees
+from evounlearn.search.proposers.offline.tpe import structure_key
 from evounlearn.search.store import Store
 
 from .fakes import BENCHMARK
@@ -34,9 +34,9 @@ def test_random_control_draws_random_trees_in_generation_0_only(tmp_path: Path) 
     assert len(trained) == 7 == store.trained_count()  # the budget, exactly
     assert {c.generation for c in store.candidates(kind="candidate")} == {0}  # no selection
     assert all(c.operator == "random" and not c.parents for c in trained)
-    seeds = {loss_tree.render(t) for _, t in loss_tree.seed_trees()}
+    seeds = {render.render(t) for _, t in seed_trees.seed_trees()}
     assert not seeds & {c.code for c in trained}  # no literature seed
-    trees = [loss_tree.tree_from_code(c.code or "") for c in trained]
+    trees = [render.tree_from_code(c.code or "") for c in trained]
     assert all(t is not None for t in trees)
     assert len({t.epochs for t in trees if t}) > 1  # epochs drawn, not fixed
     assert store.get_meta("winner") is not None and len(store.get_meta("finalists")) == 2
@@ -51,17 +51,17 @@ def test_seeds_control_only_tunes_the_seed_structures(tmp_path: Path) -> None:
     store = Store(d / "search.sqlite")
     trained = store.trained_candidates()
     assert len(trained) == 14 == store.trained_count()
-    seeds = loss_tree.seed_trees()
+    seeds = seed_trees.seed_trees()
     gen0 = [c for c in trained if c.generation == 0]
     assert sorted(c.operator for c in gen0) == sorted(f"seed:{n}" for n, _ in seeds)
     keys = {structure_key(t) for _, t in seeds}
     later = [c for c in trained if c.generation > 0]
     assert len(later) == 4
     for c in later:  # constants (and epochs) only: the structure is a seed's
-        t = loss_tree.tree_from_code(c.code or "")
+        t = render.tree_from_code(c.code or "")
         assert t is not None and structure_key(t) in keys
         assert c.operator.startswith("tune") and len(c.parents) == 1
-    assert len({structure_key(loss_tree.tree_from_code(c.code or "")) for c in later}) == 4  # one per structure
+    assert len({structure_key(render.tree_from_code(c.code or "")) for c in later}) == 4  # one per structure
     store.close()
 
 

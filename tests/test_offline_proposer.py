@@ -14,14 +14,23 @@ import torch
 
 from evounlearn.sandbox import WORKER_ENV, validate_source
 from evounlearn.search.proposers import ProposalRequest, ReferenceLevels
-from evounlearn.search.proposers.offline import OfflineConfig, OfflineProposer, directed, tune
+from evounlearn.search.proposers.offline import (
+    OfflineConfig,
+    OfflineProposer,
+    directed,
+    interpret,
+    operators,
+    render,
+    seed_trees,
+    tpe,
+)
 from evounlearn.search.proposers.offline import tree as lt
 from evounlearn.search.proposers.offline.diagnosis import OVER, UNDER, UTILITY, diagnose
 from evounlearn.search.proposers.offline.tree import LossTree
 
 REF = ReferenceLevels(target_utility=0.6, target_forget_rouge=0.95, holdout_rouge=0.18, holdout_prob=0.1)
 GRADDIFF = LossTree("lpf", ("neg", "lpr"), 1.0, 5)
-NPO = dict(lt.SEEDS)["NPO"]
+NPO = dict(seed_trees.SEEDS)["NPO"]
 UNDER_METRICS = {"forget_rouge": 0.61, "model_utility": 0.6}
 OVER_METRICS = {"forget_rouge": 0.02, "model_utility": 0.58}
 UTILITY_METRICS = {"forget_rouge": 0.2, "model_utility": 0.3}
@@ -39,7 +48,7 @@ def assert_sandbox_ok(code: str, interface: str) -> None:
 
 
 def refine(tree: LossTree, metrics: dict[str, Any], n: int = 8, seed: int = 0, **kw: Any) -> list[Any]:
-    parent = {"id": 1, "code": lt.render(tree, kw.pop("interface", "faithful")), "fitness": 0.1, "metrics": metrics}
+    parent = {"id": 1, "code": render.render(tree, kw.pop("interface", "faithful")), "fitness": 0.1, "metrics": metrics}
     req = ProposalRequest(kind="refine", n=n, seed=seed, parents=[parent], reference=REF, **kw)
     return OfflineProposer(OfflineConfig(directed_share=1.0)).propose(req)
 
@@ -93,7 +102,7 @@ def test_under_forgetting_strengthens_the_forget_side(parent: LossTree) -> None:
     out = refine(parent, UNDER_METRICS)
     assert len(out) == 8 and all(x.operator.startswith("directed:") for x in out)
     for x in out:
-        child = lt.tree_from_code(x.code)
+        child = render.tree_from_code(x.code)
         assert child is not None
         assert x.notes.startswith("directed: under-forgetting (forget ROUGE 0.61 vs holdout 0.18) -> ")
         assert (
@@ -111,7 +120,7 @@ def test_over_forgetting_and_utility_loss_protect_the_retain_side(metrics: dict[
     out = refine(GRADDIFF, metrics)
     assert len(out) == 8
     for x in out:
-        child = lt.tree_from_code(x.code)
+        child = render.tree_from_code(x.code)
         assert child is not None and x.operator.startswith("directed:")
         anchored = child.retain != GRADDIFF.retain
         bounded = isinstance(child.forget, tuple) and _saturating(child.forget) > 0
@@ -128,12 +137,12 @@ def test_directed_is_deterministic_and_mixed_with_random_mutations() -> None:
     a, b = refine(NPO, UNDER_METRICS, seed=5), refine(NPO, UNDER_METRICS, seed=5)
     assert [x.code for x in a] == [x.code for x in b] and [x.notes for x in a] == [x.notes for x in b]
     assert [x.code for x in refine(NPO, UNDER_METRICS, seed=6)] != [x.code for x in a]
-    parent = {"id": 1, "code": lt.render(NPO), "fitness": 0.1, "metrics": UNDER_METRICS}
+    parent = {"id": 1, "code": render.render(NPO), "fitness": 0.1, "metrics": UNDER_METRICS}
     req = ProposalRequest(kind="refine", n=12, seed=0, parents=[parent], reference=REF)
     ops = [x.operator for x in OfflineProposer().propose(req)]
     assert any(o.startswith("directed:") for o in ops) and any(not o.startswith("directed:") for o in ops)
     # No metrics (or no reference levels for them): random mutations only, as before.
-    plain = ProposalRequest(kind="refine", n=6, seed=0, parents=[{"code": lt.render(NPO)}])
+    plain = ProposalRequest(kind="refine", n=6, seed=0, parents=[{"code": render.render(NPO)}])
     assert not any(x.operator.startswith("directed:") for x in OfflineProposer().propose(plain))
 
 
@@ -143,18 +152,18 @@ TUNE_TREE = LossTree(("softplus", ("*", 1.0, "dF")), ("neg", "lpr"), 1.0, 5)
 
 
 def _history(cs: list[float]) -> list[dict[str, Any]]:
-    return [{"code": lt.render(tune.with_constants(TUNE_TREE, [c, 1.0])), "fitness": -((c - 0.3) ** 2)} for c in cs]
+    return [{"code": render.render(tpe.with_constants(TUNE_TREE, [c, 1.0])), "fitness": -((c - 0.3) ** 2)} for c in cs]
 
 
 def test_structure_key_and_constant_vector_roundtrip() -> None:
     rng = random.Random(0)
     for _ in range(30):
-        t = lt.random_tree(rng, tokens=True)
-        vec = tune.constant_vector(t)
-        assert tune.with_constants(t, vec) == t
-        moved = tune.with_constants(t, [v * 1.1 for v in vec])
-        assert tune.structure_key(moved) == tune.structure_key(t)
-    assert tune.structure_key(TUNE_TREE) != tune.structure_key(GRADDIFF)
+        t = operators.random_tree(rng, tokens=True)
+        vec = tpe.constant_vector(t)
+        assert tpe.with_constants(t, vec) == t
+        moved = tpe.with_constants(t, [v * 1.1 for v in vec])
+        assert tpe.structure_key(moved) == tpe.structure_key(t)
+    assert tpe.structure_key(TUNE_TREE) != tpe.structure_key(GRADDIFF)
 
 
 def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
@@ -162,7 +171,7 @@ def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
     cs = [0.05, 0.1, 0.2, 0.45, 0.7, 1.0, 1.5, 2.0, 2.5, 3.0]
     hist = _history(cs)
     # Unrelated structures in the history are ignored; the parent is the worst point.
-    hist.append({"code": lt.render(GRADDIFF), "fitness": 1.0})
+    hist.append({"code": render.render(GRADDIFF), "fitness": 1.0})
     seen = statistics.median(abs(math.log(c / 0.3)) for c in cs)
     dists = []
     for seed in range(4):
@@ -170,7 +179,7 @@ def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
         out = OfflineProposer().propose(req)
         assert len(out) == 6 and all(x.operator == "tune_tpe" for x in out)
         assert "TPE over 10 evaluated points" in out[0].notes
-        got = [tune.constant_vector(lt.tree_from_code(x.code))[0] for x in out]  # type: ignore[arg-type]
+        got = [tpe.constant_vector(render.tree_from_code(x.code))[0] for x in out]  # type: ignore[arg-type]
         dists.append(statistics.median(abs(math.log(c / 0.3)) for c in got))
         assert dists[-1] < math.log(3.0), got
         assert [x.code for x in OfflineProposer().propose(req)] == [x.code for x in out]  # deterministic
@@ -181,7 +190,7 @@ def test_tpe_tuning_concentrates_near_the_best_constant() -> None:
 def test_tune_falls_back_to_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
     hist = _history([0.1, 0.3, 1.0, 2.0])
     req = ProposalRequest(kind="tune", n=3, seed=0, parents=[hist[0]], history=hist)
-    monkeypatch.setattr(tune, "_import_optuna", lambda: None)
+    monkeypatch.setattr(tpe, "_import_optuna", lambda: None)
     out = OfflineProposer().propose(req)
     assert len(out) == 3 and all(x.operator == "tune_constants" for x in out)
     # Too few points of the structure: jitter too.
@@ -192,7 +201,7 @@ def test_tune_falls_back_to_jitter(monkeypatch: pytest.MonkeyPatch) -> None:
 
 # -- token-level terms (extended interface) ------------------------------------------------------
 
-TOKEN_TREES = [t for _, t in lt.TOKEN_SEEDS] + [
+TOKEN_TREES = [t for _, t in seed_trees.TOKEN_SEEDS] + [
     LossTree(("tmean", "f", ("focal", ("+", "tlpf", 0.5), 1.5)), ("tmean", "r", ("entw", ("neg", "tdR"))), 0.5, 3),
     LossTree(("tmean", "f", ("refmask", ("exp", ("*", 0.5, "tlpf")), -2.0)), ("relu", ("neg", "dR")), 1.0, 4),
     LossTree(("+", "dF", ("tmean", "f", ("softplus", "tdF"))), ("tmean", "r", ("neg", "tlpr")), 1.0, 5),
@@ -200,18 +209,18 @@ TOKEN_TREES = [t for _, t in lt.TOKEN_SEEDS] + [
 
 
 def test_token_trees_check_render_and_match_the_interpreter() -> None:
-    probe = lt.token_probe_inputs(batch=6, length=5, seed=3)
+    probe = interpret.token_probe_inputs(batch=6, length=5, seed=3)
     for t in TOKEN_TREES:
-        assert lt.check_tree(t) is None, t
-        code = lt.render(t, "extended")
-        assert lt.tree_from_code(code) == t
+        assert interpret.check_tree(t) is None, t
+        code = render.render(t, "extended")
+        assert render.tree_from_code(code) == t
         with pytest.raises(ValueError):
-            lt.render(t, "faithful")
+            render.render(t, "faithful")
         ns: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
         exec(code, ns)  # test only: our own rendering
         got = ns["loss_fn"](probe["tlpf"], probe["mask_f"], probe["tlpr"], probe["mask_r"], probe["trpf"], probe["trpr"])
-        env = lt.token_env(probe["tlpf"], probe["mask_f"], probe["tlpr"], probe["mask_r"], probe["trpf"], probe["trpr"])
-        assert torch.allclose(got, lt._loss_from_env(t, env)), code
+        env = interpret.token_env(probe["tlpf"], probe["mask_f"], probe["tlpr"], probe["mask_r"], probe["trpf"], probe["trpr"])
+        assert torch.allclose(got, interpret._loss_from_env(t, env)), code
     # Token leaves outside a token mean, or mean leaves inside one, are not trees.
     assert lt.structure_problem(LossTree("tlpf")) is not None
     assert lt.structure_problem(LossTree(("tmean", "f", "lpf"))) is not None
@@ -221,8 +230,8 @@ def test_token_trees_check_render_and_match_the_interpreter() -> None:
 def test_every_token_operator_passes_the_sandbox(sandbox_env: None) -> None:
     ops_seen: set[str] = set()
     for t in TOKEN_TREES:
-        assert_sandbox_ok(lt.render(t, "extended"), "extended")
-        ops_seen |= lt._ops_used(t.forget) | lt._ops_used(t.retain)
+        assert_sandbox_ok(render.render(t, "extended"), "extended")
+        ops_seen |= lt.ops_used(t.forget) | lt.ops_used(t.retain)
     assert {"tmean", *lt.TOKEN_WEIGHTS} <= ops_seen
     assert {"tlpf", "tlpr", "tdF", "tdR"} <= set().union(*(lt.leaves_used(t.forget) | lt.leaves_used(t.retain) for t in TOKEN_TREES))
 
@@ -231,12 +240,12 @@ def test_extended_proposals_use_tokens_and_faithful_never(sandbox_env: None) -> 
     p = OfflineProposer()
     ext = p.propose(ProposalRequest(kind="initial", n=24, seed=1, interface="extended"))
     assert len(ext) == 24 and any(x.operator.startswith("seed:token_") for x in ext)
-    trees = [lt.tree_from_code(x.code) for x in ext]
+    trees = [render.tree_from_code(x.code) for x in ext]
     assert sum(lt.uses_tokens(t) for t in trees if t is not None) >= 6
     for x in ext:
         assert_sandbox_ok(x.code, "extended")
     faithful = p.propose(ProposalRequest(kind="initial", n=24, seed=1))
-    assert not any(lt.uses_tokens(lt.tree_from_code(x.code)) for x in faithful)  # type: ignore[arg-type]
+    assert not any(lt.uses_tokens(render.tree_from_code(x.code)) for x in faithful)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow

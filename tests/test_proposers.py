@@ -30,7 +30,7 @@ from evounlearn.search.proposers import (
 from evounlearn.search.proposers.llm.http import HTTPConfig, HTTPProposer, _partial_message
 from evounlearn.search.proposers.llm.parse import clean_reply, extract_functions, extract_programs
 from evounlearn.search.proposers.llm.prompts import format_leaderboard, format_metrics, render_prompt
-from evounlearn.search.proposers.offline import OfflineProposer
+from evounlearn.search.proposers.offline import OfflineProposer, interpret, operators, render, seed_trees
 from evounlearn.search.proposers.offline import tree as loss_tree
 
 from .llm_server import FakeLLM, chat_json, serve_llm
@@ -743,7 +743,7 @@ def test_offline_initial_deterministic_and_seeds() -> None:
         mod = ast.parse(x.code)
         assert "def loss_fn(" in x.code and len(mod.body) == 1
         assert ast.get_docstring(mod.body[0]).startswith("epochs: ")  # type: ignore[arg-type]
-        assert loss_tree.tree_from_code(x.code) is not None
+        assert render.tree_from_code(x.code) is not None
 
 
 def test_literature_seeds_direction_when_executed() -> None:
@@ -764,24 +764,24 @@ def test_literature_seeds_direction_when_executed() -> None:
         assert gf is not None and gf.sum() > 0 and (gf >= 0).all(), op
         if op != "seed:GA":
             assert gr is not None and gr.sum() < 0, op
-        tree = loss_tree.tree_from_code(code)
+        tree = render.tree_from_code(code)
         assert tree is not None
-        assert torch.allclose(loss, loss_tree.loss_value(tree, lpf, lpr, rpf, rpr))
+        assert torch.allclose(loss, interpret.loss_value(tree, lpf, lpr, rpf, rpr))
 
 
 def test_tree_roundtrip_and_tamper_detection() -> None:
     rng = random.Random(0)
     for _ in range(30):
-        t = loss_tree.random_tree(rng)
-        code = loss_tree.render(t)
-        assert loss_tree.tree_from_code(code) == t
+        t = operators.random_tree(rng)
+        code = render.render(t)
+        assert render.tree_from_code(code) == t
         assert loss_tree.LossTree.from_json(t.to_json()) == t
-        assert loss_tree.tree_from_code(loss_tree.render(t, "extended")) == t
-    code = loss_tree.render(loss_tree.SEEDS[2][1])
+        assert render.tree_from_code(render.render(t, "extended")) == t
+    code = render.render(seed_trees.SEEDS[2][1])
     edited = code.replace("20.0 * F.softplus", "30.0 * F.softplus")
-    assert loss_tree.tree_from_code(edited) is None  # stale tree comment not trusted
-    assert loss_tree.tree_from_code(edited, verify=False) == loss_tree.SEEDS[2][1]
-    assert loss_tree.tree_from_code(code.replace('"lpr"', '"evil"')) is None
+    assert render.tree_from_code(edited) is None  # stale tree comment not trusted
+    assert render.tree_from_code(edited, verify=False) == seed_trees.SEEDS[2][1]
+    assert render.tree_from_code(code.replace('"lpr"', '"evil"')) is None
 
 
 def test_extended_render_matches_faithful() -> None:
@@ -791,11 +791,11 @@ def test_extended_render_matches_faithful() -> None:
     mask_f[:, 0] = mask_r[:, 0] = 1.0
     tok = [-torch.rand(4, 6, generator=g) * m for m in (mask_f, mask_r, mask_f, mask_r)]
     means = [(t * m).sum(-1) / m.sum(-1) for t, m in zip(tok, (mask_f, mask_r, mask_f, mask_r))]
-    for _, tree in loss_tree.SEEDS:
+    for _, tree in seed_trees.SEEDS:
         ns: dict[str, Any] = {"torch": torch, "F": torch.nn.functional}
-        exec(loss_tree.render(tree, "extended"), ns)
+        exec(render.render(tree, "extended"), ns)
         got = ns["loss_fn"](tok[0], mask_f, tok[1], mask_r, tok[2], tok[3])
-        assert torch.allclose(got, run_loss(loss_tree.render(tree), *means))
+        assert torch.allclose(got, run_loss(render.render(tree), *means))
 
 
 def test_offline_refine_crossover_tune_repair() -> None:
@@ -813,9 +813,9 @@ def test_offline_refine_crossover_tune_repair() -> None:
     assert len(cross) == 4 and all(x.operator == "crossover" and x.parents == [3, 4] for x in cross)
     assert all(x.code not in (npo.code, hinge.code) for x in cross)
     tune = p.propose(ProposalRequest(kind="tune", n=3, seed=1, parents=[parent]))
-    t0 = loss_tree.tree_from_code(npo.code)
+    t0 = render.tree_from_code(npo.code)
     for x in tune:
-        t = loss_tree.tree_from_code(x.code)
+        t = render.tree_from_code(x.code)
         assert x.operator == "tune_constants" and t is not None and x.code != npo.code
         # Same structure: only constants (and epochs) differ.
         assert loss_tree.map_constants(t.forget, lambda c: 1.0) == loss_tree.map_constants(t0.forget, lambda c: 1.0)  # type: ignore[union-attr]
@@ -825,8 +825,8 @@ def test_offline_refine_crossover_tune_repair() -> None:
     assert len(repair) == 2 and all(x.operator.startswith("repair:") for x in repair)
     # Every offline proposal satisfies its own numeric check.
     for x in refine + cross + tune + repair:
-        tree = loss_tree.tree_from_code(x.code)
-        assert tree is not None and loss_tree.check_tree(tree) is None
+        tree = render.tree_from_code(x.code)
+        assert tree is not None and interpret.check_tree(tree) is None
 
 
 def test_offline_foreign_parent_constant_tuning() -> None:
@@ -855,7 +855,7 @@ def test_offline_foreign_parent_constant_tuning() -> None:
         assert x.code != foreign and "# a comment that must survive" in x.code and "dim=0" in x.code
         assert shape(x.code) == shape(foreign)
     # A crossover with a foreign parent and a repair of foreign code still produce candidates.
-    tree_parent = {"code": loss_tree.render(loss_tree.SEEDS[1][1])}
+    tree_parent = {"code": render.render(seed_trees.SEEDS[1][1])}
     assert p.propose(ProposalRequest(kind="crossover", n=2, parents=[{"code": foreign}, tree_parent]))
     fresh = p.propose(
         ProposalRequest(kind="repair", n=2, error={"reason": "SyntaxError", "code": "def loss_fn(:"})

@@ -1,4 +1,4 @@
-"""`evounlearn tune` (search/tune.py) on the fake benchmark: trials through the executor's
+"""`evounlearn tune` (search/tune/) on the fake benchmark: trials through the executor's
 sandboxed workers, the Optuna store, finalists, outputs, seeding, resume after kill -9."""
 
 from __future__ import annotations

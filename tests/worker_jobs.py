@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from evounlearn.sandbox import WORKER_ENV
-from evounlearn.sandbox.workers import process_status_kb
+from evounlearn.sandbox.worker_process import process_status_kb
 
 DIAG = "tests.worker_jobs:diagnostic_job"
 TRUSTED = ("evounlearn.", "tests.worker_jobs")

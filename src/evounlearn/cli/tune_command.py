@@ -1,4 +1,4 @@
-"""`evounlearn tune`: hyperparameter search for one registered method (search/tune.py, docs/TUNE.md)."""
+"""`evounlearn tune`: hyperparameter search for one registered method (search/tune/, docs/TUNE.md)."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmark", help="a registered benchmark or alias (default: evolve's, generated)")
     p.add_argument("--fitness", help="one of the benchmark's fitnesses, docs/FITNESS.md (default: evolve --mode "
                    "ours's, calibrated)")
-    p.add_argument("--config", help="YAML file with TuneConfig fields (search/tune.py; default: none)")
+    p.add_argument("--config", help="YAML file with TuneConfig fields (search/tune/config.py; default: none)")
     p.add_argument("--run-dir", help="output folder (default runs/tune-METHOD-TIME)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a tune (its saved config + these overrides; default: a new run)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. space.beta=[0.01,1.0] unlearn.train.batch_size=8")

@@ -15,7 +15,9 @@ Layering: imports nothing above `models/` (never search/, methods/, training/, b
 - `confine`  the worker's OS layers (pdeathsig, network namespace, Landlock with scopes and
              hidden paths, seccomp without AF_UNIX sockets);
 - `jobs`     the trusted worker jobs (validate every candidate of a program);
-- `workers`  isolated worker processes with wall-clock, CPU and memory limits, and a pool.
+- `workers`  isolated worker processes with wall-clock, CPU and memory limits, and a pool
+             (the driver's side; `worker_process` is the child's, `job_result` what a job
+             asks for and gets back).
 """
 
 from __future__ import annotations
@@ -23,19 +25,9 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .workers import (
-    CPU_LIMIT,
-    CRASH,
-    MEMORY_LIMIT,
-    STEP_DEADLINE,
-    WALL_LIMIT,
-    WORKER_ENV,
-    IsolatedWorker,
-    JobResult,
-    Limits,
-    WorkerPool,
-    preload_modules,
-)
+from .job_result import CPU_LIMIT, CRASH, MEMORY_LIMIT, STEP_DEADLINE, WALL_LIMIT, JobResult, Limits
+from .worker_process import WORKER_ENV
+from .workers import IsolatedWorker, WorkerPool, preload_modules
 
 if TYPE_CHECKING:
     from .checker import CheckResult, check_function

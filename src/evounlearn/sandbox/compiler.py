@@ -4,7 +4,7 @@
 builtins (abs, min, max, float, int, len, range capped at MAX_RANGE elements, sum, bool) and
 globals holding only torch, F (= torch.nn.functional) and math. `x += y` is rewritten to
 `x = x + y` (so that a candidate cannot modify its input tensors in place) and annotations are
-dropped. Both refuse to run outside an isolated worker (`workers.py` sets WORKER_ENV) unless the
+dropped. Both refuse to run outside an isolated worker (`worker_process.py` sets WORKER_ENV) unless the
 caller passes `allow_in_process=True` (trusted code only: tests, a user's own loss file).
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 from .checker import Rejection, check_function, format_reason, parse_single_function
 from .policy import MAX_RANGE, SandboxError
 from .program import check_program, helper_closure
-from .workers import WORKER_ENV
+from .worker_process import WORKER_ENV
 
 __all__ = ["compile_function", "compile_program", "sandbox_globals"]
 

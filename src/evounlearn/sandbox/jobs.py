@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .compiler import compile_function
+from .job_result import WALL_LIMIT
 from .policy import SandboxError, is_loss_name
 from .probes import ProbeProfile, describe_error, validate_candidate
 from .program import FunctionSource, ProgramCheck, check_program, parse_epochs, split_functions
 from .timers import hard_deadline, interrupt_after
-from .workers import WALL_LIMIT
 
 __all__ = [
     "LIST_JOB",

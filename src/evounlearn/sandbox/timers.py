@@ -8,7 +8,7 @@ and the worker's wall limit remain. A torch operation in C runs to its end first
 the worker's memory limit); the exception comes at the next Python bytecode.
 
 `hard_deadline`: the deadline that a C call cannot outlive. Inside an isolated worker
-(`workers.worker_main` registers a slot of shared memory with `set_deadline_slot`) it writes
+(`worker_process.worker_main` registers a slot of shared memory with `set_deadline_slot`) it writes
 the moment the block must end into that slot; the driver's watch loop (`workers._Watch`, every
 0.1 s) reads it and kills the worker's process group once it is past, whatever the worker is
 doing: one torch call of 45 minutes is stopped like a Python loop, within ~0.1 s of the
@@ -58,7 +58,7 @@ def interrupt_after(seconds: float | None, exc_type: type[BaseException]) -> Ite
 
 
 def set_deadline_slot(slot: Any) -> None:
-    """Register the worker's shared deadline slot (two doubles; called by `workers.worker_main`)."""
+    """Register the worker's shared deadline slot (two doubles; called by `worker_process.worker_main`)."""
     global _SLOT
     _SLOT = slot
 

@@ -5,15 +5,16 @@ A job is `(function_path, kwargs)`: `function_path` ("package.module:function") 
 that itself compiles and runs the untrusted code; only paths under `trusted_prefixes` are accepted.
 The driver never imports or executes candidate code.
 
-`IsolatedWorker` is one long-lived child process; `run(...)` sends a job and waits for its
-`JobResult(ok, value, error, cpu_seconds, wall_seconds, killed_reason)`. Nothing the child does is
+`IsolatedWorker` is one long-lived child process (its side: `worker_process.py`); `run(...)` sends
+a job and waits for its `JobResult(ok, value, error, cpu_seconds, wall_seconds, killed_reason)`
+(`job_result.py`). Nothing the child does is
 raised in the driver: exceptions come back as `error`; crashes, limits and kills as
 `killed_reason`, after which the worker is restarted transparently for the next job.
 
 Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11):
 - start method: "forkserver" with torch and the sandbox modules preloaded in the fork server
   (`set_forkserver_preload(PRELOAD)`); the child's entry point is the module-level
-  `worker_main` of this module. Starting a worker costs ~2 s once (the fork server imports
+  `worker_main` of `worker_process.py`. Starting a worker costs ~2 s once (the fork server imports
   torch), then ~0.02 s per worker or restart; "spawn" costs ~1.8 s every time (each child
   imports torch). The fork server only imports modules (no torch op runs there, so no OpenMP
   pool exists before the fork: the child starts with one thread), which avoids the
@@ -59,7 +60,7 @@ Process and limits (measured on a 2-core Linux box, torch 2.13 CPU, Python 3.11)
 killed_reason values: "wall time limit", "cpu time limit", "memory limit", "step deadline",
 "crash", or None.
 
-Defence in depth (W7):
+Defence in depth:
 - results come back as JSON text (`send_bytes`), never as pickles: the driver never unpickles
   anything a worker sends. A job's return value must be JSON-ready; tensors / numpy values
   (`.tolist()`), tuples (lists), sets, paths and dataclasses are converted at the job edge, and
@@ -83,68 +84,42 @@ Defence in depth (W7):
 per-job limits (`Limits(...).as_kwargs()` gives the keyword arguments of `run` / `submit`).
 """
 
+
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mpc
 import os
 import queue
-import resource
 import shutil
 import signal
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
-from .confine import apply_layers, describe_layers
+from .confine import describe_layers
 from .forkserver_init import FORKSERVER_FLAG
-from .timers import set_deadline_slot
+from .job_result import CPU_LIMIT, CRASH, MEMORY_LIMIT, STEP_DEADLINE, WALL_LIMIT, JobResult
+from .worker_process import process_status_kb, worker_main
 
 log = logging.getLogger(__name__)
 
-__all__ = [
-    "CPU_LIMIT",
-    "CRASH",
-    "MEMORY_LIMIT",
-    "STEP_DEADLINE",
-    "WALL_LIMIT",
-    "IsolatedWorker",
-    "JobResult",
-    "Limits",
-    "WORKER_ENV",
-    "WorkerPool",
-    "preload_modules",
-    "process_status_kb",
-    "worker_main",
-]
-
-WALL_LIMIT = "wall time limit"
-CPU_LIMIT = "cpu time limit"
-MEMORY_LIMIT = "memory limit"
-CRASH = "crash"
-STEP_DEADLINE = "step deadline"
-
-#: Set in the isolated worker; `compiler.compile_function` refuses to run where it is absent.
-WORKER_ENV = "EVOUNLEARN_SANDBOX_WORKER"
+__all__ = ["DEFAULT", "IsolatedWorker", "WorkerPool", "preload_modules"]
 
 #: The process name of the isolated workers (what `_preparation_data` recognises).
 _WORKER_NAME = "evounlearn-worker"
 
 #: Imported once by the fork server, so that a worker (re)starts in ~0.02 s.
-PRELOAD = ("evounlearn.sandbox.forkserver_init", "torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.workers")
+PRELOAD = ("evounlearn.sandbox.forkserver_init", "torch", "torch.nn.functional", "evounlearn.sandbox.jobs", "evounlearn.sandbox.worker_process")
 _EXTRA_PRELOAD: list[str] = []  # added by `preload_modules` (the jobs' heavy imports)
 RSS_MARGIN_MB = 256
 MAX_RESULT_BYTES = 512 * 1024 * 1024  # a bigger JSON result is refused (the worker is killed)
-LOG_NAME = "worker.log"  # in the scratch directory when no log_file is given
 _POLL_S = 0.1
 
 
@@ -158,211 +133,6 @@ class _Default:
 DEFAULT = _Default()
 
 
-@dataclass
-class Limits:
-    """Per-job limits (None = no limit)."""
-
-    wall_s: float | None = 900.0
-    cpu_s: float | None = 1800.0
-    memory_mb: int | None = 4096
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `IsolatedWorker` / `run` / `submit`."""
-        return {"wall_limit_s": self.wall_s, "cpu_limit_s": self.cpu_s, "memory_limit_mb": self.memory_mb}
-
-
-@dataclass
-class JobResult:
-    """What came back from one job. `ok` means the job function returned normally."""
-
-    ok: bool
-    value: Any = None
-    error: str | None = None
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
-    killed_reason: str | None = None  # WALL_LIMIT | CPU_LIMIT | MEMORY_LIMIT | CRASH | None
-    # True when the job was lost to the infrastructure (a cluster node died, the executor was
-    # closed...), not to anything the job did: the caller may retry it without charging the job
-    infra: bool = False
-
-
-# --------------------------------------------------------------------------------------------
-# child side
-
-
-def process_status_kb(field_name: str, pid: int | str = "self") -> int | None:
-    """A `kB` field of /proc/<pid>/status (VmRSS, VmData, ...), or None."""
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def _cpu_used(children: bool = True) -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    total = ru.ru_utime + ru.ru_stime
-    if children:
-        rc = resource.getrusage(resource.RUSAGE_CHILDREN)
-        total += rc.ru_utime + rc.ru_stime
-    return total
-
-
-def _resolve(function_path: str) -> Any:
-    module_name, _, attr = function_path.partition(":")
-    fn: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        fn = getattr(fn, part)
-    return fn
-
-
-def _set_soft(which: int, soft: int) -> None:
-    _, hard = resource.getrlimit(which)
-    if hard != resource.RLIM_INFINITY and soft > hard:
-        soft = hard
-    resource.setrlimit(which, (soft, hard))
-
-
-def _reset_soft(which: int) -> None:
-    _, hard = resource.getrlimit(which)
-    resource.setrlimit(which, (hard, hard))
-
-
-def _is_alloc_error(e: BaseException) -> bool:
-    if isinstance(e, MemoryError):
-        return True
-    return isinstance(e, RuntimeError) and "can't allocate memory" in str(e)
-
-
-def _send_json(conn: mpc.Connection, msg: list[Any]) -> None:  # pragma: no cover - child
-    """Results travel as JSON text, never as pickles: the driver never unpickles worker data."""
-    conn.send_bytes(json.dumps(msg, default=_json_default).encode())
-
-
-def _json_default(obj: Any) -> Any:
-    """The job edge's conversions: tensors / numpy arrays and scalars, paths, sets, dataclasses."""
-    import dataclasses
-
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj, key=repr)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"job result holds a {type(obj).__name__}, which is not JSON-ready")
-
-
-def worker_main(
-    conn: mpc.Connection,
-    workdir: str,
-    threads: int,
-    isolate_network: bool = True,
-    write_paths: list[str] | None = None,
-    log_file: str | None = None,
-    env: dict[str, str] | None = None,
-    deadline_slot: Any = None,
-    hidden_paths: list[str] | None = None,
-) -> None:  # pragma: no cover - child
-    """The worker process's entry point: enter the sandbox, then run jobs until told to stop.
-    `env` is set first: e.g. this worker's own CUDA_VISIBLE_DEVICES, read when a job first
-    touches CUDA (the fork server never does)."""
-    os.environ.update(env or {})
-    _redirect_output(log_file or os.path.join(workdir, LOG_NAME))
-    _enter_sandbox(workdir, threads)
-    set_deadline_slot(deadline_slot)
-    writable = None if write_paths is None else [workdir, *write_paths]
-    layers = apply_layers(isolate_network=isolate_network, write_paths=writable, hide=hidden_paths or ())
-    _send_json(conn, ["ready", {"pid": os.getpid(), "rss_kb": process_status_kb("VmRSS"), "layers": layers}])
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            break
-        if not msg or msg[0] != "job":
-            break
-        _, function_path, kwargs, cpu_limit, mem_limit_mb = msg
-        cpu0 = _cpu_used()
-        ok, value, error, killed = _run_job(function_path, kwargs, cpu_limit, mem_limit_mb)
-        cpu = _cpu_used() - cpu0
-        try:
-            _send_json(conn, ["result", ok, value, error, cpu, killed])
-        except (TypeError, ValueError) as e:  # not JSON-ready
-            _send_json(conn, ["result", False, None, f"result could not be sent: {type(e).__name__}: {e}", cpu, None])
-
-
-def _redirect_output(path: str) -> None:  # pragma: no cover - child
-    """stdout / stderr (Python's and C's: warnings, torch messages) to the worker's log file,
-    never the driver's terminal; Python warnings once per location."""
-    import sys
-    import warnings
-
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        for target in (1, 2):
-            os.dup2(fd, target)
-        os.close(fd)
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    warnings.simplefilter("default")
-
-
-def _enter_sandbox(workdir: str, threads: int) -> None:  # pragma: no cover - child
-    """Own process group, no core dumps, a private working directory, the worker marker."""
-    with contextlib.suppress(OSError):
-        os.setsid()
-    with contextlib.suppress(OSError, ValueError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    os.chdir(workdir)
-    os.environ["TMPDIR"] = workdir
-    tempfile.tempdir = workdir
-    os.environ[WORKER_ENV] = "1"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-        with contextlib.suppress(RuntimeError):
-            torch.set_num_interop_threads(1)
-    except ImportError:
-        pass
-
-
-def _run_job(
-    function_path: str, kwargs: dict[str, Any], cpu_limit: float | None, mem_limit_mb: int | None
-) -> tuple[bool, Any, str | None, str | None]:  # pragma: no cover - child
-    """Run one job under the CPU and memory rlimits: (ok, value, error, killed_reason)."""
-    if cpu_limit is not None:
-        # RLIMIT_CPU counts this process only (all its threads), in whole seconds: round to
-        # nearest, but always at least one second ahead
-        own = _cpu_used(children=False)
-        _set_soft(resource.RLIMIT_CPU, max(int(own) + 1, int(own + cpu_limit + 0.5)))
-    if mem_limit_mb is not None:
-        data_kb = process_status_kb("VmData") or 0
-        _set_soft(resource.RLIMIT_DATA, data_kb * 1024 + int(mem_limit_mb) * 1024 * 1024)
-    try:
-        return True, _resolve(function_path)(**kwargs), None, None
-    except BaseException as e:  # noqa: BLE001 - everything is reported, nothing raised
-        error = f"{type(e).__name__}: {e}"
-        if _is_alloc_error(e):
-            return False, None, error, MEMORY_LIMIT
-        if not isinstance(e, RecursionError):
-            error += "\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)[-6:])
-        return False, None, error, None
-    finally:
-        with contextlib.suppress(OSError, ValueError):
-            _reset_soft(resource.RLIMIT_DATA)
-        with contextlib.suppress(OSError, ValueError):
-            _reset_soft(resource.RLIMIT_CPU)
-
-
-# --------------------------------------------------------------------------------------------
-# driver side
 
 _CTX_LOCK = threading.Lock()
 
@@ -784,6 +554,3 @@ class WorkerPool:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-# --------------------------------------------------------------------------------------------

@@ -112,8 +112,8 @@ class CandidateResult:
     @classmethod
     def from_value(cls, value: Mapping[str, Any]) -> CandidateResult:
         """The worker's JSON-ready dict back as a `CandidateResult` (unknown keys ignored)."""
-        data = _known(cls, value)
-        data["stages"] = [StageResult(**_known(StageResult, s)) for s in value.get("stages") or []]
+        data = known_fields(cls, value)
+        data["stages"] = [StageResult(**known_fields(StageResult, s)) for s in value.get("stages") or []]
         data["timings"] = dict(value.get("timings") or {})
         return cls(**data)
 
@@ -130,12 +130,12 @@ class CandidateResult:
             return None
 
 
-def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
+def known_fields(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in data.items() if k in names}
 
 
-def _first_line(text: str | None, limit: int = 300) -> str:
+def first_line(text: str | None, limit: int = 300) -> str:
     line = str(text or "").strip().splitlines()[0] if str(text or "").strip() else ""
     return line if len(line) <= limit else line[:limit] + "..."
 
@@ -173,8 +173,8 @@ class JobOutcome:
         times = {"wall_seconds": float(res.wall_seconds), "cpu_seconds": float(res.cpu_seconds)}
         if not res.ok:
             why = res.killed_reason or "job failed"
-            error = f"{why}: {_first_line(res.error)}" if res.error else why
-            return cls(None, error, bool(res.infra), detail=_first_line(res.error), **times)
+            error = f"{why}: {first_line(res.error)}" if res.error else why
+            return cls(None, error, bool(res.infra), detail=first_line(res.error), **times)
         if not candidate_job or not isinstance(res.value, Mapping):
             return cls(None, None, bool(res.infra), value=res.value, **times)
         result = CandidateResult.from_value(res.value)

@@ -16,7 +16,8 @@ Flow (both modes):
    - `evomu` (`modes/evomu.py`): the paper's schedule, truncation selection, refine only;
    every proposal is validated in an isolated worker (whitelist + probe tensors) before training;
    this module holds what both modes share: proposing (`_request` / `_propose`), admitting
-   (validation, de-duplication, repair), generation 0 (`fill_initial`) and the evaluation pump;
+   (validation, de-duplication, repair) and generation 0 (`fill_initial`); the evaluation pump
+   (queued runs to the workers, results into the store) is `pump.py`;
 4. finalists: the top `finalists` by search-part fitness are re-run with `report_seeds` seeds on
    the search part and on the held-out report part; the winner is the best finalist by mean
    search-part fitness (`select_on: search`), so the report part is used for reporting only;
@@ -38,20 +39,19 @@ import logging
 import math
 import os
 import secrets
-import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import asdict, fields
+from concurrent.futures import Future
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..benchmarks import FAILED, compute_fitness, get_benchmark, rank_score
+from ..benchmarks import FAILED, get_benchmark, rank_score
 from ..config import apply_overrides, to_dict
 from ..errors import ConfigError, EvoUnlearnError, InfrastructureError
 from ..sandbox import CandidateRecord, IsolatedWorker, JobResult
-from .archive import eligible, lower_bound, sort_ranked, stable_seed, stage_cutoff
-from .candidate import INFRA_RETRIES, STAGE_SHORT, JobOutcome
+from .archive import eligible, sort_ranked, stable_seed
+from .candidate import INFRA_RETRIES, JobOutcome, first_line, known_fields
 from .config import SearchConfig, config_from_dict, evaluator_jobs
 from .executors import Executor, Limits, executor_options, make_executor
 from .modes import get_mode
@@ -63,7 +63,8 @@ from .proposers import (
     RunSettings,
     proposer_from_section,
 )
-from .store import DB_NAME, PENDING_STATUSES, CandidateRow, EvaluationRow, Store, ValidationRecord
+from .pump import EvaluationPump
+from .store import DB_NAME, CandidateRow, Store, ValidationRecord
 from .validation import VALIDATION_CONFINEMENT, VALIDATION_LIMITS, validate_in_worker
 
 __all__ = ["DB_NAME", "INFRA_RETRIES", "JobOutcome", "SearchDriver", "config_from_dict", "stable_seed"]
@@ -72,52 +73,13 @@ log = logging.getLogger("evounlearn.search")
 
 
 
-def _first_line(text: str | None, limit: int = 300) -> str:
-    if not text:
-        return ""
-    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
-    return line if len(line) <= limit else line[:limit] + "..."
-
-
-def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    if any(not math.isfinite(v) for v in values):
-        return FAILED, None
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) >= 2 else None)
-
-
-def _mean_summary(summaries: list[Mapping[str, Any]]) -> dict[str, Any]:
-    if not summaries:
-        return {}
-    out: dict[str, Any] = {}
-    for k in summaries[0]:
-        vals = [s.get(k) for s in summaries]
-        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
-            out[k] = statistics.fmean(float(v) for v in vals)
-    return out
-
-
-def _job_fitness(value: Any, benchmark: str, summary: Mapping[str, Any] | None, fitness: str) -> float:
-    """The fitness a job reported (it may need the target's metrics), else the search's chosen
-    fitness `fitness` computed here (never the benchmark's default: it would rank on another scale)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(float(value)):
-        return float(value)
-    return compute_fitness(benchmark, summary, fitness=fitness)
-
-
-def _known(cls: type, data: Mapping[str, Any]) -> dict[str, Any]:
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in data.items() if k in names}
-
-
 def _sandbox_record(rec: Mapping[str, Any]) -> CandidateRecord:
     """A validation record from the worker (a `sandbox.CandidateRecord` as a dict), typed."""
-    data = {"name": "", "source": "", "lineno": 0, **_known(CandidateRecord, rec)}
+    data = {"name": "", "source": "", "lineno": 0, **known_fields(CandidateRecord, rec)}
     return CandidateRecord(**data)
 
 
-class SearchDriver:
+class SearchDriver(EvaluationPump):
     """Runs (or resumes) one search in `run_dir`; see the module docstring."""
 
     def __init__(
@@ -144,7 +106,7 @@ class SearchDriver:
         self._executor = executor
         self._own_executor = executor is None
         get_benchmark(self.cfg.benchmark)  # fails early on an unknown name
-        self.family, self.jobs = self.cfg.benchmark, evaluator_jobs(self.cfg)  # benchmark (name or path), jobs
+        self.jobs = evaluator_jobs(self.cfg)
         self.validator: IsolatedWorker | None = None
         self.store: Store | None = None
         self._inflight: dict[Future[JobResult], int] = {}
@@ -300,10 +262,10 @@ class SearchDriver:
             if not out.infra:
                 break
             log.warning("target job lost to an infrastructure fault (%d/%d): %s", attempt, INFRA_RETRIES + 1,
-                        _first_line(out.error, 200))
+                        first_line(out.error, 200))
         else:
             raise InfrastructureError(f"could not prepare the benchmark: infrastructure fault "
-                                      f"{INFRA_RETRIES + 1} times ({_first_line(out.error, 200)})")
+                                      f"{INFRA_RETRIES + 1} times ({first_line(out.error, 200)})")
         if out.error is not None:
             raise EvoUnlearnError(f"could not prepare the benchmark: {out.detail}")
         return dict(out.value)
@@ -367,23 +329,6 @@ class SearchDriver:
             for cid in ids:
                 self.admit(cid, room)
 
-    def pump_generation(self, g: int) -> None:
-        self._pump(lambda: self.db.pending_count(generation=g, kind="candidate") == 0)
-        best = self.best()
-        if best is not None:
-            log.info("generation %d done: %d trained so far (budget %d); best #%d fitness %.4f (MU %.4f)", g,
-                     self.db.trained_count(), self.cfg.budget, best.id, best.fitness_search,
-                     best.utility_search if best.utility_search is not None else float("nan"))
-
-    def pump_candidates(self, ids: Sequence[int]) -> None:
-        """Run the queued runs until those of these candidates are all done."""
-        wanted = list(ids)
-        self._pump(lambda: self.db.pending_count(candidate_ids=wanted) == 0)
-
-    def refresh(self, cid: int) -> CandidateRow:
-        """A candidate's aggregates recomputed from its runs (after queueing one more)."""
-        return self._refresh(cid)
-
     def ranked(self) -> list[CandidateRow]:
         """Eligible candidates (full-length, finite fitness), best first."""
         return sort_ranked([c for c in self.db.done_candidates() if eligible(c)])
@@ -429,7 +374,7 @@ class SearchDriver:
         try:
             props: list[Proposal] = (proposer or self.proposer).propose(req)
         except Exception as e:  # a proposer failure costs this request only
-            log.warning("proposer failed on a %s request: %s", req.kind, _first_line(str(e)))
+            log.warning("proposer failed on a %s request: %s", req.kind, first_line(str(e)))
             return []
         dt = time.time() - t
         ids: list[int] = []
@@ -492,7 +437,7 @@ class SearchDriver:
             except Exception as e:  # an infrastructure fault: no candidate is charged
                 error = e
                 log.warning("validation worker failed to start (%d/%d): %s", attempt, INFRA_RETRIES + 1, e)
-        raise InfrastructureError(f"the validation worker cannot start: {_first_line(str(error), 200)}")
+        raise InfrastructureError(f"the validation worker cannot start: {first_line(str(error), 200)}")
 
     def _validate(self, cid: int) -> tuple[bool, str]:
         """Validate one proposal in the worker; exact/behavioural duplicates are recorded, not trained."""
@@ -517,7 +462,7 @@ class SearchDriver:
         if rec is None or not rec.ok:
             reason = rec.reason if rec else "no loss function"
             self.db.update_candidate(cid, status="rejected", error=reason, validation=slim, timings=timings)
-            log.info("  #%d %s: rejected (%s)", cid, c.operator, _first_line(reason, 120))
+            log.info("  #%d %s: rejected (%s)", cid, c.operator, first_line(reason, 120))
             return False, reason
         fp = rec.fingerprint
         owner = self.db.fingerprint_owner(fp, before=cid) if (self.dedup and fp) else None
@@ -569,183 +514,6 @@ class SearchDriver:
         """Proposals recorded but not validated before a crash."""
         for c in self.db.proposed_candidates(g):
             self.admit(c.id, room)
-
-    # -- evaluation pump ----------------------------------------------------------------------
-    def _cutoff(self) -> float | None:
-        return stage_cutoff(self.db.stage1_scores(), self.cfg.ours.promote_fraction, self.cfg.ours.min_history)
-
-    def _job_kwargs(self, c: CandidateRow, e: EvaluationRow) -> dict[str, Any]:
-        rd = self.run_dir / "candidates" / f"{c.id:05d}" / f"{e.part}-seed{e.seed}"
-        kw: dict[str, Any] = {
-            "run_dir": str(rd), "seed": e.seed, "forget_part": e.part, "unlearn": dict(self.cfg.unlearn),
-            "benchmark": self.cfg.benchmark, "fitness": self.cfg.fitness_name(),
-            "target_utility": self.target_utility,
-            "utility_floor": self.cfg.utility_floor, "keep_model": self.cfg.keep_models,
-            "epochs": int(e.epochs or c.epochs or self.cfg.default_epochs),
-            **dict(self.cfg.job_options),
-        }
-        if c.kind == "baseline":
-            kw["method"] = c.method
-        else:
-            kw.update(code=c.program or c.code, interface=c.interface or self.cfg.interface,
-                      function=c.function or "")
-        if e.stage1_epochs > 0:
-            kw.update(stage1_epochs=e.stage1_epochs, promote_cutoff=self._cutoff())
-        return kw
-
-    def _fill(self) -> None:
-        while len(self._inflight) < self.executor.slots:
-            queued = self.db.queued_evaluations()
-            if not queued:
-                return
-            e = queued[0]
-            c = self.db.candidate(e.candidate_id)
-            assert c is not None
-            kw = self._job_kwargs(c, e)
-            self.db.start_evaluation(e.id, kw["run_dir"], kw.get("promote_cutoff"))
-            if c.status == "validated":
-                self.db.update_candidate(c.id, status="running")
-            fut = self.executor.submit(self.jobs.evaluate, kw, self._limits())
-            self._inflight[fut] = e.id
-
-    def _pump(self, done: Callable[[], bool]) -> None:
-        """Keep the workers busy (queued runs by priority) until `done()`."""
-        while True:
-            self._fill()
-            if done():
-                return
-            if not self._inflight:
-                if done():
-                    return
-                raise EvoUnlearnError("search stalled: nothing is queued or running")
-            finished, _ = wait(list(self._inflight), timeout=10.0, return_when=FIRST_COMPLETED)
-            for fut in finished:
-                self._record(self._inflight.pop(fut), JobOutcome.from_future(fut))
-
-    def _record(self, eid: int, out: JobOutcome) -> None:
-        e = self.db.evaluation(eid)
-        assert e is not None
-        if out.infra:
-            self._infra_fault(e, out.error or "infrastructure fault")
-            return
-        self.db.update_evaluation(eid, **self._result_columns(out))
-        c = self._refresh(e.candidate_id)
-        self._save_seconds()
-        after = self.db.evaluation(eid)
-        assert after is not None
-        self._log_result(c, after)
-
-    def _result_columns(self, out: JobOutcome) -> dict[str, Any]:
-        """The evaluation's columns from a finished job (the candidate's own success or failure)."""
-        bench, floor, tu = self.family, self.cfg.utility_floor, self.target_utility
-        cols: dict[str, Any] = {"finished": time.time()}
-        r = out.result
-        if r is None:  # the job itself failed: a crash, a limit, an exception in the worker
-            return {**cols, "status": "failed", "fitness": FAILED, "score": FAILED, "error": out.error,
-                    "timings": {"job_wall": out.wall_seconds, "job_cpu": out.cpu_seconds}}
-        # the job names the fitness it scored and that fitness's utility key; a job that does not
-        # (an older or fake evaluator) is read with the search's own choice
-        fitness = r.fitness_name or self.cfg.fitness
-        key = get_benchmark(bench).fitness_spec(fitness).utility_key
-        if r.stages:
-            s1 = r.stages[0].summary
-            f1 = _job_fitness(r.stages[0].fitness, bench, s1, fitness)
-            cols.update(stage1_metrics=s1, stage1_fitness=f1,
-                        stage1_score=rank_score(f1, r.utility(s1, key), tu, floor))
-        timings = {**r.timings, "job_wall": out.wall_seconds, "job_cpu": out.cpu_seconds}
-        cols.update(stage=r.stage, promoted=r.promoted, loss_history=r.loss_history, epoch_losses=r.epoch_losses,
-                    timings=timings, error=r.error)
-        if r.ok and r.summary:
-            fit = _job_fitness(r.fitness, bench, r.summary, fitness)
-            util = r.utility(None, key)
-            cols.update(status="done", metrics=r.summary, fitness=fit, utility=util, score=rank_score(fit, util, tu, floor))
-        elif r.ok and r.stage == STAGE_SHORT:
-            cols.update(status="done")  # stopped at stage 1 (not promoted)
-        else:
-            cols.update(status="failed", fitness=FAILED, score=FAILED, error=r.error or "evaluation failed")
-        return cols
-
-    def _infra_fault(self, e: EvaluationRow, reason: str) -> None:
-        """A run lost to the infrastructure: back to the queue, uncharged; stop when it persists."""
-        n = self._infra_faults[e.id] = self._infra_faults.get(e.id, 0) + 1
-        self.db.requeue_evaluation(e.id)
-        self._refresh(e.candidate_id)
-        where = f"run #{e.id} (candidate #{e.candidate_id}, {e.part} seed {e.seed})"
-        if n > INFRA_RETRIES:
-            raise InfrastructureError(
-                f"{where} was lost to an infrastructure fault {n} times (last: {_first_line(reason, 500)}); "
-                f"no candidate was charged; continue with: evounlearn evolve --resume {self.run_dir}")
-        log.warning("%s lost to an infrastructure fault (%s); re-queued (%d/%d)", where, _first_line(reason, 160),
-                    n, INFRA_RETRIES)
-
-    def _log_result(self, c: CandidateRow, e: EvaluationRow) -> None:
-        name = c.label if c.kind == "baseline" else f"#{c.id} g{c.generation} {c.operator}"
-        if e.status == "failed":
-            log.info("%s [%s seed %s]: FAILED (%s) %.1fs", name, e.part, e.seed, _first_line(e.error, 160), e.job_wall)
-        elif e.fitness is None:
-            log.info("%s [%s seed %s]: stopped at stage 1 (fitness %.4f, below the cutoff) %.1fs", name, e.part,
-                     e.seed, e.stage1_fitness if e.stage1_fitness is not None else float("nan"), e.job_wall)
-        else:
-            m = e.metrics or {}
-
-            def num(key: str) -> float:  # 0.0 is a value (a model that forgot everything), None is not
-                v = m.get(key)
-                return float(v) if isinstance(v, (int, float)) else float("nan")
-
-            log.info("%s [%s seed %s]: fitness %.4f  MU %.4f  forget ROUGE %.4f  Prob %.4f  %.1fs", name, e.part,
-                     e.seed, e.fitness, num("model_utility"), num("forget_rouge"), num("forget_prob"), e.job_wall)
-
-    def _refresh(self, cid: int) -> CandidateRow:
-        """Recompute a candidate's aggregates (fitness per part, spread, status) from its runs."""
-        evs = self.db.evaluations_of(cid)
-        c = self.db.candidate(cid)
-        assert c is not None
-        cols: dict[str, Any] = {}
-        for part in ("search", "report"):
-            cols.update(self._part_aggregates(part, [e for e in evs if e.part == part]))
-        pending = [e for e in evs if e.status in PENDING_STATUSES]
-        if pending:
-            running = any(e.status == "running" for e in pending)
-            # a run put back in the queue (infrastructure fault) takes its candidate back to validated
-            cols["status"] = "running" if running else ("validated" if c.status == "running" else c.status)
-        elif evs:
-            done = [e for e in evs if e.status == "done"]
-            cols["status"] = "done" if done else "failed"
-            errors = [e.error for e in evs if e.status == "failed" and e.error]
-            cols["error"] = errors[0] if errors else None
-            if not done:
-                cols["fitness_search"] = FAILED
-                cols["score_search"] = FAILED
-        cols["timings"] = {**c.timings, "runs_wall": sum(e.job_wall for e in evs)}
-        if c.status in ("rejected", "duplicate", "unused"):
-            cols.pop("status", None)
-        self.db.update_candidate(cid, **cols)
-        out = self.db.candidate(cid)
-        assert out is not None
-        return out
-
-    def _part_aggregates(self, part: str, evs: list[EvaluationRow]) -> dict[str, Any]:
-        """fitness_<part> (mean), its spread, utility and number of runs, from one part's runs."""
-        full = [e for e in evs if e.status == "done" and e.metrics]
-        fits = [float(e.fitness if e.fitness is not None else FAILED) for e in full]
-        fits += [FAILED for e in evs if e.status == "failed"]
-        mean, std = _mean_std(fits)
-        utils = [float(e.utility) for e in full if e.utility is not None]
-        umean = statistics.fmean(utils) if utils else None
-        cols: dict[str, Any] = {f"fitness_{part}": mean, f"fitness_{part}_std": std, f"utility_{part}": umean,
-                                f"n_{part}": len(fits)}
-        if part == "search":
-            ranked = None if mean is None else lower_bound(mean, len(fits), self.cfg.rank_noise_sd())
-            cols["score_search"] = None if ranked is None else rank_score(ranked, umean, self.target_utility,
-                                                                          self.cfg.utility_floor)
-            # the mean over seeds: what a directed mutation reads is as steady as the ranking
-            cols["metrics"] = (_mean_summary([e.metrics for e in full if e.metrics]) if len(full) > 1
-                               else full[0].metrics) if full else None
-            stages = [int(e.stage or 0) for e in evs if e.status == "done"]
-            cols["stage"] = max(stages) if stages else None
-        else:
-            cols["report_metrics"] = _mean_summary([e.metrics for e in full if e.metrics]) if full else None
-        return cols
 
     # -- finalists ----------------------------------------------------------------------------
     def _run_finalists(self) -> None:

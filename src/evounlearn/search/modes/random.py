@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from ..proposers import Proposal, ProposalRequest
 from ..proposers.offline import OfflineProposer
-from ..proposers.offline import tree as loss_tree
+from ..proposers.offline.operators import random_tree
 from ..proposers.offline.proposer import OfflineConfig
+from ..proposers.offline.tree import LossTree
 from .base import ModeHost, ModePolicy, SearchMode
 
 if TYPE_CHECKING:
@@ -52,8 +53,8 @@ class RandomTreeProposer(OfflineProposer):
         tokens = self._tokens(request)
         depth = self.config.max_depth
 
-        def make(r: random.Random) -> tuple[loss_tree.LossTree, str, str, None]:
-            return loss_tree.random_tree(r, depth, tokens), "random", "random tree (control: no selection)", None
+        def make(r: random.Random) -> tuple[LossTree, str, str, None]:
+            return random_tree(r, depth, tokens), "random", "random tree (control: no selection)", None
 
         return self._collect(request, make, random.Random(request.stable_seed("random-control")), [])
 

@@ -2,7 +2,7 @@
 holds the offline proposer's seed trees (GA, GradDiff, NPO, SimNPO and the EvoMU-style templates;
 the token-level ones too in the extended interface); every later generation asks one constant
 tuning of each seed structure, best structure first, until the budget is spent. Tuning is the
-offline proposer's own `tune` operator (`proposers/offline/tune.py`): an Optuna TPE study per
+offline proposer's own `tune` operator (`proposers/offline/tpe.py`): an Optuna TPE study per
 structure over its constants, retain weight and epochs (1-10), fed with every evaluated point of
 that structure, and log-normal jitter (epochs moved by one now and then) before a structure has
 `tpe_min_points` points. Finalists and report seeds are the driver's, as in the search.
@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 from ..archive import eligible, sort_ranked
 from ..proposers import Proposal, ProposalRequest
 from ..proposers.offline import OfflineProposer
-from ..proposers.offline import tree as loss_tree
-from ..proposers.offline.tune import structure_key
+from ..proposers.offline.render import render, tree_from_code
+from ..proposers.offline.seed_trees import seed_trees
+from ..proposers.offline.tpe import structure_key
+from ..proposers.offline.tree import LossTree
 from ..store import CandidateRow
 from .base import ModeHost, ModePolicy, SearchMode
 from .random import control_policy, control_proposer_config
@@ -40,17 +42,17 @@ class SeedTunerProposer(OfflineProposer):
     def propose(self, request: ProposalRequest) -> list[Proposal]:
         if request.kind == "tune":
             return self._tune(request, random.Random(request.stable_seed("offline")))
-        out = [Proposal(code=loss_tree.render(t, request.interface), operator=f"seed:{name}",
+        out = [Proposal(code=render(t, request.interface), operator=f"seed:{name}",
                         notes=f"literature seed {name} (control: seeds, tuned constants only)")
                for name, t in self.seed_list(request.interface) if self._ok(t, request.interface)]
         return out[: request.n]
 
-    def seed_list(self, interface: str) -> list[tuple[str, loss_tree.LossTree]]:
-        return loss_tree.seed_trees(interface if self.config.tokens else "faithful")
+    def seed_list(self, interface: str) -> list[tuple[str, LossTree]]:
+        return seed_trees(interface if self.config.tokens else "faithful")
 
 
 def _structure(c: CandidateRow) -> str | None:
-    tree = loss_tree.tree_from_code(c.code or "")
+    tree = tree_from_code(c.code or "")
     return structure_key(tree) if tree is not None else None
 
 

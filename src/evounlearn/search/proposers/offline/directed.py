@@ -17,9 +17,8 @@ import random
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import tree as lt
 from .diagnosis import OVER, UNDER, UTILITY, Diagnosis
-from .tree import LossTree, Node, rc
+from .tree import LossTree, Node, child_indices, get_at, is_atomic, is_const, leaves_used, rc, set_at
 
 Action = Callable[[LossTree, random.Random], "tuple[LossTree, str] | None"]
 
@@ -34,14 +33,14 @@ def _fmt(x: float) -> str:
 def forget_scale(tree: LossTree) -> float:
     """The constant factor of the forget term (1.0 when it has none at the top)."""
     f = tree.forget
-    if isinstance(f, tuple) and f[0] == "*" and lt.is_const(f[1]):
+    if isinstance(f, tuple) and f[0] == "*" and is_const(f[1]):
         return float(f[1])
     return 1.0
 
 
 def _scale_forget(tree: LossTree, k: float) -> LossTree:
     f = tree.forget
-    if isinstance(f, tuple) and f[0] == "*" and lt.is_const(f[1]):
+    if isinstance(f, tuple) and f[0] == "*" and is_const(f[1]):
         return replace(tree, forget=("*", rc(f[1] * k), f[2]))
     return replace(tree, forget=("*", rc(k), f))
 
@@ -83,8 +82,8 @@ def _first_saturating(node: Node) -> tuple[int, ...] | None:
         path, n = queue.pop(0)
         if isinstance(n, tuple) and n[0] in SATURATING:
             return path
-        if isinstance(n, tuple) and not lt._is_atomic(n):
-            queue += [(path + (i,), n[i]) for i in lt.child_indices(n)]
+        if isinstance(n, tuple) and not is_atomic(n):
+            queue += [(path + (i,), n[i]) for i in child_indices(n)]
     return None
 
 
@@ -92,13 +91,13 @@ def unbound_forget(tree: LossTree, rng: random.Random) -> tuple[LossTree, str] |
     path = _first_saturating(tree.forget)
     if path is None:
         return None
-    node = lt.get_at(tree.forget, path)
-    return replace(tree, forget=lt.set_at(tree.forget, path, node[1])), f"forget term unbounded ({node[0]} removed)"
+    node = get_at(tree.forget, path)
+    return replace(tree, forget=set_at(tree.forget, path, node[1])), f"forget term unbounded ({node[0]} removed)"
 
 
 def bound_forget(tree: LossTree, rng: random.Random) -> tuple[LossTree, str] | None:
     f = tree.forget
-    top = f[2] if isinstance(f, tuple) and f[0] == "*" and lt.is_const(f[1]) else f  # past a scale
+    top = f[2] if isinstance(f, tuple) and f[0] == "*" and is_const(f[1]) else f  # past a scale
     if isinstance(top, tuple) and top[0] in ("softplus", "sigmoid"):
         return None  # already saturating at the top
     beta = rng.choice((0.5, 1.0, 2.0))
@@ -111,13 +110,13 @@ def _swap_leaf(node: Node, old: str, new: str) -> Node:
         return new
     if not isinstance(node, tuple):
         return node
-    return (node[0],) + tuple(_swap_leaf(c, old, new) if i in lt.child_indices(node) else c
+    return (node[0],) + tuple(_swap_leaf(c, old, new) if i in child_indices(node) else c
                               for i, c in enumerate(node) if i > 0)
 
 
 def reference_ratio(tree: LossTree, rng: random.Random) -> tuple[LossTree, str] | None:
     """NPO-style: measure the forget log-prob against the reference's (lpf -> lpf - ref)."""
-    used = lt.leaves_used(tree.forget)
+    used = leaves_used(tree.forget)
     for old, new in (("lpf", "dF"), ("tlpf", "tdF")):
         if old in used:
             return replace(tree, forget=_swap_leaf(tree.forget, old, new)), f"forget term as a reference ratio ({old} -> {new})"
@@ -129,7 +128,7 @@ def retain_anchor(tree: LossTree, rng: random.Random) -> tuple[LossTree, str] | 
     anchor: Node = ("relu", ("neg", "dR"))
     if tree.retain is None:
         return replace(tree, retain=anchor, weight=1.0), "retain reference anchor relu(-dR) added"
-    if "dR" in lt.leaves_used(tree.retain):
+    if "dR" in leaves_used(tree.retain):
         return None
     return replace(tree, retain=("+", tree.retain, anchor)), "retain reference anchor + relu(-dR)"
 

@@ -12,14 +12,14 @@ Request kinds map to operators (all deterministic from `request.seed` and the pa
              an epochs change;
 - crossover: crossover of parents[0] and parents[1] (term swap or subtree graft);
 - tune:      constants only (and the epochs gene): asked from a TPE study fed with the evaluated
-             points of the parent's structure (`tune`), random jitter without optuna or points;
+             points of the parent's structure (`tpe`), random jitter without optuna or points;
 - repair:    a fresh (subtree / point) mutation of the broken candidate.
 
 A parent whose code carries no (trusted) `# tree:` comment, e.g. one written by an LLM, is a
 leaf-level parent: only its numeric constants can be tuned (AST constant perturbation, keeping the
 source text), and, when its metrics call for a direction, its epochs docstring moved that way. In the extended interface the trees may hold token-level terms (masked means of
 per-token expressions: UnDIAL-like targets, focal / entropy weights, reference-confidence masks).
-Every tree is checked numerically before it is proposed (`tree.check_tree`: finite
+Every tree is checked numerically before it is proposed (`interpret.check_tree`: finite
 scalar, increasing in the forget log-probs, decreasing in the retain log-probs); code is never
 executed here.
 """
@@ -32,11 +32,23 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..base import Proposal, ProposalRequest, Proposer
-from . import tree as loss_tree  # `tree` names a LossTree below
-from . import tune as tpe
+from . import tpe
+from .code_constants import perturb_code_constants, shift_code_epochs
 from .diagnosis import UNDER, Diagnosis, diagnose
 from .directed import directed_child
-from .tree import LossTree
+from .interpret import check_tree
+from .operators import (
+    change_epochs,
+    change_retain_weight,
+    crossover,
+    perturb_constants,
+    point_mutation,
+    random_tree,
+    subtree_mutation,
+)
+from .render import render, tree_from_code
+from .seed_trees import seed_trees
+from .tree import LossTree, structure_problem, uses_tokens
 
 
 @dataclass
@@ -83,11 +95,11 @@ class OfflineProposer(Proposer):
     # -- helpers ------------------------------------------------------------------------------
 
     def _ok(self, tree: LossTree, interface: str = "faithful") -> bool:
-        if loss_tree.structure_problem(tree) is not None:
+        if structure_problem(tree) is not None:
             return False
-        if interface != "extended" and loss_tree.uses_tokens(tree):
+        if interface != "extended" and uses_tokens(tree):
             return False
-        return not self.config.check or loss_tree.check_tree(tree) is None
+        return not self.config.check or check_tree(tree) is None
 
     def _tokens(self, request: ProposalRequest) -> bool:
         return self.config.tokens and request.interface == "extended"
@@ -113,7 +125,7 @@ class OfflineProposer(Proposer):
             if tree is not None:
                 if not self._ok(tree, request.interface):
                     continue
-                code = loss_tree.render(tree, request.interface)
+                code = render(tree, request.interface)
             if not code or code in seen:
                 continue
             seen.add(code)
@@ -128,17 +140,17 @@ class OfflineProposer(Proposer):
         op = rng.choice(kinds)
         if op == "subtree_mutation":
             depth = max(1, self.config.max_depth - 1)
-            return loss_tree.subtree_mutation(tree, rng, max_depth=depth, tokens=tokens), op
+            return subtree_mutation(tree, rng, max_depth=depth, tokens=tokens), op
         if op == "point_mutation":
-            return loss_tree.point_mutation(tree, rng), op
+            return point_mutation(tree, rng), op
         if op == "retain_weight":
-            return loss_tree.change_retain_weight(tree, rng), op
+            return change_retain_weight(tree, rng), op
         if op == "epochs":
-            return loss_tree.change_epochs(tree, rng), op
-        return loss_tree.perturb_constants(tree, rng, self.config.sigma), "tune_constants"
+            return change_epochs(tree, rng), op
+        return perturb_constants(tree, rng, self.config.sigma), "tune_constants"
 
     def _tune_code(self, code: str, rng: random.Random) -> tuple[None, str, str, str | None]:
-        new = loss_tree.perturb_code_constants(code, rng, self.config.sigma)
+        new = perturb_code_constants(code, rng, self.config.sigma)
         return None, "tune_ast", "AST constant perturbation of a parent without a tree", new
 
     # -- operators ----------------------------------------------------------------------------
@@ -146,7 +158,7 @@ class OfflineProposer(Proposer):
     def _initial(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         out: list[Proposal] = []
         tokens = self._tokens(request)
-        seed_list = loss_tree.seed_trees(request.interface if tokens else "faithful")
+        seed_list = seed_trees(request.interface if tokens else "faithful")
         # the request counts the proposals made so far (n = made + wanted): the share of seeds is
         # of the whole initial population, so a resumed or repeated request keeps the same mix
         n_seeds = request.n - int(round(min(1.0, max(0.0, self.config.initial_random)) * request.n))
@@ -157,7 +169,7 @@ class OfflineProposer(Proposer):
                 if self._ok(tree, request.interface):
                     out.append(
                         Proposal(
-                            code=loss_tree.render(tree, request.interface),
+                            code=render(tree, request.interface),
                             operator=f"seed:{name}",
                             notes=f"literature seed {name}",
                         )
@@ -166,7 +178,7 @@ class OfflineProposer(Proposer):
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             if r.random() < 0.5:
-                return loss_tree.random_tree(r, self.config.max_depth, tokens), "random", "random tree", None
+                return random_tree(r, self.config.max_depth, tokens), "random", "random tree", None
             base = r.choice(seeds)
             tree, op = self._mutate(base, r, ("subtree_mutation", "point_mutation", "tune_constants"), tokens)
             return tree, f"random:{op}", "random variant of a literature seed", None
@@ -178,16 +190,16 @@ class OfflineProposer(Proposer):
         for (more when under-forgetting, fewer otherwise), constants jittered; plain constant
         tuning when it has no epochs docstring."""
         delta = 1 if diagnosis.primary == UNDER else -1
-        shifted = loss_tree.shift_code_epochs(code, delta) if rng.random() < self.config.directed_share else None
+        shifted = shift_code_epochs(code, delta) if rng.random() < self.config.directed_share else None
         if shifted is None:
             return self._tune_code(code, rng)
         new, change = shifted
-        new = loss_tree.perturb_code_constants(new, rng, self.config.sigma, epochs_p=0.0)
+        new = perturb_code_constants(new, rng, self.config.sigma, epochs_p=0.0)
         return None, "directed:tune_ast", f"directed: {diagnosis.describe()} -> {change}", new
 
     def _refine(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         code = str(request.parents[0].get("code", ""))
-        tree = loss_tree.tree_from_code(code)
+        tree = tree_from_code(code)
         if tree is None:
             found = diagnose(request.parents[0].get("metrics"), request.reference, self.config.level_margin)
             if found.primary is not None:
@@ -218,13 +230,13 @@ class OfflineProposer(Proposer):
         return self._collect(request, make, rng, [0])
 
     def _crossover(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
-        trees = [loss_tree.tree_from_code(str(p.get("code", ""))) for p in request.parents[:2]]
+        trees = [tree_from_code(str(p.get("code", ""))) for p in request.parents[:2]]
         if len(trees) == 2 and trees[0] is not None and trees[1] is not None:
             a, b = trees
 
             def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
                 x, y = (a, b) if r.random() < 0.5 else (b, a)
-                return loss_tree.crossover(x, y, r), "crossover", "crossover of two trees", None
+                return crossover(x, y, r), "crossover", "crossover of two trees", None
 
             return self._collect(request, make, rng, [0, 1])
         # Without two trees: mutate the parent that has one, else tune the first one's constants.
@@ -242,7 +254,7 @@ class OfflineProposer(Proposer):
 
     def _tune(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         code = str(request.parents[0].get("code", ""))
-        tree = loss_tree.tree_from_code(code)
+        tree = tree_from_code(code)
         if tree is None:
             return self._collect(request, lambda r: self._tune_code(code, r), rng, [0])
         history = tpe.structure_history(tree, _evaluated_points(request))
@@ -257,7 +269,7 @@ class OfflineProposer(Proposer):
 
         def make(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             return (
-                loss_tree.perturb_constants(tree, r, self.config.sigma),
+                perturb_constants(tree, r, self.config.sigma),
                 "tune_constants",
                 "constants tuned",
                 None,
@@ -267,10 +279,10 @@ class OfflineProposer(Proposer):
 
     def _repair(self, request: ProposalRequest, rng: random.Random) -> list[Proposal]:
         broken, reason = request.repair_info()
-        tree = loss_tree.tree_from_code(broken)
+        tree = tree_from_code(broken)
         idx = [0] if request.parents else []
         if tree is None and request.parents:
-            tree = loss_tree.tree_from_code(str(request.parents[0].get("code", "")))
+            tree = tree_from_code(str(request.parents[0].get("code", "")))
         note = f"repair ({reason.strip()[:80]})" if reason else "repair"
         if tree is not None:
             base = tree
@@ -281,7 +293,7 @@ class OfflineProposer(Proposer):
 
             return self._collect(request, make, rng, idx)
         # Foreign broken code cannot be repaired without an LLM: propose a fresh seed variant.
-        seeds = [t for _, t in loss_tree.seed_trees()]
+        seeds = [t for _, t in seed_trees()]
 
         def make_fresh(r: random.Random) -> tuple[LossTree | None, str, str, str | None]:
             child, op = self._mutate(

@@ -20,8 +20,8 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from . import tree as lt
-from .tree import LossTree, Node, rc
+from .render import tree_from_code
+from .tree import LossTree, Node, constants, rc
 
 SPREAD = 2.0  # range factor around the values seen (each tune round may widen it again)
 GOOD_SHARE = 0.25  # TPE's "good" share of the points (Optuna's default 10% is 1 point of 10)
@@ -43,7 +43,7 @@ def structure_key(tree: LossTree) -> str:
 
 def constant_vector(tree: LossTree) -> list[float]:
     """The tunable constants in tree order, then the retain weight (when there is a retain term)."""
-    out = lt.constants(tree.forget) + (lt.constants(tree.retain) if tree.retain is not None else [])
+    out = constants(tree.forget) + (constants(tree.retain) if tree.retain is not None else [])
     return out + ([tree.weight] if tree.retain is not None else [])
 
 
@@ -74,7 +74,7 @@ def structure_history(tree: LossTree, points: Iterable[Mapping[str, Any]]) -> li
         code, fit = str(p.get("code") or ""), p.get("fitness")
         if code in seen or isinstance(fit, bool) or not isinstance(fit, (int, float)) or not math.isfinite(fit):
             continue
-        t = lt.tree_from_code(code)
+        t = tree_from_code(code)
         if t is not None and structure_key(t) == key:
             seen.add(code)
             out.append((t, float(fit)))
