@@ -228,3 +228,18 @@ def test_new_methods_registered_with_matching_defaults(name):
     inp = inputs(3)  # the code's fallbacks equal the YAML defaults
     assert torch.allclose(spec.loss(inp, {}), spec.loss(inp, dict(spec.defaults["loss"])))
     assert isinstance(MethodInputs(forget=side(0)), MethodInputs)
+
+
+def test_tune_spaces_of_the_new_methods() -> None:
+    from evounlearn.search.tune import build_space, load_tune_config
+
+    def ranges(method: str) -> dict:
+        return {r.name: r for r in build_space(load_tune_config(None, {"method": method})).ranges}
+
+    pdu, ceu, altpo = ranges("pdu"), ranges("ceu"), ranges("altpo")
+    assert (pdu["dual_warmup_epochs"].low, pdu["dual_warmup_epochs"].high) == (1, 9)
+    assert {"retain_loss_eps", "dual_step_size", "alpha", "gamma"} <= set(pdu) and "primal_dual" not in pdu
+    assert (ceu["ignore_first_n_answer_tokens"].low, ceu["ignore_first_n_answer_tokens"].high) == (1, 3)
+    assert "alpha" in ceu  # the optional retain weight, from 0
+    assert altpo["n_samples"].high == 10 and "seed" not in altpo and "max_new_tokens" not in altpo
+    assert {"beta", "beta1", "beta2"} & set(ranges("wga")) == {"beta"} and {"beta1", "beta2"} <= set(ranges("satimp"))
