@@ -29,8 +29,8 @@ Two config/data hooks complete the declaration:
 - `build_data(fmt, forget_rows, params) -> {side: rows}`: extra encoded sides a QA benchmark
   builds from the forget rows (IdkDPO: `alt`, a refusal per forget question); with
   `build_data_model=True` it is called as `build_data(fmt, forget_rows, params, model=model,
-  model_path=path)`: sides made *by the model to unlearn*, before any update (AltPO's alternate
-  answers, sampled from it and cached per model);
+  model_path=path, cache_dir=dir)`: sides made *by the model to unlearn*, before any update
+  (AltPO's alternate answers, sampled from it and cached per model under `dir`);
 - `state_update(inputs, params, epoch) -> dict`: a pure function run (without gradient) after
   every loss evaluation, on the same inputs; what it returns is merged into the run's params, which
   checkpoints save and `--resume` restores (PDU's dual variable: its value at step t is a param
