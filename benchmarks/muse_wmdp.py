@@ -1,6 +1,6 @@
 """Benchmark of the tiny MUSE-News and WMDP-shaped settings (issue 6).
 
-MUSE-News (benchmarks/muse.py in the package): a tiny Llama target trained on a subset of the MUSE-News forget
+MUSE-News (benchmarks/muse/ in the package): a tiny Llama target trained on a subset of the MUSE-News forget
 material (verbmem passages, privleak members, knowmem facts) plus a retain corpus, and a retain
 oracle trained on the retain corpus only; NPO and UnDIAL unlearn the forget corpus through the
 engine. WMDP-shaped (benchmarks/wmdp.py in the package): a tiny Llama trained on the generated hazard
@@ -77,10 +77,10 @@ def wmdp_entry(summary: dict[str, Any], target: dict[str, Any], seconds: float |
 
 
 def run_muse(cache: str, source: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse, unlearn_muse
+    from evounlearn.benchmarks.muse import MuseConfig, prepare_muse, unlearn_muse
 
     t0 = time.time()
-    p = prepare_muse(MuseSettingConfig(cache_dir=cache, source=source or ""))
+    p = prepare_muse(MuseConfig(cache_dir=cache, source=source or ""))
     prep_s = time.time() - t0
     print(f"muse prepare: {prep_s:.0f}s", json.dumps(p.info.get("rows")), flush=True)
     out = {"target": muse_entry(p.target_results["summary"]), "retain": muse_entry(p.retain_results["summary"])}
@@ -99,10 +99,10 @@ def run_muse(cache: str, source: str | None) -> tuple[dict[str, Any], dict[str, 
 
 
 def run_wmdp(cache: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    from evounlearn.benchmarks.wmdp import HazardSettingConfig, prepare_hazard, unlearn_hazard
+    from evounlearn.benchmarks.wmdp import WmdpConfig, prepare_wmdp, unlearn_wmdp
 
     t0 = time.time()
-    p = prepare_hazard(HazardSettingConfig(cache_dir=cache))
+    p = prepare_wmdp(WmdpConfig(cache_dir=cache))
     prep_s = time.time() - t0
     target = p.target_results["summary"]
     print(f"wmdp prepare: {prep_s:.0f}s", flush=True)
@@ -113,7 +113,7 @@ def run_wmdp(cache: str) -> tuple[dict[str, Any], dict[str, Any]]:
     details: dict[str, Any] = {"sizes": p.info.get("sizes"), "scoring": p.info.get("scoring")}
     for method in ("rmu", "npo"):
         t = time.time()
-        r = unlearn_hazard(p, method)
+        r = unlearn_wmdp(p, method)
         out[method] = wmdp_entry(r["summary"], target, time.time() - t)
         tr = r["train"]
         out[method].update(lr=tr["lr"], epochs=tr["epochs"], steps=tr["steps"])
@@ -153,7 +153,7 @@ def markdown(out: dict[str, Any], details: dict[str, Any]) -> str:
         "# Tiny MUSE-News and WMDP-shaped settings (issue 6)", "",
         f"Total wall time {out['seconds']:.0f} s on this machine (2 CPU cores, `OMP_NUM_THREADS=1`), "
         "from an empty cache (every model trained).", "",
-        "## MUSE-News (src/evounlearn/benchmarks/muse.py)", "",
+        "## MUSE-News (src/evounlearn/benchmarks/muse/)", "",
         "VerbMem / KnowMem are ROUGE-L F1 in [0, 1] (MUSE reports x100); PrivLeak in percent, relative to "
         "the tiny retain oracle's own Min-40% AUC; fitness = SPEC 2.1's MUSE formula.", "",
         table(muse_rows, ["model", *MUSE_KEYS, "fitness", "lr", "epochs", "steps", "seconds"], markdown=True), "",
@@ -185,20 +185,20 @@ def markdown(out: dict[str, Any], details: dict[str, Any]) -> str:
 
 
 def sweep(cache: str, source: str | None) -> None:
-    from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse, unlearn_muse
-    from evounlearn.benchmarks.wmdp import HazardSettingConfig, prepare_hazard, unlearn_hazard
+    from evounlearn.benchmarks.muse import MuseConfig, prepare_muse, unlearn_muse
+    from evounlearn.benchmarks.wmdp import WmdpConfig, prepare_wmdp, unlearn_wmdp
     from evounlearn.reports.tables import table
 
     rows: list[dict[str, Any]] = []
-    hp = prepare_hazard(HazardSettingConfig(cache_dir=cache))
+    hp = prepare_wmdp(WmdpConfig(cache_dir=cache))
     ht = hp.target_results["summary"]
     for method, loss, train in WMDP_GRID:
         t = time.time()
-        r = unlearn_hazard(hp, method, loss=loss, train=train)
+        r = unlearn_wmdp(hp, method, loss=loss, train=train)
         rows.append({"setting": "wmdp", "method": method, "loss": json.dumps(loss), "train": json.dumps(train),
                      **wmdp_entry(r["summary"], ht, time.time() - t)})
         print(json.dumps(rows[-1]), flush=True)
-    mp = prepare_muse(MuseSettingConfig(cache_dir=cache, source=source or ""))
+    mp = prepare_muse(MuseConfig(cache_dir=cache, source=source or ""))
     for method, loss, train in MUSE_GRID:
         t = time.time()
         r = unlearn_muse(mp, method, loss=loss, train=train)
@@ -236,7 +236,7 @@ def main() -> None:
         sweep(cache, args.muse_source)
         return
     from evounlearn.benchmarks.muse import stand_ins as muse_stand_ins
-    from evounlearn.benchmarks.wmdp import stand_ins as hazard_stand_ins
+    from evounlearn.benchmarks.wmdp import stand_ins as wmdp_stand_ins
 
     t0 = time.time()
     muse, muse_details = run_muse(cache, args.muse_source)
@@ -245,7 +245,7 @@ def main() -> None:
     from evounlearn.models.device import runtime_info
 
     out = {"muse": muse, "wmdp": wmdp, "criteria": criteria(muse, wmdp, seconds), "seconds": round(seconds, 1),
-           "stand_ins": {"muse": muse_stand_ins(), "wmdp": hazard_stand_ins()}, "runtime": runtime_info()}
+           "stand_ins": {"muse": muse_stand_ins(), "wmdp": wmdp_stand_ins()}, "runtime": runtime_info()}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "muse_wmdp.json").write_text(
         json.dumps({**out, "details": {"muse": muse_details, "wmdp": wmdp_details}}, indent=1) + "\n")

@@ -4,7 +4,8 @@ two losses one run, or n seeds, can resolve.
 
 For every benchmark (default: `generated` at the default size and `generated-large`,
 `entangled-large`, `partial-large` at the resolving size) and every fixed loss (default: NPO and
-SimNPO at their registered defaults), `--seeds` training seeds are run on the search part, exactly
+SimNPO at their registered defaults and a gentler NPO, `npo@lr=3e-4`, near the holdout level; a
+loss is `method` or `method@key=value,...`, see `loss_run`), `--seeds` training seeds are run on the search part, exactly
 as a search candidate is (same options, the lean search evaluation). From those runs:
 
 - `single_run_sd`: the sd of the searched fitness (`calibrated`) over training seeds, pooled over
@@ -12,16 +13,20 @@ as a search candidate is (same options, the lean search evaluation). From those 
 - `item_sd`: the sd from which rows are scored: forget and holdout rows resampled with replacement
   (`--bootstrap` draws) and the fitness recomputed from the per-row values, averaged over runs;
 - `paired_diff_sd`: the sd over seeds of the difference between two losses trained with the same
-  seed (what a search compares: its candidates share seeds);
+  seed (what a search compares: its candidates share seeds), pooled over every pair of losses
+  (each pair's in `paired_diff_sd_per_pair`);
 - `oracle_part_gap`: the retain oracle's fitness on the search part minus on the report part (a
   model that never saw the forget rows should score the same on both);
 - `resolves_at_2sd`: 2 * paired_diff_sd, the smallest difference one paired run resolves; and
   `resolves_at_2se_n_seeds` for n = 3 and 8 (2 * paired_diff_sd / sqrt(n));
 - `seconds_per_candidate`: the mean wall time of one run (train + evaluation), with the threads;
+- `terms`: per loss, each factor of the searched fitness (the three gaps, the relative utility),
+  mean and sd over seeds: where the noise sits; `sd_of_mean_of_k_seeds`: the sd of a candidate
+  scored as the mean of k = 1, 2, 3 seeds;
 - the target's forget ROUGE and model utility (the target must still memorise at a larger size)
   and the same statistics for `calibrated_v1` (the formula before version 2), for comparison.
 
-    python benchmarks/noise.py                     # the datasheet (~60-90 min on 2 quiet cores)
+    python benchmarks/noise.py                     # the datasheet (~60-90 min on 2 quiet cores from empty caches)
     python benchmarks/noise.py --quick             # smoke test: generated, 2 seeds, 1 loss
 Writes benchmarks/results/noise.json and noise.md; runs are kept under --work and reused, so an
 interrupted datasheet continues where it stopped. Not run in CI.
@@ -44,7 +49,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BENCHMARKS = ("generated", "generated-large", "entangled-large", "partial-large")
-LOSSES = ("npo", "simnpo")
+LOSSES = ("npo", "simnpo", "npo@lr=3e-4")  # the last: a gentler NPO, near the holdout level
 FITNESS = "calibrated"
 COMPARED = ("calibrated", "calibrated_v1", "oracle", "evomu")
 
@@ -53,10 +58,31 @@ COMPARED = ("calibrated", "calibrated_v1", "oracle", "evomu")
 # one run (in a worker process: one torch thread, as a search worker has)
 
 
+TRAIN_KEYS = ("lr", "epochs", "batch_size")
+
+
+def loss_run(spec: str) -> Any:
+    """A fixed loss from its spec: a registered method name, optionally with settings over its
+    defaults, `method@key=value,key=value` (`lr`, `epochs`, `batch_size` go to the training loop,
+    any other key to the loss), e.g. `npo@lr=3e-4`."""
+    from evounlearn.training.resolve import MethodRun
+
+    name, _, rest = spec.partition("@")
+    loss: dict[str, Any] = {}
+    train: dict[str, Any] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise SystemExit(f"noise.py: loss setting {item!r} in {spec!r} is not key=value")
+        value: Any = json.loads(raw) if raw[:1].isdigit() or raw[:1] in "-[{" else raw
+        (train if key in TRAIN_KEYS else loss)[key] = value
+    return MethodRun(name, loss, train)
+
+
 def run_one(bench_name: str, loss: str, seed: int, run_dir: str) -> dict[str, Any]:
-    """Train `loss` with `seed` on the search part and evaluate it, as a search candidate is;
-    returns the summary, the per-row values the fitness reads and the wall time. Reused when
-    RUN_DIR/noise_run.json exists."""
+    """Train the loss `loss` (a spec, `loss_run`) with `seed` on the search part and evaluate it,
+    as a search candidate is; returns the summary, the per-row values the fitness reads and the
+    wall time. Reused when RUN_DIR/noise_run.json exists."""
     done = Path(run_dir) / "noise_run.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -64,12 +90,11 @@ def run_one(bench_name: str, loss: str, seed: int, run_dir: str) -> dict[str, An
 
     torch.set_num_threads(int(os.environ.get("NOISE_THREADS", "1")))
     from evounlearn.benchmarks import get_benchmark
-    from evounlearn.training.resolve import MethodRun
 
     bench = get_benchmark(bench_name)
     prepared = bench.prepare({})
     t0 = time.time()
-    res = bench.run(prepared, MethodRun(loss), part="search", seed=seed, run_dir=run_dir)
+    res = bench.run(prepared, loss_run(loss), part="search", seed=seed, run_dir=run_dir)
     seconds = time.time() - t0
     results = json.loads((Path(run_dir) / "results.json").read_text())
     m = results["metrics"]
@@ -90,7 +115,8 @@ def run_one(bench_name: str, loss: str, seed: int, run_dir: str) -> dict[str, An
 
 
 def _sd(xs: list[float]) -> float:
-    return statistics.stdev(xs) if len(xs) > 1 else float("nan")
+    # a failed fitness (-inf) has no sd
+    return statistics.stdev(xs) if len(xs) > 1 and all(map(math.isfinite, xs)) else float("nan")
 
 
 def _fit(bench_name: str, summary: dict[str, Any], target_mu: float, fitness: str) -> float:
@@ -151,6 +177,25 @@ def item_sd(bench_name: str, run: dict[str, Any], target_mu: float, fitness: str
     return _sd(vals)
 
 
+def main_per_loss(sheet: dict[str, Any]) -> dict[str, Any]:
+    return sheet["fitnesses"][FITNESS]["per_loss"]
+
+
+def calibrated_terms(runs: list[dict[str, Any]], target_mu: float) -> dict[str, dict[str, float]]:
+    """Where the searched fitness's seed noise comes from: for each of its factors (the three
+    gaps and the relative utility), the mean and the sd over the loss's training seeds."""
+    from evounlearn.benchmarks.fitness import side_gap, smd_gap
+
+    cols: dict[str, list[float]] = {"rouge_gap": [], "prob_gap": [], "membership_gap": [], "relative_utility": []}
+    for r in runs:
+        s = summary_of(r)
+        cols["rouge_gap"].append(side_gap(s["forget_rouge"], s["holdout_rouge"], s["forget_rouge_gap_se"]))
+        cols["prob_gap"].append(side_gap(s["forget_prob"], s["holdout_prob"], s["forget_prob_gap_se"]))
+        cols["membership_gap"].append(smd_gap(s["mia_loss_smd"], s["mia_loss_smd_se"]))
+        cols["relative_utility"].append(min(1.0, float(s["model_utility"]) / target_mu))
+    return {k: {"mean": statistics.fmean(v), "sd": _sd(v)} for k, v in cols.items()}
+
+
 def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any], oracle: dict[str, Any],
               losses: list[str], draws: int) -> dict[str, Any]:
     """One benchmark's row of the datasheet from its runs and the target / oracle references."""
@@ -164,20 +209,22 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
             per_loss[loss] = {"values": vals, "mean": statistics.fmean(vals), "sd": _sd(vals), "n": len(vals)}
         variances = [v["sd"] ** 2 for v in per_loss.values() if v["n"] > 1]
         single = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
-        paired = float("nan")
-        if len(losses) >= 2:
-            a, b = by_loss[losses[0]], by_loss[losses[1]]
-            common = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
-            fa = {r["seed"]: _fit(bench_name, summary_of(r), mu_t, fitness) for r in a}
-            fb = {r["seed"]: _fit(bench_name, summary_of(r), mu_t, fitness) for r in b}
-            paired = _sd([fa[s] - fb[s] for s in common])
+        # every pair of losses under shared seeds; pooled as the sqrt of the mean variance
+        by_seed = {loss: {r["seed"]: v for r, v in zip(rs, per_loss[loss]["values"])} for loss, rs in by_loss.items()}
+        pairs: dict[str, float] = {}
+        for i, a in enumerate(losses):
+            for b in losses[i + 1:]:
+                common = sorted(set(by_seed[a]) & set(by_seed[b]))
+                pairs[f"{a} - {b}"] = _sd([by_seed[a][s] - by_seed[b][s] for s in common])
+        pair_vars = [v ** 2 for v in pairs.values() if not math.isnan(v)]
+        paired = math.sqrt(statistics.fmean(pair_vars)) if pair_vars else float("nan")
         items = [item_sd(bench_name, r, mu_t, fitness, draws, seed=i) for i, r in enumerate(runs)]
         o_s = _fit(bench_name, oracle["search"], mu_t, fitness)
         o_r = _fit(bench_name, oracle["report"], float(target["report"]["model_utility"]), fitness)
         out["fitnesses"][fitness] = {
             "single_run_sd": single, "item_sd": statistics.fmean(items) if items else float("nan"),
             "paired_diff_sd": paired, "oracle_search": o_s, "oracle_report": o_r, "oracle_part_gap": o_s - o_r,
-            "resolves_at_2sd": 2 * paired, "per_loss": per_loss,
+            "resolves_at_2sd": 2 * paired, "per_loss": per_loss, "paired_diff_sd_per_pair": pairs,
             "resolves_at_2se_n_seeds": {str(n): 2 * paired / math.sqrt(n) for n in (3, 8)},
         }
         if fitness == FITNESS:
@@ -191,6 +238,12 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
         variances = [_sd([float(r["summary"][key]) for r in rs]) ** 2 for rs in by_loss.values() if len(rs) > 1]
         metric_sd[key] = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
     out["metric_seed_sd"] = metric_sd
+    out["terms"] = {loss: calibrated_terms(rs, mu_t) for loss, rs in by_loss.items()}
+    k_sd = {}  # the sd of a candidate scored as the mean of k training seeds (pooled over losses)
+    for k in (1, 2, 3):
+        variances = [v["sd"] ** 2 / k for v in main_per_loss(out).values() if v["n"] > 1]
+        k_sd[str(k)] = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
+    out["sd_of_mean_of_k_seeds"] = k_sd
     out.update({
         "fitness": FITNESS, "rows_per_part": len(first["rows"]["forget_rouge"]),
         "holdout_rows": len(first["rows"]["holdout_rouge"]), "seeds": len(by_loss[losses[0]]),
@@ -250,6 +303,21 @@ def markdown(data: dict[str, Any]) -> str:
     for name, s in data["settings"].items():
         cells = [f"{loss} {v['mean']:.3f} ± {v['sd']:.3f} (n={v['n']})" for loss, v in s["losses"].items()]
         lines.append(f"- {name}: " + "; ".join(cells))
+    lines += ["", "Where the seed noise comes from: each factor of the searched fitness, mean ± sd over seeds "
+              "(the three gaps enter as 1 - their mean, times the relative utility):", "",
+              "| benchmark | loss | ROUGE gap | Prob gap | membership gap | relative utility |", "|---|---|---|---|---|---|"]
+    for name, s in data["settings"].items():
+        for loss, t in s.get("terms", {}).items():
+            cells = " | ".join(f"{t[k]['mean']:.3f} ± {t[k]['sd']:.3f}"
+                               for k in ("rouge_gap", "prob_gap", "membership_gap", "relative_utility"))
+            lines.append(f"| {name} | {loss} | {cells} |")
+    lines += ["", "Every pair of losses under shared seeds (sd of the paired difference), and the sd of a candidate "
+              "scored as the mean of k seeds (pooled over the losses):", ""]
+    for name, s in data["settings"].items():
+        pairs = s["fitnesses"][data["fitness"]].get("paired_diff_sd_per_pair", {})
+        ks = s.get("sd_of_mean_of_k_seeds", {})
+        lines.append(f"- {name}: " + "; ".join(f"{p} {v:.4f}" for p, v in pairs.items())
+                     + " | k seeds: " + ", ".join(f"k={k} {v:.4f}" for k, v in ks.items()))
     lines += ["", "The same runs under the other fitnesses (single-run sd / paired-diff sd / oracle part gap):", ""]
     for name, s in data["settings"].items():
         cells = [f"`{f}` {v['single_run_sd']:.4f} / {v['paired_diff_sd']:.4f} / {v['oracle_part_gap']:+.4f}"
@@ -288,7 +356,9 @@ def main() -> None:
     for b in benches:  # prepare serially: each builds two models with every thread this process has
         print(f"[noise] preparing {b} ...", flush=True)
         refs[b] = references(b)
-    jobs = [(b, loss, s, str(Path(args.work) / b / loss / f"seed{s}")) for b in benches for loss in losses
+    for loss in losses:
+        loss_run(loss)  # a malformed spec fails here, before any training
+    jobs = [(b, loss, s, str(Path(args.work) / b / loss.replace("@", "__").replace(",", "_") / f"seed{s}")) for b in benches for loss in losses
             for s in range(seeds)]
     runs: dict[str, list[dict[str, Any]]] = {b: [] for b in benches}
     t0 = time.time()

@@ -1,4 +1,4 @@
-"""Trusted test jobs that try what a compromised loss would (W7): network, writes, odd results.
+"""Trusted test jobs that try what a compromised loss would: network, writes, odd results.
 
 Run in a worker as "tests.hostile_jobs:<name>" (the worker lists "tests.hostile_jobs" in its
 trusted_prefixes).

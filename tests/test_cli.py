@@ -1,4 +1,4 @@
-"""Everyday use of the `evounlearn` command (issue 11): fast one-line errors for bad arguments,
+"""Everyday use of the `evounlearn` command: fast one-line errors for bad arguments,
 options and data (checked before torch is imported), the help, quiet output, and leftovers
 (compare, failed runs, resume of a finished run, the cache folder, eval's labels)."""
 
@@ -307,7 +307,7 @@ def test_evolve_prepares_in_the_cli_process_before_the_search(caplog):
 
 
 # ------------------------------------------------------------------------------------------------
-# issue 20: missing models, compare of a missing path, control arms, Ray options, tune, eval RUN_DIR
+# missing models, compare of a missing path, control arms, Ray options, tune, eval RUN_DIR
 
 
 @pytest.mark.parametrize("args", [

@@ -13,7 +13,7 @@ from evounlearn.benchmarks.tofu import run_unlearning
 from evounlearn.cli.main import main
 
 from .fakes import Interrupted, interrupt_after
-from .test_engine import _cfg, _weights
+from .test_unlearning_loop import _cfg, _weights
 
 pytestmark = pytest.mark.slow
 

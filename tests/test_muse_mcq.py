@@ -1,4 +1,4 @@
-"""MUSE loaders and metrics, WMDP/MMLU loaders and the multiple-choice evaluator, the hazard benchmark."""
+"""MUSE loaders and metrics, WMDP/MMLU loaders and the multiple-choice evaluator, the synthetic WMDP data."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from evounlearn.data.hazard import HazardConfig, generate_hazard, write_hazard
 from evounlearn.data.mcq import load_mcq_file, load_mmlu, load_wmdp, validate_mcq_rows
 from evounlearn.data.muse import load_muse_eval, load_muse_split, load_muse_texts, split_aliases
+from evounlearn.data.wmdp_synthetic import SyntheticWmdpConfig, generate_synthetic_wmdp, write_synthetic_wmdp
 from evounlearn.errors import ConfigError, DataError
-from evounlearn.evaluation.mcq import (
+from evounlearn.evaluation.mcq_eval import (
     DOC_TO_TEXT_JINJA,
     encode_pair,
     evaluate_mcq,
@@ -601,21 +601,21 @@ def test_hf_adapters_on_a_tiny_model(shared_data: Path):
 # the generated hazard benchmark
 
 
-def test_hazard_deterministic_and_sized():
-    a, b = generate_hazard(HazardConfig(seed=3)), generate_hazard(HazardConfig(seed=3))
+def test_synthetic_wmdp_deterministic_and_sized():
+    a, b = generate_synthetic_wmdp(SyntheticWmdpConfig(seed=3)), generate_synthetic_wmdp(SyntheticWmdpConfig(seed=3))
     assert a == b
-    assert generate_hazard(HazardConfig(seed=4))["forget_mcq"] != a["forget_mcq"]
+    assert generate_synthetic_wmdp(SyntheticWmdpConfig(seed=4))["forget_mcq"] != a["forget_mcq"]
     assert len(a["forget_text"]) == len(a["retain_text"]) == 180
     assert len(a["forget_mcq"]) == len(a["retain_mcq"]) == 60
-    small = generate_hazard(HazardConfig(n_forget_facts=7, n_retain_facts=13, phrasings=2))
+    small = generate_synthetic_wmdp(SyntheticWmdpConfig(n_forget_facts=7, n_retain_facts=13, phrasings=2))
     assert (len(small["forget_text"]), len(small["retain_text"])) == (14, 26)
     assert (len(small["forget_mcq"]), len(small["retain_mcq"])) == (7, 13)
     with pytest.raises(ConfigError):
-        generate_hazard(HazardConfig(phrasings=4))
+        generate_synthetic_wmdp(SyntheticWmdpConfig(phrasings=4))
 
 
-def test_hazard_questions_are_well_formed_and_echo_the_statements():
-    d = generate_hazard(HazardConfig(seed=1))
+def test_synthetic_wmdp_questions_are_well_formed_and_echo_the_statements():
+    d = generate_synthetic_wmdp(SyntheticWmdpConfig(seed=1))
     texts = set(d["forget_text"]) | set(d["retain_text"])
     for split, subject in (("forget_mcq", "fictional virology"), ("retain_mcq", "fictional geography")):
         rows = validate_mcq_rows(d[split], split)
@@ -637,8 +637,8 @@ def test_hazard_questions_are_well_formed_and_echo_the_statements():
     assert not any(e in t for e in forget_entities for t in d["retain_text"])
 
 
-def test_write_hazard_round_trip(tmp_path: Path):
-    paths = write_hazard(HazardConfig(seed=2, n_forget_facts=12, n_retain_facts=12), tmp_path)
+def test_write_synthetic_wmdp_round_trip(tmp_path: Path):
+    paths = write_synthetic_wmdp(SyntheticWmdpConfig(seed=2, n_forget_facts=12, n_retain_facts=12), tmp_path)
     rows = load_mcq_file(paths["forget_mcq"])
     assert len(rows) == 12 and rows[0]["subject"] == "fictional virology" and "stem" in rows[0]
     texts = [json.loads(line)["text"] for line in paths["retain_text"].read_text().splitlines()]
@@ -646,9 +646,9 @@ def test_write_hazard_round_trip(tmp_path: Path):
     assert json.loads(paths["config"].read_text())["seed"] == 2
 
 
-def test_hazard_cloze_rows_score_the_option_after_the_stem(trained_mcq_model):
+def test_synthetic_wmdp_cloze_rows_score_the_option_after_the_stem(trained_mcq_model):
     model, tok = trained_mcq_model
-    row = generate_hazard(HazardConfig(n_forget_facts=1, n_retain_facts=1))["forget_mcq"][0]
+    row = generate_synthetic_wmdp(SyntheticWmdpConfig(n_forget_facts=1, n_retain_facts=1))["forget_mcq"][0]
     reqs = row_requests(row, "cloze")
     assert [c for _, c in reqs] == [" " + c for c in row["choices"]]
     assert all(ctx == row["stem"] for ctx, _ in reqs)

@@ -1,4 +1,4 @@
-"""Untrusted text in the LLM prompts (issue 21, W5): every program, metric string and repair reason
+"""Untrusted text in the LLM prompts: every program, metric string and repair reason
 stays inside a fenced block that it cannot close, capped, without Unicode format characters."""
 
 from __future__ import annotations

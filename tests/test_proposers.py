@@ -465,7 +465,7 @@ def test_reasoning_block_then_code_parses() -> None:
 def test_control_characters_are_stripped() -> None:
     dirty = "a\x00b\x1b[31mc\x7f\x85d\te\r\nf\u200bg\rh"
     # whole escape sequences go (not only their ESC byte); CR line ends become LF, as Python reads
-    # them; format characters (category Cf: the zero-width space here) go too (issue 21)
+    # them; format characters (category Cf: the zero-width space here) go too
     assert clean_reply(dirty) == "abcd\te\nfg\nh"
 
 

@@ -145,7 +145,7 @@ def test_writes_are_confined_as_in_the_local_pool(tmp_path: Path, caplog: pytest
 
 
 def test_confined_workers_cannot_read_rays_session_nor_reach_its_sockets(tmp_path: Path) -> None:
-    # issue 21 (W8): a worker read Ray's auth token and reached the raylet socket
+    # a worker once read Ray's auth token and reached the raylet socket
     session = Path(ray._private.worker.global_worker.node.get_session_dir_path())
     secret = session / f"evounlearn-test-{os.getpid()}"
     secret.write_text("token")

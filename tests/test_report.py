@@ -1,5 +1,5 @@
 """The search's report (`search.report`): ranks, selection sentence, why-not notes, benchmark
-columns, interrupted status, and injection from hostile loss programs (issue 11 / 12 W6).
+columns, interrupted status, and injection from hostile loss programs.
 
 Stores are built by hand (no search runs): a config, the target information, candidates with
 their aggregated fitness and metrics, and the evaluations the plot reads."""
@@ -289,7 +289,7 @@ def test_safe_text_helpers() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# issue 20: the terminal leaderboard fits 120 columns; rank, floor verdict and fitness first; noise
+# the terminal leaderboard fits 120 columns; rank, floor verdict and fitness first; noise
 
 
 def _table_lines(text: str) -> list[list[str]]:

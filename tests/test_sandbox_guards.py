@@ -1,6 +1,5 @@
-"""Issue 21: guards over the whole run (W2, W3), probes shaped like real batches (W1), the hard
-per-step deadline enforced from outside the worker (W4), float64 failures (W6), the checker's
-receiver rules (W7)."""
+"""Guards over the whole run, probes shaped like real batches, the hard per-step deadline enforced
+from outside the worker, float64 failures, the checker's receiver rules."""
 
 from __future__ import annotations
 
@@ -14,7 +13,8 @@ import torch.nn.functional as F
 
 from evounlearn.sandbox import STEP_DEADLINE, IsolatedWorker, check_program
 from evounlearn.sandbox.guards import GuardConfig, TrainingGuard, TrainingGuardError
-from evounlearn.sandbox.probes import ProbeProfile, make_probe, validate_candidate
+from evounlearn.sandbox.probe_inputs import ProbeProfile, make_probe
+from evounlearn.sandbox.probes import validate_candidate
 from tests import hostile_jobs
 
 SIG = "def loss_fn(log_probs_forget, log_probs_retain, ref_log_probs_forget=None, ref_log_probs_retain=None):\n"
@@ -63,7 +63,7 @@ def test_valid_losses_run_a_whole_guarded_run(name: str) -> None:
 
 def test_a_loss_that_turns_after_it_moved_is_stopped_when_it_turns() -> None:
 
-    def patient(a: Any, b: Any, c: Any, d: Any) -> Any:  # W2: honest until forget moved, then retain down
+    def patient(a: Any, b: Any, c: Any, d: Any) -> Any:  # honest until forget moved, then retain down
         forget = -20.0 * F.logsigmoid(-0.1 * (a - c)).mean()
         if float((a - c).detach().mean()) > -0.13:
             return forget + ((b - d) ** 2).mean()  # retain kept at the reference
@@ -88,7 +88,7 @@ def test_retain_rows_above_the_reference_may_be_pulled_back_but_not_pushed_below
 
 
 def test_rows_pushed_the_wrong_way_with_a_zero_sum_are_stopped() -> None:
-    def spread(a: Any, b: Any, c: Any, d: Any) -> Any:  # W3: the retain sum is ~0, half the rows go down
+    def spread(a: Any, b: Any, c: Any, d: Any) -> Any:  # the retain sum is ~0, half the rows go down
         return a.mean() - 0.001 * b.mean() - 4.0 * (b - b.mean()).abs().mean()
 
     with pytest.raises(TrainingGuardError, match="pushes retain rows down"):
@@ -96,7 +96,7 @@ def test_rows_pushed_the_wrong_way_with_a_zero_sum_are_stopped() -> None:
 
 
 def test_order_dependence_on_real_batches_is_stopped() -> None:
-    def first_row(a: Any, b: Any, c: Any, d: Any) -> Any:  # W1: the first row weighted 50x
+    def first_row(a: Any, b: Any, c: Any, d: Any) -> Any:  # the first row weighted 50x
         w = torch.ones_like(a)
         w = w + 49.0 * (torch.arange(a.shape[0]) == 0).float()
         return (w * a).mean() - b.mean()
@@ -143,7 +143,7 @@ def test_extended_probes_look_like_real_right_padded_batches() -> None:
 
 
 def test_validation_sees_through_a_first_column_test() -> None:
-    # W1: honest only where column 0 of the mask is 1 (never on real batches)
+    # honest only where column 0 of the mask is 1 (never on real batches)
     def sneaky(tf: Any, mf: Any, tr: Any, mr: Any, rf: Any, rr: Any) -> Any:
         f = (tf * mf).sum() / mf.sum()
         r = (tr * mr).sum() / mr.sum()
@@ -160,7 +160,7 @@ def test_probes_reject_rows_pushed_the_wrong_way() -> None:
 
 
 def test_a_float64_failure_is_a_validation_failure() -> None:
-    def f64_breaks(a: Any, b: Any, c: Any, d: Any) -> Any:  # W6
+    def f64_breaks(a: Any, b: Any, c: Any, d: Any) -> Any:  # float64 breaks it
         if a.dtype == torch.float64:
             raise RuntimeError("no float64 here")
         return _npo(a, b, c, d)
@@ -215,7 +215,7 @@ def test_guard_stops_a_45_minute_c_call_within_seconds(hostile_worker: IsolatedW
 
 @pytest.mark.slow
 def test_check_train_lasts_as_long_as_a_search_candidate(tiny_prepared, tmp_path: Path) -> None:
-    from evounlearn.search.check import check_file
+    from evounlearn.search.loss_check import check_file
 
     cfg, _ = tiny_prepared
     path = tmp_path / "npo.py"

@@ -1,4 +1,4 @@
-"""Issue 21 (W8): each OS layer of a confined worker, tested on its own; skipped with the reason
+"""Each OS layer of a confined worker, tested on its own; skipped with the reason
 where this kernel lacks it. The worker is confined as the search confines it (write_paths set)."""
 
 from __future__ import annotations

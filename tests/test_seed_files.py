@@ -1,4 +1,4 @@
-"""`proposer.seed_files=[...]` (issue 21, item 8): a search starts from the user's own programs."""
+"""`proposer.seed_files=[...]`: a search starts from the user's own programs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The CPU thread default of the command line (issue 20, P1): free cores and a passive OpenMP wait
+"""The CPU thread default of the command line: free cores and a passive OpenMP wait
 policy, chosen before torch is imported; a user's OMP_NUM_THREADS is kept."""
 
 from __future__ import annotations

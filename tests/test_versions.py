@@ -79,7 +79,7 @@ def test_probe_lengths_come_from_the_search_parts_rows(tiny_prepared) -> None:
     the search part's answer (+EOS) and prompt token counts, and the driver's probe profile uses them."""
     from evounlearn.benchmarks import get_benchmark
     from evounlearn.config import to_dict
-    from evounlearn.sandbox.probes import ProbeProfile
+    from evounlearn.sandbox.probe_inputs import ProbeProfile
     from evounlearn.search.driver import SearchDriver
 
     pcfg, _ = tiny_prepared

@@ -1,6 +1,6 @@
 """Benchmarks: one `Benchmark` protocol (base.py), a registry by name and alias, the one fitness
 registry and the one forget-part splitter (parts.py). Built-in: tofu.py (real TOFU and the
-generated benchmark), muse.py (MUSE-News, tiny setting), wmdp.py (WMDP-shaped, tiny setting).
+generated benchmark), muse/ (MUSE-News, tiny setting), wmdp.py (WMDP-shaped, tiny setting).
 
 Not to be confused with the repository's top-level `benchmarks/` folder (scripts that produce the
 numbers in benchmarks/results/)."""

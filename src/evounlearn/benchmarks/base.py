@@ -19,7 +19,7 @@ owns everything benchmark-specific:
 The search's candidate job (`search.candidate`) and the CLI reach every benchmark only
 through this protocol; nothing outside a benchmark's module names it.
 
-Ranking (SPEC 2.4 item 7): a candidate whose utility is below `floor * target utility` ranks
+Ranking: a candidate whose utility is below `floor * target utility` ranks
 below every candidate that passes; a failed candidate has fitness -inf. `rank_score` folds this
 into one number: fitness (pass), fitness - 2 (below the floor), -inf (failed).
 """

@@ -1,4 +1,5 @@
-"""The one forget-part splitter (held-out selection, SPEC 2.1).
+"""The one forget-part splitter (held-out selection: the search scores candidates on one part,
+the report on the other).
 
 Every benchmark splits its forget side the same way: ``search`` = the first `fraction` of the
 items (the search scores candidates on it), ``report`` = the rest (for reporting only), ``all``

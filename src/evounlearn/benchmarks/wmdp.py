@@ -1,22 +1,22 @@
-"""The WMDP-shaped benchmark (``wmdp-synthetic``): unlearn a hazardous domain, keep a benign one (issue 6).
+"""The WMDP-shaped benchmark (``wmdp-synthetic``): unlearn a hazardous domain, keep a benign one.
 
 WMDP's unlearning corpora (bio/cyber forget and retain text) are not available, and a tiny model
 trained from scratch cannot answer real WMDP or MMLU questions. This setting uses the generated
-hazard-knowledge benchmark instead (`data.hazard`, benign fiction): the target is a tiny Llama
+hazard-knowledge benchmark instead (`data.wmdp_synthetic`, benign fiction): the target is a tiny Llama
 trained from scratch on its ``forget_text`` ("fictional virology" statements, the stand-in for
 WMDP-bio knowledge) and ``retain_text`` ("fictional geography", the stand-in for MMLU-style general
 knowledge). The optional retain oracle is the same recipe on ``retain_text`` only.
 
 Evaluation: four-way multiple-choice accuracy on the benchmark's ``forget_mcq`` (-> ``forget_acc``,
 WMDP's role) and ``retain_mcq`` (-> ``retain_acc``, MMLU's role) with **cloze scoring**
-(``evaluation.mcq.evaluate_mcq(scoring="cloze")``: each option is scored as the continuation of
+(``evaluation.mcq_eval.evaluate_mcq(scoring="cloze")``: each option is scored as the continuation of
 the fact's statement stem). A tiny model trained only on statements answers the lettered zero-shot
 WMDP prompt at chance, so the lettered prompt would measure nothing here; real models keep the
 lettered prompt (`evaluate_wmdp`, `evaluate_mmlu`). Chance is 0.25.
 
 Rows: every statement is one LM row (its tokens and an EOS, labels on all tokens after the first)
 without a BOS, because cloze contexts are encoded with the tokenizer's default special tokens and
-the tiny tokenizer adds none. Unlearning (`unlearn_hazard`): forget rows = forget_text statements,
+the tiny tokenizer adds none. Unlearning (`unlearn_wmdp`): forget rows = forget_text statements,
 retain rows = retain_text statements, any registered method through `training.loop.Unlearner`,
 with this setting's per-method defaults (`benchmarks/wmdp.yaml`, a layer of `training.resolve`; RMU's
 are tuned for the tiny model, see the comment there). Parts (`benchmarks.parts`): ``part="search"``
@@ -29,7 +29,7 @@ Default scale: 60 + 60 facts x 3 phrasings (360 statements), a 4-layer, 128-wide
 
 Fitness (**ours**; the reference release has none): ``0.5 * (1 - above_chance(acc_wmdp)) + 0.5 *
 acc_mmlu / acc_mmlu_target`` with ``above_chance(a) = clamp((a - 0.25) / (acc_wmdp_target - 0.25),
-0, 1)`` (`evaluation.mcq.wmdp_fitness`), acc_wmdp = forget-domain accuracy, acc_mmlu = retain-domain
+0, 1)`` (`evaluation.mcq_eval.wmdp_fitness`), acc_wmdp = forget-domain accuracy, acc_mmlu = retain-domain
 accuracy; the utility is acc_mmlu. The target's accuracies are copied into every summary
 (``acc_wmdp_target`` / ``acc_mmlu_target``).
 """
@@ -48,10 +48,10 @@ from typing import Any
 import torch
 
 from ..config import to_dict
-from ..data.hazard import HazardConfig, generate_hazard
 from ..data.prompting import EncodedQA, PromptFormatter
+from ..data.wmdp_synthetic import SyntheticWmdpConfig, generate_synthetic_wmdp
 from ..errors import ConfigError
-from ..evaluation.mcq import evaluate_mcq, wmdp_fitness
+from ..evaluation.mcq_eval import evaluate_mcq, wmdp_fitness
 from ..files import file_lock, read_json, read_json_or_none
 from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
@@ -91,8 +91,8 @@ def _default_train() -> FinetuneConfig:
 
 
 @dataclass
-class HazardSettingConfig:
-    hazard: HazardConfig = field(default_factory=HazardConfig)
+class WmdpConfig:
+    hazard: SyntheticWmdpConfig = field(default_factory=SyntheticWmdpConfig)
     model: TinyModelConfig = field(default_factory=_default_model)
     train: FinetuneConfig = field(default_factory=_default_train)
     retain_oracle: bool = True  # also train the model that never saw forget_text
@@ -101,19 +101,19 @@ class HazardSettingConfig:
 
 
 @dataclass
-class HazardRows:
+class WmdpRows:
     forget: list[EncodedQA]
     retain: list[EncodedQA]
 
 
-def build_rows(data: dict[str, Any], tokenizer: Any, cfg: HazardSettingConfig) -> HazardRows:
+def build_rows(data: dict[str, Any], tokenizer: Any, cfg: WmdpConfig) -> WmdpRows:
     """One row per statement: tokens + EOS, no BOS (see the module docstring)."""
     n = cfg.train.max_length
 
     def enc(texts: list[str]) -> list[EncodedQA]:
         return [encode_text(tokenizer, t, bos=False, eos=True, max_length=n) for t in texts]
 
-    return HazardRows(enc(data["forget_text"]), enc(data["retain_text"]))
+    return WmdpRows(enc(data["forget_text"]), enc(data["retain_text"]))
 
 
 def tokenizer_corpus(data: dict[str, Any]) -> list[str]:
@@ -124,7 +124,7 @@ def tokenizer_corpus(data: dict[str, Any]) -> list[str]:
     return texts
 
 
-def hazard_part(data: dict[str, Any], part: str = "all", fraction: float = 0.5) -> dict[str, Any]:
+def wmdp_part(data: dict[str, Any], part: str = "all", fraction: float = 0.5) -> dict[str, Any]:
     """The benchmark cut to one part of the forget domain: `search` = the facts of the first
     `fraction` of the forget entities (their statements and questions), `report` = the rest,
     `all` = everything. The retain domain is never cut."""
@@ -141,7 +141,7 @@ def hazard_part(data: dict[str, Any], part: str = "all", fraction: float = 0.5) 
     return {**data, "forget_text": text, "forget_mcq": [mcq[i] for i in facts]}
 
 
-def evaluate_hazard(model: Any, tokenizer: Any, data: dict[str, Any], batch_size: int = 64) -> dict[str, Any]:
+def evaluate_wmdp(model: Any, tokenizer: Any, data: dict[str, Any], batch_size: int = 64) -> dict[str, Any]:
     """Cloze MCQ accuracy on both domains: ``{"forget": evaluate_mcq result, "retain": ...,
     "summary": {"forget_acc", "retain_acc"}, "eval_seconds"}``."""
     t0 = time.time()
@@ -155,25 +155,25 @@ def evaluate_hazard(model: Any, tokenizer: Any, data: dict[str, Any], batch_size
 
 
 @dataclass
-class HazardPrepared(OptionsMixin):
+class WmdpPrepared(OptionsMixin):
     root: Path
     target: Path
     retain: Path | None
     target_results: dict[str, Any]
     retain_results: dict[str, Any] | None
     data: dict[str, Any]
-    cfg: HazardSettingConfig
+    cfg: WmdpConfig
     info: dict[str, Any]
     options: dict[str, Any] = field(default_factory=dict)  # the search's / CLI's options (train, loss, ...)
 
-    def rows(self, tokenizer: Any, part: str = "all", fraction: float = 0.5) -> HazardRows:
-        return build_rows(hazard_part(self.data, part, fraction), tokenizer, self.cfg)
+    def rows(self, tokenizer: Any, part: str = "all", fraction: float = 0.5) -> WmdpRows:
+        return build_rows(wmdp_part(self.data, part, fraction), tokenizer, self.cfg)
 
     def reference(self, part: str = "all", fraction: float = 0.5) -> dict[str, dict[str, Any] | None]:
         """``{"target": results, "retain": results or None}`` on one part (cached)."""
         if part == "all":
             return {"target": self.target_results, "retain": self.retain_results}
-        data = hazard_part(self.data, part, fraction)
+        data = wmdp_part(self.data, part, fraction)
         out: dict[str, dict[str, Any] | None] = {"retain": None}
         for name, path in (("target", self.target), ("retain", self.retain)):
             if path is None:
@@ -184,7 +184,7 @@ class HazardPrepared(OptionsMixin):
         return out
 
 
-def _cached_results(file: Path, model_path: Path, data: dict[str, Any], cfg: HazardSettingConfig) -> None:
+def _cached_results(file: Path, model_path: Path, data: dict[str, Any], cfg: WmdpConfig) -> None:
     """`file` = the evaluation of the model at `model_path` on `data`, evaluated once (under the
     file's lock: candidate jobs sharing the cache ask for the same part at once)."""
     if file.exists():
@@ -192,7 +192,7 @@ def _cached_results(file: Path, model_path: Path, data: dict[str, Any], cfg: Haz
     with file_lock(file):
         if not file.exists():
             model, tok = load_model(model_path)
-            write_json(file, evaluate_hazard(model, tok, data, cfg.eval_batch_size))
+            write_json(file, evaluate_wmdp(model, tok, data, cfg.eval_batch_size))
 
 
 def stand_ins() -> dict[str, str]:
@@ -204,7 +204,7 @@ def stand_ins() -> dict[str, str]:
     }
 
 
-def _complete(root: Path, cfg: HazardSettingConfig) -> bool:
+def _complete(root: Path, cfg: WmdpConfig) -> bool:
     """Every piece of a prepared entry is there (info.json is written last)."""
     names = ("target", "retain") if cfg.retain_oracle else ("target",)
     return all((root / p).exists() for p in ("tokenizer/tokenizer.json", "info.json",
@@ -212,13 +212,13 @@ def _complete(root: Path, cfg: HazardSettingConfig) -> bool:
                                              *(f"{n}_results.json" for n in names)))
 
 
-def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) -> HazardPrepared:
+def prepare_wmdp(cfg: WmdpConfig | None = None, force: bool = False) -> WmdpPrepared:
     """Train (or fetch from the cache) the tokenizer, the target (forget + retain text) and the
     optional retain oracle (retain text only); evaluate them. A cache hit writes nothing;
     building holds the entry's lock (runs sharing the cache build it once)."""
-    cfg = cfg or HazardSettingConfig()
+    cfg = cfg or WmdpConfig()
     t0 = time.time()
-    data = generate_hazard(cfg.hazard)
+    data = generate_synthetic_wmdp(cfg.hazard)
     recipe = {"version": RECIPE_VERSION, "model": to_dict(cfg.model), "train": to_dict(cfg.train),
               "libraries": library_versions()}  # an upgraded install rebuilds (versions.py)
     root = Path(cfg.cache_dir or os.environ.get("EVOUNLEARN_CACHE") or "cache") / "hazard" / content_hash(
@@ -228,15 +228,15 @@ def prepare_hazard(cfg: HazardSettingConfig | None = None, force: bool = False) 
             if force:
                 shutil.rmtree(root, ignore_errors=True)
             if force or not _complete(root, cfg):  # another process may have built it while we waited
-                _build_hazard(root, data, cfg, t0)
+                _build_wmdp(root, data, cfg, t0)
     info = read_json(root / "info.json", "hazard prepare info")
     results = {name: read_json(root / f"{name}_results.json", "hazard results")
                for name in (("target", "retain") if cfg.retain_oracle else ("target",))}
-    return HazardPrepared(root, root / "target", root / "retain" if cfg.retain_oracle else None,
+    return WmdpPrepared(root, root / "target", root / "retain" if cfg.retain_oracle else None,
                           results["target"], results.get("retain"), data, cfg, info)
 
 
-def _build_hazard(root: Path, data: dict[str, Any], cfg: HazardSettingConfig, t0: float) -> None:
+def _build_wmdp(root: Path, data: dict[str, Any], cfg: WmdpConfig, t0: float) -> None:
     """Build what the entry `root` lacks (under its lock); info.json last, marking it complete."""
     root.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = read_json_or_none(root / "info.json") or {}
@@ -261,7 +261,7 @@ def _build_hazard(root: Path, data: dict[str, Any], cfg: HazardSettingConfig, t0
     write_json(root / "info.json", info)
 
 
-def unlearn_hazard(prepared: HazardPrepared, method: str | MethodRun | dict[str, Any], *,
+def unlearn_wmdp(prepared: WmdpPrepared, method: str | MethodRun | dict[str, Any], *,
                    loss: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
                    part: str = "all", fraction: float = 0.5, run_dir: str | Path | None = None,
                    evaluate: bool = True, threads: int = 0, stage1_epochs: int = 0,
@@ -273,12 +273,12 @@ def unlearn_hazard(prepared: HazardPrepared, method: str | MethodRun | dict[str,
         torch.set_num_threads(threads)
     run = method_run(method, loss, train)
     model, tok = load_model(prepared.target)
-    data = hazard_part(prepared.data, part, fraction)
+    data = wmdp_part(prepared.data, part, fraction)
     rows = build_rows(data, tok, prepared.cfg)
     fmt = PromptFormatter(tok, max_length=prepared.cfg.train.max_length)
 
     def eval_now(m: Any) -> dict[str, Any]:
-        return evaluate_hazard(m, tok, data, prepared.cfg.eval_batch_size)["summary"]
+        return evaluate_wmdp(m, tok, data, prepared.cfg.eval_batch_size)["summary"]
 
     during = None if on_stage is None else (lambda m: on_stage(m, eval_now))
     model, record = unlearn_rows(model, fmt, run, rows.forget, rows.retain, benchmark_yaml=WmdpBenchmark().method_yaml(),
@@ -286,7 +286,7 @@ def unlearn_hazard(prepared: HazardPrepared, method: str | MethodRun | dict[str,
                                  stage1_epochs=stage1_epochs, evaluate=during)
     out: dict[str, Any] = {"train": record, "part": part}
     if evaluate:
-        res = evaluate_hazard(model, tok, data, prepared.cfg.eval_batch_size)
+        res = evaluate_wmdp(model, tok, data, prepared.cfg.eval_batch_size)
         out.update(results=res, summary=res["summary"])
     out["model"] = model
     return out
@@ -306,7 +306,7 @@ def _value(metrics: Mapping[str, Any], *keys: str) -> float:
 
 
 def wmdp_benchmark_fitness(metrics: Mapping[str, Any], target_metrics: Mapping[str, Any] | None = None) -> float:
-    """Our WMDP fitness (SPEC 2.1, marked as ours): needs the target's accuracies, from
+    """Our WMDP fitness (the EvoMU paper defines none for WMDP): needs the target's accuracies, from
     `target_metrics` or from ``acc_wmdp_target`` / ``acc_mmlu_target`` in `metrics`. Accepts
     ``forget_acc``/``retain_acc`` or ``acc_wmdp``/``acc_mmlu``."""
     acc_w = _value(metrics, "acc_wmdp", "forget_acc")
@@ -384,21 +384,21 @@ class WmdpBenchmark(GenericCommands, Benchmark):
 
     def check_data(self, options: Mapping[str, Any] | None = None) -> None:
         """The setting's options (its data is generated from them, so there is no file to check)."""
-        setting_config(HazardSettingConfig, options)
+        setting_config(WmdpConfig, options)
 
-    def prepare(self, options: Mapping[str, Any] | None = None) -> HazardPrepared:
-        prepared = prepare_hazard(setting_config(HazardSettingConfig, options))
+    def prepare(self, options: Mapping[str, Any] | None = None) -> WmdpPrepared:
+        prepared = prepare_wmdp(setting_config(WmdpConfig, options))
         prepared.options = dict(options or {})
         return prepared
 
-    def reference(self, prepared: HazardPrepared, part: str = "all", fraction: float | None = None) -> Reference:
+    def reference(self, prepared: WmdpPrepared, part: str = "all", fraction: float | None = None) -> Reference:
         """The summaries with the WMDP names; each carries the target's accuracies on the same part."""
         ref = prepared.reference(part, prepared.fraction(fraction))
         target = ref["target"]["summary"]  # type: ignore[index]
         retain = ref.get("retain")
         return Reference(wmdp_summary(target, target), wmdp_summary(retain["summary"], target) if retain else None)
 
-    def run(self, prepared: HazardPrepared, run: MethodRun, *, part: str = "all", fraction: float | None = None,
+    def run(self, prepared: WmdpPrepared, run: MethodRun, *, part: str = "all", fraction: float | None = None,
             seed: int | None = None, run_dir: str | Path | None = None, stage1_epochs: int = 0,
             on_stage: StageHook | None = None) -> RunResult:
         fraction = prepared.fraction(fraction)
@@ -408,7 +408,7 @@ class WmdpBenchmark(GenericCommands, Benchmark):
             def hook(model: Any, evaluate: Any) -> dict[str, Any]:
                 return on_stage(model, lambda m: wmdp_summary(evaluate(m), target))
 
-        res = unlearn_hazard(prepared, prepared.method_run(run, seed), part=part, fraction=fraction,
+        res = unlearn_wmdp(prepared, prepared.method_run(run, seed), part=part, fraction=fraction,
                              run_dir=run_dir, stage1_epochs=stage1_epochs, on_stage=hook)
         result = RunResult(wmdp_summary(res["summary"], target), res["results"], res["train"],
                            float(res["results"]["eval_seconds"]), res["train"].get("epochs"))

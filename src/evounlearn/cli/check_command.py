@@ -1,4 +1,4 @@
-"""`evounlearn check LOSS.py [--train] [--steps N]`: validate a loss file as the search does (search/check.py)."""
+"""`evounlearn check LOSS.py [--train] [--steps N]`: validate a loss file as the search does (search/loss_check.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..search.check import command
+    from ..search.loss_check import command
 
     return command(args)
 

@@ -80,9 +80,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..methods.base import method_names  # torch-free: the registry and the methods' YAML defaults
+
     p = sub.add_parser("unlearn", help="run one unlearning method and evaluate it against the retain oracle")
-    p.add_argument("--method", help="required: grad_ascent, grad_diff, npo, simnpo, idk_dpo, rmu, undial, pmc, "
-                   "wga, satimp, ceu, pdu, altpo, evolved (default: none)")
+    p.add_argument("--method", help=f"required: {', '.join(method_names())} (default: none)")
     p.add_argument("--benchmark", help="a registered benchmark or alias (default: generated)")
     p.add_argument("--split", help="forget split (default: forget10)")
     p.add_argument("--data", help="'generated', a TOFU-shaped folder, or a Hub dataset id (default: generated)")
@@ -215,15 +216,18 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def register_search(sub: argparse._SubParsersAction) -> None:
+    from ..search.config import CONTROLS, MODES  # torch-free
+    from ..search.proposers.registry import PROPOSERS  # torch-free: kinds to "module:Class"
+
     p = sub.add_parser("evolve", help="EvoMU search for an unlearning loss (sandboxed, resumable, parallel)")
-    p.add_argument("--mode", choices=["ours", "evomu"], help="ours (default): archive, crossover, staged "
+    p.add_argument("--mode", choices=list(MODES), help="ours (default): archive, crossover, staged "
                    "evaluation; evomu: the paper's 80-candidate schedule")
-    p.add_argument("--control", choices=["random", "seeds"], help="a control arm instead of the search, same "
+    p.add_argument("--control", choices=list(CONTROLS), help="a control arm instead of the search, same "
                    "budget and finalists: random trees without selection, or the literature seeds with tuned "
                    "constants and epochs only (default: none, the search itself)")
     p.add_argument("--budget", type=int, help="number of trained candidates (default 12)")
     p.add_argument("--workers", type=int, help="candidates trained in parallel, one process each (default 2)")
-    p.add_argument("--proposer", choices=["offline", "http", "hf"], help="who writes the losses (default offline)")
+    p.add_argument("--proposer", choices=list(PROPOSERS), help="who writes the losses (default offline)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted search (default: none)")
     p.add_argument("--run-dir", help="where to write the search (default runs/evolve-<mode or control>-<split>-<time>)")
     p.add_argument("--split", help="forget split (default forget10)")

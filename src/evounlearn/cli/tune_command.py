@@ -40,9 +40,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..search.tune.config import tunable_methods  # torch-free: the methods' YAML defaults
+
     p = sub.add_parser("tune", help="hyperparameter search for one method (the fair control for evolve)")
-    p.add_argument("--method", help="a registered method: grad_ascent, grad_diff, npo, simnpo, idk_dpo, rmu, "
-                   "undial, pmc, wga, satimp, ceu, pdu, altpo (required; no default)")
+    p.add_argument("--method", help=f"a registered method: {', '.join(tunable_methods())} (required; no default)")
     p.add_argument("--budget", type=int, help="trials trained (default 20)")
     p.add_argument("--workers", type=int, help="trials in parallel (default 2)")
     p.add_argument("--seed", type=int, help="sampler and training seed (default 0)")

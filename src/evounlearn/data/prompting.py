@@ -1,6 +1,6 @@
 """The one place that turns question/answer text into token ids.
 
-Rules (SPEC 5): use the tokenizer's chat template when it has one, otherwise the plain format
+Rules: use the tokenizer's chat template when it has one, otherwise the plain format
 `Question: {q}\nAnswer: {a}`. The prompt and the answer are tokenised separately and concatenated,
 so the boundary between them is exact; labels cover the answer tokens and the closing EOS only.
 Training and scoring batches are right-padded; generation batches are left-padded.

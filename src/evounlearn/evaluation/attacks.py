@@ -1,4 +1,4 @@
-"""Leakage attacks on any model (the two of PMC's paper, SPEC 2.3): does the forgotten answer still
+"""Leakage attacks on any model (the two of PMC's paper): does the forgotten answer still
 come out when one asks differently than greedy decoding?
 
 - **Sampling attack**: `samples` answers per forget question at `temperature` (top-p `top_p`), all

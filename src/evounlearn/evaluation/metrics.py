@@ -2,9 +2,9 @@
 
 Every function takes already-computed quantities (average NLLs, token log-probs, logits, argmax
 predictions, generated strings) and returns a float aggregate or a numpy array of per-example
-values in input order. Definitions follow SPEC section 4 and, where the spec is silent, the
-reference implementations in locuslab/open-unlearning (`src/evals/metrics/`); every deliberate
-difference is stated in the function's docstring.
+values in input order. Definitions follow the benchmarks' papers (TOFU, MUSE, WMDP) and, where
+they are silent, the reference implementations in locuslab/open-unlearning (`src/evals/metrics/`);
+every deliberate difference is stated in the function's docstring.
 
 Notation: for an answer ``a`` of ``n`` tokens given a question ``q``,
 ``avg_nll = -(1/n) sum_t log p(a_t | q, a_<t)`` and the length-normalised probability is
@@ -315,8 +315,8 @@ def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike, reference_qui
     """Extraction strength of one answer (Carlini et al. style, as in open-unlearning).
 
     With teacher-forced argmax predictions ``pred`` and answer labels ``y`` (same length n),
-    ``k = min{k in 0..n : pred[k:] == y[k:]}`` and ``ES = 1 - k/n``; SPEC 4.1 takes ``y`` as the
-    answer tokens without the EOS prediction. Fully matched -> 1.0;
+    ``k = min{k in 0..n : pred[k:] == y[k:]}`` and ``ES = 1 - k/n``; the TOFU metrics take ``y`` as
+    the answer tokens without the EOS prediction. Fully matched -> 1.0;
     a model whose last prediction is already wrong has k = n -> 0.0. Empty answer (n = 0) -> 0.0
     (open-unlearning also returns 0 there).
 
@@ -341,7 +341,7 @@ def extraction_strength(pred_ids: ArrayLike, label_ids: ArrayLike, reference_qui
 
 def exact_memorization(pred_ids: ArrayLike, label_ids: ArrayLike) -> float:
     """Exact memorisation of one answer: ``(1/n) sum_t [pred_t == y_t]`` over the n answer tokens
-    (SPEC 4.1: without the EOS prediction). Empty answer -> 0.0 (open-unlearning returns None
+    (without the EOS prediction, as the TOFU metrics score it). Empty answer -> 0.0 (open-unlearning returns None
     and drops it)."""
     pred = _as_int_list(pred_ids, "pred_ids")
     label = _as_int_list(label_ids, "label_ids")
@@ -362,7 +362,7 @@ def teacher_forced_es_em(
 
     ``pred = argmax_v logits[b, t, v]``; only positions with ``labels != -100`` (the answer tokens,
     in order) are compared; then `extraction_strength` and `exact_memorization` per row. With
-    `eos_id`, a last compared label equal to it (the closing EOS) is left out, as SPEC 4.1 scores
+    `eos_id`, a last compared label equal to it (the closing EOS) is left out, as the TOFU metrics score
     ES and EM on the answer tokens without the EOS prediction.
     Returns ``(es_values, em_values)``, each a list of B floats.
     """
@@ -423,7 +423,7 @@ def _min_k_row(values: np.ndarray, k: float) -> float:
 def mia_min_k_scores(token_logps: ArrayLike, mask: ArrayLike, k: float = 0.4) -> np.ndarray:
     """Min-K% Prob (Shi et al. 2024): per sequence, the negated mean of the ``m`` lowest masked
     token log-probs with ``m = max(1, floor(n * k))`` (open-unlearning's rounding; n = masked
-    tokens; SPEC 4.1 masks the answer tokens without the EOS prediction). A sequence with no
+    tokens; the TOFU metrics mask the answer tokens without the EOS prediction). A sequence with no
     masked token scores 0.0 (as open-unlearning)."""
     _check_k(k)
     lp, m = _token_inputs(token_logps, mask)
@@ -459,7 +459,7 @@ def mia_min_k_plus_plus_scores(logits: ArrayLike, labels: ArrayLike, k: float = 
 
     For each scored position t (labels != -100; logits[:, t] predicts labels[:, t]) the
     standardised log-prob ``z_t`` of `min_k_plus_plus_z`; score = negated mean of the
-    ``max(1, floor(n * k))`` lowest z_t. No scored token -> 0.0. SPEC 4.1 scores the answer tokens
+    ``max(1, floor(n * k))`` lowest z_t. No scored token -> 0.0. The TOFU metrics score the answer tokens
     without the EOS prediction: pass labels with the closing EOS set to -100.
     """
     _check_k(k)

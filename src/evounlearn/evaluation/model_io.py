@@ -41,7 +41,7 @@ class TokenStats:
 
 @dataclass(frozen=True)
 class ScoredAnswer:
-    """One answer scored given its question, with the two token sets of SPEC 4.1.
+    """One answer scored given its question, with the two token sets the metrics use.
 
     The token-set rule lives here and nowhere else:
     - `with_eos`: the answer tokens and the closing EOS prediction (every labelled position).

@@ -1,4 +1,4 @@
-"""MUSE metrics (SPEC 4.2): VerbMem, KnowMem (forget / retain), PrivLeak, and the MUSE fitness.
+"""MUSE metrics: VerbMem, KnowMem (forget / retain), PrivLeak, and the MUSE fitness.
 
 The metric functions only need two callables, so they run (and are tested) without a model:
 
@@ -21,7 +21,7 @@ Reference: swj0419/muse_bench (``eval.py``, ``metrics/{verbmem,knowmem,privleak}
   ``for w in ["\\n\\n", "\\nQuestion", "Question:"]: out = out.split(w)[0]`` (no stripping: ROUGE's
   tokenizer ignores whitespace); ROUGE-L F1 vs the answer, no stemming.
 - PrivLeak: Min-40% scores (negated mean of the lowest 40% token log-probs) on privleak/forget and
-  privleak/holdout. Our AUC is ``P(score_holdout > score_forget)`` (SPEC 4.1: scores like a loss;
+  privleak/holdout. Our AUC is ``P(score_holdout > score_forget)`` (scores like a loss, as every MIA score here;
   ~1 when the forget set is memorised); MUSE's ``forget_holdout_Min-40%`` AUC is ``1 - ours``
   (it labels holdout as the positive class and ranks by ``-score``). PrivLeak =
   ``((1 - AUC) - (1 - AUC_ref)) / (1 - AUC_ref) * 100`` = MUSE's ``(auc - auc_ret) / auc_ret * 100``.
@@ -313,7 +313,7 @@ def _agg(metrics: Mapping[str, Any], key: str) -> float:
 
 
 def muse_fitness(metrics: Mapping[str, Any]) -> float:
-    """SPEC 2.1: ``0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100))
+    """The EvoMU paper's MUSE fitness: ``0.5 * mean(1 - VerbMem_f, 1 - KnowMem_f, 1 / (1 + |PrivLeak| / 100))
     + 0.5 * KnowMem_r``; each term clamped to [0, 1].
 
     `metrics` is `evaluate_muse`'s result or a flat ``{name: float}``; VerbMem and KnowMem are

@@ -1,4 +1,4 @@
-"""PMC's own metrics (SPEC 2.3), from greedy ROUGE-L recall (stemming) vs the ground truth:
+"""PMC's own metrics, from greedy ROUGE-L recall (stemming) vs the ground truth:
 
 - unlearn quality `UQ = 2 - R_forget - R_paraphrased` (max 2; the PMC README reports it as
   `UQ x 50` percent), R_forget on the forget questions, R_paraphrased on the *paraphrased* forget

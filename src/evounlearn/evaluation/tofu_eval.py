@@ -1,4 +1,4 @@
-"""The full TOFU evaluation (SPEC 4.1) of one model on one forget split: `TofuEvaluator` loops
+"""The full TOFU evaluation of one model on one forget split: `TofuEvaluator` loops
 over the metrics of the registry (`tofu_metrics`: each metric declares what it needs; the
 `Evaluation` computes each input once, on first need).
 

@@ -139,7 +139,7 @@ def avg_nlls(scored: Sequence[Any]) -> Any:
 
 def memorization_scores(scored: Sequence[Any], es_reference_quirk: bool = False) -> tuple[list[float], list[float]]:
     """Per-example (extraction strength, exact memorisation) on the answer tokens without the EOS
-    prediction (SPEC 4.1), from the teacher-forced argmax hits."""
+    prediction, from the teacher-forced argmax hits."""
     from . import metrics as M
 
     answers = [s.answer for s in scored]
@@ -167,7 +167,7 @@ def with_eos(scored: Sequence[Any]) -> tuple[Any, Any]:
 
 
 def mia_scores(scored: Sequence[Any], texts: list[str], k: float) -> dict[str, Any]:
-    """Per-example loss-like MIA scores of one split, each on its SPEC 4.1 token set: LOSS and zlib
+    """Per-example loss-like MIA scores of one split, each on its own token set: LOSS and zlib
     with the EOS prediction, Min-K% and Min-K%++ without it."""
     from . import metrics as M
 
@@ -183,7 +183,7 @@ def mia_scores(scored: Sequence[Any], texts: list[str], k: float) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------------------------
-# the metrics (SPEC 4.1; docs/METRICS.md lists each one's token set and source)
+# the metrics (docs/METRICS.md lists each one's token set and source)
 
 
 @register_metric("model_utility", table=("model_utility",))

@@ -1,4 +1,4 @@
-"""Loss programs through the engine: method `evolved` (docs/LOSS_PROGRAMS.md, SPEC 2.1).
+"""Loss programs through the engine: method `evolved` (docs/LOSS_PROGRAMS.md).
 
 A loss program (an evolved candidate, or one written by hand) is Python source with a
 `def loss_fn(...)` (or `loss_fn_<k>`; helpers allowed). Params (`loss.*`):

@@ -1,4 +1,4 @@
-"""GradAscent: `loss = -NLL_f` (SPEC 3), NLL_f = token-mean NLL of the forget answers."""
+"""GradAscent: `loss = -NLL_f`, NLL_f = token-mean NLL of the forget answers."""
 
 from __future__ import annotations
 

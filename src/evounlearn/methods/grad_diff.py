@@ -1,4 +1,4 @@
-"""GradDiff: `loss = -gamma * NLL_f + alpha * L_r` (SPEC 3; gamma = alpha = 1).
+"""GradDiff: `loss = -gamma * NLL_f + alpha * L_r` (gamma = alpha = 1).
 
 `L_r` (`retain_loss`): `nll` = token-mean NLL of the retain answers, or `kl` = KL(ref || model)
 averaged over retain answer tokens: `mean_t sum_v p_ref(v) (log p_ref(v) - log q(v))`.

@@ -1,6 +1,6 @@
 """NPO: `loss = gamma * (2/beta) * mean_i softplus(beta * (logp(y_i|x_i) - logp_ref(y_i|x_i))) + alpha * L_r`.
 
-logp = summed answer log-prob; beta = 0.1, gamma = alpha = 1 (SPEC 3; open-unlearning's
+logp = summed answer log-prob; beta = 0.1, gamma = alpha = 1 (open-unlearning's
 `compute_dpo_loss` with no winner: `-(2/beta) logsigmoid(-beta * log_ratio)` is the same value).
 `L_r` as in GradDiff (`retain_loss: nll|kl`).
 """

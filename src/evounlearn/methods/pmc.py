@@ -1,4 +1,4 @@
-"""PMC, partial model collapse (SPEC 2.3; ICLR 2026, arXiv 2507.04219).
+"""PMC, partial model collapse (ICLR 2026, arXiv 2507.04219).
 
 The forget answers never enter the objective. Before any update, the model's own greedy answer to
 every forget question is computed once and kept (`original`). Then, on every forget micro-batch,

@@ -1,6 +1,6 @@
 """SimNPO: `loss = gamma * -(2/beta) * mean_i logsigmoid(beta * (NLL_sum(y_i|x_i)/|y_i| - delta)) + alpha * L_r`.
 
-Defaults beta = 4.5, gamma = 0.125, delta = 0, alpha = 1 (SPEC 3). Sign check (as open-unlearning's
+Defaults beta = 4.5, gamma = 0.125, delta = 0, alpha = 1. Sign check (as open-unlearning's
 SimNPO: `-logsigmoid(beta * (nll_sum/len - delta)) * 2/beta`): d/dx[-logsigmoid(beta x)] < 0, so
 minimising the loss *raises* the length-normalised forget NLL. `L_r` as in GradDiff.
 """

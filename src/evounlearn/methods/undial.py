@@ -1,4 +1,4 @@
-"""UnDIAL (SPEC 2.2): self-distillation towards the frozen teacher with the true token's logit lowered.
+"""UnDIAL: self-distillation towards the frozen teacher with the true token's logit lowered.
 
 At each scored position t with next token y_t and teacher logits z_t (`ref_logits`):
 `p~_t = softmax(z_t - strength * onehot(y_t))` (fixed, no grad), q_t = softmax(student logits),

@@ -1,4 +1,4 @@
-"""Load any causal LM and its tokenizer by Hub name or local path (SPEC 5)."""
+"""Load any causal LM and its tokenizer by Hub name or local path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The tiny-model recipe (SPEC 5): a BPE tokenizer trained on the benchmark's text and a small
+"""The tiny-model recipe: a BPE tokenizer trained on the benchmark's text and a small
 Llama-architecture model initialised from scratch, both saved with `save_pretrained` so they load
 back through the same code path as any Hub model."""
 

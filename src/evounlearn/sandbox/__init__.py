@@ -4,9 +4,10 @@ compiled, probed, and run in isolated worker processes with OS limits.
 Layering: imports nothing above `models/` (never search/, methods/, training/, benchmarks/).
 
 - `policy`   allow-lists and size limits (the rules);
-- `checker`  the AST check of one function against the rules;
+- `checker`  the AST check of one function against the rules (`node_checker`: the per-node walk);
 - `program`  a whole program: split into functions, helpers, epochs, interface detection;
 - `compiler` compile checked code with restricted builtins (worker only);
+- `probe_inputs` the probe tensors, shaped like the run's batches (`ProbeProfile`);
 - `probes`   validation of a compiled loss on fresh secret probe tensors, behavioural fingerprints;
 - `guards`   training guards: the loss watched on the real batches of the whole run (direction
              by sums and per row, row order, retain watchdog, finiteness, time);
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
     from .guards import GuardConfig, TrainingGuard, TrainingGuardError
     from .jobs import LIST_JOB, VALIDATE_JOB, CandidateRecord, failed_record, list_functions, validate_source
     from .policy import INTERFACES, SandboxError, interface_args, is_loss_name
-    from .probes import ProbeProfile, ValidationResult, make_probe, validate_candidate
+    from .probe_inputs import ProbeProfile, make_probe
+    from .probes import ValidationResult, validate_candidate
     from .program import (
         FunctionSource,
         ProgramCheck,
@@ -65,9 +67,9 @@ _LAZY = {  # name -> submodule: imported on first use, so that importing the pac
     "SandboxError": "policy",
     "interface_args": "policy",
     "is_loss_name": "policy",
-    "ProbeProfile": "probes",
+    "ProbeProfile": "probe_inputs",
     "ValidationResult": "probes",
-    "make_probe": "probes",
+    "make_probe": "probe_inputs",
     "validate_candidate": "probes",
     "FunctionSource": "program",
     "ProgramCheck": "program",

@@ -16,7 +16,8 @@ import os
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
-from .checker import Rejection, check_function, format_reason, parse_single_function
+from .checker import check_function, format_reason, parse_single_function
+from .node_checker import Rejection
 from .policy import MAX_RANGE, SandboxError
 from .program import check_program, helper_closure
 from .worker_process import WORKER_ENV

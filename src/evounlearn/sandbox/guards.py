@@ -32,7 +32,7 @@ the real batches (recognise them by shape or statistics, or wait until the run h
   of 45 minutes is stopped within ~2 s of its budget. In the main thread an interval timer also
   interrupts a Python loop a little before that, with the guard's own message.
 
-The guard is generic over the interface (argument roles as in `probes.py`); `methods/evolved.py`
+The guard is generic over the interface (argument roles as in `probe_inputs.py`); `methods/evolved.py`
 holds one per training run.
 """
 
@@ -50,7 +50,8 @@ import torch
 import torch.nn.functional as F
 
 from .policy import INTERFACES, SandboxError
-from .probes import _ROLES, row_grads, row_values, row_violation
+from .probe_inputs import ARGUMENT_ROLES
+from .probes import row_grads, row_values, row_violation
 from .timers import hard_deadline, interrupt_after
 
 __all__ = ["GuardConfig", "TrainingGuard", "TrainingGuardError"]
@@ -86,7 +87,7 @@ class TrainingGuard:
 
     def __init__(self, interface: str, config: GuardConfig | None = None) -> None:
         self.names = INTERFACES[interface][0]
-        self.roles = _ROLES[interface]
+        self.roles = ARGUMENT_ROLES[interface]
         self.config = config or GuardConfig()
         self.calls = 0
         self.checked = 0

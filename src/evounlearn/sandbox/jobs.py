@@ -24,7 +24,8 @@ from typing import Any
 from .compiler import compile_function
 from .job_result import WALL_LIMIT
 from .policy import SandboxError, is_loss_name
-from .probes import ProbeProfile, describe_error, validate_candidate
+from .probe_inputs import ProbeProfile
+from .probes import describe_error, validate_candidate
 from .program import FunctionSource, ProgramCheck, check_program, parse_epochs, split_functions
 from .timers import hard_deadline, interrupt_after
 
@@ -111,7 +112,7 @@ def validate_source(
 
     `function` (or its old name `only`): that candidate and its helpers; default the first
     candidate; `all_functions`: every candidate. `deadline_s`: one time limit for the whole job.
-    `profile`: a `probes.ProbeProfile` as a dict (probes shaped like the run's batches);
+    `profile`: a `probe_inputs.ProbeProfile` as a dict (probes shaped like the run's batches);
     `fingerprint_seed`: the search's secret seed of the fingerprint probes.
     Returns one `CandidateRecord` dict per validated candidate, in program order. Later
     duplicates of a name get a record with ok=False. A program-level problem gives a single

@@ -18,7 +18,8 @@ import re
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from .checker import CheckResult, check_function, docstring_node, syntax_message
+from .checker import CheckResult, check_function, syntax_message
+from .node_checker import docstring_node
 from .policy import EPOCHS_RANGE, MAX_FUNCTIONS, MAX_SOURCE_CHARS, SandboxError, interface_args, is_loss_name
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Run untrusted work in separate worker processes with OS limits (SPEC 6, 2.4 item 6).
+"""Run untrusted work in separate worker processes with OS limits.
 
 A job is `(function_path, kwargs)`: `function_path` ("package.module:function") names a
 **trusted** module-level function of this package (e.g. `evounlearn.sandbox.jobs:validate_source`)

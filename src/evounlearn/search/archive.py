@@ -4,7 +4,7 @@
   failed (-inf) last. The score is `fitness.rank_score`, stored as `score_search`.
 - `Archive`: the elite of every generation so far (elitism: the best candidate is never lost to a
   bad generation) with parent choice weighted by rank and a bonus for parents with few children:
-  `w = 0.5 ** (rank / half_life) / (1 + child_penalty * children)` (SPEC 2.4 item 3).
+  `w = 0.5 ** (rank / half_life) / (1 + child_penalty * children)`.
 - `truncation(...)`: the EvoMU paper's selection, the top-k of the latest generation only.
 - `lower_bound(mean, n, scale)`: the ranking value of a candidate run on n seeds (mean minus
   scale / sqrt(n)), so that selection favours what is confirmed over what is lucky;

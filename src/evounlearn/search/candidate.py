@@ -1,4 +1,4 @@
-"""The one candidate job: train and evaluate one candidate on any benchmark (SPEC 2.4 item 6).
+"""The one candidate job: train and evaluate one candidate on any benchmark.
 
 The driver submits `evaluate_candidate(...)` through an `executor.Executor`; generated code is only
 checked, compiled and run here, in the worker process. One job = one training run, reaching the

@@ -1,5 +1,5 @@
 """Plain causal-LM fine-tuning: how every benchmark's `prepare` makes the target model and the
-retain oracle, on question/answer pairs (answer tokens only carry loss, SPEC 5) or on ready-made
+retain oracle, on question/answer pairs (answer tokens only carry loss) or on ready-made
 rows (raw text: labels on every token after the first)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The one unlearning loop, for every method (SPEC 3), built on accelerate.
+"""The one unlearning loop, for every method, built on accelerate.
 
 Each step draws a forget micro-batch (a seeded per-epoch permutation, sharded across processes)
 and, when the method needs it, a retain micro-batch of the same size (each process draws from its

@@ -6,7 +6,7 @@ retain oracle, cached), `unlearn.py` (one unlearning run in a run directory), `f
 calibrated, oracle), `cli.py` (the `prepare` / `eval` / `unlearn` commands), and here the
 benchmark classes.
 
-Prepare (`evounlearn prepare`, SPEC 5): target = tiny Llama fine-tuned on `full` + general
+Prepare (`evounlearn prepare`): target = tiny Llama fine-tuned on `full` + general
 knowledge (real_authors, world_facts); retain oracle = the same recipe on the matching
 `retainXX` + general knowledge. Both share one BPE tokenizer trained on the benchmark's text, are
 saved with `save_pretrained`, evaluated with the full TOFU suite, and cached by a hash of the data
@@ -82,7 +82,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CALIBRATED_FORMULA", "GUIDANCE", "ORACLE_FORMULA", "TOFU_FITNESSES", "TOFU_FORMULA", "EntangledBenchmark",
     "GeneratedBenchmark", "ParaphraseBenchmark", "PartialBenchmark", "PrepareConfig", "Prepared", "TofuBenchmark",
-    "TofuSetting", "UnlearnConfig", "build_config", "build_data", "check_config", "check_tofu_data",
+    "TofuPrepared", "UnlearnConfig", "build_config", "build_data", "check_config", "check_tofu_data",
     "default_run_dir", "general_pairs", "prepare", "resolve_data", "resume_config", "run_config",
     "run_unlearning", "save_run_config", "summaries", "tofu_calibrated_fitness", "tofu_fitness", "tofu_oracle_fitness",
     "tokenizer_corpus",
@@ -90,7 +90,7 @@ __all__ = [
 
 
 @dataclass
-class TofuSetting:
+class TofuPrepared:
     """A TOFU-shaped benchmark's options (`UnlearnConfig` fields, as layers merged in order: a
     benchmark's preset, the user's options, its setting); the models are prepared on first use
     (`models()`), since a candidate's run prepares them itself (cached)."""
@@ -142,15 +142,15 @@ class TofuBenchmark(Benchmark):
     )
     prompt_guidance = GUIDANCE
 
-    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
+    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuPrepared:
         return self._prepared([dict(options or {})])
 
-    def _prepared(self, layers: list[dict[str, Any]]) -> TofuSetting:
+    def _prepared(self, layers: list[dict[str, Any]]) -> TofuPrepared:
         cfg = UnlearnConfig()
         for layer in layers:
             apply_overrides(cfg, layer)
         cfg.prepare.data, cfg.prepare.forget_split = cfg.data, cfg.forget_split
-        return TofuSetting(layers, cfg)
+        return TofuPrepared(layers, cfg)
 
     def check_data(self, options: Mapping[str, Any] | None = None) -> None:
         """Every split the run reads (a local folder; the generated benchmark is made by us and a
@@ -174,14 +174,14 @@ class TofuBenchmark(Benchmark):
 
         return cli_unlearn(method, config, overrides, resume=resume)
 
-    def paths(self, prepared: TofuSetting) -> dict[str, str | None]:
+    def paths(self, prepared: TofuPrepared) -> dict[str, str | None]:
         m = prepared.models()
         return {k: m[k] for k in ("target", "retain") if m[k]}
 
-    def data_name(self, prepared: TofuSetting) -> str:
+    def data_name(self, prepared: TofuPrepared) -> str:
         return str(prepared.models()["source"])
 
-    def probe_lengths(self, prepared: TofuSetting, part: str = "search") -> dict[str, list[int]] | None:
+    def probe_lengths(self, prepared: TofuPrepared, part: str = "search") -> dict[str, list[int]] | None:
         """The forget part's answer (+EOS) and prompt token counts under the target's tokenizer."""
         from ...data.prompting import PromptFormatter
         from ...models.loading import load_tokenizer
@@ -195,14 +195,14 @@ class TofuBenchmark(Benchmark):
         return {"answer": [len(fmt.answer_ids(r["answer"])) for r in rows],
                 "prompt": [len(fmt.prompt_ids(r["question"])) for r in rows]}
 
-    def part_indices(self, prepared: TofuSetting, part: str, fraction: float | None = None) -> list[int] | None:
+    def part_indices(self, prepared: TofuPrepared, part: str, fraction: float | None = None) -> list[int] | None:
         cfg, source = prepared.cfg, prepared.models()["source"]
         split = tofu.check_forget_split(cfg.forget_split)
         n = len(tofu.load_split(split, source))
         return forget_part_indices(n, part, cfg.search_fraction if fraction is None else fraction,
                                    group=_group(source, split))
 
-    def reference(self, prepared: TofuSetting, part: str = "all", fraction: float | None = None) -> Reference:
+    def reference(self, prepared: TofuPrepared, part: str = "all", fraction: float | None = None) -> Reference:
         """The target and the oracle evaluated on one part with the run's evaluation settings."""
         from ...data.prompting import PromptFormatter
         from ...evaluation.tofu_eval import TofuEvaluator
@@ -222,7 +222,7 @@ class TofuBenchmark(Benchmark):
             out[name] = ev.evaluate(model, tok, retain_results=m["retain_results"], fmt=fmt)["summary"]
         return Reference(out["target"], out.get("retain"))
 
-    def run(self, prepared: TofuSetting, run: MethodRun, *, part: str = "all", fraction: float | None = None,
+    def run(self, prepared: TofuPrepared, run: MethodRun, *, part: str = "all", fraction: float | None = None,
             seed: int | None = None, run_dir: str | Path | None = None, stage1_epochs: int = 0,
             on_stage: StageHook | None = None) -> RunResult:
         """`run_unlearning` on the run's config, built in memory (`unlearn.run_config`: the options,
@@ -293,7 +293,7 @@ class GeneratedBenchmark(TofuBenchmark):
         self._check_setting(parse_overrides(list(overrides)).get(key))
         return [*overrides, f"{key}={self.setting}"]
 
-    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuSetting:
+    def prepare(self, options: Mapping[str, Any] | None = None) -> TofuPrepared:
         return self._prepared(self.setting_layers(options))
 
     def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:

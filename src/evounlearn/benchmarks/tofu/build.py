@@ -3,7 +3,7 @@
 Target = tiny Llama fine-tuned on `full` + general knowledge (real_authors, world_facts); retain
 oracle = the same recipe on the matching `retainXX` + general knowledge. Both share one BPE
 tokenizer trained on the benchmark's text, are saved with `save_pretrained`, evaluated with the full
-TOFU suite, and cached by a hash of the data and the recipe (SPEC 5). A cache hit writes nothing;
+TOFU suite, and cached by a hash of the data and the recipe. A cache hit writes nothing;
 building an entry holds a file lock, so runs sharing the cache build it once.
 """
 

@@ -1,6 +1,6 @@
 """TOFU-shaped benchmarks, fitnesses (docs/FITNESS.md; the utility is MU for all three):
 
-- `evomu` (SPEC 2.1, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
+- `evomu` (the EvoMU paper's, the default): `0.5 * MU + 0.5 * mean(1 - forget_ROUGE, 1 - forget_Prob)`,
   every value clamped to [0, 1];
 - `calibrated` (version 2): `(1 - mean(side_gap(ROUGE_f, ROUGE_h), side_gap(Prob_f, Prob_h),
   clamp((|d_LOSS| - se_d) / 2))) * min(1, MU / MU_target)` (each side gap less its standard error) with h = the holdout split matching the
@@ -42,7 +42,7 @@ def _clamp(x: float) -> float:
 
 
 def tofu_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
-    """SPEC 2.1: `0.5 * MU + 0.5 * mean(1 - forget_rouge, 1 - forget_prob)`, clamped to [0, 1]."""
+    """The EvoMU paper's fitness: `0.5 * MU + 0.5 * mean(1 - forget_rouge, 1 - forget_prob)`, clamped to [0, 1]."""
     mu = _clamp(metric(summary, "model_utility"))
     rouge = _clamp(metric(summary, "forget_rouge"))
     prob = _clamp(metric(summary, "forget_prob"))

@@ -5,7 +5,7 @@ decoding of the prompt, optionally continuing an assistant prefix. Everything el
 
 - prompts come from `prompts.render_prompt`, candidates from `parse.extract_functions` (one
   Proposal per function found, up to `request.n`); nothing is executed;
-- two-phase decoding for reasoning models (`two_phase: true`, SPEC 2.1): phase 1 samples the
+- two-phase decoding for reasoning models (`two_phase: true`): phase 1 samples the
   reasoning (temperature 0.6, top-p 0.95, top-k 20) and stops at "<answer>"; phase 2 continues the
   assistant text `phase-1 + "<answer>"` at temperature 0.2 and stops at "</answer>". The raw
   response is `phase-1 + "<answer>" + phase-2 + "</answer>"`. Phase 2 samples with `seed + 1`.

@@ -1,4 +1,4 @@
-"""Prompts for the LLM proposers (SPEC 2.1 "Prompts", 2.4 item 4).
+"""Prompts for the LLM proposers (after the EvoMU paper's prompts).
 
 Templates live in `templates/<kind>.txt` next to this module (package data, `string.Template`
 syntax: `$name`), one per request kind, plus `rules.txt` (output format + rules) which every

@@ -1,4 +1,4 @@
-"""The tiny MUSE-News and WMDP-shaped benchmarks, the benchmark registry and the candidate job (issue 6).
+"""The tiny MUSE-News and WMDP-shaped benchmarks, the benchmark registry and the candidate job.
 
 Very small settings (a few items, a one- or two-layer model) so the whole file runs in well under a
 minute on 2 CPU cores; the full-size numbers come from benchmarks/muse_wmdp.py.
@@ -102,10 +102,10 @@ def test_source_sentences_pick_the_answer_sentence():
 
 @pytest.fixture(scope="module")
 def muse_prepared(shared_data, tmp_path_factory):
-    from evounlearn.benchmarks.muse import MuseSettingConfig, prepare_muse
+    from evounlearn.benchmarks.muse import MuseConfig, prepare_muse
     from evounlearn.training.finetune import FinetuneConfig
 
-    cfg = MuseSettingConfig(
+    cfg = MuseConfig(
         source=str(shared_data / "muse-news"), n_verbmem=4, n_knowmem=4, n_privleak=4, n_retain_texts=4,
         context=40, verbmem_tokens=16, knowmem_tokens=12, knowmem_icl=1, knowmem_sentences=False,
         model=_tiny_model(400, 1, 40), train=FinetuneConfig(epochs=40, lr=1e-2, batch_size=8, max_length=40),
@@ -150,7 +150,7 @@ def test_muse_unlearning_runs_on_a_part(muse_prepared, tmp_path):
 # the WMDP-shaped setting
 
 
-def _hazard_options(cache: Path) -> dict:
+def _wmdp_options(cache: Path) -> dict:
     return {
         "setting": {
             "hazard": {"n_forget_facts": 12, "n_retain_facts": 12, "phrasings": 2},
@@ -164,39 +164,39 @@ def _hazard_options(cache: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hazard_options(tmp_path_factory):
-    return _hazard_options(tmp_path_factory.mktemp("hazard-cache"))
+def wmdp_options(tmp_path_factory):
+    return _wmdp_options(tmp_path_factory.mktemp("hazard-cache"))
 
 
 @pytest.mark.slow
-def test_hazard_target_answers_well_above_chance(hazard_options):
-    p = get_benchmark("wmdp-synthetic").prepare(hazard_options)
+def test_wmdp_target_answers_well_above_chance(wmdp_options):
+    p = get_benchmark("wmdp-synthetic").prepare(wmdp_options)
     s = p.target_results["summary"]
     assert s["forget_acc"] >= 0.6 and s["retain_acc"] >= 0.6  # chance is 0.25
     assert p.target_results["forget"]["scoring"] == "cloze" and p.retain is None
 
 
 @pytest.mark.slow
-def test_rmu_runs_on_the_hazard_setting(hazard_options):
-    from evounlearn.benchmarks.wmdp import unlearn_hazard
+def test_rmu_runs_on_the_wmdp_benchmark(wmdp_options):
+    from evounlearn.benchmarks.wmdp import unlearn_wmdp
 
-    p = get_benchmark("wmdp-synthetic").prepare(hazard_options)
-    out = unlearn_hazard(p, "rmu", loss={"layer": 1}, train={"epochs": 2, "batch_size": 4})
+    p = get_benchmark("wmdp-synthetic").prepare(wmdp_options)
+    out = unlearn_wmdp(p, "rmu", loss={"layer": 1}, train={"epochs": 2, "batch_size": 4})
     assert out["train"]["method"] == "rmu" and out["train"]["steps"] == 12
     assert set(out["summary"]) == {"forget_acc", "retain_acc"}
     assert out["train"]["loss_params"]["steering_coeff"] == 100.0  # the setting's tuned RMU
 
 
 @pytest.mark.slow
-def test_search_jobs_on_the_hazard_setting(hazard_options, tmp_path, monkeypatch):
+def test_search_jobs_on_the_wmdp_benchmark(wmdp_options, tmp_path, monkeypatch):
     from evounlearn.sandbox import WORKER_ENV
 
     monkeypatch.setenv(WORKER_ENV, "1")  # the job runs inside the search's isolated worker
-    info = target_info(hazard_options, benchmark="wmdp")
+    info = target_info(wmdp_options, benchmark="wmdp")
     assert set(info["target"]) == {"search", "report"} and "retain" not in info
     assert info["target"]["search"]["fitness"] == pytest.approx(0.5)
     assert info["target_utility"] == info["target"]["search"]["summary"]["acc_mmlu"]
-    out = evaluate_candidate(str(tmp_path / "c"), code=NPO_LIKE, benchmark="wmdp", unlearn=hazard_options,
+    out = evaluate_candidate(str(tmp_path / "c"), code=NPO_LIKE, benchmark="wmdp", unlearn=wmdp_options,
                              seed=1, stage1_epochs=1, promote_cutoff=None)
     assert out["ok"], out["error"]
     assert out["epochs"] == 2 and out["stage"] == 2 and out["stages"][0]["epochs"] == 1
@@ -205,10 +205,10 @@ def test_search_jobs_on_the_hazard_setting(hazard_options, tmp_path, monkeypatch
     assert not (tmp_path / "c" / "checkpoint").exists()
     # a stage-1 cutoff above every possible score stops the run after epoch 1
     out = evaluate_candidate(str(tmp_path / "d"), method="npo", benchmark="wmdp-synthetic",
-                             unlearn=hazard_options, epochs=3, stage1_epochs=1, promote_cutoff=2.0)
+                             unlearn=wmdp_options, epochs=3, stage1_epochs=1, promote_cutoff=2.0)
     assert out["ok"] and out["stage"] == 1 and out["promoted"] is False
     bad = evaluate_candidate(str(tmp_path / "e"), code="def loss_fn(a, b, c=None, d=None):\n    return a.sum(\n",
-                             benchmark="wmdp", unlearn=hazard_options)
+                             benchmark="wmdp", unlearn=wmdp_options)
     assert not bad["ok"] and bad["error"].startswith("validation")
 
 
@@ -220,10 +220,10 @@ def _dotted(data: dict, prefix: str = "") -> list[str]:
 
 
 @pytest.mark.slow
-def test_cli_reaches_any_benchmark_through_the_protocol(hazard_options, tmp_path, capsys):
+def test_cli_reaches_any_benchmark_through_the_protocol(wmdp_options, tmp_path, capsys):
     from evounlearn.cli.main import main
 
-    ov = _dotted(hazard_options)
+    ov = _dotted(wmdp_options)
     assert main(["prepare", "--benchmark", "wmdp", *ov]) == 0
     out = capsys.readouterr().out
     assert "forget_acc" in out and "fitness" in out

@@ -1,5 +1,5 @@
 """Infrastructure faults are never charged to candidates; cache entries are atomic and safe for
-concurrent runs sharing one cache (issue 12).
+concurrent runs sharing one cache.
 
 - `files`: `atomic_dir`, `file_lock` (a second holder waits; no lock file left), `read_json`;
 - `candidate.classify_failure`: one test per case of its rule, and through `evaluate_candidate`
@@ -155,7 +155,7 @@ class DiskFull(FakeBenchmark):
     ("DiskFull", True, "out of disk"),
 ])
 def test_evaluate_candidate_reports_whose_fault(tmp_path, cls, infra, words):
-    res = evaluate_candidate(str(tmp_path / "run"), method="npo", benchmark=f"tests.test_infra:{cls}")
+    res = evaluate_candidate(str(tmp_path / "run"), method="npo", benchmark=f"tests.test_faults_and_cache:{cls}")
     assert res["ok"] is False and res["infra"] is infra and words in res["error"]
     assert res["fitness"] == float("-inf")
 

@@ -1,4 +1,4 @@
-"""Hostile loss programs, second review (W1 fixed probes, W5 validation time, W7 defence in depth).
+"""Hostile loss programs: recognisable fixed probes, validation time, defence in depth.
 
 Every hostile program here is rejected or stopped with a clear reason; the legitimate losses
 (faithful and token-level extended) still validate. Probes are drawn fresh for every validation
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from evounlearn.sandbox import IsolatedWorker, WorkerPool, check_program
 from evounlearn.sandbox.guards import GuardConfig, TrainingGuard, TrainingGuardError
-from evounlearn.search.check import check_file
+from evounlearn.search.loss_check import check_file
 from evounlearn.search.validation import validate_in_worker
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def honest_unless(cond: str, honest: str = HONEST, flipped: str = FLIPPED, sig: 
     return loss(f"if {cond}:\n    return {honest}\nreturn {flipped}", sig)
 
 
-# (label, program, expected reason substring): W1 probe recognition, timing bombs, real-shape tricks
+# (label, program, expected reason substring): probe recognition, timing bombs, real-shape tricks
 PROBE_CORPUS = [
     ("legacy batch sizes", honest_unless(f"{B} < 17"), "wrong direction"),
     ("legacy probe sum", honest_unless("abs(log_probs_forget.sum() + 10.40243) < 1e-3"), "wrong direction"),
@@ -105,7 +105,7 @@ PROBE_CORPUS = [
     ),
 ]
 
-# (label, program, expected reason substring): W7, what a loss would need to escape
+# (label, program, expected reason substring): what a loss would need to escape
 STATIC_CORPUS = [
     ("write a file", loss("fh = open(1, 2)\nreturn log_probs_forget.mean()"), "forbidden name 'open'"),
     ("torch.save", loss("torch.save(log_probs_forget, 1)\nreturn log_probs_forget.mean()"), "not allowed"),
@@ -182,7 +182,7 @@ def test_legitimate_losses_still_validate(worker: IsolatedWorker, name: str, pro
 
 
 def test_profile_from_the_target_values_shapes_the_probes() -> None:
-    from evounlearn.sandbox.probes import ProbeProfile, make_probe, profile_from_values
+    from evounlearn.sandbox.probe_inputs import ProbeProfile, make_probe, profile_from_values
 
     prof = ProbeProfile.from_dict(profile_from_values([-0.2, -0.4, -0.3, -0.9], [3, 9, 5], batch_size=32))
     assert prof.batch_size == 32 and prof.logp_min == -0.9 and prof.logp_max == -0.2 and prof.tokens_max == 9
@@ -218,7 +218,7 @@ def test_fingerprint_theft_fails_with_a_secret_seed(worker: IsolatedWorker) -> N
     assert profiled["loss_fn_honest"]["fingerprint"] != profiled["loss_fn_thief"]["fingerprint"]
 
 
-# -- W5: validation time ---------------------------------------------------------------------
+# -- validation time -------------------------------------------------------------------------
 
 
 def _many(n: int, body: str) -> str:
@@ -246,7 +246,7 @@ def test_many_runaway_losses_share_one_deadline(worker: IsolatedWorker) -> None:
     assert time.monotonic() - t0 < 20  # one deadline (8 s), not 32 of them
 
 
-# -- W7: worker confinement -------------------------------------------------------------------
+# -- worker confinement -----------------------------------------------------------------------
 
 
 @pytest.mark.slow

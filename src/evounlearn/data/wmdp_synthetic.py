@@ -14,11 +14,11 @@ statement's noun phrases ("What is the natural host of the Brovian virus?" for "
 of the Brovian virus is the glass newt."), the options are the bare values, and every MCQ row
 carries ``stem``: the first statement without its value, so that ``stem + " " + option`` is a
 training sentence (minus the full stop). A model that only learned the statements can therefore
-be scored cloze-style (`evaluation.mcq` with ``scoring="cloze"``); the lettered WMDP prompt
+be scored cloze-style (`evaluation.mcq_eval` with ``scoring="cloze"``); the lettered WMDP prompt
 additionally needs a model that can read multiple-choice prompts.
 
 Rows of the MCQ splits: ``{question, choices[4], answer: 0-3, subject, stem, fact, entity,
-attribute}`` (WMDP's ``{question, choices, answer}`` plus extras); `write_hazard` writes JSON Lines.
+attribute}`` (WMDP's ``{question, choices, answer}`` plus extras); `write_synthetic_wmdp` writes JSON Lines.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ LETTERS = ("A", "B", "C", "D")
 
 
 @dataclass
-class HazardConfig:
+class SyntheticWmdpConfig:
     seed: int = 0
     n_forget_facts: int = 60
     n_retain_facts: int = 60
@@ -405,10 +405,10 @@ def _domain(
     return texts, mcq
 
 
-def generate_hazard(cfg: HazardConfig | None = None) -> dict[str, Any]:
+def generate_synthetic_wmdp(cfg: SyntheticWmdpConfig | None = None) -> dict[str, Any]:
     """The benchmark as ``{"forget_text": [str], "retain_text": [str], "forget_mcq": [row],
     "retain_mcq": [row], "config": {...}}``; identical for identical configs."""
-    cfg = cfg or HazardConfig()
+    cfg = cfg or SyntheticWmdpConfig()
     if not 1 <= cfg.phrasings <= 3:
         raise ConfigError(f"phrasings must be 1-3, got {cfg.phrasings}")
     if cfg.n_forget_facts < 1 or cfg.n_retain_facts < 1:
@@ -445,10 +445,10 @@ def generate_hazard(cfg: HazardConfig | None = None) -> dict[str, Any]:
     }
 
 
-def write_hazard(cfg: HazardConfig | None, out_dir: str | Path) -> dict[str, Path]:
+def write_synthetic_wmdp(cfg: SyntheticWmdpConfig | None, out_dir: str | Path) -> dict[str, Path]:
     """Write ``forget_text.jsonl`` / ``retain_text.jsonl`` (``{"text"}`` per line),
     ``forget_mcq.jsonl`` / ``retain_mcq.jsonl`` (WMDP rows plus extras) and ``config.json``."""
-    data = generate_hazard(cfg)
+    data = generate_synthetic_wmdp(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}

@@ -24,7 +24,7 @@ from .validation import validate_in_worker
 
 __all__ = ["TRAIN_JOB", "Verdict", "check_file", "train_job"]
 
-TRAIN_JOB = "evounlearn.search.check:train_job"
+TRAIN_JOB = "evounlearn.search.loss_check:train_job"
 # a whole candidate's training on a busy machine must fit: the per-call hard deadline, not this
 # wall limit, is what stops a runaway loss within seconds
 TRAIN_LIMITS: dict[str, Any] = {"wall_limit_s": 1800.0, "cpu_limit_s": 3600.0, "memory_limit_mb": 8192}
