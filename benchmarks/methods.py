@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "undial"]
+METHODS = ["grad_ascent", "grad_diff", "npo", "simnpo", "idk_dpo", "rmu", "undial", "wga", "satimp", "ceu", "pdu",
+           "altpo"]
 KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob", "privleak")
 
 

@@ -156,3 +156,25 @@ def read_json_or_none(path: str | Path) -> Any:
         return read_json(path)
     except ArtifactError:
         return None
+
+
+def path_stamp(path: str | Path | None) -> list[Any] | None:
+    """[(relative name, size, mtime_ns), ...] of a local file or folder (cache keys: a re-written
+    model or data set gets a new stamp); [] for no path; None when `path` is not local (a Hub id:
+    nothing to stamp, so not cacheable)."""
+    if not path:
+        return []
+    p = Path(path)
+    if p.is_file():
+        st = p.stat()
+        return [[p.name, st.st_size, st.st_mtime_ns]]
+    if not p.is_dir():
+        return None
+    out: list[Any] = []
+    for root, dirs, files in os.walk(p):
+        dirs.sort()
+        for name in sorted(files):
+            f = Path(root) / name
+            st = f.stat()
+            out.append([str(f.relative_to(p)), st.st_size, st.st_mtime_ns])
+    return out

@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import ArtifactError, atomic_write_json, read_json
+from ..files import ArtifactError, atomic_write_json, path_stamp, read_json
 from ..versions import library_versions
 from .base import Benchmark, Reference, default_cache_dir
 from .text import content_hash
@@ -32,29 +31,11 @@ __all__ = ["cached_reference", "reference_cache_path"]
 
 log = logging.getLogger(__name__)
 
-_VERSION = 3  # bump when what `reference` computes changes without a change of its inputs
+_VERSION = 4  # bump when what `reference` computes changes without a change of its inputs
 _VOLATILE = frozenset({"seed", "run_dir", "log_file"})  # options that cannot change the evaluation
 
 
-def _stamp(path: str | None) -> list[Any] | None:
-    """[(relative name, size, mtime_ns), ...] of a local model file or folder; None when `path`
-    is not local (nothing to stamp: not cached)."""
-    if not path:
-        return []
-    p = Path(path)
-    if p.is_file():
-        st = p.stat()
-        return [[p.name, st.st_size, st.st_mtime_ns]]
-    if not p.is_dir():
-        return None
-    out: list[Any] = []
-    for root, dirs, files in os.walk(p):
-        dirs.sort()
-        for name in sorted(files):
-            f = Path(root) / name
-            st = f.stat()
-            out.append([str(f.relative_to(p)), st.st_size, st.st_mtime_ns])
-    return out
+_stamp = path_stamp  # [(name, size, mtime_ns), ...] of a local model/data path; None when not local
 
 
 def reference_cache_path(bench: Benchmark, prepared: Any, part: str, options: Mapping[str, Any]) -> Path | None:

@@ -25,3 +25,10 @@ class EvalConfig:
     # attacks and PrivLeak are left out (the LOSS attack's AUC stays); what is computed is the
     # same as in the full evaluation. The search's candidates use it on the search part.
     lean: bool = False
+    # The GradNorm attack (one backward pass per forget and holdout row; full evaluations only)
+    # and the p of its per-parameter norms (open-unlearning's mia_gradnorm: p = 2).
+    gradnorm: bool = True
+    gradnorm_p: float = 2.0
+    # Which attack's AUC PrivLeak compares with the retain oracle's (open-unlearning: min_k):
+    # loss, zlib, min_k, min_k_plus_plus or gradnorm.
+    privleak_attack: str = "min_k"

@@ -36,6 +36,7 @@ __all__ = [
     "exact_memorization",
     "extraction_strength",
     "forget_quality",
+    "grad_norm",
     "harmonic_mean",
     "length_normalized_prob",
     "mia_auc",
@@ -555,3 +556,15 @@ def privleak(auc: float, auc_ref: float = 0.5) -> float:
     if auc_ref >= 1.0:
         raise MetricInputError("privleak is undefined for auc_ref = 1")
     return ((1.0 - auc) - (1.0 - auc_ref)) / (1.0 - auc_ref) * 100.0
+
+
+def grad_norm(grads: Sequence[torch.Tensor | None], p: float = 2.0) -> float:
+    """GradNorm MIA score of one example (open-unlearning's `mia/gradnorm.py`: GradNormAttack): the
+    mean over the model's parameter tensors of each gradient's p-norm (p in 1, 2, inf); tensors
+    without a gradient are skipped. Loss-like: a larger norm = a less likely member."""
+    if p not in (1, 2, float("inf")):
+        raise MetricInputError(f"gradnorm p must be 1, 2 or inf, got {p}")
+    norms = [g.detach().float().norm(p=p) for g in grads if g is not None]
+    if not norms:
+        raise MetricInputError("gradnorm: no parameter has a gradient")
+    return float(torch.stack(norms).mean())

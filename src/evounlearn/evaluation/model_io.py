@@ -166,3 +166,41 @@ def generate_answers(
     if was_training:
         model.train()
     return results
+
+
+def gradnorm_scores(model, fmt: PromptFormatter, questions: Sequence[str], answers: Sequence[str],
+                    p: float = 2.0) -> np.ndarray:
+    """GradNorm MIA scores (`metrics.grad_norm`), one backward pass per example: the gradient of
+    the example's mean answer NLL (answer tokens without the EOS prediction, open-unlearning's
+    `tokenwise_logprobs` token set) with respect to every parameter tensor. The model stays in its
+    mode (eval: no dropout; open-unlearning's newest version switches to train mode) and its
+    `.grad` fields are not touched (`torch.autograd.grad`); parameters that do not require
+    gradients are switched on for the call and back off after."""
+    from ..data.prompting import IGNORE_INDEX
+    from .metrics import grad_norm
+
+    if len(questions) != len(answers):
+        raise ValueError("one answer per question is needed")
+    params = list(model.parameters())
+    frozen = [q for q in params if not q.requires_grad]
+    device = next(model.parameters()).device
+    out = np.zeros(len(questions))
+    try:
+        for q in frozen:
+            q.requires_grad_(True)
+        for i, (question, answer) in enumerate(zip(questions, answers)):
+            enc = fmt.encode(question, answer)
+            labels = list(enc.labels)
+            if len(labels) - enc.prompt_len > 1 and labels[-1] == fmt.eos_id:
+                labels[-1] = IGNORE_INDEX  # the answer tokens without the EOS prediction
+            ids = torch.tensor([enc.input_ids], device=device)
+            with torch.enable_grad():
+                logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+                lp, mask = token_logprobs(*shift(logits, torch.tensor([labels], device=device)))
+                loss = -(lp * mask).sum() / mask.sum().clamp(min=1)
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+            out[i] = grad_norm(grads, p)
+    finally:
+        for q in frozen:
+            q.requires_grad_(False)
+    return out

@@ -23,7 +23,16 @@ from ..files import atomic_write_json, read_json
 from . import metrics as M
 from .config import EvalConfig  # noqa: F401  (re-exported)
 from .model_io import ScoredAnswer, generate_answers, score_answers
-from .tofu_metrics import avg_nlls, configured, entry, memorization_scores, mia_scores, values, with_eos  # noqa: F401 (re-exported)
+from .tofu_metrics import (  # noqa: F401 (re-exported)
+    avg_nlls,
+    check_privleak_attack,
+    configured,
+    entry,
+    memorization_scores,
+    mia_scores,
+    values,
+    with_eos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +51,11 @@ class TofuEvaluator:
         self.forget_split = tofu.check_forget_split(forget_split)
         self.cfg = cfg or EvalConfig()
         self.metrics = configured(metrics, self.cfg)  # an unknown name fails here, before any model
+        check_privleak_attack(self.cfg.privleak_attack)
+        if self.cfg.gradnorm_p not in (1, 2, float("inf")):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"eval.gradnorm_p must be 1, 2 or inf, got {self.cfg.gradnorm_p}")
         cut = self.cfg.max_examples
         def load(name):
             rows = tofu.load_split(name, self.source)
@@ -124,6 +138,18 @@ class Evaluation:
 
     def _input_holdout_generations(self) -> list[str]:
         return self._generated(self.holdout)
+
+    def _gradnorm(self, rows: list[dict[str, Any]]) -> np.ndarray:
+        from .model_io import gradnorm_scores
+
+        return gradnorm_scores(self.model, self.fmt, [r["question"] for r in rows], [r["answer"] for r in rows],
+                               float(self.cfg.gradnorm_p))
+
+    def _input_forget_gradnorm(self) -> np.ndarray:
+        return self._gradnorm(self.forget)
+
+    def _input_holdout_gradnorm(self) -> np.ndarray:
+        return self._gradnorm(self.holdout)
 
     def _input_retain_truth_ratios(self) -> np.ndarray | None:
         """The retain oracle's forget truth ratios on the evaluated rows (None without its results)."""

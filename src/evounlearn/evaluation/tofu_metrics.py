@@ -10,7 +10,8 @@ own name; a group (model utility and its nine components) returns several. What 
   (`forget_scored`, `model_io.ScoredAnswer`: `.answer` without EOS, `.with_eos`) and greedily
   generated (`forget_generations`), their truth ratios (`forget_truth_ratios`), the same for the
   holdout rows (`holdout_scored`, `holdout_generations`), and the retain oracle's forget truth
-  ratios on the same rows (`retain_truth_ratios`, None without the oracle's results);
+  ratios on the same rows (`retain_truth_ratios`, None without the oracle's results), the GradNorm
+  attack's per-row gradient norms (`forget_gradnorm`, `holdout_gradnorm`);
 - other metrics, by name: evaluated first, their entries read from `ctx.out`.
 
 `full=True` leaves a metric out of a lean evaluation (`EvalConfig.lean`, what the search scores);
@@ -29,7 +30,10 @@ from ..errors import ConfigError
 
 #: the inputs a metric may need (computed once per evaluation by the evaluator)
 INPUTS = ("forget_scored", "forget_generations", "forget_truth_ratios", "holdout_scored",
-          "holdout_generations", "retain_truth_ratios")
+          "holdout_generations", "retain_truth_ratios", "forget_gradnorm", "holdout_gradnorm")
+
+#: the attacks PrivLeak may be computed from (`EvalConfig.privleak_attack`): `mia_<name>` AUCs
+PRIVLEAK_ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus", "gradnorm")
 
 
 class MetricContext(Protocol):
@@ -273,8 +277,10 @@ def gap_se(ctx: MetricContext) -> dict[str, dict[str, Any]]:
 
 @register_metric("mia", needs=("forget_scored", "holdout_scored"), mia=True)
 def mia(ctx: MetricContext) -> dict[str, dict[str, Any]]:
-    """The membership-inference attacks, forget (members) vs holdout rows, and PrivLeak against the
-    retain oracle's Min-K% AUC; lean: the LOSS attack only (what the calibrated fitness reads)."""
+    """The membership-inference attacks, forget (members) vs holdout rows (GradNorm unless
+    `eval.gradnorm=false`), and PrivLeak against the retain oracle's AUC of the same attack
+    (`eval.privleak_attack`, Min-K% by default); lean: the LOSS attack only (what the calibrated
+    fitness reads)."""
     from . import metrics as M
 
     f_scored, h_scored = ctx.need("forget_scored"), ctx.need("holdout_scored")
@@ -291,16 +297,29 @@ def mia(ctx: MetricContext) -> dict[str, dict[str, Any]]:
     h_mia = mia_scores(h_scored, [r["answer"] for r in ctx.holdout], ctx.cfg.min_k)
     for name in f_mia:
         pack(name, f_mia[name], h_mia[name])
+    if ctx.cfg.gradnorm:
+        pack("mia_gradnorm", ctx.need("forget_gradnorm"), ctx.need("holdout_gradnorm"))
     ref = ctx.reference_scores()
     if ref is not None:
         pack("mia_reference", M.mia_reference_scores(avg_nlls(f_scored), ref[0]),
              M.mia_reference_scores(avg_nlls(h_scored), ref[1]))
+    key = f"mia_{check_privleak_attack(ctx.cfg.privleak_attack)}"
+    if key not in res:
+        raise ConfigError(f"privleak_attack {ctx.cfg.privleak_attack!r}: {key} is off in this evaluation "
+                          "(eval.gradnorm=false)")
     auc_ref = 0.5
     retain = ctx.retain_results
-    if retain is not None and "mia_min_k" in retain.get("metrics", {}):
-        auc_ref = retain["metrics"]["mia_min_k"]["agg"]
-    res["privleak"] = {"agg": M.privleak(res["mia_min_k"]["agg"], auc_ref), "auc_ref": auc_ref}
+    if retain is not None and key in retain.get("metrics", {}):
+        auc_ref = retain["metrics"][key]["agg"]
+    res["privleak"] = {"agg": M.privleak(res[key]["agg"], auc_ref), "auc_ref": auc_ref, "attack": key}
     return res
+
+
+def check_privleak_attack(name: str) -> str:
+    """`name` if PrivLeak can use that attack, else a ConfigError listing them."""
+    if name not in PRIVLEAK_ATTACKS:
+        raise ConfigError(f"unknown privleak_attack {name!r} (choose {', '.join(PRIVLEAK_ATTACKS)})")
+    return name
 
 
 @register_metric("mia_loss_smd", needs=("mia",), mia=True)

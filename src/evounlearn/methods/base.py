@@ -27,7 +27,14 @@ Two config/data hooks complete the declaration:
   `cfg.loss` / `cfg.train` may be changed, `explicit` = the dotted keys the user set (the
   `evolved` method reads its loss program here and lets its epochs docstring set `train.epochs`);
 - `build_data(fmt, forget_rows, params) -> {side: rows}`: extra encoded sides a QA benchmark
-  builds from the forget rows (IdkDPO: `alt`, a refusal per forget question).
+  builds from the forget rows (IdkDPO: `alt`, a refusal per forget question); with
+  `build_data_model=True` it is called as `build_data(fmt, forget_rows, params, model=model,
+  model_path=path, cache_dir=dir)`: sides made *by the model to unlearn*, before any update
+  (AltPO's alternate answers, sampled from it and cached per model under `dir`);
+- `state_update(inputs, params, epoch) -> dict`: a pure function run (without gradient) after
+  every loss evaluation, on the same inputs; what it returns is merged into the run's params, which
+  checkpoints save and `--resume` restores (PDU's dual variable: its value at step t is a param
+  the loss reads, updated from that step's retain loss).
 """
 
 from __future__ import annotations
@@ -127,6 +134,8 @@ class MethodSpec:
     batch_hook_factory: Callable[..., Any] | None = None
     configure: Callable[[Any, set[str]], None] | None = None
     build_data: Callable[..., dict[str, list[Any]]] | None = None
+    build_data_model: bool = False
+    state_update: Callable[[MethodInputs, Mapping[str, Any], int], dict[str, Any]] | None = None
     description: str = ""
 
     def needs_for(self, params: Mapping[str, Any]) -> frozenset[str]:
@@ -146,6 +155,8 @@ def register_method(
     batch_hook_factory: Callable | None = None,
     configure: Callable | None = None,
     build_data: Callable | None = None,
+    build_data_model: bool = False,
+    state_update: Callable | None = None,
 ) -> Callable[[LossFn], LossFn]:
     """Register `fn` as method `name`; its defaults are read from configs/<name>.yaml."""
     unknown = set() if callable(needs) else set(needs) - NEEDS
@@ -165,6 +176,8 @@ def register_method(
             batch_hook_factory=batch_hook_factory,
             configure=configure,
             build_data=build_data,
+            build_data_model=build_data_model,
+            state_update=state_update,
             description=(fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else "",
         )
         return fn

@@ -112,6 +112,24 @@ def select_least_similar(scores: np.ndarray, tau: float = 0.0, rng: np.random.Ge
     return int(rng.choice(len(scores), p=p / p.sum()))
 
 
+def sample_answers(model, fmt: PromptFormatter, questions: Sequence[str], n: int, *, temperature: float = 1.0,
+                   top_p: float = 1.0, max_new_tokens: int = 32, seed: int | Sequence[int] = 0,
+                   batch_size: int | None = None) -> list[list[str]]:
+    """`n` sampled answers per question from `model` (eval mode while sampling; every question and
+    sample in one batched `generate` call unless `batch_size` rows are given), under a forked torch
+    RNG seeded by `seed`: neither consumes nor depends on the caller's RNG, so the same seed gives
+    the same samples (PMC's per-call samples, AltPO's alternate answers)."""
+    from ..evaluation.model_io import generate_answers
+
+    device = next(model.parameters()).device
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+        out = generate_answers(model, fmt, questions, max_new_tokens, batch_size=batch_size or len(questions) * n,
+                               do_sample=True, temperature=temperature, top_p=top_p, num_return_sequences=n)
+    return [list(x) if n > 1 else [x] for x in out]  # type: ignore[misc]
+
+
 # -- the hook -------------------------------------------------------------------------------------
 
 class PMCHook:
@@ -143,17 +161,9 @@ class PMCHook:
 
     # sampling: every question and every sample of the batch in one generate call
     def _generate_samples(self, model, questions: Sequence[str], n: int) -> list[list[str]]:
-        from ..evaluation.model_io import generate_answers
-
         c = self.cfg
-        device = next(model.parameters()).device
-        devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(int(np.random.SeedSequence([c.seed, self.calls]).generate_state(1)[0]))
-            out = generate_answers(model, self.fmt, questions, c.max_new_tokens, batch_size=len(questions) * n,
-                                   do_sample=True, temperature=c.temperature, top_p=c.top_p,
-                                   num_return_sequences=n)
-        return [list(x) if n > 1 else [x] for x in out]  # type: ignore[misc]
+        return sample_answers(model, self.fmt, questions, n, temperature=c.temperature, top_p=c.top_p,
+                              max_new_tokens=c.max_new_tokens, seed=[c.seed, self.calls])
 
     def update(self, model, indices: Sequence[int]) -> None:
         """Sample, score and (maybe) replace the stored answer of every unfinished question in `indices`."""

@@ -245,7 +245,11 @@ class Unlearner:
         sides = {n: _side(logits, batch, sl, index[n], hidden) for n, sl in zip(names, slices)}
         self._add_reference(sides, batch, slices, names, idx, layer)
         inputs = MethodInputs(forget=sides["forget"], retain=sides.get("retain"), alt=sides.get("alt"))
-        return self.spec.loss(inputs, self.params)
+        loss = self.spec.loss(inputs, self.params)
+        if self.spec.state_update is not None:  # e.g. PDU's dual variable (saved with the params)
+            with torch.no_grad():
+                self.params.update(self.spec.state_update(inputs, self.params, int(self.state["epoch"])) or {})
+        return loss
 
     @torch.no_grad()
     def _add_reference(self, sides, batch, slices, names, idx, layer) -> None:

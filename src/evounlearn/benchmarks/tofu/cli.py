@@ -14,7 +14,7 @@ from ..runs import EvalRequest, Report
 TOFU_TABLE_KEYS = (
     "forget_quality", "model_utility", "forget_rouge", "forget_prob", "forget_truth_ratio",
     "extraction_strength", "exact_memorization", "privleak", "mia_loss", "mia_zlib", "mia_min_k",
-    "mia_min_k_plus_plus", "retain_rouge", "retain_prob", "retain_truth_ratio",
+    "mia_min_k_plus_plus", "mia_gradnorm", "retain_rouge", "retain_prob", "retain_truth_ratio",
     "real_authors_rouge", "real_authors_prob", "real_authors_truth_ratio",
     "world_facts_rouge", "world_facts_prob", "world_facts_truth_ratio",
 )

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ...data.prompting import PromptFormatter
     from ...training.loop import UnlearnData
     from ...training.resolve import MethodRun
+from ..base import default_cache_dir
 from ..parts import forget_part_indices
 
 
@@ -93,7 +94,10 @@ def _group(source: str, split: str) -> int:
 
 
 def build_data(fmt: PromptFormatter, source: str, split: str, method: str, params: dict[str, Any],
-               forget_indices: list[int] | None = None) -> UnlearnData:
+               forget_indices: list[int] | None = None, *, model: Any = None, model_path: str | None = None,
+               cache_dir: str | None = None) -> UnlearnData:
+    """The encoded forget / retain rows, and the method's extra sides (`build_data`; with
+    `build_data_model`, made by `model`, e.g. AltPO's alternates, cached under `cache_dir`)."""
     from ...training.loop import UnlearnData
 
     forget_rows = tofu.load_split(split, source)
@@ -106,7 +110,9 @@ def build_data(fmt: PromptFormatter, source: str, split: str, method: str, param
     )
     spec = get_method(method)
     if spec.build_data is not None:  # extra sides built from the forget rows (IdkDPO's refusals)
-        for side, rows in spec.build_data(fmt, forget_rows, params).items():
+        extra = ({"model": model, "model_path": model_path, "cache_dir": cache_dir or str(default_cache_dir())}
+                 if spec.build_data_model else {})
+        for side, rows in spec.build_data(fmt, forget_rows, params, **extra).items():
             setattr(data, side, rows)
     return data
 
@@ -144,7 +150,8 @@ def run_unlearning(cfg: UnlearnConfig, resume: bool = False, evaluate: bool = Tr
     params = dict(cfg.loss)
     n_forget = len(tofu.load_split(split, source))
     part = forget_part_indices(n_forget, cfg.forget_part, cfg.search_fraction, group=_group(source, split))
-    data = build_data(fmt, source, split, spec.name, params, part)
+    data = build_data(fmt, source, split, spec.name, params, part, model=model, model_path=model_path,
+                      cache_dir=cfg.prepare.cache_dir or None)
     retain_results = load_results(retain_results_path) if retain_results_path else None
     evaluator = TofuEvaluator(source, split, cfg.eval, forget_indices=part)
 

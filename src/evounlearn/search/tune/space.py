@@ -17,7 +17,11 @@ from .config import TuneConfig, check_method, method_yaml
 FIXED_PARAMS = frozenset({"seed", "idk_seed", "gen_batch_size", "max_new_tokens", "layer"})
 #: hard limits of a few params (a range around the default is clipped to them)
 PARAM_LIMITS: dict[str, tuple[float, float]] = {"top_p": (0.05, 1.0), "temperature": (0.1, 3.0),
-                                                 "n_samples": (1, 10)}
+                                                 "n_samples": (1, 10),
+                                                 # CE-U: more would mask whole short answers
+                                                 "ignore_first_n_answer_tokens": (1, 3),
+                                                 # PDU: within the epochs range (1..10), so the dual step runs
+                                                 "dual_warmup_epochs": (1, 9)}
 SPACE_KEYS = ("lr", "epochs")  # besides the loss params
 
 

@@ -25,7 +25,7 @@ LEVEL_MARGIN = 0.05  # absolute, on ROUGE / probability
 LEVEL_REL = 0.25  # ... or this share of the target-to-level gap (below: of the level), if larger
 AUC_MARGIN = 0.1  # |AUC - 0.5| beyond this is a finding
 UTILITY_DROP = 0.1  # relative utility drop against the target that counts as utility loss
-MIA_KEYS = ("mia_loss", "mia_min_k", "mia_min_k_plus_plus", "mia_zlib", "mia_auc")
+MIA_KEYS = ("mia_loss", "mia_min_k", "mia_min_k_plus_plus", "mia_zlib", "mia_gradnorm", "mia_auc")
 
 
 @dataclass(frozen=True)

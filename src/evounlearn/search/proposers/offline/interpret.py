@@ -26,6 +26,10 @@ def _evaluate_token(node: tuple, env: dict[str, Any], side: str | None) -> Any:
         return torch.pow(1.0 - p, node[2]) * x
     if op == "entw":
         return -(p * cur + (1.0 - p) * torch.log(torch.clamp(1.0 - p, min=LOG_EPS))) * x
+    if op == "wga":
+        return torch.exp(node[2] * cur) * x
+    if op == "ceu":
+        return p / torch.clamp(1.0 - p, min=LOG_EPS) * x
     return (env[f"trp{s}"] > node[2]).float() * x
 
 

@@ -55,12 +55,18 @@ def random_token_term(rng: random.Random, side: str, max_depth: int = 2) -> Node
     """("tmean", side, expr) with a random per-token expression, maybe under a detached weight."""
     inner = random_increasing(rng, side, max_depth, token=True)
     w = rng.random()
-    if w < 0.25:
+    if w < 0.15:
         inner = ("focal", inner, rc(rng.uniform(0.5, 3.0)))
-    elif w < 0.45:
+    elif w < 0.27:
         inner = ("entw", inner)
-    elif w < 0.6:
+    elif w < 0.39:
         inner = ("refmask", inner, rc(-rng.uniform(0.2, 3.0)))
+    elif w < 0.51:  # WGA's confidence weight p^beta
+        inner = ("wga", inner, rc(rng.uniform(0.5, 5.0)))
+    elif w < 0.59:  # SatImp's p^b1 (1 - p)^b2
+        inner = ("focal", ("wga", inner, rc(rng.uniform(1.0, 6.0))), rc(rng.uniform(0.5, 2.0)))
+    elif w < 0.7:  # CE-U's true-token-masked target (its gradient: p / (1 - p) * d log p)
+        inner = ("ceu", inner)
     return ("tmean", side[0], inner)
 
 

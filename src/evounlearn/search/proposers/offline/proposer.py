@@ -18,7 +18,8 @@ Request kinds map to operators (all deterministic from `request.seed` and the pa
 A parent whose code carries no (trusted) `# tree:` comment, e.g. one written by an LLM, is a
 leaf-level parent: only its numeric constants can be tuned (AST constant perturbation, keeping the
 source text), and, when its metrics call for a direction, its epochs docstring moved that way. In the extended interface the trees may hold token-level terms (masked means of
-per-token expressions: UnDIAL-like targets, focal / entropy weights, reference-confidence masks).
+per-token expressions: UnDIAL-like targets, focal / entropy weights, reference-confidence masks,
+WGA's p^beta and SatImp's p^b1 (1-p)^b2 weights, CE-U's true-token-masked target).
 Every tree is checked numerically before it is proposed (`interpret.check_tree`: finite
 scalar, increasing in the forget log-probs, decreasing in the retain log-probs); code is never
 executed here.

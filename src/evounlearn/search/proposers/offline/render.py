@@ -75,6 +75,10 @@ def _render_token(node: tuple, side: str | None) -> tuple[str, int]:
         return f"torch.pow(1.0 - p_tok_{s}, {_fmt(node[2])}) * {inner}", _MUL
     if op == "entw":
         return f"ent_tok_{s} * {inner}", _MUL
+    if op == "wga":
+        return f"torch.exp({_fmt(node[2])} * tok_logp_{s}.detach()) * {inner}", _MUL
+    if op == "ceu":
+        return f"odds_tok_{s} * {inner}", _MUL
     return f"(ref_tok_logp_{s} > {_fmt(node[2])}).float() * {inner}", _MUL
 
 
@@ -118,7 +122,7 @@ def render_expr(node: Node, side: str | None = None) -> tuple[str, int]:
 
 def _token_preamble(tree: LossTree) -> list[str]:
     """The per-token locals a token tree needs: differences to the reference and the detached
-    probabilities / binary entropies of the weights."""
+    probabilities / binary entropies / odds of the weights."""
     used = leaves_used(tree.forget) | leaves_used(tree.retain)
     lines = []
     for leaf, cur, ref in (("tdF", "tlpf", "trpf"), ("tdR", "tlpr", "trpr")):
@@ -126,8 +130,10 @@ def _token_preamble(tree: LossTree) -> list[str]:
             lines.append(f"    {_VAR[leaf]} = {_VAR[cur]} - {_VAR[ref]}")
     for side, term in (("forget", tree.forget), ("retain", tree.retain)):
         ops = ops_used(term)
-        if ops & {"focal", "entw"}:
+        if ops & {"focal", "entw", "ceu"}:
             lines.append(f"    p_tok_{side} = torch.exp(tok_logp_{side}.detach())")
+        if "ceu" in ops:  # CE-U's logit-gradient is p/(1-p) * d log p (see tree.py)
+            lines.append(f"    odds_tok_{side} = p_tok_{side} / torch.clamp(1.0 - p_tok_{side}, min={_fmt(LOG_EPS)})")
         if "entw" in ops:
             lines.append(
                 f"    ent_tok_{side} = -(p_tok_{side} * tok_logp_{side}.detach() + (1.0 - p_tok_{side}) "

@@ -1,6 +1,7 @@
 """The literature losses as loss trees, the offline proposer's starting points: GA, GradDiff,
 NPO, SimNPO and EvoMU-style templates (written in the faithful interface, over mean answer
-log-probs), and token-level templates for the extended interface.
+log-probs), and token-level templates for the extended interface, among them the token-weighted
+methods WGA, SatImp and CE-U (their weights are grammar primitives, `tree.TOKEN_WEIGHTS`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ TOKEN_SEEDS: tuple[tuple[str, LossTree], ...] = (
         "token_refmask",
         LossTree(("tmean", "f", ("refmask", ("softplus", ("*", 1.0, "tdF")), -1.0)), ("neg", "lpr"), 1.0, 5),
     ),
+    # WGA (methods/wga.py): ascent weighted per token by the detached p^beta, beta = 1; retain NLL.
+    ("token_wga", LossTree(("tmean", "f", ("wga", "tlpf", 1.0)), ("neg", "lpr"), 1.0, 5)),
+    # SatImp (methods/satimp.py): weight p^5 (1 - p)^1, forget term x 0.1, retain NLL x 1.
+    (
+        "token_satimp",
+        LossTree(("tmean", "f", ("*", 0.1, ("focal", ("wga", "tlpf", 5.0), 1.0))), ("neg", "lpr"), 1.0, 5),
+    ),
+    # CE-U (methods/ceu.py): the gradient of the cross-entropy to the true-token-masked detached
+    # distribution, p / (1 - p) * d log p; no retain term, as the method.
+    ("token_ceu", LossTree(("tmean", "f", ("ceu", "tlpf")), None, 1.0, 5)),
 )
 
 

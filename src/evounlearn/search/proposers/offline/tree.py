@@ -16,7 +16,15 @@ Token-level nodes (extended interface only; `seed_trees.TOKEN_SEEDS` shows them 
 ("tmean", side, tok) is the masked mean over the answer tokens of a per-token expression `tok`, whose leaves are the
 per-token log-probs "tlpf" / "tlpr", the reference's "trpf" / "trpr" and "tdF" / "tdR" (token
 log-prob minus reference, an UnDIAL-like target), and which may be weighted by ("focal", tok,
-gamma), ("entw", tok) or ("refmask", tok, threshold) (detached weights: monotonicity is kept).
+gamma), ("entw", tok), ("refmask", tok, threshold), ("wga", tok, beta) or ("ceu", tok) (detached
+weights: monotonicity is kept). The last two are the token-weighted terms of WGA / SatImp / CE-U
+(methods/wga.py, satimp.py, ceu.py): `wga` weighs by `p^beta` (p = exp(token log-prob), detached),
+so ("tmean", "f", ("wga", "tlpf", beta)) is WGA's forget term and ("focal", ("wga", tok, b1), b2)
+SatImp's `p^b1 (1 - p)^b2`; `ceu` weighs by the odds `p / (1 - p)` (detached, 1 - p clamped at
+1e-6): `p/(1-p) * log p` has exactly CE-U's gradient with respect to the logits (the
+cross-entropy to the model's own detached distribution with the true token removed, whose
+logit-gradient is `p/(1-p) * (onehot(y) - softmax(z))`), so ("tmean", "f", ("ceu", "tlpf")) trains
+as CE-U does on the answer tokens, from per-token log-probs alone.
 
 Trees are built so that the forget term increases with lpf and the retain term decreases with lpr
 (monotone primitives composed with positive scales, retain terms written over -lpr / -dR), and
@@ -45,7 +53,8 @@ FORGET_LEAVES = ("lpf", "dF")
 RETAIN_LEAVES = ("lpr", "dR")
 TOKEN_FORGET_LEAVES = ("tlpf", "tdF")
 TOKEN_RETAIN_LEAVES = ("tlpr", "tdR")
-TOKEN_WEIGHTS = ("focal", "entw", "refmask")  # detached, non-negative per-token weights
+TOKEN_WEIGHTS = ("focal", "entw", "refmask", "wga", "ceu")  # detached, non-negative per-token weights
+TOKEN_WEIGHTS_WITH_PARAM = ("focal", "refmask", "wga")  # (op, tok, param); the others (op, tok)
 SIDES = ("f", "r")
 UNARY = ("softplus", "logsigmoid", "sigmoid", "exp", "log", "relu", "abs", "square", "tanh", "neg")
 INCREASING_UNARY = ("softplus", "logsigmoid", "sigmoid", "exp", "relu", "tanh")
@@ -156,9 +165,9 @@ def _from_json(obj: Any, depth: int = 0) -> Node:
             return (op, _from_json(obj[1], depth + 1), _from_json(obj[2], depth + 1))
         if op == "tmean" and len(obj) == 3 and obj[1] in SIDES:
             return ("tmean", obj[1], _from_json(obj[2], depth + 1))
-        if op == "entw" and len(obj) == 2:
-            return ("entw", _from_json(obj[1], depth + 1))
-        if op in ("focal", "refmask") and len(obj) == 3:
+        if op in ("entw", "ceu") and len(obj) == 2:
+            return (op, _from_json(obj[1], depth + 1))
+        if op in TOKEN_WEIGHTS_WITH_PARAM and len(obj) == 3:
             param = obj[2]
             if isinstance(param, bool) or not isinstance(param, (int, float)) or not math.isfinite(param):
                 raise ValueError(f"bad {op} parameter")
@@ -182,7 +191,7 @@ def child_indices(node: Node) -> list[int]:
     op = node[0]
     if op == "tmean":
         return [2]
-    if op in ("clamp", "focal", "refmask"):
+    if op == "clamp" or op in TOKEN_WEIGHTS_WITH_PARAM:
         return [1]
     return list(range(1, len(node)))
 

@@ -1,0 +1,67 @@
+"""benchmarks/methods_tuned.py: its aggregation and JSON shape on fixed records, and a micro run of
+the whole script (real `evounlearn tune` commands and workers) on the fake benchmark."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("methods_tuned", ROOT / "benchmarks" / "methods_tuned.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_method_result_takes_the_winners_report_runs_by_seed() -> None:
+    mt = _script()
+    assert len(mt.METHODS) == 13 and "evolved" not in mt.METHODS
+    assert {"wga", "satimp", "ceu", "pdu", "altpo"} <= set(mt.METHODS)
+    lb = {"budget": 4, "trained": 4, "best": {"trial": 2},
+          "trials": [{"trial": 2, "params": {"lr": 1e-3}}, {"trial": 0, "params": {"lr": 1e-4}}]}
+    stored = {
+        "00002/report-seed1": {"seed": 1, "ok": True, "fitness": 0.5,
+                               "summary": {"forget_quality": 0.2, "model_utility": {"agg": 0.8}}},
+        "00002/report-seed0": {"seed": 0, "ok": True, "fitness": 0.7,
+                               "summary": {"forget_quality": 0.1, "model_utility": 0.9}},
+        "00002/report-seed2": {"seed": 2, "ok": False, "fitness": None, "summary": None},
+        "00000/report-seed0": {"seed": 0, "ok": True, "fitness": 0.99, "summary": {}},  # not the winner
+    }
+    runs = mt.winner_runs(lb, stored)
+    assert [r["seed"] for r in runs] == [0, 1, 2]
+    m = mt.method_result(lb, runs, [0.1, 0.3, None], 12.0)
+    assert m["report_fitness"] == [0.7, 0.5, None]
+    assert m["forget_quality"] == [0.1, 0.2, None] and m["model_utility"] == [0.9, 0.8, None]
+    assert m["seconds_per_step"] == pytest.approx(0.2) and m["budget"] == 4 and m["best_params"] == {"lr": 1e-3}
+    assert mt.winner_runs({"best": None}, stored) == []
+    data = {"settings": {"s": {"methods": {"npo": m, "wga": {**m, "report_fitness": [0.9, 0.9, 0.9]}}}}}
+    rows = mt.table(data).splitlines()[2:]
+    assert rows[0].startswith("| s | wga | 0.900") and rows[1].startswith("| s | npo | 0.600")
+
+
+@pytest.mark.slow
+def test_micro_run_on_the_fake_benchmark_writes_the_judged_shape(tmp_path: Path) -> None:
+    pytest.importorskip("optuna")
+    mt = _script()
+    args = ["--settings", "tests.fakes:FakeBenchmark", "--methods", "npo,wga", "--budget", "2",
+            "--report-seeds", "3", "--fitness", "fake", "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "mt")]
+    assert mt.main(args) == 0
+    data = json.loads((tmp_path / "out" / "mt.json").read_text())
+    methods = data["settings"]["tests.fakes:FakeBenchmark"]["methods"]
+    assert set(methods) == {"npo", "wga"} and data["fitness"] == "fake" and data["budget"] == 2
+    for m in methods.values():
+        for key in ("report_fitness", "forget_quality", "model_utility"):
+            assert len(m[key]) == 3 and all(isinstance(v, float) for v in m[key]), key
+        assert m["budget"] == 2 and m["trained"] == 2 and "seconds_per_step" in m
+    assert (tmp_path / "out" / "mt.md").read_text().startswith("# Methods, each tuned alike")
+    # a second invocation reuses the finished tune runs: same numbers, no new tune
+    assert mt.main(args) == 0
+    again = json.loads((tmp_path / "out" / "mt.json").read_text())
+    assert again["settings"] == data["settings"]
