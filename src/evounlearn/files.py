@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -26,6 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+
+
+def content_hash(obj: Any, n: int = 16) -> str:
+    """A short sha256 of the JSON form of `obj` (cache keys)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 FILE_MODE = 0o644  # mkstemp creates 0o600; written files are meant to be readable like any other
 DIR_MODE = 0o755  # mkdtemp creates 0o700

@@ -232,7 +232,7 @@ def _slim(results: Mapping[str, Any]) -> dict[str, Any]:
 def _cache_path(root: Path | None, key: dict[str, Any]) -> Path | None:
     if root is None:
         return None
-    from ..benchmarks.text import content_hash
+    from ..files import content_hash
     from ..versions import library_versions
 
     return root / "attacks" / f"{key['attack']}-{content_hash({'v': _VERSION, 'lib': library_versions(), **key}, n=24)}.json"

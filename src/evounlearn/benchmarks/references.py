@@ -22,10 +22,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..files import ArtifactError, atomic_write_json, path_stamp, read_json
+from ..files import ArtifactError, atomic_write_json, content_hash, path_stamp, read_json
 from ..versions import library_versions
 from .base import Benchmark, Reference, default_cache_dir
-from .text import content_hash
 
 __all__ = ["cached_reference", "reference_cache_path"]
 

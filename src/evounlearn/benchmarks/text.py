@@ -10,8 +10,6 @@ on such rows through the one training loop (`training.loop.Unlearner`). Fine-tun
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,11 +21,6 @@ from ..errors import ConfigError
 from ..files import atomic_dir
 from ..training.loop import UnlearnData, Unlearner
 from ..training.resolve import MethodRun, resolve_method
-
-
-def content_hash(obj: Any, n: int = 16) -> str:
-    """A short sha256 of the JSON form of `obj` (cache keys)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
 def encode_ids(ids: Sequence[int], max_length: int | None = None) -> EncodedQA:

@@ -52,7 +52,7 @@ from ..data.prompting import EncodedQA, PromptFormatter
 from ..data.wmdp_synthetic import SyntheticWmdpConfig, generate_synthetic_wmdp
 from ..errors import ConfigError
 from ..evaluation.mcq_eval import evaluate_mcq, wmdp_fitness
-from ..files import file_lock, read_json, read_json_or_none
+from ..files import content_hash, file_lock, read_json, read_json_or_none
 from ..models.tiny import TinyModelConfig, build_tiny_llama
 from ..training.finetune import FinetuneConfig, finetune_rows
 from ..training.loop import write_json
@@ -65,7 +65,6 @@ from .runs import GenericCommands
 from .text import (
     OptionsMixin,
     cached_tokenizer,
-    content_hash,
     encode_text,
     load_model,
     save_model,

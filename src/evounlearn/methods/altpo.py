@@ -63,7 +63,7 @@ def pick_alternates(samples: Sequence[Sequence[str]], answers: Sequence[str]) ->
 def generation_cache_path(model_path: str | Path | None, cache_dir: str | Path | None, questions: Sequence[str],
                           answers: Sequence[str], options: Mapping[str, Any]) -> Path | None:
     """Where the samples of this model / data / options are cached (None: a model that is not local)."""
-    from ..benchmarks.text import content_hash
+    from ..files import content_hash
     from ..versions import library_versions
 
     stamp = path_stamp(model_path) if model_path else None

@@ -30,7 +30,7 @@ from ...config import to_dict
 from ...data.prompting import PromptFormatter
 from ...evaluation.metrics import privleak
 from ...evaluation.muse_eval import evaluate_muse_model
-from ...files import file_lock, read_json, read_json_or_none
+from ...files import content_hash, file_lock, read_json, read_json_or_none
 from ...models.tiny import TinyModelConfig, build_tiny_llama
 from ...training.finetune import finetune_rows
 from ...training.loop import write_json
@@ -39,7 +39,6 @@ from ..parts import check_part
 from ..text import (
     OptionsMixin,
     cached_tokenizer,
-    content_hash,
     load_model,
     save_model,
 )

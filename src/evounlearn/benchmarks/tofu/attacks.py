@@ -23,7 +23,7 @@ def run_tofu_attacks(model: Any, tok: Any, fmt: Any, names: Sequence[str], *, so
     `oracle_path`, are the oracle's clean values for the floor."""
     from ...attacks.suite import run_attacks, tofu_attack_data
     from ...evaluation.tofu_eval import TofuEvaluator
-    from ..text import content_hash
+    from ...files import content_hash
 
     data = tofu_attack_data(source, split, part)
     if hasattr(model, "merge_and_unload"):  # a LoRA run: attack the merged weights (bitsandbytes
