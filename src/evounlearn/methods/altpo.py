@@ -32,8 +32,7 @@ import torch
 from ..errors import ConfigError
 from ..files import ArtifactError, atomic_write_json, path_stamp, read_json
 from .base import MethodInputs, register_method
-from .grad_diff import need, retain_needs, retain_term
-from .idk_dpo import dpo_loss
+from .idk_dpo import prefer_alt, preference_needs
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +115,7 @@ def _build_data(fmt: Any, forget_rows: list[dict[str, Any]], params: Mapping[str
     return {"alt": [fmt.encode(q, a) for q, a in zip(questions, alts)]}
 
 
-def _needs(params: Mapping[str, Any]) -> frozenset[str]:
-    return retain_needs(params) | {"alt", "ref_seq_logp"}
-
-
-@register_method("altpo", needs=_needs, build_data=_build_data, build_data_model=True)
+@register_method("altpo", needs=preference_needs, build_data=_build_data, build_data_model=True)
 def altpo(inputs: MethodInputs, params: Mapping[str, Any]) -> torch.Tensor:
     """AltPO: prefer the model's own alternate answer over the forget answer (DPO against the frozen reference)."""
-    f, a = inputs.forget, need(inputs.alt, "alt (alternate answer) batch")
-    forget = dpo_loss(
-        a.seq_logp, need(a.ref_seq_logp, "alt ref_seq_logp"),
-        f.seq_logp, need(f.ref_seq_logp, "forget ref_seq_logp"), float(params.get("beta", 0.1)),
-    )
-    return float(params.get("gamma", 1.0)) * forget + retain_term(inputs, params)
+    return prefer_alt(inputs, params, "alternate answer")

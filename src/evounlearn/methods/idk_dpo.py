@@ -28,8 +28,20 @@ def dpo_loss(
     return -(2.0 / beta) * F.logsigmoid(beta * margin).mean()
 
 
-def _needs(params: Mapping[str, Any]) -> frozenset[str]:
+def preference_needs(params: Mapping[str, Any]) -> frozenset[str]:
     return retain_needs(params) | {"alt", "ref_seq_logp"}
+
+
+def prefer_alt(inputs: MethodInputs, params: Mapping[str, Any], what: str) -> torch.Tensor:
+    """`gamma * DPO(alt over the forget answer, against the frozen reference) + alpha * L_r`: what
+    IdkDPO and AltPO share (they differ only in where the preferred `alt` answers come from;
+    `what` names them in an error)."""
+    f, a = inputs.forget, need(inputs.alt, f"alt ({what}) batch")
+    forget = dpo_loss(
+        a.seq_logp, need(a.ref_seq_logp, "alt ref_seq_logp"),
+        f.seq_logp, need(f.ref_seq_logp, "forget ref_seq_logp"), float(params.get("beta", 0.1)),
+    )
+    return float(params.get("gamma", 1.0)) * forget + retain_term(inputs, params)
 
 
 def _build_data(fmt: Any, forget_rows: list[dict[str, Any]], params: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -38,12 +50,7 @@ def _build_data(fmt: Any, forget_rows: list[dict[str, Any]], params: Mapping[str
     return {"alt": [fmt.encode(r["question"], pick_idk_answer(i, seed)) for i, r in enumerate(forget_rows)]}
 
 
-@register_method("idk_dpo", needs=_needs, build_data=_build_data)
+@register_method("idk_dpo", needs=preference_needs, build_data=_build_data)
 def idk_dpo(inputs: MethodInputs, params: Mapping[str, Any]) -> torch.Tensor:
     """IdkDPO: prefer a refusal over the forget answer (DPO against the frozen reference)."""
-    f, a = inputs.forget, need(inputs.alt, "alt (refusal) batch")
-    forget = dpo_loss(
-        a.seq_logp, need(a.ref_seq_logp, "alt ref_seq_logp"),
-        f.seq_logp, need(f.ref_seq_logp, "forget ref_seq_logp"), float(params.get("beta", 0.1)),
-    )
-    return float(params.get("gamma", 1.0)) * forget + retain_term(inputs, params)
+    return prefer_alt(inputs, params, "refusal")
