@@ -198,14 +198,44 @@ def table(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def resolved(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per setting: the best method (by mean report fitness) and every other method's difference
+    from it with its standard error over the report seeds (`reports.stats`): which methods the
+    benchmark cannot tell from the best (within 2 SE)."""
+    from evounlearn.reports.stats import difference_of_values
+
+    out: dict[str, dict[str, Any]] = {}
+    for name, s in data["settings"].items():
+        ranked = sorted(s["methods"].items(), key=lambda kv: -(_mean(kv[1]["report_fitness"]) or -math.inf))
+        if not ranked:
+            continue
+        best, bm = ranked[0]
+        diffs = {}
+        for method, m in ranked[1:]:
+            d = difference_of_values(bm["report_fitness"], m["report_fitness"])
+            if d is not None:
+                diffs[method] = {"delta": d.delta, "se": d.se, "resolved": d.above}
+        out[name] = {"best": best, "vs_best": diffs,
+                     "within_2se_of_best": [m for m, d in diffs.items() if not d["resolved"]]}
+    return out
+
+
 def markdown(data: dict[str, Any]) -> str:
     head = "# Methods, each tuned alike" + (" - SMOKE test" if data.get("smoke") else "")
-    return "\n".join([
+    lines = [
         head, "",
         f"`evounlearn tune`, fitness `{data['fitness']}`, budget {data['budget']} trials per method and setting, "
         f"the winner re-run with {data['report_seeds']} report seed(s); settings at the {data['size']} size; "
         f"{data['seconds'] / 60:.1f} min in all; env {json.dumps(data['env'])}.",
-        "Means over the report seeds; the untuned defaults are in `methods.md`.", "", table(data), ""])
+        "Means over the report seeds; the untuned defaults are in `methods.md`.", "", table(data), "",
+        "The best method of each setting against the others: difference of the mean report fitness ± its "
+        "standard error over the report seeds; a method is told apart from the best only when the "
+        "difference exceeds 2 SE.", ""]
+    for name, r in resolved(data).items():
+        cells = [f"{m} {d['delta']:+.3f} ± {_fmt(d['se'])}" for m, d in r["vs_best"].items()]
+        lines.append(f"- {name}: best `{r['best']}`; within 2 SE of it: "
+                     f"{', '.join(r['within_2se_of_best']) or 'none'}. Differences: " + "; ".join(cells))
+    return "\n".join(lines + [""])
 
 
 def env_info(workers: int) -> dict[str, Any]:
@@ -256,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds_this_invocation": time.time() - t0,
         "settings": results, "env": env_info(opts.workers),
     }
+    data["resolved"] = resolved(data)
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(data, indent=1, default=str))

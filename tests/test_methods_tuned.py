@@ -65,3 +65,19 @@ def test_micro_run_on_the_fake_benchmark_writes_the_judged_shape(tmp_path: Path)
     assert mt.main(args) == 0
     again = json.loads((tmp_path / "out" / "mt.json").read_text())
     assert again["settings"] == data["settings"]
+
+
+def test_resolved_tells_a_method_from_the_best_only_beyond_2_se() -> None:
+    mt = _script()
+    data = {"settings": {"s": {"methods": {
+        "a": {"report_fitness": [0.80, 0.82, 0.81]},
+        "b": {"report_fitness": [0.79, 0.83, 0.80]},   # within the noise of a
+        "c": {"report_fitness": [0.50, 0.52, 0.51]},   # far below
+    }}}}
+    for m in data["settings"]["s"]["methods"].values():
+        m.update(forget_quality=[0.1] * 3, model_utility=[0.9] * 3, seconds_per_step=0.1, budget=4, trained=4)
+    r = mt.resolved(data)["s"]
+    assert r["best"] == "a" and r["within_2se_of_best"] == ["b"]
+    assert r["vs_best"]["c"]["resolved"] and r["vs_best"]["c"]["delta"] == pytest.approx(0.30)
+    assert "within 2 SE of it: b" in mt.markdown({**data, "fitness": "calibrated", "budget": 4, "report_seeds": 3,
+                                                   "size": "large", "seconds": 60.0, "env": {}})
