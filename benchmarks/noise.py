@@ -184,15 +184,15 @@ def main_per_loss(sheet: dict[str, Any]) -> dict[str, Any]:
 def calibrated_terms(runs: list[dict[str, Any]], target_mu: float) -> dict[str, dict[str, float]]:
     """Where the searched fitness's seed noise comes from: for each of its factors (the three
     gaps and the relative utility), the mean and the sd over the loss's training seeds."""
-    from evounlearn.benchmarks.fitness import side_gap, smd_gap
+    from evounlearn.benchmarks.fitness import relative_utility
+    from evounlearn.benchmarks.tofu.fitness import calibrated_gaps
 
     cols: dict[str, list[float]] = {"rouge_gap": [], "prob_gap": [], "membership_gap": [], "relative_utility": []}
     for r in runs:
         s = summary_of(r)
-        cols["rouge_gap"].append(side_gap(s["forget_rouge"], s["holdout_rouge"], s["forget_rouge_gap_se"]))
-        cols["prob_gap"].append(side_gap(s["forget_prob"], s["holdout_prob"], s["forget_prob_gap_se"]))
-        cols["membership_gap"].append(smd_gap(s["mia_loss_smd"], s["mia_loss_smd_se"]))
-        cols["relative_utility"].append(min(1.0, float(s["model_utility"]) / target_mu))
+        for key, value in calibrated_gaps(s).items():
+            cols[key].append(value)
+        cols["relative_utility"].append(relative_utility(s, {"model_utility": target_mu}, "model_utility"))
     return {k: {"mean": statistics.fmean(v), "sd": _sd(v)} for k, v in cols.items()}
 
 

@@ -61,14 +61,21 @@ def tofu_calibrated_fitness(summary: Mapping[str, Any], target: Mapping[str, Any
     return calibrated_term(summary) * relative_utility(summary, target, "model_utility")
 
 
-def calibrated_term(summary: Mapping[str, Any]) -> float:
-    """`calibrated`'s first factor: 1 - the mean of its gaps (forget vs holdout), without the utility."""
-    gaps = [side_gap(metric(summary, f"forget_{k}"), metric(summary, f"holdout_{k}"),
-                     optional_metric(summary, f"forget_{k}_gap_se")) for k in ("rouge", "prob")]
+def calibrated_gaps(summary: Mapping[str, Any]) -> dict[str, float]:
+    """`calibrated`'s gaps (forget vs holdout), each in [0, 1]: `rouge_gap`, `prob_gap` and, when
+    the MIAs were computed, `membership_gap`. The datasheet (benchmarks/noise.py) reads them one
+    by one to say which carries the noise."""
+    gaps = {f"{k}_gap": side_gap(metric(summary, f"forget_{k}"), metric(summary, f"holdout_{k}"),
+                                 optional_metric(summary, f"forget_{k}_gap_se")) for k in ("rouge", "prob")}
     smd = optional_metric(summary, "mia_loss_smd")
     if smd is not None:
-        gaps.append(smd_gap(smd, optional_metric(summary, "mia_loss_smd_se")))
-    return calibration(gaps)
+        gaps["membership_gap"] = smd_gap(smd, optional_metric(summary, "mia_loss_smd_se"))
+    return gaps
+
+
+def calibrated_term(summary: Mapping[str, Any]) -> float:
+    """`calibrated`'s first factor: 1 - the mean of its gaps (forget vs holdout), without the utility."""
+    return calibration(list(calibrated_gaps(summary).values()))
 
 
 def tofu_robust_fitness(summary: Mapping[str, Any], target: Mapping[str, Any] | None = None) -> float:
