@@ -167,23 +167,9 @@ def evolve_result(rd: Path) -> dict[str, Any]:
             "final_best_mean": None if top is None else float(top.fitness_search),
             "final_best_seeds": None if top is None else top.n_search,
             "trainings": int(counts.get("candidates") or 0) + int(counts.get("search_reruns") or 0),
-            "oracle_report_fitness": _oracle_report_fitness(rd),
             "winner_search_fitness": win.get("fitness_search"), "winner_search_sd": win.get("fitness_search_std"),
             "trained": (data.get("counts") or {}).get("candidates"), "code": win.get("code"),
             "target_utility": data.get("target_utility")}
-
-
-def _oracle_report_fitness(rd: Path) -> float | None:
-    """The retain oracle's fitness on the report part, as the search's target information holds it."""
-    from evounlearn.search.store import Store
-
-    store = Store.open_run(rd)
-    try:
-        target = store.get_meta("target") or {}
-    finally:
-        store.close()
-    f = ((target.get("retain") or {}).get("report") or {}).get("fitness")
-    return float(f) if isinstance(f, (int, float)) and math.isfinite(f) else None
 
 
 def oracle_report_fitness(setting: str) -> float | None:
