@@ -16,6 +16,16 @@ seeds on the report part, which no arm sees while searching.
 
 Settings: each benchmark is used when its headroom, the retain oracle's report fitness minus the
 better tuned baseline's mean, is >= 0.05 (a rule that looks only at the oracle and the baselines).
+They are tried in the order of SETTINGS, the noise datasheet's order of cost and single-run sd
+(noise.json: partial-large 17 s and sd 0.037, entangled-large 22 s and 0.047, generated-large 38 s
+and 0.058; an order fixed before any arm ran), one whole setting at a time (its tuned baselines,
+its headroom, then its search and random arms), until `--needed` (2) settings qualify; the rest
+are not run (a setting that does not qualify costs only its tuned baselines).
+
+Each finished arm run is also kept as a small record, `benchmarks/results/search_value_runs/
+SETTING/ARM-seedK.json` (its results, wall seconds, winner job and the code version: a hash of
+src/ and the library versions), so a run interrupted on one machine continues on another from the
+committed records; a record from other code is not reused (the run is done again).
 Statistic per setting: delta = difference of the arms' means over search seeds, SE = sqrt(var_a /
 n_a + var_b / n_b); "beats" = delta > 2 SE and delta > 0.01; "worse" = delta < -2 SE. The search
 passes when, over the qualifying settings (>= 2 needed), it beats the better tuned baseline on
@@ -57,7 +67,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SETTINGS = ("generated-large", "entangled-large", "partial-large")
+SETTINGS = ("partial-large", "entangled-large", "generated-large")  # cheapest, steadiest first (noise.json)
+RECORDS = RESULTS / "search_value_runs"
 ARMS = ("search", "random", "tuned_npo", "tuned_simnpo")
 # Arms that may be added with --arms (not in the criteria): the search in the extended (token-level)
 # interface, so that what the token-level terms add is measured under the same protocol.
@@ -122,6 +133,52 @@ def run_seconds(setting: str, arm: str, seed: int, opts: argparse.Namespace) -> 
     """The wall seconds of one arm run (the CLI command, preparation included), as recorded when it ran."""
     f = Path(opts.work) / setting / f"{arm}-seed{seed}.seconds"
     return float(f.read_text()) if f.is_file() else None
+
+
+def code_version() -> dict[str, Any]:
+    """What an arm run's numbers depend on: a hash of every source file under src/ and the
+    installed torch / transformers / tokenizers versions."""
+    import hashlib
+
+    from evounlearn.versions import library_versions
+
+    h = hashlib.sha256()
+    for f in sorted((ROOT / "src").rglob("*")):
+        if f.is_file() and f.suffix in (".py", ".yaml") and "__pycache__" not in f.parts:
+            h.update(str(f.relative_to(ROOT)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return {"src": h.hexdigest()[:16], "libraries": library_versions()}
+
+
+def record_path(setting: str, arm: str, seed: int, opts: argparse.Namespace) -> Path:
+    return Path(opts.records) / setting / f"{arm}-seed{seed}.json"
+
+
+def read_record(setting: str, arm: str, seed: int, version: dict[str, Any],
+                opts: argparse.Namespace) -> dict[str, Any] | None:
+    """The kept record of one finished arm run, if it was made by this code (else None, said once)."""
+    p = record_path(setting, arm, seed, opts)
+    if not p.is_file():
+        return None
+    rec = json.loads(p.read_text())
+    if rec.get("code_version") != version:
+        print(f"  {setting:10s} {arm:13s} seed {seed}: record made by other code "
+              f"({rec.get('code_version')} vs {version}): run again", flush=True)
+        return None
+    return rec
+
+
+def write_record(setting: str, arm: str, seed: int, rd: Path, seconds: float | None,
+                 version: dict[str, Any], opts: argparse.Namespace) -> dict[str, Any]:
+    """Extract and keep one finished arm run's record (see the module's docstring)."""
+    from evounlearn.files import atomic_write_json
+
+    rec = {"setting": setting, "arm": arm, "seed": seed, "budget": opts.budget, "report_seeds": opts.report_seeds,
+           "finalists": opts.finalists, "workers": opts.workers, "seconds": seconds, "code_version": version,
+           "env": env_info(opts.workers), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "result": evolve_result(rd) if arm in EVOLVE_ARMS else tune_result(rd),
+           "winner_job": _winner_job(rd) if arm in EVOLVE_ARMS else None}
+    atomic_write_json(record_path(setting, arm, seed, opts), rec, indent=1, default=str)
+    return rec
 
 
 # ------------------------------------------------------------------------------------------------
@@ -223,15 +280,16 @@ def _winner_job(rd: Path) -> dict[str, Any] | None:
             "target_utility": target.get("target_utility"), "utility_floor": cfg.get("utility_floor", 0.9)}
 
 
-def transfer(settings: list[str], opts: argparse.Namespace) -> dict[str, dict[str, float | None]]:
-    """The search winner of each setting (search seed 0) trained and scored on every setting's
-    report part: the same candidate job as the search, in the same isolated workers
-    (`LocalExecutor`: loss code never runs in this process), `report_seeds` seeds, the calibrated
-    fitness against that setting's own target model and options."""
+def transfer(found: dict[str, dict[str, Any] | None], own: dict[str, float | None],
+             opts: argparse.Namespace) -> dict[str, dict[str, float | None]]:
+    """The search winner of each setting (search seed 0; `found`: its candidate job, also the
+    setting's options and target) trained and scored on every other setting's report part: the
+    same candidate job as the search, in the same isolated workers (`LocalExecutor`: loss code
+    never runs in this process), `report_seeds` seeds, the calibrated fitness against that
+    setting's own target model and options. `own`: each winner's report fitness on its own setting."""
     from evounlearn.search.executors import make_executor
 
-    runs = {s: Path(opts.work) / s / "search-seed0" for s in settings}
-    found = {s: _winner_job(rd) for s, rd in runs.items()}  # also each setting's options and target
+    settings = list(found)
     jobs: dict[tuple[str, str], list[Any]] = {}
     ex = make_executor("local", opts.workers)
     try:
@@ -253,7 +311,7 @@ def transfer(settings: list[str], opts: argparse.Namespace) -> dict[str, dict[st
             out[src] = {}
             for dst in settings:
                 if src == dst:
-                    out[src][dst] = evolve_result(runs[src]).get("report_fitness")
+                    out[src][dst] = own.get(src)
                     continue
                 fits = []
                 for fut in jobs.get((src, dst), []):
@@ -379,11 +437,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--finalists", type=int, default=1,
                     help="top candidates re-run before picking the winner (1: its re-runs select nothing)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(SETTINGS),
+                    help="benchmarks to try, in order, until --needed qualify")
+    ap.add_argument("--needed", type=int, default=2, help="qualifying settings to stop at (criteria need 2)")
     ap.add_argument("--arms", default=",".join(ARMS),
                     help=f"arms to run (default: the criteria's four; extra: {', '.join(EXTRA_ARMS)})")
     ap.add_argument("--work", default=str(ROOT / "runs" / "search_value"), help="where the runs are kept")
     ap.add_argument("--out", default=str(RESULTS / "search_value"), help="output path without extension")
+    ap.add_argument("--records", default=str(RECORDS), help="where each finished arm run's record is kept")
     opts = ap.parse_args(argv)
     settings, arms = opts.settings.split(","), opts.arms.split(",")
     unknown_arms = sorted(set(arms) - set(ARMS) - set(EXTRA_ARMS))
@@ -392,41 +453,62 @@ def main(argv: list[str] | None = None) -> int:
     if opts.quick:
         settings, opts.budget, opts.seeds, opts.report_seeds, opts.finalists = settings[:1], 4, 1, 1, 1
         opts.work = str(Path(opts.work).with_name(Path(opts.work).name + "_quick"))
+        opts.records = str(Path(opts.work) / "records")
     t0 = time.time()
+    version = code_version()
     results: dict[str, Any] = {s: {"arms": {}} for s in settings}
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {}
     trained, earlier, unknown = 0, 0.0, 0  # earlier: wall seconds of runs finished by an earlier invocation
-    # The tuned baselines first, on every setting: which settings qualify looks only at them and at
-    # the oracle, so the search and its random control run only where there is headroom.
-    order = [(s, a) for s in settings for a in arms if a.startswith("tuned_")]
-    order += [(s, a) for s in settings for a in arms if not a.startswith("tuned_")]
-    for setting, arm in order:
-        if "oracle_report_fitness" not in results[setting]:
-            results[setting]["oracle_report_fitness"] = oracle_report_fitness(setting)
-        if not arm.startswith("tuned_"):
-            if "headroom" not in results[setting]:
-                qualify(results[setting])
-            if not results[setting]["qualifies"] and not opts.quick and any(a.startswith("tuned_") for a in arms):
-                results[setting].setdefault("not_run", []).append(arm)
-                print(f"  {setting:10s} {arm:13s} not run: headroom {results[setting]['headroom']} < 0.05", flush=True)
-                continue
-        per = []
-        for seed in range(opts.seeds):
-            if (Path(opts.work) / setting / f"{arm}-seed{seed}" / "leaderboard.json").is_file():
-                took = run_seconds(setting, arm, seed, opts)
-                earlier += took or 0.0
-                unknown += took is None
-            rd = run_arm(arm, setting, seed, opts.budget, opts)
-            per.append(evolve_result(rd) if arm in EVOLVE_ARMS else tune_result(rd))
-        keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness", "trainings"]
-        keys += ["winner_search_sd"] if arm in EVOLVE_ARMS else []
-        keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness", "gen0_best_mean",
-                 "gen0_best_seeds", "final_best_mean", "final_best_seeds"] if arm.startswith("search") else []
-        results[setting]["arms"][arm] = {k: [p.get(k) for p in per] for k in keys}
-        trained += sum(int(p.get("trained") or 0) for p in per)
+    tuned_arms = [a for a in arms if a.startswith("tuned_")]
+    qualified: list[str] = []
     for setting in settings:
-        qualify(results[setting])
-    searched = [s for s in settings if "search" in results[s]["arms"]]
-    xfer = transfer(searched, opts) if len(searched) > 1 else {}
+        res = results[setting]
+        if len(qualified) >= opts.needed and not opts.quick:
+            res["not_run"] = "enough settings qualified before this one"
+            print(f"  {setting:10s} not run: {opts.needed} settings already qualify", flush=True)
+            continue
+        res["oracle_report_fitness"] = oracle_report_fitness(setting)
+        # The tuned baselines first: whether the setting qualifies looks only at them and at the
+        # oracle, so the search and its random control run only where there is headroom.
+        for arm in tuned_arms + [a for a in arms if a not in tuned_arms]:
+            if arm not in tuned_arms and tuned_arms and "headroom" not in res:
+                qualify(res)
+                print(f"  {setting:10s} headroom {res['headroom']} -> "
+                      f"{'qualifies' if res['qualifies'] else 'not used'}", flush=True)
+            if arm not in tuned_arms and tuned_arms and not res["qualifies"] and not opts.quick:
+                res.setdefault("not_run", []).append(arm)
+                continue
+            per = []
+            for seed in range(opts.seeds):
+                rec = read_record(setting, arm, seed, version, opts)
+                if rec is not None:
+                    earlier += rec.get("seconds") or 0.0
+                    unknown += rec.get("seconds") is None
+                else:
+                    rd = Path(opts.work) / setting / f"{arm}-seed{seed}"
+                    if (rd / "leaderboard.json").is_file():  # finished here by an earlier invocation
+                        took = run_seconds(setting, arm, seed, opts)
+                        earlier += took or 0.0
+                        unknown += took is None
+                    else:
+                        run_arm(arm, setting, seed, opts.budget, opts)  # counted in this invocation's wall time
+                        print(f"    ({(time.time() - t0) / 60:.1f} min into this invocation)", flush=True)
+                    rec = write_record(setting, arm, seed, rd, run_seconds(setting, arm, seed, opts), version, opts)
+                per.append(rec)
+            records[(setting, arm)] = per
+            keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness", "trainings"]
+            keys += ["winner_search_sd"] if arm in EVOLVE_ARMS else []
+            keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness", "gen0_best_mean",
+                     "gen0_best_seeds", "final_best_mean", "final_best_seeds"] if arm.startswith("search") else []
+            res["arms"][arm] = {k: [r["result"].get(k) for r in per] for k in keys}
+            trained += sum(int(r["result"].get("trained") or 0) for r in per)
+        qualify(res)
+        if res["qualifies"]:
+            qualified.append(setting)
+    searched = [s for s in settings if ("search" in results[s]["arms"]) and records.get((s, "search"))]
+    xfer = transfer({s: records[(s, "search")][0].get("winner_job") for s in searched},
+                    {s: records[(s, "search")][0]["result"].get("report_fitness") for s in searched},
+                    opts) if len(searched) > 1 else {}
     now = time.time() - t0
     seconds = now + earlier  # the whole benchmark: runs of earlier invocations count with their own wall time
     from evounlearn.benchmarks import get_fitness
@@ -436,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         "report_seeds": opts.report_seeds, "finalists": opts.finalists, "seconds": seconds,
         "seconds_this_invocation": now, "seconds_earlier_runs": earlier, "runs_without_recorded_time": unknown,
         "seconds_per_candidate": seconds / trained if trained else None,
-        "settings": results, "transfer": xfer, "env": env_info(opts.workers),
+        "settings": results, "transfer": xfer, "env": env_info(opts.workers), "code_version": version,
         "criteria": ({"evaluated": False, "why": "--quick is a smoke test"} if opts.quick or not set(ARMS) <= set(arms)
                      else criteria(results, seconds)),
     }

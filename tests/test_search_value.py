@@ -1,0 +1,115 @@
+"""benchmarks/search_value.py's orchestration, with the arm runs replaced by fixed results: the
+settings tried in order until two qualify (a setting without headroom costs only its tuned
+baselines), the records kept per finished arm run and reused only when made by the same code, and
+the criteria computed from the per-seed lists."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def sv():
+    spec = importlib.util.spec_from_file_location("search_value", ROOT / "benchmarks" / "search_value.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# report fitness per (setting, arm): the tuned baselines decide the headroom against the oracle
+ORACLE = {"partial-large": 0.99, "entangled-large": 0.95, "generated-large": 0.90}
+LEVEL = {("partial-large", "tuned_npo"): 0.70, ("partial-large", "tuned_simnpo"): 0.80,
+         ("entangled-large", "tuned_npo"): 0.93, ("entangled-large", "tuned_simnpo"): 0.90,
+         ("generated-large", "tuned_npo"): 0.60, ("generated-large", "tuned_simnpo"): 0.65}
+
+
+def _fake_runs(sv, monkeypatch, calls: list[tuple[str, str, int]]) -> None:
+    def run_arm(arm: str, setting: str, seed: int, budget: int, opts: Any) -> Path:
+        calls.append((setting, arm, seed))
+        return Path(opts.work) / setting / f"{arm}-seed{seed}"
+
+    def parse(rd: Path) -> tuple[str, str, int]:
+        arm, seed = rd.name.rsplit("-seed", 1)
+        return rd.parent.name, arm, int(seed)
+
+    def tune_result(rd: Path) -> dict[str, Any]:
+        setting, arm, seed = parse(rd)
+        v = LEVEL[(setting, arm)] + 0.01 * seed
+        return {"report_fitness": v, "forget_quality": 0.5, "model_utility": 0.8, "winner_search_fitness": v,
+                "trained": 4, "trainings": 4}
+
+    def evolve_result(rd: Path) -> dict[str, Any]:
+        setting, arm, seed = parse(rd)
+        v = ORACLE[setting] - (0.02 if arm == "search" else 0.15) + 0.01 * seed
+        return {"report_fitness": v, "forget_quality": 0.5, "model_utility": 0.8, "winner_search_fitness": v,
+                "winner_search_sd": 0.01, "trainings": 4, "trained": 4, "gen0_best": 0.5, "final_best": 0.7,
+                "gen0_best_fitness": 0.5, "final_best_fitness": 0.7, "gen0_best_mean": 0.5 + 0.01 * seed,
+                "gen0_best_seeds": 1, "final_best_mean": 0.7 + 0.01 * seed, "final_best_seeds": 3}
+
+    monkeypatch.setattr(sv, "run_arm", run_arm)
+    monkeypatch.setattr(sv, "tune_result", tune_result)
+    monkeypatch.setattr(sv, "evolve_result", evolve_result)
+    monkeypatch.setattr(sv, "_winner_job", lambda rd: {"code": "def loss(): ...", "epochs": 3})
+    monkeypatch.setattr(sv, "oracle_report_fitness", lambda s: ORACLE[s])
+    monkeypatch.setattr(sv, "transfer", lambda found, own, opts: {s: {s: own[s]} for s in found})
+
+
+def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch, tmp_path: Path) -> None:
+    calls: list[tuple[str, str, int]] = []
+    _fake_runs(sv, monkeypatch, calls)
+    args = ["--budget", "4", "--seeds", "3", "--work", str(tmp_path / "work"), "--records", str(tmp_path / "rec"),
+            "--out", str(tmp_path / "out" / "sv")]
+    assert sv.main(args) == 0
+    data = json.loads((tmp_path / "out" / "sv.json").read_text())
+    s = data["settings"]
+    # partial qualifies (0.99 - 0.80 + seeds' spread), entangled has no headroom: only its tuned
+    # baselines ran; generated is needed for the second qualifying setting
+    assert s["partial-large"]["qualifies"] and s["generated-large"]["qualifies"]
+    assert not s["entangled-large"]["qualifies"]
+    assert s["entangled-large"]["headroom"] == pytest.approx(0.95 - 0.94)
+    assert set(s["entangled-large"]["arms"]) == {"tuned_npo", "tuned_simnpo"}
+    assert s["entangled-large"]["not_run"] == ["search", "random"]
+    order = [(st, arm) for st, arm, seed in calls if seed == 0]
+    assert order == [("partial-large", "tuned_npo"), ("partial-large", "tuned_simnpo"), ("partial-large", "search"),
+                     ("partial-large", "random"), ("entangled-large", "tuned_npo"),
+                     ("entangled-large", "tuned_simnpo"), ("generated-large", "tuned_npo"),
+                     ("generated-large", "tuned_simnpo"), ("generated-large", "search"), ("generated-large", "random")]
+    assert len(calls) == 3 * len(order)
+    # the criteria, recomputed from the per-seed lists
+    c = data["criteria"]
+    assert c["qualifying_settings"] == ["generated-large", "partial-large"] and c["enough_settings"]
+    vs = c["vs_better_tuned"]["partial-large"]
+    assert vs["better_tuned"] == "tuned_simnpo" and vs["delta"] == pytest.approx(0.99 - 0.02 - 0.80)
+    assert vs["beats"] and c["beats_tuned_on_2_settings"] and c["beats_random_somewhere"]
+    assert c["final_best_above_gen0_best_everywhere"]
+    assert s["partial-large"]["arms"]["search"]["final_best_mean"] == pytest.approx([0.70, 0.71, 0.72])
+    rec = json.loads((tmp_path / "rec" / "partial-large" / "search-seed1.json").read_text())
+    assert rec["result"]["report_fitness"] == pytest.approx(0.98) and rec["winner_job"]["epochs"] == 3
+    assert rec["code_version"] == sv.code_version()
+
+    # a second invocation (the run folders gone, as on another machine) reuses every record
+    calls.clear()
+    assert sv.main(args) == 0
+    assert calls == []
+    assert json.loads((tmp_path / "out" / "sv.json").read_text())["settings"] == s
+
+    # records made by other code are not reused
+    monkeypatch.setattr(sv, "code_version", lambda: {"src": "other", "libraries": {}})
+    assert sv.main(args) == 0
+    assert len(calls) == 3 * len(order)
+
+
+def test_compare_uses_the_standard_error_of_the_difference(sv) -> None:
+    d = sv.compare([0.80, 0.82, 0.84], [0.70, 0.72, 0.74])
+    assert d["delta"] == pytest.approx(0.10) and d["se"] == pytest.approx((0.02**2 / 3 * 2) ** 0.5)
+    assert d["beats"] and not d["worse"]
+    small = sv.compare([0.80, 0.90, 0.70], [0.78, 0.88, 0.68])  # 0.02 apart, SE 0.08
+    assert not small["beats"] and not small["worse"]
