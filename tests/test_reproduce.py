@@ -1,0 +1,51 @@
+"""benchmarks/reproduce.py: a fresh install's datasheet against the committed one, on fixed numbers."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def rp():
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "benchmarks" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _loss(values: list[float]) -> dict:
+    m = sum(values) / len(values)
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return {"values": values, "mean": m, "sd": sd, "n": len(values)}
+
+
+def _sheet(losses: dict, target_mu: float) -> dict:
+    return {"settings": {"partial-large": {"losses": losses, "target": {"search": {"model_utility": target_mu}},
+                                           "oracle": {"search": {"model_utility": 0.9}}, "single_run_sd": 0.04,
+                                           "item_sd": 0.03, "paired_diff_sd": 0.05, "oracle_part_gap": -0.04}}}
+
+
+def test_identical_runs_reproduce_bit_for_bit(rp) -> None:
+    old = _sheet({"npo": _loss([0.5, 0.4, 0.45, 0.41])}, 0.9126)
+    out = rp.compare(old, old)["partial-large"]
+    v = out["losses"]["npo"]
+    assert v["delta"] == 0 and v["reproduced"] and v["bit_identical_seeds"] == 4 and v["max_seed_abs_diff"] == 0
+    assert out["target_max_abs_diff"] == 0 and out["all_reproduced"]
+
+
+def test_a_shifted_mean_beyond_2_se_is_not_reproduced(rp) -> None:
+    old = _sheet({"npo": _loss([0.50, 0.40, 0.45, 0.41]), "simnpo": _loss([0.40, 0.41, 0.38, 0.42])}, 0.9126)
+    new = _sheet({"npo": _loss([0.51, 0.41, 0.44, 0.42]), "simnpo": _loss([0.60, 0.61, 0.58, 0.62])}, 0.9)
+    out = rp.compare(new, old)["partial-large"]
+    assert out["losses"]["npo"]["reproduced"] and out["losses"]["npo"]["bit_identical_seeds"] == 0
+    s = out["losses"]["simnpo"]
+    assert s["delta"] == pytest.approx(0.2) and not s["reproduced"] and not out["all_reproduced"]
+    assert out["target_max_abs_diff"] == pytest.approx(0.0126)
+    assert "simnpo" in rp.markdown({"benchmarks": {"partial-large": out}, "seconds": 60, "env": {}, "committed_env": {}})
