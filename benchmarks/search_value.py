@@ -167,6 +167,17 @@ def read_record(setting: str, arm: str, seed: int, version: dict[str, Any],
     return rec
 
 
+def _portable(job: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A winner job without this machine's cache folder (`prepare.cache_dir`, set from
+    $EVOUNLEARN_CACHE): on another machine the job prepares in that machine's own cache."""
+    if job is None:
+        return None
+    unlearn = dict(job.get("unlearn") or {})
+    if isinstance(unlearn.get("prepare"), dict):
+        unlearn["prepare"] = {k: v for k, v in unlearn["prepare"].items() if k != "cache_dir"}
+    return {**job, "unlearn": unlearn}
+
+
 def write_record(setting: str, arm: str, seed: int, rd: Path, seconds: float | None,
                  version: dict[str, Any], opts: argparse.Namespace) -> dict[str, Any]:
     """Extract and keep one finished arm run's record (see the module's docstring)."""
@@ -176,7 +187,7 @@ def write_record(setting: str, arm: str, seed: int, rd: Path, seconds: float | N
            "finalists": opts.finalists, "workers": opts.workers, "seconds": seconds, "code_version": version,
            "env": env_info(opts.workers), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "result": evolve_result(rd) if arm in EVOLVE_ARMS else tune_result(rd),
-           "winner_job": _winner_job(rd) if arm in EVOLVE_ARMS else None}
+           "winner_job": _portable(_winner_job(rd)) if arm in EVOLVE_ARMS else None}
     atomic_write_json(record_path(setting, arm, seed, opts), rec, indent=1, default=str)
     return rec
 

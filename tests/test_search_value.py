@@ -57,7 +57,8 @@ def _fake_runs(sv, monkeypatch, calls: list[tuple[str, str, int]]) -> None:
     monkeypatch.setattr(sv, "run_arm", run_arm)
     monkeypatch.setattr(sv, "tune_result", tune_result)
     monkeypatch.setattr(sv, "evolve_result", evolve_result)
-    monkeypatch.setattr(sv, "_winner_job", lambda rd: {"code": "def loss(): ...", "epochs": 3})
+    monkeypatch.setattr(sv, "_winner_job", lambda rd: {"code": "def loss(): ...", "epochs": 3, "unlearn": {
+        "prepare": {"cache_dir": "/this/machine/cache", "train": {"epochs": 32}}}})
     monkeypatch.setattr(sv, "oracle_report_fitness", lambda s: ORACLE[s])
     monkeypatch.setattr(sv, "transfer", lambda found, own, opts: {s: {s: own[s]} for s in found})
 
@@ -93,6 +94,8 @@ def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch,
     assert s["partial-large"]["arms"]["search"]["final_best_mean"] == pytest.approx([0.70, 0.71, 0.72])
     rec = json.loads((tmp_path / "rec" / "partial-large" / "search-seed1.json").read_text())
     assert rec["result"]["report_fitness"] == pytest.approx(0.98) and rec["winner_job"]["epochs"] == 3
+    # the record travels: no folder of this machine in it
+    assert rec["winner_job"]["unlearn"] == {"prepare": {"train": {"epochs": 32}}}
     assert rec["code_version"] == sv.code_version()
 
     # a second invocation (the run folders gone, as on another machine) reuses every record
