@@ -447,15 +447,13 @@ def test_evolve_and_tune_take_the_robust_fitness_by_flag(capsys) -> None:
 def test_robustness_benchmark_smoke(tiny_prepared, tmp_path) -> None:
     """benchmarks/robustness.py on the tiny benchmark: one method, one seed, part 1 only; the JSON
     has the shape the issue asks for."""
-    import importlib.util
     import json
     import os
 
     cfg, _ = tiny_prepared
-    spec = importlib.util.spec_from_file_location("robustness", ROOT_DIR / "benchmarks" / "robustness.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from .benchmark_scripts import load_script
+
+    mod = load_script("robustness")
     opts = [f"prepare.{o}" for o in TINY_OVERRIDES] + [f"prepare.cache_dir={cfg.cache_dir}", "eval.max_new_tokens=24"]
     old = os.environ.get("EVOUNLEARN_CACHE")
     os.environ["EVOUNLEARN_CACHE"] = str(cfg.cache_dir)

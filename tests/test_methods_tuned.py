@@ -3,21 +3,16 @@ the whole script (real `evounlearn tune` commands and workers) on the fake bench
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .benchmark_scripts import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("methods_tuned", ROOT / "benchmarks" / "methods_tuned.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("methods_tuned")
 
 
 def test_method_result_takes_the_winners_report_runs_by_seed() -> None:

@@ -3,22 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .benchmark_scripts import load_script
 
 
 @pytest.fixture(scope="module")
 def noise():
-    spec = importlib.util.spec_from_file_location("noise_datasheet", ROOT / "benchmarks" / "noise.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("noise", "noise_datasheet")
 
 
 def test_loss_spec(noise) -> None:

@@ -5,23 +5,18 @@ the criteria computed from the per-seed lists."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .benchmark_scripts import load_script
 
 
 @pytest.fixture
 def sv():
-    spec = importlib.util.spec_from_file_location("search_value", ROOT / "benchmarks" / "search_value.py")
-    mod = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("search_value")
 
 
 # report fitness per (setting, arm): the tuned baselines decide the headroom against the oracle
