@@ -48,10 +48,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-BENCHMARKS = ("generated", "generated-large", "entangled-large", "partial-large")
+BENCHMARKS = ("generated", "generated-large", "entangled-large", "partial-large", "paraphrase-large")
 LOSSES = ("npo", "simnpo", "npo@lr=3e-4")  # the last: a gentler NPO, near the holdout level
 FITNESS = "calibrated"
 COMPARED = ("calibrated", "calibrated_v1", "oracle", "evomu")
+# The instrument's targets (the instrument issue): one candidate run's sd, the sd of a paired
+# difference between two candidates under shared seeds, and the oracle's search-vs-report gap
+TARGETS = {"single_run_sd": 0.035, "paired_diff_sd": 0.04, "oracle_part_gap": 0.03}
+MAX_TRAININGS = 3  # at most this many trainings per candidate run (the cost grows with it)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -262,6 +266,37 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
     return out
 
 
+def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
+    """The run a setting needs, in place: a candidate run = k trainings on shared seeds scored by
+    their mean (`evolve train_seeds=k`), so one run's sd is the one-training sd / sqrt(k) and a
+    paired difference's sd the one-training paired sd / sqrt(k) (the seeds are independent).
+    `trainings_per_candidate` = the smallest k <= MAX_TRAININGS that meets both sd targets (None:
+    none does); `single_run_sd`, `paired_diff_sd` and `resolves_at_2sd` are then those of one
+    run of k trainings (k = 1 where none does), `single_training_sd` and
+    `paired_diff_sd_one_training` those of one training; `meets_targets` adds the oracle's gap
+    (no k moves it: a property of the data's two parts). Works on entries written before these
+    fields existed (their `single_run_sd` was one training's)."""
+    one = float(sheet.get("single_training_sd", sheet["single_run_sd"]))
+    paired = float(sheet.get("paired_diff_sd_one_training", sheet["paired_diff_sd"]))
+    by_k = {str(k): {"single_run_sd": one / math.sqrt(k), "paired_diff_sd": paired / math.sqrt(k)}
+            for k in range(1, MAX_TRAININGS + 1)}
+    k = next((int(k) for k, v in by_k.items() if v["single_run_sd"] <= TARGETS["single_run_sd"]
+              and v["paired_diff_sd"] <= TARGETS["paired_diff_sd"]), None)
+    at = by_k[str(k or 1)]
+    gap_ok = abs(float(sheet["oracle_part_gap"])) <= TARGETS["oracle_part_gap"]
+    sheet.update({
+        "single_training_sd": one, "paired_diff_sd_one_training": paired, "by_trainings": by_k,
+        "trainings_per_candidate": k, "single_run_sd": at["single_run_sd"], "paired_diff_sd": at["paired_diff_sd"],
+        "resolves_at_2sd": 2 * at["paired_diff_sd"], "targets": dict(TARGETS),
+        "meets_targets": k is not None and gap_ok,
+        "why_not": None if k is not None and gap_ok else "; ".join(
+            ([] if k is not None else [f"no k <= {MAX_TRAININGS} trainings brings the sds to the targets"])
+            + ([] if gap_ok else [f"oracle part gap {float(sheet['oracle_part_gap']):+.3f} beyond "
+                                  f"{TARGETS['oracle_part_gap']}"])),
+    })
+    return sheet
+
+
 # ------------------------------------------------------------------------------------------------
 # the driver
 
@@ -290,14 +325,23 @@ def markdown(data: dict[str, Any]) -> str:
              f"of {', '.join(data['losses'])} per benchmark, search part, one torch thread per run; "
              f"item sd from {data['bootstrap']} bootstrap draws of the scored rows. "
              f"torch {data['env']['torch']}, transformers {data['env']['transformers']}, {data['env']['device']}.", "",
-             "| benchmark | rows/part | holdout rows | single-run sd | item sd | paired-diff sd | resolves (1 paired run, 2 sd) "
-             "| oracle search - report | s/candidate | target forget ROUGE | target MU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "One candidate run = k trainings on shared seeds, scored by their mean (`train_seeds=k`); k = the "
+             f"smallest k <= {MAX_TRAININGS} whose run meets the targets (single-run sd <= {TARGETS['single_run_sd']}, "
+             f"paired-diff sd <= {TARGETS['paired_diff_sd']}; the oracle's |search - report| <= "
+             f"{TARGETS['oracle_part_gap']} is the data's own): a run's sds are one training's / sqrt(k).", "",
+             "| benchmark | rows/part | holdout rows | one training: sd / paired-diff sd | k | run of k: sd / paired-diff sd "
+             "| resolves (1 paired run, 2 sd) | item sd | oracle search - report | meets targets | s/training "
+             "| target forget ROUGE | target MU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, s in data["settings"].items():
+        s = instrument(s)
         t = s["target"]["search"]
-        lines.append(f"| {name} | {s['rows_per_part']} | {s['holdout_rows']} | {s['single_run_sd']:.4f} | "
-                     f"{s['item_sd']:.4f} | {s['paired_diff_sd']:.4f} | {s['resolves_at_2sd']:.4f} | "
-                     f"{s['oracle_part_gap']:+.4f} | {s['seconds_per_candidate']:.1f} | "
+        k = s["trainings_per_candidate"]
+        lines.append(f"| {name} | {s['rows_per_part']} | {s['holdout_rows']} | {s['single_training_sd']:.4f} / "
+                     f"{s['paired_diff_sd_one_training']:.4f} | {k if k else f'none <= {MAX_TRAININGS}'} | "
+                     f"{s['single_run_sd']:.4f} / {s['paired_diff_sd']:.4f} | {s['resolves_at_2sd']:.4f} | "
+                     f"{s['item_sd']:.4f} | {s['oracle_part_gap']:+.4f} | "
+                     f"{'yes' if s['meets_targets'] else 'no: ' + str(s['why_not'])} | {s['seconds_per_candidate']:.1f} | "
                      f"{t['forget_rouge']:.3f} | {t['model_utility']:.3f} |")
     lines += ["", "Per loss (searched fitness, mean ± sd over seeds, n):", ""]
     for name, s in data["settings"].items():
@@ -318,12 +362,29 @@ def markdown(data: dict[str, Any]) -> str:
         ks = s.get("sd_of_mean_of_k_seeds", {})
         lines.append(f"- {name}: " + "; ".join(f"{p} {v:.4f}" for p, v in pairs.items())
                      + " | k seeds: " + ", ".join(f"k={k} {v:.4f}" for k, v in ks.items()))
-    lines += ["", "The same runs under the other fitnesses (single-run sd / paired-diff sd / oracle part gap):", ""]
+    lines += ["", "The same runs under the other fitnesses (one training: sd / paired-diff sd; oracle part gap):", ""]
     for name, s in data["settings"].items():
         cells = [f"`{f}` {v['single_run_sd']:.4f} / {v['paired_diff_sd']:.4f} / {v['oracle_part_gap']:+.4f}"
                  for f, v in s["fitnesses"].items()]
         lines.append(f"- {name}: " + "; ".join(cells))
     return "\n".join(lines) + "\n"
+
+
+def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """`new`'s benchmarks added to (or replacing theirs in) `old`, which must have been made with
+    the same fitness version, losses, seeds and bootstrap draws; each benchmark keeps its own
+    measurement's `env` and wall `seconds` (`measured`: an older entry's are its whole datasheet's),
+    every entry gets the instrument's fields, and `seconds` is the sum of both datasheets'."""
+    for key in ("fitness", "fitness_version", "losses", "seeds", "bootstrap"):
+        if old.get(key) != new.get(key):
+            raise SystemExit(f"noise.py --merge: the existing datasheet has {key}={old.get(key)!r}, this run "
+                             f"{new.get(key)!r}; run every benchmark again instead")
+    settings = {}
+    for name, sheet in old["settings"].items():
+        settings[name] = instrument({"measured": {"env": old.get("env"), "seconds": old.get("seconds")}, **sheet})
+    for name, sheet in new["settings"].items():
+        settings[name] = {"measured": {"env": new["env"], "seconds": new["seconds"]}, **sheet}
+    return {**new, "settings": settings, "seconds": float(old.get("seconds") or 0) + float(new["seconds"])}
 
 
 def main() -> None:
@@ -336,6 +397,8 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs" / "noise"))
     ap.add_argument("--out", default=str(RESULTS / "noise.json"))
     ap.add_argument("--quick", action="store_true", help="generated only, 2 seeds, NPO only (smoke test)")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the other benchmarks of an existing --out (same losses and seeds) and add or replace these")
     args = ap.parse_args()
     benches = args.benchmarks.split(",")
     losses = args.losses.split(",")
@@ -373,12 +436,15 @@ def main() -> None:
                   flush=True)
     for b in benches:
         target, oracle, prep_s = refs[b]
-        data["settings"][b] = datasheet(b, runs[b], target, oracle, losses, args.bootstrap)
+        data["settings"][b] = instrument(datasheet(b, runs[b], target, oracle, losses, args.bootstrap))
         data["settings"][b]["prepare_seconds"] = prep_s
+        data["settings"][b]["seconds"] = sum(r["seconds"] for r in runs[b])
     data["seconds"] = time.time() - t_start
     data["env"] = {**runtime_info(), "parent_threads": torch.get_num_threads(), "workers": args.workers,
                    "load_at_end": os.getloadavg()}
     out = Path(args.out)
+    if args.merge and out.is_file():
+        data = merged(json.loads(out.read_text()), data)
     out.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1, default=float)
     out.write_text(text + "\n")

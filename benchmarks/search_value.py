@@ -14,13 +14,21 @@ one finalist, so the finalist's re-runs select nothing: its search seeds are alr
 search seeds per arm; its winner (chosen on the search part) is re-run with `--report-seeds`
 seeds on the report part, which no arm sees while searching.
 
-Settings: each benchmark is used when its headroom, the retain oracle's report fitness minus the
-better tuned baseline's mean, is >= 0.05 (a rule that looks only at the oracle and the baselines).
-They are tried in the order of SETTINGS, the noise datasheet's order of cost and single-run sd
-(noise.json: partial-large 17 s and sd 0.037, entangled-large 22 s and 0.047, generated-large 38 s
-and 0.058; an order fixed before any arm ran), one whole setting at a time (its tuned baselines,
-its headroom, then its search and random arms), until `--needed` (2) settings qualify; the rest
-are not run (a setting that does not qualify costs only its tuned baselines).
+The instrument (noise.json, `--noise`): a candidate run is k trainings on shared seeds scored by
+their mean (`train_seeds=k`), k the smallest <= 3 whose run meets the datasheet's targets (one
+run's sd <= 0.035, a paired difference's <= 0.04); `--budget` and `--report-seeds` count
+trainings, so every arm gets budget // k runs and its winner ceil(report_seeds / k) report runs.
+With k > 1 the search does not race (a run is already the resolving mean; its lower bound uses
+the run's sd from the datasheet).
+
+Settings: each benchmark is used when (1) the datasheet says the instrument resolves there (some
+k <= 3 meets the sd targets and the retain oracle's search-vs-report gap is <= 0.03: the data's
+own, no k moves it) and (2) its headroom, the retain oracle's report fitness minus the better
+tuned baseline's mean, is >= 0.05: rules that look only at the datasheet's fixed losses, the
+oracle and the baselines. They are tried in the order of SETTINGS (fixed before any arm ran),
+one whole setting at a time (rule 1 costs nothing; then its tuned baselines, its headroom, then
+its search and random arms), until `--needed` (2) settings qualify; the rest are not run (a
+setting that fails rule 2 costs only its tuned baselines).
 
 Each finished arm run is also kept as a small record, `benchmarks/results/search_value_runs/
 SETTING/ARM-seedK.json` (its results, wall seconds, winner job and the code version: a hash of
@@ -67,7 +75,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SETTINGS = ("partial-large", "entangled-large", "generated-large")  # cheapest, steadiest first (noise.json)
+SETTINGS = ("partial-large", "entangled-large", "paraphrase-large", "generated-large")  # noise.json's order
+NOISE = RESULTS / "noise.json"
 RECORDS = RESULTS / "search_value_runs"
 ARMS = ("search", "random", "tuned_npo", "tuned_simnpo")
 # Arms that may be added with --arms (not in the criteria): the search in the extended (token-level)
@@ -102,8 +111,32 @@ def _common(setting: str, budget: int, seed: int, opts: argparse.Namespace) -> l
     return ["--benchmark", setting, "--budget", str(budget), "--seed", str(seed), "--workers", str(opts.workers)]
 
 
-def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Namespace) -> Path:
-    """The arm's run directory (run now unless a finished one is there)."""
+def instrument(setting: str, opts: argparse.Namespace) -> dict[str, Any]:
+    """The setting's instrument from the noise datasheet (`--noise`): trainings per candidate run
+    k (`train_seeds`), one run's sd, the paired-difference sd, the oracle's part gap and whether
+    they meet the instrument's targets (noise.py `instrument`). A setting without a datasheet
+    entry does not meet them."""
+    sheets = json.loads(Path(opts.noise).read_text()).get("settings", {}) if Path(opts.noise).is_file() else {}
+    sheet = sheets.get(setting)
+    if sheet is None or "meets_targets" not in sheet:
+        return {"trainings_per_candidate": None, "meets_targets": False,
+                "why_not": f"no datasheet entry in {opts.noise} (benchmarks/noise.py --benchmarks {setting} --merge)"}
+    keys = ("trainings_per_candidate", "single_run_sd", "paired_diff_sd", "single_training_sd",
+            "paired_diff_sd_one_training", "oracle_part_gap", "seconds_per_candidate", "meets_targets", "why_not")
+    return {k: sheet.get(k) for k in keys}
+
+
+def runs_of(trainings: int, k: int) -> int:
+    """Candidate runs of k trainings each that `trainings` trainings pay for (at least 1)."""
+    return max(1, int(trainings) // max(1, int(k)))
+
+
+def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Namespace, k: int = 1,
+            run_sd: float | None = None) -> Path:
+    """The arm's run directory (run now unless a finished one is there). `budget` counts
+    trainings: the arm gets budget // k runs of k trainings (`train_seeds=k`) and its winner
+    ceil(report_seeds / k) runs on the report part; with k > 1 the search does not race (each
+    run already has the datasheet's resolving sd, `run_sd`, which its lower bound uses)."""
     rd = Path(opts.work) / setting / f"{arm}-seed{seed}"
     if (rd / "leaderboard.json").is_file():
         return rd  # finished by an earlier invocation: its wall time is in ARM-seedK.seconds
@@ -111,15 +144,17 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
         import shutil
 
         shutil.rmtree(rd)
-    keys = [f"finalists={opts.finalists}", f"report_seeds={opts.report_seeds}"]
+    keys = [f"finalists={opts.finalists}", f"report_seeds={-(-opts.report_seeds // k)}", f"train_seeds={k}"]
+    runs = runs_of(budget, k)
     if arm in EVOLVE_ARMS:
-        args = ["evolve", *_common(setting, budget, seed, opts), "--run-dir", str(rd),
+        races = ["ours.race_top=0", *([f"ours.noise_sd={run_sd:.4f}"] if run_sd else [])] if k > 1 else []
+        args = ["evolve", *_common(setting, runs, seed, opts), "--run-dir", str(rd),
                 *(["--control", "random"] if arm == "random" else ["--mode", "ours"]),
                 *(["interface=extended"] if arm == "search_extended" else []),
-                f"fitness={FITNESS}", "baselines=[]", *keys]
+                f"fitness={FITNESS}", "baselines=[]", *keys, *races]
     else:
         method = arm.removeprefix("tuned_")
-        args = ["tune", "--method", method, *_common(setting, budget, seed, opts), "--run-dir", str(rd),
+        args = ["tune", "--method", method, *_common(setting, runs, seed, opts), "--run-dir", str(rd),
                 f"fitness={FITNESS}", *keys]
     t = time.time()
     _cli(args, rd.parent / f"{arm}-seed{seed}.log")
@@ -179,14 +214,15 @@ def _portable(job: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def write_record(setting: str, arm: str, seed: int, rd: Path, seconds: float | None,
-                 version: dict[str, Any], opts: argparse.Namespace) -> dict[str, Any]:
+                 version: dict[str, Any], opts: argparse.Namespace, k: int = 1) -> dict[str, Any]:
     """Extract and keep one finished arm run's record (see the module's docstring)."""
     from evounlearn.files import atomic_write_json
 
     rec = {"setting": setting, "arm": arm, "seed": seed, "budget": opts.budget, "report_seeds": opts.report_seeds,
-           "finalists": opts.finalists, "workers": opts.workers, "seconds": seconds, "code_version": version,
-           "env": env_info(opts.workers), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "result": evolve_result(rd) if arm in EVOLVE_ARMS else tune_result(rd),
+           "train_seeds": k, "finalists": opts.finalists, "workers": opts.workers, "seconds": seconds,
+           "code_version": version, "env": env_info(opts.workers),
+           "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "result": evolve_result(rd, k) if arm in EVOLVE_ARMS else tune_result(rd, k),
            "winner_job": _portable(_winner_job(rd)) if arm in EVOLVE_ARMS else None}
     atomic_write_json(record_path(setting, arm, seed, opts), rec, indent=1, default=str)
     return rec
@@ -201,12 +237,13 @@ def _mean(xs: list[float | None]) -> float | None:
     return statistics.fmean(vals) if vals else None
 
 
-def evolve_result(rd: Path) -> dict[str, Any]:
+def evolve_result(rd: Path, k: int = 1) -> dict[str, Any]:
     """Winner's report-part fitness / FQ / MU (means over report seeds), the best search-part
     score of generation 0 and of the whole run, the run's seconds and trained candidates. "Best"
     ranks as the search itself ranks (`score_search`: the fitness, minus 2 below the utility
     floor), so a generation-0 candidate the search would never pick cannot stand for its best; the
-    plain best search-part fitness is kept beside it."""
+    plain best search-part fitness is kept beside it. `trainings` = search-part runs x k (each run
+    trains k times, `train_seeds`)."""
     from evounlearn.search.archive import eligible, score_of
     from evounlearn.search.store import Store
 
@@ -234,7 +271,7 @@ def evolve_result(rd: Path) -> dict[str, Any]:
             "gen0_best_seeds": None if top0 is None else top0.n_search,
             "final_best_mean": None if top is None else float(top.fitness_search),
             "final_best_seeds": None if top is None else top.n_search,
-            "trainings": int(counts.get("candidates") or 0) + int(counts.get("search_reruns") or 0),
+            "trainings": (int(counts.get("candidates") or 0) + int(counts.get("search_reruns") or 0)) * k,
             "winner_search_fitness": win.get("fitness_search"), "winner_search_sd": win.get("fitness_search_std"),
             "trained": (data.get("counts") or {}).get("candidates"), "code": win.get("code"),
             "target_utility": data.get("target_utility")}
@@ -255,18 +292,19 @@ def oracle_report_fitness(setting: str) -> float | None:
     return float(f) if math.isfinite(f) else None
 
 
-def tune_result(rd: Path) -> dict[str, Any]:
-    """The tune winner's report-part fitness, and FQ / MU from its report runs' results.json."""
+def tune_result(rd: Path, k: int = 1) -> dict[str, Any]:
+    """The tune winner's report-part fitness, and FQ / MU from its report runs' results.json (with
+    k trainings per run: each training's, under RUN/train-seedS/)."""
     data = json.loads((rd / "leaderboard.json").read_text())
     best = (data.get("best") or {}).get("trial")
     row = next((f for f in data.get("finalists") or [] if f.get("trial") == best), {})
     summaries = []
-    for res in sorted((rd / "trials" / f"{best:05d}").glob("report-seed*/results.json")) if best is not None else []:
+    for res in sorted((rd / "trials" / f"{best:05d}").glob("report-seed*/**/results.json")) if best is not None else []:
         summaries.append(json.loads(res.read_text()).get("summary") or {})
     return {"report_fitness": row.get("report_fitness_mean"), "winner_search_fitness": row.get("search_fitness"),
             "forget_quality": _mean([s.get("forget_quality") for s in summaries]),
             "model_utility": _mean([s.get("model_utility") for s in summaries]),
-            "trained": data.get("trained"), "trainings": data.get("trained")}
+            "trained": data.get("trained"), "trainings": int(data.get("trained") or 0) * k}
 
 
 def _winner_job(rd: Path) -> dict[str, Any] | None:
@@ -386,6 +424,8 @@ def criteria(settings: dict[str, Any], seconds: float) -> dict[str, Any]:
         "never_worse_than_random": not any(v["worse"] for v in vs_random.values()),
         "final_best_above_gen0_best_everywhere": bool(improves) and all(
             v["final_mean_above_gen0_mean"] for v in improves.values()),
+        "instrument_meets_targets_everywhere": bool(used) and all(
+            (s.get("instrument") or {}).get("meets_targets") for s in used.values()),
         "total_minutes": seconds / 60.0, "total_time_ok": seconds <= 150 * 60,
     }
 
@@ -405,11 +445,15 @@ def _fmt(x: Any) -> str:
 
 
 def table(data: dict[str, Any]) -> str:
-    lines = ["| setting (oracle, headroom) | arm | report fitness mean ± sd (n) | per search seed | FQ | MU "
+    lines = ["| setting (oracle, headroom, trainings per run) | arm | report fitness mean ± sd (n) | per search seed | FQ | MU "
              "| trainings | gen-0 best mean | final best mean |",
              "|---|---|---|---|---|---|---|---|---|"]
     for name, s in data["settings"].items():
-        where = f"{name} ({_fmt(s.get('oracle_report_fitness'))}, {_fmt(s.get('headroom'))}" + (
+        if not s["arms"]:
+            lines.append(f"| {name} | - | not run: {s.get('not_run')} | | | | | | |")
+            continue
+        k = (s.get("instrument") or {}).get("trainings_per_candidate")
+        where = f"{name} ({_fmt(s.get('oracle_report_fitness'))}, {_fmt(s.get('headroom'))}, k={k}" + (
             ")" if s.get("qualifies") else ", not used)")
         for arm, a in s["arms"].items():
             vals = [float(x) for x in a["report_fitness"] if isinstance(x, (int, float))]
@@ -426,7 +470,7 @@ def markdown(data: dict[str, Any]) -> str:
     out = [f"# Search value{' - QUICK smoke test' if data['quick'] else ''}", "",
            f"fitness `{data['fitness']}` (version {data.get('fitness_version')}), budget {data['budget']} per arm and search seed, "
            f"{data['search_seeds']} search seed(s), {data['report_seeds']} report seed(s); "
-           f"{data['seconds'] / 60:.1f} min, {_fmt(data['seconds_per_candidate'])} s per trained candidate; "
+           f"{data['seconds'] / 60:.1f} min, {_fmt(data['seconds_per_training'])} s of wall time per training; "
            f"env {json.dumps(data['env'])}", "", table(data), ""]
     if data.get("transfer"):
         names = list(data["transfer"])
@@ -442,9 +486,12 @@ def markdown(data: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="smoke test: 1 setting, budget 4, 1 seed, no criteria")
-    ap.add_argument("--budget", type=int, default=24, help="trained candidates / trials per arm and seed")
+    ap.add_argument("--budget", type=int, default=24,
+                    help="trainings per arm and search seed (runs of k trainings: budget // k runs)")
+    ap.add_argument("--noise", default=str(NOISE), help="the noise datasheet (k and whether a setting resolves)")
     ap.add_argument("--seeds", type=int, default=5, help="search seeds per arm")
-    ap.add_argument("--report-seeds", type=int, default=3, help="seeds of the winner's re-run on the report part")
+    ap.add_argument("--report-seeds", type=int, default=3,
+                    help="trainings of the winner's re-run on the report part (ceil(n / k) runs of k)")
     ap.add_argument("--finalists", type=int, default=1,
                     help="top candidates re-run before picking the winner (1: its re-runs select nothing)")
     ap.add_argument("--workers", type=int, default=2)
@@ -478,6 +525,13 @@ def main(argv: list[str] | None = None) -> int:
             res["not_run"] = "enough settings qualified before this one"
             print(f"  {setting:10s} not run: {opts.needed} settings already qualify", flush=True)
             continue
+        inst = res["instrument"] = instrument(setting, opts)
+        if not inst["meets_targets"] and not opts.quick:
+            # the instrument's rule, before any arm runs: looks only at the datasheet (fixed losses, the oracle)
+            res["not_run"] = f"the instrument does not resolve here: {inst['why_not']}"
+            print(f"  {setting:10s} not run: {res['not_run']}", flush=True)
+            continue
+        k = int(inst["trainings_per_candidate"] or 1)
         res["oracle_report_fitness"] = oracle_report_fitness(setting)
         # The tuned baselines first: whether the setting qualifies looks only at them and at the
         # oracle, so the search and its random control run only where there is headroom.
@@ -502,9 +556,9 @@ def main(argv: list[str] | None = None) -> int:
                         earlier += took or 0.0
                         unknown += took is None
                     else:
-                        run_arm(arm, setting, seed, opts.budget, opts)  # counted in this invocation's wall time
+                        run_arm(arm, setting, seed, opts.budget, opts, k, inst.get("single_run_sd"))  # this invocation's time
                         print(f"    ({(time.time() - t0) / 60:.1f} min into this invocation)", flush=True)
-                    rec = write_record(setting, arm, seed, rd, run_seconds(setting, arm, seed, opts), version, opts)
+                    rec = write_record(setting, arm, seed, rd, run_seconds(setting, arm, seed, opts), version, opts, k)
                 per.append(rec)
             records[(setting, arm)] = per
             keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness", "trainings"]
@@ -512,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             keys += ["gen0_best", "final_best", "gen0_best_fitness", "final_best_fitness", "gen0_best_mean",
                      "gen0_best_seeds", "final_best_mean", "final_best_seeds"] if arm.startswith("search") else []
             res["arms"][arm] = {k: [r["result"].get(k) for r in per] for k in keys}
-            trained += sum(int(r["result"].get("trained") or 0) for r in per)
+            trained += sum(int(r["result"].get("trainings") or 0) for r in per)
         qualify(res)
         if res["qualifies"]:
             qualified.append(setting)
@@ -528,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         "fitness": FITNESS, "fitness_version": get_fitness(settings[0], FITNESS).version, "budget": opts.budget, "quick": opts.quick, "search_seeds": opts.seeds,
         "report_seeds": opts.report_seeds, "finalists": opts.finalists, "seconds": seconds,
         "seconds_this_invocation": now, "seconds_earlier_runs": earlier, "runs_without_recorded_time": unknown,
-        "seconds_per_candidate": seconds / trained if trained else None,
+        "seconds_per_training": seconds / trained if trained else None, "trainings": trained,
         "settings": results, "transfer": xfer, "env": env_info(opts.workers), "code_version": version,
         "criteria": ({"evaluated": False, "why": "--quick is a smoke test"} if opts.quick or not set(ARMS) <= set(arms)
                      else criteria(results, seconds)),

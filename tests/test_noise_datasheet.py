@@ -63,3 +63,34 @@ def test_datasheet_pools_every_pair_and_splits_the_terms(noise) -> None:
     assert sheet["terms"]["c"]["relative_utility"]["sd"] > 0.04
     k = sheet["sd_of_mean_of_k_seeds"]
     assert k["1"] == pytest.approx(sheet["single_run_sd"]) and k["3"] == pytest.approx(k["1"] / math.sqrt(3))
+
+
+def test_instrument_picks_the_fewest_trainings_that_meet_the_targets(noise) -> None:
+    # one training: sd 0.047, paired 0.057 -> k = 2 gives 0.033 / 0.0403 (paired misses), k = 3 0.027 / 0.033
+    s = noise.instrument({"single_run_sd": 0.047, "paired_diff_sd": 0.057, "oracle_part_gap": 0.0})
+    assert s["trainings_per_candidate"] == 3 and s["meets_targets"] and s["why_not"] is None
+    assert s["single_run_sd"] == pytest.approx(0.047 / 3 ** 0.5) and s["paired_diff_sd"] == pytest.approx(0.057 / 3 ** 0.5)
+    assert s["single_training_sd"] == 0.047 and s["resolves_at_2sd"] == pytest.approx(2 * 0.057 / 3 ** 0.5)
+    assert noise.instrument(dict(s)) == s  # applied again (a merged datasheet): the same
+    one = noise.instrument({"single_run_sd": 0.03, "paired_diff_sd": 0.04, "oracle_part_gap": -0.03})
+    assert one["trainings_per_candidate"] == 1 and one["meets_targets"]
+    # no k <= 3 resolves; the oracle's gap is the data's own (no k moves it)
+    far = noise.instrument({"single_run_sd": 0.0576, "paired_diff_sd": 0.0867, "oracle_part_gap": 0.005})
+    assert far["trainings_per_candidate"] is None and not far["meets_targets"] and "no k <= 3" in far["why_not"]
+    assert far["single_run_sd"] == 0.0576  # reported as one training's
+    gap = noise.instrument({"single_run_sd": 0.0366, "paired_diff_sd": 0.051, "oracle_part_gap": -0.041})
+    assert gap["trainings_per_candidate"] == 2 and not gap["meets_targets"] and "oracle part gap -0.041" in gap["why_not"]
+
+
+def test_merge_keeps_the_other_benchmarks_and_refuses_another_protocol(noise) -> None:
+    head = {"fitness": "calibrated", "fitness_version": 2, "losses": ["npo"], "seeds": 8, "bootstrap": 300}
+    entry = {"single_run_sd": 0.047, "paired_diff_sd": 0.057, "oracle_part_gap": 0.0}
+    old = {**head, "settings": {"a": dict(entry), "b": dict(entry)}, "seconds": 100.0, "env": {"torch": "old"}}
+    new = {**head, "settings": {"b": noise.instrument({**entry, "oracle_part_gap": 0.1})}, "seconds": 10.0,
+           "env": {"torch": "new"}}
+    m = noise.merged(old, new)
+    assert list(m["settings"]) == ["a", "b"] and m["seconds"] == 110.0
+    assert m["settings"]["a"]["measured"]["env"] == {"torch": "old"} and m["settings"]["a"]["meets_targets"]
+    assert m["settings"]["b"]["measured"]["env"] == {"torch": "new"} and not m["settings"]["b"]["meets_targets"]
+    with pytest.raises(SystemExit, match="seeds"):
+        noise.merged(old, {**new, "seeds": 4})

@@ -1,7 +1,8 @@
 """benchmarks/search_value.py's orchestration, with the arm runs replaced by fixed results: the
-settings tried in order until two qualify (a setting without headroom costs only its tuned
-baselines), the records kept per finished arm run and reused only when made by the same code, and
-the criteria computed from the per-seed lists."""
+settings tried in order until two qualify (a setting where the noise datasheet says the instrument
+does not resolve costs nothing, one without headroom only its tuned baselines), each setting's
+trainings per run from the datasheet, the records kept per finished arm run and reused only when
+made by the same code, and the criteria computed from the per-seed lists."""
 
 from __future__ import annotations
 
@@ -20,14 +21,28 @@ def sv():
 
 
 # report fitness per (setting, arm): the tuned baselines decide the headroom against the oracle
-ORACLE = {"partial-large": 0.99, "entangled-large": 0.95, "generated-large": 0.90}
+ORACLE = {"partial-large": 0.99, "entangled-large": 0.95, "generated-large": 0.90, "paraphrase-large": 0.99}
+# the noise datasheet's verdict per setting: trainings per run k (None: no k <= 3 resolves), oracle gap
+SHEETS = {"partial-large": (1, 0.01), "entangled-large": (3, 0.0), "paraphrase-large": (2, 0.05),
+          "generated-large": (2, 0.0)}
+
+
+def _noise_file(sv, path: Path) -> Path:
+    noise = load_script("noise")
+    settings = {}
+    for name, (k, gap) in SHEETS.items():
+        one = 0.034 * (k or 1) ** 0.5  # one training's sd: k trainings bring it to 0.034
+        settings[name] = noise.instrument({"single_run_sd": one, "paired_diff_sd": one, "oracle_part_gap": gap})
+    path.write_text(json.dumps({"settings": settings}))
+    return path
 LEVEL = {("partial-large", "tuned_npo"): 0.70, ("partial-large", "tuned_simnpo"): 0.80,
          ("entangled-large", "tuned_npo"): 0.93, ("entangled-large", "tuned_simnpo"): 0.90,
          ("generated-large", "tuned_npo"): 0.60, ("generated-large", "tuned_simnpo"): 0.65}
 
 
 def _fake_runs(sv, monkeypatch, calls: list[tuple[str, str, int]]) -> None:
-    def run_arm(arm: str, setting: str, seed: int, budget: int, opts: Any) -> Path:
+    def run_arm(arm: str, setting: str, seed: int, budget: int, opts: Any, k: int = 1, run_sd: Any = None) -> Path:
+        assert k == SHEETS[setting][0] and run_sd == pytest.approx(0.034)
         calls.append((setting, arm, seed))
         return Path(opts.work) / setting / f"{arm}-seed{seed}"
 
@@ -35,13 +50,13 @@ def _fake_runs(sv, monkeypatch, calls: list[tuple[str, str, int]]) -> None:
         arm, seed = rd.name.rsplit("-seed", 1)
         return rd.parent.name, arm, int(seed)
 
-    def tune_result(rd: Path) -> dict[str, Any]:
+    def tune_result(rd: Path, k: int = 1) -> dict[str, Any]:
         setting, arm, seed = parse(rd)
         v = LEVEL[(setting, arm)] + 0.01 * seed
         return {"report_fitness": v, "forget_quality": 0.5, "model_utility": 0.8, "winner_search_fitness": v,
                 "trained": 4, "trainings": 4}
 
-    def evolve_result(rd: Path) -> dict[str, Any]:
+    def evolve_result(rd: Path, k: int = 1) -> dict[str, Any]:
         setting, arm, seed = parse(rd)
         v = ORACLE[setting] - (0.02 if arm == "search" else 0.15) + 0.01 * seed
         return {"report_fitness": v, "forget_quality": 0.5, "model_utility": 0.8, "winner_search_fitness": v,
@@ -62,7 +77,7 @@ def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch,
     calls: list[tuple[str, str, int]] = []
     _fake_runs(sv, monkeypatch, calls)
     args = ["--budget", "4", "--seeds", "3", "--work", str(tmp_path / "work"), "--records", str(tmp_path / "rec"),
-            "--out", str(tmp_path / "out" / "sv")]
+            "--out", str(tmp_path / "out" / "sv"), "--noise", str(_noise_file(sv, tmp_path / "noise.json"))]
     assert sv.main(args) == 0
     data = json.loads((tmp_path / "out" / "sv.json").read_text())
     s = data["settings"]
@@ -73,6 +88,9 @@ def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch,
     assert s["entangled-large"]["headroom"] == pytest.approx(0.95 - 0.94)
     assert set(s["entangled-large"]["arms"]) == {"tuned_npo", "tuned_simnpo"}
     assert s["entangled-large"]["not_run"] == ["search", "random"]
+    # the datasheet says the oracle's parts differ by 0.05 on paraphrase: nothing of it runs
+    assert s["paraphrase-large"]["arms"] == {} and "oracle part gap +0.050" in s["paraphrase-large"]["not_run"]
+    assert s["generated-large"]["instrument"]["trainings_per_candidate"] == 2
     order = [(st, arm) for st, arm, seed in calls if seed == 0]
     assert order == [("partial-large", "tuned_npo"), ("partial-large", "tuned_simnpo"), ("partial-large", "search"),
                      ("partial-large", "random"), ("entangled-large", "tuned_npo"),
@@ -85,7 +103,9 @@ def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch,
     vs = c["vs_better_tuned"]["partial-large"]
     assert vs["better_tuned"] == "tuned_simnpo" and vs["delta"] == pytest.approx(0.99 - 0.02 - 0.80)
     assert vs["beats"] and c["beats_tuned_on_2_settings"] and c["beats_random_somewhere"]
-    assert c["final_best_above_gen0_best_everywhere"]
+    assert c["final_best_above_gen0_best_everywhere"] and c["instrument_meets_targets_everywhere"]
+    rec0 = json.loads((tmp_path / "rec" / "generated-large" / "search-seed0.json").read_text())
+    assert rec0["train_seeds"] == 2
     assert s["partial-large"]["arms"]["search"]["final_best_mean"] == pytest.approx([0.70, 0.71, 0.72])
     rec = json.loads((tmp_path / "rec" / "partial-large" / "search-seed1.json").read_text())
     assert rec["result"]["report_fitness"] == pytest.approx(0.98) and rec["winner_job"]["epochs"] == 3
@@ -111,3 +131,25 @@ def test_compare_uses_the_standard_error_of_the_difference(sv) -> None:
     assert d["beats"] and not d["worse"]
     small = sv.compare([0.80, 0.90, 0.70], [0.78, 0.88, 0.68])  # 0.02 apart, SE 0.08
     assert not small["beats"] and not small["worse"]
+
+
+def test_an_arm_runs_budget_over_k_runs_of_k_trainings(sv, monkeypatch, tmp_path: Path) -> None:
+    """With k = 3 trainings per run, a budget of 24 trainings is 8 runs of train_seeds=3; 3 report
+    trainings are 1 report run; the search does not race and ranks with the run's sd."""
+    seen: list[list[str]] = []
+    monkeypatch.setattr(sv, "_cli", lambda args, log: seen.append(args))
+    opts = sv.argparse.Namespace(work=str(tmp_path), finalists=1, report_seeds=3, workers=2)
+    for setting in ("entangled-large", "partial-large"):
+        (tmp_path / setting).mkdir()
+    sv.run_arm("search", "entangled-large", 0, 24, opts, 3, 0.0271)
+    sv.run_arm("tuned_npo", "entangled-large", 0, 24, opts, 3, 0.0271)
+    sv.run_arm("random", "partial-large", 1, 24, opts, 1, 0.03)
+    search, tuned, random_one = seen
+    assert search[search.index("--budget") + 1] == "8" and tuned[tuned.index("--budget") + 1] == "8"
+    for args in (search, tuned):
+        assert "train_seeds=3" in args and "report_seeds=1" in args
+    assert "ours.race_top=0" in search and "ours.noise_sd=0.0271" in search
+    assert not any(a.startswith("ours.") for a in tuned)
+    assert random_one[random_one.index("--budget") + 1] == "24" and "report_seeds=3" in random_one
+    assert "train_seeds=1" in random_one and not any(a.startswith("ours.") for a in random_one)
+    assert sv.runs_of(24, 3) == 8 and sv.runs_of(2, 3) == 1

@@ -1,8 +1,10 @@
 """The one candidate job: train and evaluate one candidate on any benchmark.
 
 The driver submits `evaluate_candidate(...)` through an `executor.Executor`; generated code is only
-checked, compiled and run here, in the worker process. One job = one training run, reaching the
-benchmark only through the `benchmarks.base.Benchmark` protocol:
+checked, compiled and run here, in the worker process. One job = one training run (or, with
+`train_seeds` n > 1, n trainings on shared seeds scored by their mean: the instrument's resolving
+setting, benchmarks/results/noise.json), reaching the benchmark only through the
+`benchmarks.base.Benchmark` protocol:
 
 1. the loss program is validated again (`validate.validate_source`: whitelist, probe tensors) and
    its self-contained text is written to `RUN_DIR/loss.py`; a baseline is a registered `method`;
@@ -38,6 +40,7 @@ import json
 import logging
 import math
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -65,7 +68,7 @@ if TYPE_CHECKING:
     from ..sandbox import JobResult
 
 __all__ = ["INFRA_RETRIES", "STAGE_FULL", "STAGE_SHORT", "CandidateResult", "JobOutcome", "StageResult", "classify_failure",
-           "evaluate_candidate", "target_info"]
+           "evaluate_candidate", "mean_over_seeds", "target_info", "training_seeds"]
 
 STAGE_SHORT = 1  # stopped after the first stage (not promoted)
 STAGE_FULL = 2  # trained to full length
@@ -105,6 +108,8 @@ class CandidateResult:
     # the reader scores with the same ones ("" from an older or fake job: the reader's own choice)
     fitness_name: str = ""
     utility_key: str = ""
+    # a job with train_seeds > 1: each training's fitness (`fitness` is their mean); else empty
+    seed_fitness: list[float] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -452,10 +457,95 @@ def evaluate_candidate(
     utility_floor: float = 0.9,
     keep_model: bool = False,
     fitness: str = "",
+    train_seeds: int = 1,
 ) -> dict[str, Any]:
     """Train and evaluate one candidate (loss program `code`, or registered `method`) and score it
     with the benchmark's fitness `fitness` (empty: its default); see the module docstring.
-    Returns `CandidateResult.to_dict()`; never raises for what the candidate does."""
+    `train_seeds` n > 1: the candidate is trained n times (`training_seeds`) and scored by the
+    mean (`mean_over_seeds`). Returns `CandidateResult.to_dict()`; never raises for what the
+    candidate does."""
+    n = int(train_seeds)
+    if n <= 1:
+        return _evaluate_once(run_dir, code, method, function, interface, epochs, seed, forget_part, unlearn,
+                              stage1_epochs, promote_cutoff, benchmark, target_utility, utility_floor,
+                              keep_model, fitness)
+    if int(stage1_epochs) > 0:  # one stage gate per training would promote or stop each seed alone
+        return CandidateResult(run_dir=str(run_dir), epochs=epochs, infra=True,
+                               error="train_seeds > 1 does not combine with staged evaluation (stage1_epochs)").to_dict()
+    results = []
+    for s in training_seeds(seed, n):
+        res = CandidateResult.from_value(_evaluate_once(
+            str(Path(run_dir) / f"train-seed{s}"), code, method, function, interface, epochs, s, forget_part,
+            unlearn, 0, None, benchmark, target_utility, utility_floor, keep_model, fitness))
+        results.append(res)
+        if not res.ok:  # a failed training (the candidate's or the infrastructure's) decides the job
+            break
+    return mean_over_seeds(results, str(run_dir)).to_dict()
+
+
+#: the distance between the training seeds of one job (`training_seeds`): larger than any seed a
+#: search, a race or a report re-run uses, so that two jobs' trainings never share a seed
+SEED_STRIDE = 1_000_003
+
+
+def training_seeds(seed: int, n: int) -> list[int]:
+    """The training seeds of a job with seed `seed` and `train_seeds` n: seed, seed + stride, ...
+    (n = 1: just `seed`, so a one-seed job is the plain run). Jobs with the same seed share them
+    (candidates compared under shared seeds); a race's or a report's next seed gets new ones."""
+    return [int(seed) + j * SEED_STRIDE for j in range(max(1, int(n)))]
+
+
+def mean_over_seeds(results: list[CandidateResult], run_dir: str) -> CandidateResult:
+    """One result from the trainings of one candidate on several seeds: a failed training's
+    result as it is (the first failure decides); else fitness = the mean of the trainings'
+    fitnesses, summary = each numeric metric's mean (so the utility floor reads the mean utility
+    and every `fitness_<name>` is the mean of that fitness), timings summed, curves of the first
+    training, `seed_fitness` = the per-training fitnesses."""
+    if not results:
+        return CandidateResult(run_dir=run_dir, error="no training ran")
+    failed = next((r for r in results if not r.ok), None)
+    if failed is not None:
+        out = CandidateResult(**{f.name: getattr(failed, f.name) for f in fields(CandidateResult)})
+        out.run_dir, out.seed_fitness = run_dir, [r.fitness for r in results]
+        return out
+    first = results[0]
+    summaries = [r.summary or {} for r in results]
+    summary: dict[str, Any] = {}
+    for key, value in summaries[0].items():
+        vals = [s.get(key) for s in summaries]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+        summary[key] = statistics.fmean(float(v) for v in vals) if numeric else value  # type: ignore[arg-type]
+    timings: dict[str, float] = {}
+    for r in results:
+        for key, value in r.timings.items():
+            timings[key] = timings.get(key, 0.0) + float(value)
+    fitness = statistics.fmean(r.fitness for r in results)
+    return CandidateResult(run_dir=run_dir, ok=True, stage=first.stage, promoted=first.promoted, summary=summary,
+                           fitness=fitness, loss_history=list(first.loss_history),
+                           epoch_losses=list(first.epoch_losses), epochs=first.epochs, timings=timings,
+                           fitness_name=first.fitness_name, utility_key=first.utility_key,
+                           seed_fitness=[r.fitness for r in results])
+
+
+def _evaluate_once(
+    run_dir: str,
+    code: str | None,
+    method: str | None,
+    function: str,
+    interface: str,
+    epochs: int | None,
+    seed: int,
+    forget_part: str,
+    unlearn: Mapping[str, Any] | None,
+    stage1_epochs: int,
+    promote_cutoff: float | None,
+    benchmark: str,
+    target_utility: float | None,
+    utility_floor: float,
+    keep_model: bool,
+    fitness: str,
+) -> dict[str, Any]:
+    """One training of the candidate with `seed` (`evaluate_candidate`'s arguments)."""
     t0 = time.time()
     rd = Path(run_dir)
     rd.mkdir(parents=True, exist_ok=True)

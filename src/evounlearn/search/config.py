@@ -94,7 +94,7 @@ class LimitsConfig:
 #: equal): named here so that a config is checked without importing the job
 CANDIDATE_JOB_PARAMS = ("run_dir", "code", "method", "function", "interface", "epochs", "seed", "forget_part",
                         "unlearn", "stage1_epochs", "promote_cutoff", "benchmark", "target_utility",
-                        "utility_floor", "keep_model", "fitness")
+                        "utility_floor", "keep_model", "fitness", "train_seeds")
 
 
 def check_job_options(evaluator: str, options: Mapping[str, Any]) -> None:
@@ -109,6 +109,15 @@ def check_job_options(evaluator: str, options: Mapping[str, Any]) -> None:
                           f"{', '.join(sorted(known))})")
 
 
+def check_train_seeds(train_seeds: int, stage1_epochs: int = 0) -> None:
+    """`train_seeds` >= 1, and not with staged evaluation (each training would be stopped or
+    promoted on its own seed)."""
+    if int(train_seeds) < 1:
+        raise ConfigError(f"train_seeds must be >= 1, got {train_seeds}")
+    if int(train_seeds) > 1 and int(stage1_epochs) > 0:
+        raise ConfigError("train_seeds > 1 does not combine with staged evaluation (set ours.stage1_epochs=0)")
+
+
 @dataclass
 class SearchConfig:
     mode: str = "ours"  # ours | evomu
@@ -117,6 +126,10 @@ class SearchConfig:
     # epochs tuned only ("" = none: the search itself). modes/random.py and modes/seeds.py
     control: str = ""
     budget: int = 12  # trained candidates (baselines and finalists' re-runs not counted)
+    # trainings per candidate run, on shared seeds, scored by their mean (`candidate.training_seeds`):
+    # 1 = one training per run; the noise datasheet says how many a benchmark needs to resolve
+    # differences (noise.json `trainings_per_candidate`). The budget counts runs: trainings = budget x this
+    train_seeds: int = 1
     workers: int = 2  # candidates evaluated in parallel (one process each)
     seed: int = 0
     interface: str = "faithful"  # faithful | extended
@@ -166,6 +179,7 @@ class SearchConfig:
             raise ConfigError(f"interface must be faithful or extended, not {self.interface!r}")
         if self.report_seeds < 1 or self.baseline_seeds < 1:
             raise ConfigError("report_seeds and baseline_seeds must be >= 1")
+        check_train_seeds(self.train_seeds, self.ours.stage1_epochs if self.mode == "ours" else 0)
         if self.ours.race_top < 0 or self.ours.race_seeds < 1 or self.ours.noise_sd < 0 or self.ours.lcb_z < 0:
             raise ConfigError("ours.race_top, ours.noise_sd and ours.lcb_z must be >= 0 and ours.race_seeds >= 1")
         if self.select_on not in ("search", "report"):

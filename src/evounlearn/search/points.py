@@ -75,6 +75,7 @@ class JobRunner:
     keep_models: bool = False
     job_options: Mapping[str, Any] = field(default_factory=dict)
     fitness: str = ""  # the benchmark's fitness the jobs score with ("" = its default)
+    train_seeds: int = 1  # trainings per job on shared seeds, scored by their mean
 
     @property
     def module(self) -> str:
@@ -87,7 +88,8 @@ class JobRunner:
         return {"run_dir": str(run_dir), "method": point.method, "epochs": point.epochs, "seed": int(seed),
                 "forget_part": part, "unlearn": unlearn, "benchmark": self.benchmark,
                 "target_utility": self.target_utility, "utility_floor": self.utility_floor,
-                "keep_model": self.keep_models, "fitness": self.fitness, **dict(self.job_options)}
+                "keep_model": self.keep_models, "fitness": self.fitness,
+                **({"train_seeds": int(self.train_seeds)} if int(self.train_seeds) > 1 else {}), **dict(self.job_options)}
 
     def submit(self, point: MethodPoint, part: str, seed: int, run_dir: str | Path) -> Future[JobResult]:
         return self.executor.submit(f"{self.module}:evaluate_candidate", self.kwargs(point, part, seed, run_dir),

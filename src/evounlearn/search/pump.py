@@ -112,6 +112,7 @@ class EvaluationPump:
             "target_utility": self.target_utility,
             "utility_floor": self.cfg.utility_floor, "keep_model": self.cfg.keep_models,
             "epochs": int(e.epochs or c.epochs or self.cfg.default_epochs),
+            **({"train_seeds": int(self.cfg.train_seeds)} if int(self.cfg.train_seeds) > 1 else {}),
             **dict(self.cfg.job_options),
         }
         if c.kind == "baseline":

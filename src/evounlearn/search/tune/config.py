@@ -12,7 +12,7 @@ from typing import Any
 from ...benchmarks.base import DEFAULT_BENCHMARK
 from ...errors import ConfigError
 from ..config import DEFAULT_YAML as EVOLVE_YAML
-from ..config import LimitsConfig, RayConfig, check_job_options
+from ..config import LimitsConfig, RayConfig, check_job_options, check_train_seeds
 
 METHOD_CONFIGS = Path(__file__).resolve().parents[2] / "methods" / "configs"
 NOT_TUNABLE = frozenset({"evolved"})  # a loss program is what `evolve` searches, not a method to tune
@@ -20,7 +20,7 @@ NOT_TUNABLE = frozenset({"evolved"})  # a loss program is what `evolve` searches
 
 #: the keys of configs/evolve.yaml that tune shares: its run settings, so that a tuned method and an
 #: evolved loss run alike (`load_tune_config` applies them as the first layer over the defaults)
-EVOLVE_SHARED = ("benchmark", "unlearn", "utility_floor", "finalists", "report_seeds", "limits")
+EVOLVE_SHARED = ("benchmark", "unlearn", "utility_floor", "finalists", "report_seeds", "limits", "train_seeds")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class TuneConfig:
     budget: int = 20  # trials trained (failed ones count; runs lost to the infrastructure do not)
     workers: int = 2  # trials in parallel, one isolated process each
     seed: int = 0  # the sampler's seed and the trials' training seed
+    train_seeds: int = 1  # trainings per trial on shared seeds, scored by their mean (as evolve's)
     benchmark: str = DEFAULT_BENCHMARK
     # one of the benchmark's fitnesses (docs/FITNESS.md); "" = what `evolve --mode ours` optimises
     # (calibrated; the benchmark's default where it lacks that one), so that a tuned method and an
@@ -62,6 +63,7 @@ class TuneConfig:
             raise ConfigError(f"epochs must be [lo, hi] with 1 <= lo <= hi, got {self.epochs}")
         if self.spread <= 1:
             raise ConfigError(f"spread must be > 1, got {self.spread}")
+        check_train_seeds(self.train_seeds)
         self.fitness_name()  # an unknown fitness fails here, with the benchmark's ones
         check_job_options(self.evaluator, self.job_options)
         return self

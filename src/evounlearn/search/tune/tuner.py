@@ -142,7 +142,7 @@ class Tuner:
                                            **executor_options(self.cfg, self.run_dir))  # type: ignore[arg-type]
         return JobRunner(self._executor, self.cfg.benchmark, self.cfg.unlearn, limits, self.cfg.utility_floor,
                          evaluator=self.cfg.evaluator, keep_models=self.cfg.keep_models,
-                         job_options=self.cfg.job_options, fitness=self.cfg.fitness)
+                         job_options=self.cfg.job_options, fitness=self.cfg.fitness, train_seeds=self.cfg.train_seeds)
 
     def _close(self, kill: bool = False) -> None:
         if self._own_executor and self._executor is not None:
