@@ -3,31 +3,38 @@ between samples of scored rows, per benchmark (setting and size), and so which d
 two losses one run, or n seeds, can resolve.
 
 For every benchmark (default: `generated` at the default size and `generated-large`,
-`entangled-large`, `partial-large` at the resolving size) and every fixed loss (default: NPO and
+`entangled-large`, `partial-large`, `paraphrase-large` at the resolving size) and every fixed loss (default: NPO and
 SimNPO at their registered defaults and a gentler NPO, `npo@lr=3e-4`, near the holdout level; a
 loss is `method` or `method@key=value,...`, see `loss_run`), `--seeds` training seeds are run on the search part, exactly
 as a search candidate is (same options, the lean search evaluation). From those runs:
 
-- `single_run_sd`: the sd of the searched fitness (`calibrated`) over training seeds, pooled over
-  the losses (sqrt of the mean variance; per loss in `losses.<loss>.sd`);
+- `single_training_sd`: the sd of the searched fitness (`calibrated`) over training seeds, pooled
+  over the losses (sqrt of the mean variance; per loss in `losses.<loss>.sd`);
 - `item_sd`: the sd from which rows are scored: forget and holdout rows resampled with replacement
   (`--bootstrap` draws) and the fitness recomputed from the per-row values, averaged over runs;
-- `paired_diff_sd`: the sd over seeds of the difference between two losses trained with the same
-  seed (what a search compares: its candidates share seeds), pooled over every pair of losses
-  (each pair's in `paired_diff_sd_per_pair`);
+- `paired_diff_sd_one_training`: the sd over seeds of the difference between two losses trained
+  with the same seed (what a search compares: its candidates share seeds), pooled over every pair
+  of losses (each pair's in `paired_diff_sd_per_pair`);
 - `oracle_part_gap`: the retain oracle's fitness on the search part minus on the report part (a
   model that never saw the forget rows should score the same on both);
-- `resolves_at_2sd`: 2 * paired_diff_sd, the smallest difference one paired run resolves; and
-  `resolves_at_2se_n_seeds` for n = 3 and 8 (2 * paired_diff_sd / sqrt(n));
-- `seconds_per_candidate`: the mean wall time of one run (train + evaluation), with the threads;
+- `resolves_at_2se_n_seeds` for n = 3 and 8 trainings (2 * the one-training paired sd / sqrt(n));
+- `seconds_per_training`: the mean wall time of one training (train + evaluation), with the
+  threads; `seconds_per_candidate`: k times that (a candidate run of k trainings, below);
 - `terms`: per loss, each factor of the searched fitness (the three gaps, the relative utility),
   mean and sd over seeds: where the noise sits; `sd_of_mean_of_k_seeds`: the sd of a candidate
   scored as the mean of k = 1, 2, 3 seeds;
+- the instrument (`instrument`): a candidate run = k trainings on shared seeds scored by their
+  mean (`evolve` / `tune` `train_seeds=k`); `trainings_per_candidate` k = the smallest k <= 3
+  that meets TARGETS, `single_run_sd` / `paired_diff_sd` / `resolves_at_2sd` those of one such run
+  (`single_training_sd`, `paired_diff_sd_one_training`: of one training), `meets_targets` whether
+  the instrument resolves on this benchmark (the oracle's part gap included);
 - the target's forget ROUGE and model utility (the target must still memorise at a larger size)
   and the same statistics for `calibrated_v1` (the formula before version 2), for comparison.
 
     python benchmarks/noise.py                     # the datasheet (~60-90 min on 2 quiet cores from empty caches)
     python benchmarks/noise.py --quick             # smoke test: generated, 2 seeds, 1 loss
+    python benchmarks/noise.py --benchmarks paraphrase-large --merge   # add / replace one benchmark
+    python benchmarks/noise.py --rederive          # the instrument's fields again, no training
 Writes benchmarks/results/noise.json and noise.md; runs are kept under --work and reused, so an
 interrupted datasheet continues where it stopped. Not run in CI.
 """
@@ -254,7 +261,7 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
         "single_run_sd": main["single_run_sd"], "item_sd": main["item_sd"],
         "paired_diff_sd": main["paired_diff_sd"], "oracle_part_gap": main["oracle_part_gap"],
         "resolves_at_2sd": main["resolves_at_2sd"],
-        "seconds_per_candidate": statistics.fmean(r["seconds"] for r in runs),
+        "seconds_per_training": statistics.fmean(r["seconds"] for r in runs),
         "train_seconds_per_candidate": statistics.fmean(float(r.get("train_seconds") or 0) for r in runs),
         "eval_seconds_per_candidate": statistics.fmean(float(r.get("eval_seconds") or 0) for r in runs),
         "threads_per_candidate": first.get("threads"),
@@ -273,10 +280,12 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
     `trainings_per_candidate` = the smallest k <= MAX_TRAININGS that meets both sd targets (None:
     none does); `single_run_sd`, `paired_diff_sd` and `resolves_at_2sd` are then those of one
     run of k trainings (k = 1 where none does), `single_training_sd` and
-    `paired_diff_sd_one_training` those of one training; `meets_targets` adds the oracle's gap
+    `paired_diff_sd_one_training` those of one training (and `seconds_per_candidate` k x
+    `seconds_per_training`); `meets_targets` adds the oracle's gap
     (no k moves it: a property of the data's two parts). Works on entries written before these
     fields existed (their `single_run_sd` was one training's)."""
     one = float(sheet.get("single_training_sd", sheet["single_run_sd"]))
+    per_training = sheet.get("seconds_per_training", sheet.get("seconds_per_candidate"))
     paired = float(sheet.get("paired_diff_sd_one_training", sheet["paired_diff_sd"]))
     by_k = {str(k): {"single_run_sd": one / math.sqrt(k), "paired_diff_sd": paired / math.sqrt(k)}
             for k in range(1, MAX_TRAININGS + 1)}
@@ -288,6 +297,8 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
         "single_training_sd": one, "paired_diff_sd_one_training": paired, "by_trainings": by_k,
         "trainings_per_candidate": k, "single_run_sd": at["single_run_sd"], "paired_diff_sd": at["paired_diff_sd"],
         "resolves_at_2sd": 2 * at["paired_diff_sd"], "targets": dict(TARGETS),
+        "seconds_per_training": per_training,
+        "seconds_per_candidate": None if per_training is None else float(per_training) * (k or 1),
         "meets_targets": k is not None and gap_ok,
         "why_not": None if k is not None and gap_ok else "; ".join(
             ([] if k is not None else [f"no k <= {MAX_TRAININGS} trainings brings the sds to the targets"])
@@ -341,7 +352,7 @@ def markdown(data: dict[str, Any]) -> str:
                      f"{s['paired_diff_sd_one_training']:.4f} | {k if k else f'none <= {MAX_TRAININGS}'} | "
                      f"{s['single_run_sd']:.4f} / {s['paired_diff_sd']:.4f} | {s['resolves_at_2sd']:.4f} | "
                      f"{s['item_sd']:.4f} | {s['oracle_part_gap']:+.4f} | "
-                     f"{'yes' if s['meets_targets'] else 'no: ' + str(s['why_not'])} | {s['seconds_per_candidate']:.1f} | "
+                     f"{'yes' if s['meets_targets'] else 'no: ' + str(s['why_not'])} | {s['seconds_per_training']:.1f} | "
                      f"{t['forget_rouge']:.3f} | {t['model_utility']:.3f} |")
     lines += ["", "Per loss (searched fitness, mean ± sd over seeds, n):", ""]
     for name, s in data["settings"].items():
@@ -397,9 +408,19 @@ def main() -> None:
     ap.add_argument("--work", default=str(ROOT / "runs" / "noise"))
     ap.add_argument("--out", default=str(RESULTS / "noise.json"))
     ap.add_argument("--quick", action="store_true", help="generated only, 2 seeds, NPO only (smoke test)")
+    ap.add_argument("--rederive", action="store_true",
+                    help="no training: recompute the instrument's fields of the existing --out (json and md) and stop")
     ap.add_argument("--merge", action="store_true",
                     help="keep the other benchmarks of an existing --out (same losses and seeds) and add or replace these")
     args = ap.parse_args()
+    if args.rederive:
+        data = json.loads(Path(args.out).read_text())
+        for sheet in data["settings"].values():
+            instrument(sheet)
+        Path(args.out).write_text(json.dumps(data, indent=1, default=float) + "\n")
+        Path(args.out).with_suffix(".md").write_text(markdown(data))
+        print(markdown(data))
+        return
     benches = args.benchmarks.split(",")
     losses = args.losses.split(",")
     seeds = args.seeds

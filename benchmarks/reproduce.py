@@ -31,7 +31,16 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SUMMARY = ("single_run_sd", "item_sd", "paired_diff_sd", "oracle_part_gap")
+SUMMARY = ("single_training_sd", "item_sd", "paired_diff_sd_one_training", "oracle_part_gap",
+           "trainings_per_candidate", "meets_targets")
+#: a datasheet written before the instrument's fields: its one-training numbers under their old names
+OLD_NAMES = {"single_training_sd": "single_run_sd", "paired_diff_sd_one_training": "paired_diff_sd"}
+
+
+def summary_value(sheet: dict[str, Any], key: str) -> Any:
+    """One summary number of a datasheet entry (one training's sds, under either name; the
+    instrument's k and verdict where the entry has them)."""
+    return sheet.get(key, sheet.get(OLD_NAMES.get(key, key)))
 
 
 def _max_abs_diff(a: dict[str, Any], b: dict[str, Any]) -> float | None:
@@ -76,7 +85,7 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
             "target_max_abs_diff": _max_abs_diff(s.get("target") or {}, ref.get("target") or {}),
             "oracle_max_abs_diff": _max_abs_diff(s.get("oracle") or {}, ref.get("oracle") or {}),
             "losses": losses,
-            "summary": {k: {"new": s.get(k), "committed": ref.get(k)} for k in SUMMARY},
+            "summary": {k: {"new": summary_value(s, k), "committed": summary_value(ref, k)} for k in SUMMARY},
             "all_reproduced": bool(losses) and all(v["reproduced"] for v in losses.values()),
         }
     return out
@@ -101,8 +110,9 @@ def markdown(data: dict[str, Any]) -> str:
             continue
         lines.append(f"- {name}: target's numbers differ by at most {b['target_max_abs_diff']}, the oracle's by "
                      f"{b['oracle_max_abs_diff']}; " + "; ".join(
-                         f"{k} {v['new']:.4f} (committed {v['committed']:.4f})" for k, v in b["summary"].items()
-                         if isinstance(v["new"], (int, float)) and isinstance(v["committed"], (int, float))))
+                         f"{k} {v['new']:.4f} (committed {v['committed']:.4f})" if isinstance(v["new"], float)
+                         and isinstance(v["committed"], float) else f"{k} {v['new']} (committed {v['committed']})"
+                         for k, v in b["summary"].items()))
     return "\n".join(lines) + "\n"
 
 

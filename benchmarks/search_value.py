@@ -122,7 +122,8 @@ def instrument(setting: str, opts: argparse.Namespace) -> dict[str, Any]:
         return {"trainings_per_candidate": None, "meets_targets": False,
                 "why_not": f"no datasheet entry in {opts.noise} (benchmarks/noise.py --benchmarks {setting} --merge)"}
     keys = ("trainings_per_candidate", "single_run_sd", "paired_diff_sd", "single_training_sd",
-            "paired_diff_sd_one_training", "oracle_part_gap", "seconds_per_candidate", "meets_targets", "why_not")
+            "paired_diff_sd_one_training", "oracle_part_gap", "seconds_per_training", "seconds_per_candidate",
+            "meets_targets", "why_not")
     return {k: sheet.get(k) for k in keys}
 
 

@@ -67,8 +67,10 @@ def test_datasheet_pools_every_pair_and_splits_the_terms(noise) -> None:
 
 def test_instrument_picks_the_fewest_trainings_that_meet_the_targets(noise) -> None:
     # one training: sd 0.047, paired 0.057 -> k = 2 gives 0.033 / 0.0403 (paired misses), k = 3 0.027 / 0.033
-    s = noise.instrument({"single_run_sd": 0.047, "paired_diff_sd": 0.057, "oracle_part_gap": 0.0})
+    s = noise.instrument({"single_run_sd": 0.047, "paired_diff_sd": 0.057, "oracle_part_gap": 0.0,
+                          "seconds_per_candidate": 20.0})
     assert s["trainings_per_candidate"] == 3 and s["meets_targets"] and s["why_not"] is None
+    assert s["seconds_per_training"] == 20.0 and s["seconds_per_candidate"] == 60.0  # a run of 3 trainings
     assert s["single_run_sd"] == pytest.approx(0.047 / 3 ** 0.5) and s["paired_diff_sd"] == pytest.approx(0.057 / 3 ** 0.5)
     assert s["single_training_sd"] == 0.047 and s["resolves_at_2sd"] == pytest.approx(2 * 0.057 / 3 ** 0.5)
     assert noise.instrument(dict(s)) == s  # applied again (a merged datasheet): the same

@@ -43,3 +43,17 @@ def test_a_shifted_mean_beyond_2_se_is_not_reproduced(rp) -> None:
     assert s["delta"] == pytest.approx(0.2) and not s["reproduced"] and not out["all_reproduced"]
     assert out["target_max_abs_diff"] == pytest.approx(0.0126)
     assert "simnpo" in rp.markdown({"benchmarks": {"partial-large": out}, "seconds": 60, "env": {}, "committed_env": {}})
+
+
+def test_the_summary_compares_one_training_under_either_name(rp) -> None:
+    """A datasheet with the instrument's fields (one run = k trainings) against one written before
+    them: one training's sds are compared, whatever each file calls them."""
+    old = _sheet({"npo": _loss([0.5, 0.4, 0.45, 0.41])}, 0.9126)
+    new = _sheet({"npo": _loss([0.5, 0.4, 0.45, 0.41])}, 0.9126)
+    new["settings"]["partial-large"].update({"single_run_sd": 0.0231, "single_training_sd": 0.04,
+                                             "paired_diff_sd": 0.0289, "paired_diff_sd_one_training": 0.05,
+                                             "trainings_per_candidate": 3, "meets_targets": True})
+    summary = rp.compare(new, old)["partial-large"]["summary"]
+    assert summary["single_training_sd"] == {"new": 0.04, "committed": 0.04}
+    assert summary["paired_diff_sd_one_training"] == {"new": 0.05, "committed": 0.05}
+    assert summary["trainings_per_candidate"] == {"new": 3, "committed": None}
