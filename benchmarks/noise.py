@@ -381,6 +381,19 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cpu_info() -> dict[str, Any]:
+    """The CPU's name and the kernels torch dispatches to (`ATEN_CPU_CAPABILITY`): two machines
+    with different ones prepare different models from the same data and seeds
+    (reproduce_avx512_*.json), so a datasheet says which it was measured on."""
+    import platform
+
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    return {"cpu_model": model or platform.processor(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """`new`'s benchmarks added to (or replacing theirs in) `old`, which must have been made with
     the same fitness version, losses, seeds and bootstrap draws; each benchmark keeps its own
@@ -462,7 +475,7 @@ def main() -> None:
         data["settings"][b]["seconds"] = sum(r["seconds"] for r in runs[b])
     data["seconds"] = time.time() - t_start
     data["env"] = {**runtime_info(), "parent_threads": torch.get_num_threads(), "workers": args.workers,
-                   "load_at_end": os.getloadavg()}
+                   "load_at_end": os.getloadavg(), **cpu_info()}
     out = Path(args.out)
     if args.merge and out.is_file():
         data = merged(json.loads(out.read_text()), data)
