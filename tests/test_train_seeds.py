@@ -7,15 +7,10 @@ import math
 import pytest
 
 from evounlearn.errors import ConfigError
-from evounlearn.search.candidate import (
-    SEED_STRIDE,
-    CandidateResult,
-    evaluate_candidate,
-    mean_over_seeds,
-    training_seeds,
-)
+from evounlearn.search.candidate import CandidateResult, evaluate_candidate
 from evounlearn.search.config import SearchConfig
 from evounlearn.search.points import JobRunner, MethodPoint
+from evounlearn.search.seed_mean import SEED_STRIDE, job_option, mean_over_seeds, training_seeds
 from evounlearn.search.tune.config import TuneConfig
 
 
@@ -24,6 +19,7 @@ def test_training_seeds_are_shared_by_jobs_of_one_seed_and_never_overlap_another
     assert training_seeds(4, 3) == [4, 4 + SEED_STRIDE, 4 + 2 * SEED_STRIDE]
     a, b = set(training_seeds(0, 3)), set(training_seeds(1, 3))
     assert not a & b  # the race's next seed trains on new seeds
+    assert job_option(1) == {} and job_option(3) == {"train_seeds": 3}
 
 
 def _ok(fitness: float, mu: float, forget: float, seconds: float) -> CandidateResult:
@@ -52,6 +48,8 @@ def test_mean_over_seeds_a_failed_training_decides():
     infra = CandidateResult(run_dir="y", error="out of disk", infra=True)
     out = mean_over_seeds([infra], "run")
     assert out.infra and out.run_dir == "run" and out.seed_fitness == [-math.inf]
+    with pytest.raises(ValueError):
+        mean_over_seeds([], "run")
 
 
 def test_train_seeds_config_checks_and_reaches_the_job():

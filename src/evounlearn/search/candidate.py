@@ -2,8 +2,8 @@
 
 The driver submits `evaluate_candidate(...)` through an `executor.Executor`; generated code is only
 checked, compiled and run here, in the worker process. One job = one training run (or, with
-`train_seeds` n > 1, n trainings on shared seeds scored by their mean: the instrument's resolving
-setting, benchmarks/results/noise.json), reaching the benchmark only through the
+`train_seeds` n > 1, n trainings on shared seeds scored by their mean, search/seed_mean.py: the
+instrument's resolving setting, benchmarks/results/noise.json), reaching the benchmark only through the
 `benchmarks.base.Benchmark` protocol:
 
 1. the loss program is validated again (`validate.validate_source`: whitelist, probe tensors) and
@@ -40,7 +40,6 @@ import json
 import logging
 import math
 import shutil
-import statistics
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
@@ -63,12 +62,13 @@ from ..benchmarks.base import (
 from ..benchmarks.references import cached_reference
 from ..errors import DataError, EvoUnlearnError, ModelError
 from ..files import ArtifactError, atomic_write_json, atomic_write_text, read_json
+from .seed_mean import mean_over_seeds, training_seeds
 
 if TYPE_CHECKING:
     from ..sandbox import JobResult
 
 __all__ = ["INFRA_RETRIES", "STAGE_FULL", "STAGE_SHORT", "CandidateResult", "JobOutcome", "StageResult", "classify_failure",
-           "evaluate_candidate", "mean_over_seeds", "target_info", "training_seeds"]
+           "evaluate_candidate", "target_info"]
 
 STAGE_SHORT = 1  # stopped after the first stage (not promoted)
 STAGE_FULL = 2  # trained to full length
@@ -461,70 +461,26 @@ def evaluate_candidate(
 ) -> dict[str, Any]:
     """Train and evaluate one candidate (loss program `code`, or registered `method`) and score it
     with the benchmark's fitness `fitness` (empty: its default); see the module docstring.
-    `train_seeds` n > 1: the candidate is trained n times (`training_seeds`) and scored by the
-    mean (`mean_over_seeds`). Returns `CandidateResult.to_dict()`; never raises for what the
+    `train_seeds` n > 1: the candidate is trained n times (`seed_mean.training_seeds`) and scored by
+    the mean (`seed_mean.mean_over_seeds`). Returns `CandidateResult.to_dict()`; never raises for what the
     candidate does."""
-    n = int(train_seeds)
-    if n <= 1:
-        return _evaluate_once(run_dir, code, method, function, interface, epochs, seed, forget_part, unlearn,
-                              stage1_epochs, promote_cutoff, benchmark, target_utility, utility_floor,
-                              keep_model, fitness)
+    job = {"run_dir": str(run_dir), "code": code, "method": method, "function": function, "interface": interface,
+           "epochs": epochs, "seed": seed, "forget_part": forget_part, "unlearn": unlearn,
+           "stage1_epochs": stage1_epochs, "promote_cutoff": promote_cutoff, "benchmark": benchmark,
+           "target_utility": target_utility, "utility_floor": utility_floor, "keep_model": keep_model,
+           "fitness": fitness}
+    if int(train_seeds) <= 1:
+        return _evaluate_once(**job)
     if int(stage1_epochs) > 0:  # one stage gate per training would promote or stop each seed alone
         return CandidateResult(run_dir=str(run_dir), epochs=epochs, infra=True,
                                error="train_seeds > 1 does not combine with staged evaluation (stage1_epochs)").to_dict()
     results = []
-    for s in training_seeds(seed, n):
-        res = CandidateResult.from_value(_evaluate_once(
-            str(Path(run_dir) / f"train-seed{s}"), code, method, function, interface, epochs, s, forget_part,
-            unlearn, 0, None, benchmark, target_utility, utility_floor, keep_model, fitness))
-        results.append(res)
-        if not res.ok:  # a failed training (the candidate's or the infrastructure's) decides the job
+    for s in training_seeds(seed, int(train_seeds)):
+        results.append(CandidateResult.from_value(_evaluate_once(
+            **{**job, "run_dir": str(Path(run_dir) / f"train-seed{s}"), "seed": s, "promote_cutoff": None})))
+        if not results[-1].ok:  # a failed training (the candidate's or the infrastructure's) decides the run
             break
     return mean_over_seeds(results, str(run_dir)).to_dict()
-
-
-#: the distance between the training seeds of one job (`training_seeds`): larger than any seed a
-#: search, a race or a report re-run uses, so that two jobs' trainings never share a seed
-SEED_STRIDE = 1_000_003
-
-
-def training_seeds(seed: int, n: int) -> list[int]:
-    """The training seeds of a job with seed `seed` and `train_seeds` n: seed, seed + stride, ...
-    (n = 1: just `seed`, so a one-seed job is the plain run). Jobs with the same seed share them
-    (candidates compared under shared seeds); a race's or a report's next seed gets new ones."""
-    return [int(seed) + j * SEED_STRIDE for j in range(max(1, int(n)))]
-
-
-def mean_over_seeds(results: list[CandidateResult], run_dir: str) -> CandidateResult:
-    """One result from the trainings of one candidate on several seeds: a failed training's
-    result as it is (the first failure decides); else fitness = the mean of the trainings'
-    fitnesses, summary = each numeric metric's mean (so the utility floor reads the mean utility
-    and every `fitness_<name>` is the mean of that fitness), timings summed, curves of the first
-    training, `seed_fitness` = the per-training fitnesses."""
-    if not results:
-        return CandidateResult(run_dir=run_dir, error="no training ran")
-    failed = next((r for r in results if not r.ok), None)
-    if failed is not None:
-        out = CandidateResult(**{f.name: getattr(failed, f.name) for f in fields(CandidateResult)})
-        out.run_dir, out.seed_fitness = run_dir, [r.fitness for r in results]
-        return out
-    first = results[0]
-    summaries = [r.summary or {} for r in results]
-    summary: dict[str, Any] = {}
-    for key, value in summaries[0].items():
-        vals = [s.get(key) for s in summaries]
-        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
-        summary[key] = statistics.fmean(float(v) for v in vals) if numeric else value  # type: ignore[arg-type]
-    timings: dict[str, float] = {}
-    for r in results:
-        for key, value in r.timings.items():
-            timings[key] = timings.get(key, 0.0) + float(value)
-    fitness = statistics.fmean(r.fitness for r in results)
-    return CandidateResult(run_dir=run_dir, ok=True, stage=first.stage, promoted=first.promoted, summary=summary,
-                           fitness=fitness, loss_history=list(first.loss_history),
-                           epoch_losses=list(first.epoch_losses), epochs=first.epochs, timings=timings,
-                           fitness_name=first.fitness_name, utility_key=first.utility_key,
-                           seed_fitness=[r.fitness for r in results])
 
 
 def _evaluate_once(

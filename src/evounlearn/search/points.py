@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..benchmarks.base import FAILED
 from ..errors import EvoUnlearnError
+from . import seed_mean
 
 if TYPE_CHECKING:
     from ..sandbox import JobResult, Limits
@@ -89,7 +90,7 @@ class JobRunner:
                 "forget_part": part, "unlearn": unlearn, "benchmark": self.benchmark,
                 "target_utility": self.target_utility, "utility_floor": self.utility_floor,
                 "keep_model": self.keep_models, "fitness": self.fitness,
-                **({"train_seeds": int(self.train_seeds)} if int(self.train_seeds) > 1 else {}), **dict(self.job_options)}
+                **seed_mean.job_option(self.train_seeds), **dict(self.job_options)}
 
     def submit(self, point: MethodPoint, part: str, seed: int, run_dir: str | Path) -> Future[JobResult]:
         return self.executor.submit(f"{self.module}:evaluate_candidate", self.kwargs(point, part, seed, run_dir),

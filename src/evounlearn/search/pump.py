@@ -23,6 +23,7 @@ from typing import Any
 from ..benchmarks import FAILED, compute_fitness, get_benchmark, rank_score
 from ..errors import EvoUnlearnError, InfrastructureError
 from ..sandbox import JobResult
+from . import seed_mean
 from .archive import lower_bound, stage_cutoff
 from .candidate import INFRA_RETRIES, STAGE_SHORT, JobOutcome, first_line
 from .config import EvaluatorJobs, SearchConfig
@@ -112,7 +113,7 @@ class EvaluationPump:
             "target_utility": self.target_utility,
             "utility_floor": self.cfg.utility_floor, "keep_model": self.cfg.keep_models,
             "epochs": int(e.epochs or c.epochs or self.cfg.default_epochs),
-            **({"train_seeds": int(self.cfg.train_seeds)} if int(self.cfg.train_seeds) > 1 else {}),
+            **seed_mean.job_option(self.cfg.train_seeds),
             **dict(self.cfg.job_options),
         }
         if c.kind == "baseline":
