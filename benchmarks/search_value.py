@@ -18,8 +18,8 @@ The instrument (noise.json, `--noise`): a candidate run is k trainings on shared
 their mean (`train_seeds=k`), k the smallest <= 3 whose run meets the datasheet's targets (one
 run's sd <= 0.035, a paired difference's <= 0.04); `--budget` and `--report-seeds` count
 trainings, so every arm gets budget // k runs and its winner ceil(report_seeds / k) report runs.
-With k > 1 the search does not race (a run is already the resolving mean; its lower bound uses
-the run's sd from the datasheet).
+The search races its best candidates to 3 trainings (`ours.race_seeds` counts trainings), so with
+k = 3 it does not race: a run is already the resolving mean.
 
 Settings: each benchmark is used when (1) the datasheet says the instrument resolves there (some
 k <= 3 meets the sd targets and the retain oracle's search-vs-report gap is <= 0.03: the data's
@@ -132,12 +132,11 @@ def runs_of(trainings: int, k: int) -> int:
     return max(1, int(trainings) // max(1, int(k)))
 
 
-def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Namespace, k: int = 1,
-            run_sd: float | None = None) -> Path:
+def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Namespace, k: int = 1) -> Path:
     """The arm's run directory (run now unless a finished one is there). `budget` counts
     trainings: the arm gets budget // k runs of k trainings (`train_seeds=k`) and its winner
-    ceil(report_seeds / k) runs on the report part; with k > 1 the search does not race (each
-    run already has the datasheet's resolving sd, `run_sd`, which its lower bound uses)."""
+    ceil(report_seeds / k) runs on the report part (the search races to `ours.race_seeds` = 3
+    trainings, so with k = 3 it does not race)."""
     rd = Path(opts.work) / setting / f"{arm}-seed{seed}"
     if (rd / "leaderboard.json").is_file():
         return rd  # finished by an earlier invocation: its wall time is in ARM-seedK.seconds
@@ -148,11 +147,10 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
     keys = [f"finalists={opts.finalists}", f"report_seeds={-(-opts.report_seeds // k)}", f"train_seeds={k}"]
     runs = runs_of(budget, k)
     if arm in EVOLVE_ARMS:
-        races = ["ours.race_top=0", *([f"ours.noise_sd={run_sd:.4f}"] if run_sd else [])] if k > 1 else []
         args = ["evolve", *_common(setting, runs, seed, opts), "--run-dir", str(rd),
                 *(["--control", "random"] if arm == "random" else ["--mode", "ours"]),
                 *(["interface=extended"] if arm == "search_extended" else []),
-                f"fitness={FITNESS}", "baselines=[]", *keys, *races]
+                f"fitness={FITNESS}", "baselines=[]", *keys]
     else:
         method = arm.removeprefix("tuned_")
         args = ["tune", "--method", method, *_common(setting, runs, seed, opts), "--run-dir", str(rd),
@@ -557,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
                         earlier += took or 0.0
                         unknown += took is None
                     else:
-                        run_arm(arm, setting, seed, opts.budget, opts, k, inst.get("single_run_sd"))  # this invocation's time
+                        run_arm(arm, setting, seed, opts.budget, opts, k)  # this invocation's wall time
                         print(f"    ({(time.time() - t0) / 60:.1f} min into this invocation)", flush=True)
                     rec = write_record(setting, arm, seed, rd, run_seconds(setting, arm, seed, opts), version, opts, k)
                 per.append(rec)

@@ -34,6 +34,7 @@ from evounlearn.search.archive import (
     Archive,
     choose_operator,
     eligible,
+    lower_bound,
     sort_ranked,
     stage_cutoff,
     truncation,
@@ -171,7 +172,6 @@ def test_evomu_schedule_sizes() -> None:
 
 
 def test_lower_bound_ranks_confirmed_means_above_lucky_draws() -> None:
-    from evounlearn.search.archive import lower_bound
 
     assert lower_bound(0.8, 1, 0.035) == pytest.approx(0.765)
     assert lower_bound(0.8, 4, 0.035) == pytest.approx(0.7825)
@@ -569,3 +569,19 @@ def test_evolved_method_reproduces_a_candidate_run(tiny_prepared, tmp_path: Path
         assert rec["summary"]["model_utility"] is not None
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("train_seeds, raced", [(3, False), (2, True)])
+def test_races_and_the_lower_bound_count_trainings(tmp_path: Path, train_seeds: int, raced: bool) -> None:
+    """With `train_seeds` k, `ours.race_seeds` (3) counts trainings: runs of 3 trainings are not
+    raced, runs of 2 are (to 2 runs = 4 trainings); the lower bound uses trainings too."""
+    cfg = fake_cfg(**{"budget": 6, "train_seeds": train_seeds, "ours.stage1_epochs": 0, "ours.race_top": 1,
+                      "ours.race_seeds": 3, "baselines": [], "finalists": 1, "report_seeds": 1})
+    SearchDriver(cfg, tmp_path / "run").run()
+    store = Store(tmp_path / "run" / "search.sqlite")
+    races = [e for e in search_runs_before_finals(store) if e.seed != 0]
+    assert bool(races) is raced
+    for c in store.candidates(kind="candidate"):
+        if c.fitness_search is not None and c.score_search is not None and c.n_search:
+            bound = lower_bound(c.fitness_search, c.n_search * train_seeds, cfg.rank_noise_sd())
+            assert c.score_search == pytest.approx(bound) or c.score_search < bound - 1  # below the floor: -2

@@ -97,8 +97,9 @@ def truncation(cands: Sequence[Record], generation: int, k: int) -> list[Record]
 
 
 def lower_bound(mean: float, n: int, scale: float) -> float:
-    """A candidate's ranking value from the mean of its n search-part runs: `mean - scale /
-    sqrt(n)`, with scale = z x one run's sd (the noise datasheet's single-run sd, not the
+    """A candidate's ranking value from the mean of its n search-part trainings (runs x
+    `train_seeds`): `mean - scale / sqrt(n)`, with scale = z x one training's sd (the noise
+    datasheet's `single_training_sd`, not the
     candidate's own: 1-3 runs cannot estimate it). A lucky single draw ranks below an equal mean
     confirmed on three seeds, so a re-run elite is not displaced by the noise of a newcomer.
     scale 0 = the mean."""

@@ -39,10 +39,11 @@ class OursConfig:
     repair_attempts: int = 2  # repair requests for a rejected proposal, with the reason
     # Selection on signal (docs/FITNESS.md, benchmarks/results/noise.json). After each generation
     # the `race_top` best candidates are re-run on more search-part seeds until each has
-    # `race_seeds` (every re-run counts against the budget), before they parent or become
-    # finalists; candidates rank on mean - lcb_z * noise_sd / sqrt(runs). noise_sd = one run's sd
-    # of the fitness from the datasheet (0.037-0.058 on the -large benchmarks, pooled over three
-    # losses); race_top 0 or lcb_z 0 switch each part off.
+    # `race_seeds` trainings (runs x train_seeds: with train_seeds >= race_seeds nothing races;
+    # every re-run counts against the budget), before they parent or become finalists; candidates
+    # rank on mean - lcb_z * noise_sd / sqrt(trainings). noise_sd = one training's sd of the
+    # fitness from the datasheet (0.037-0.058 on the -large benchmarks, pooled over three losses);
+    # race_top 0 or lcb_z 0 switch each part off.
     race_top: int = 2
     race_seeds: int = 3
     noise_sd: float = 0.05

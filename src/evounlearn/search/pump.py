@@ -267,7 +267,9 @@ class EvaluationPump:
         cols: dict[str, Any] = {f"fitness_{part}": mean, f"fitness_{part}_std": std, f"utility_{part}": umean,
                                 f"n_{part}": len(fits)}
         if part == "search":
-            ranked = None if mean is None else lower_bound(mean, len(fits), self.cfg.rank_noise_sd())
+            # n = trainings (runs x train_seeds): the lower bound's scale is one training's sd
+            trainings = len(fits) * max(1, int(self.cfg.train_seeds))
+            ranked = None if mean is None else lower_bound(mean, trainings, self.cfg.rank_noise_sd())
             cols["score_search"] = None if ranked is None else rank_score(ranked, umean, self.target_utility,
                                                                           self.cfg.utility_floor)
             # the mean over seeds: what a directed mutation reads is as steady as the ranking

@@ -74,7 +74,8 @@ class OursMode(SearchMode):
         if o.race_top <= 0 or o.race_seeds <= 1:
             return
         while d.budget_left() > 0:
-            short = [c for c in d.ranked()[: o.race_top] if (c.n_search or 0) < o.race_seeds]
+            k = max(1, int(d.cfg.train_seeds))  # race_seeds counts trainings: a run of k trainings is k
+            short = [c for c in d.ranked()[: o.race_top] if (c.n_search or 0) * k < o.race_seeds]
             if not short:
                 return
             queued = []
