@@ -21,11 +21,11 @@ as a search candidate is (same options, the lean search evaluation). From those 
 - `seconds_per_training`: the mean wall time of one training (train + evaluation), with the
   threads; `seconds_per_candidate`: k times that (a candidate run of k trainings, below);
 - `terms`: per loss, each factor of the searched fitness (the three gaps, the relative utility),
-  mean and sd over seeds: where the noise sits; `sd_of_mean_of_k_seeds`: the sd of a candidate
-  scored as the mean of k = 1, 2, 3 seeds;
+  mean and sd over seeds: where the noise sits;
 - the instrument (`instrument`): a candidate run = k trainings on shared seeds scored by their
   mean (`evolve` / `tune` `train_seeds=k`); `trainings_per_candidate` k = the smallest k <= 3
-  that meets TARGETS, `single_run_sd` / `paired_diff_sd` / `resolves_at_2sd` those of one such run
+  that meets TARGETS (`by_trainings`: both sds for k = 1..3), `single_run_sd` / `paired_diff_sd` /
+  `resolves_at_2sd` those of one such run
   (`single_training_sd`, `paired_diff_sd_one_training`: of one training), `meets_targets` whether
   the instrument resolves on this benchmark (the oracle's part gap included);
 - the target's forget ROUGE and model utility (the target must still memorise at a larger size)
@@ -250,11 +250,6 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
         metric_sd[key] = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
     out["metric_seed_sd"] = metric_sd
     out["terms"] = {loss: calibrated_terms(rs, mu_t) for loss, rs in by_loss.items()}
-    k_sd = {}  # the sd of a candidate scored as the mean of k training seeds (pooled over losses)
-    for k in (1, 2, 3):
-        variances = [v["sd"] ** 2 / k for v in main_per_loss(out).values() if v["n"] > 1]
-        k_sd[str(k)] = math.sqrt(statistics.fmean(variances)) if variances else float("nan")
-    out["sd_of_mean_of_k_seeds"] = k_sd
     out.update({
         "fitness": FITNESS, "rows_per_part": len(first["rows"]["forget_rouge"]),
         "holdout_rows": len(first["rows"]["holdout_rouge"]), "seeds": len(by_loss[losses[0]]),
@@ -293,6 +288,7 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
               and v["paired_diff_sd"] <= TARGETS["paired_diff_sd"]), None)
     at = by_k[str(k or 1)]
     gap_ok = abs(float(sheet["oracle_part_gap"])) <= TARGETS["oracle_part_gap"]
+    sheet.pop("sd_of_mean_of_k_seeds", None)  # an older datasheet's name for by_trainings' single-run sds
     sheet.update({
         "single_training_sd": one, "paired_diff_sd_one_training": paired, "by_trainings": by_k,
         "trainings_per_candidate": k, "single_run_sd": at["single_run_sd"], "paired_diff_sd": at["paired_diff_sd"],
@@ -366,13 +362,13 @@ def markdown(data: dict[str, Any]) -> str:
             cells = " | ".join(f"{t[k]['mean']:.3f} ± {t[k]['sd']:.3f}"
                                for k in ("rouge_gap", "prob_gap", "membership_gap", "relative_utility"))
             lines.append(f"| {name} | {loss} | {cells} |")
-    lines += ["", "Every pair of losses under shared seeds (sd of the paired difference), and the sd of a candidate "
-              "scored as the mean of k seeds (pooled over the losses):", ""]
+    lines += ["", "Every pair of losses under shared seeds (sd of the paired difference, one training), and a run "
+              "of k trainings' sd / paired-diff sd (pooled over the losses):", ""]
     for name, s in data["settings"].items():
         pairs = s["fitnesses"][data["fitness"]].get("paired_diff_sd_per_pair", {})
-        ks = s.get("sd_of_mean_of_k_seeds", {})
-        lines.append(f"- {name}: " + "; ".join(f"{p} {v:.4f}" for p, v in pairs.items())
-                     + " | k seeds: " + ", ".join(f"k={k} {v:.4f}" for k, v in ks.items()))
+        ks = s.get("by_trainings", {})
+        lines.append(f"- {name}: " + "; ".join(f"{p} {v:.4f}" for p, v in pairs.items()) + " | runs of k: "
+                     + ", ".join(f"k={k} {v['single_run_sd']:.4f} / {v['paired_diff_sd']:.4f}" for k, v in ks.items()))
     lines += ["", "The same runs under the other fitnesses (one training: sd / paired-diff sd; oracle part gap):", ""]
     for name, s in data["settings"].items():
         cells = [f"`{f}` {v['single_run_sd']:.4f} / {v['paired_diff_sd']:.4f} / {v['oracle_part_gap']:+.4f}"
