@@ -71,6 +71,7 @@ BAD_INVOCATIONS = [
     (["prepare", "--benchmark", "nope"], "unknown benchmark 'nope'"),
     (["prepare", "--split", "forget11"], "unknown forget split 'forget11'"),
     (["eval", "--bogus"], "unrecognized arguments: --bogus"),
+    (["prepare", "--import", "nowhere.tar.gz"], "nowhere.tar.gz: no such artifact file"),
     (["evolve", "--budget", "x"], "invalid int value"),
 ]
 

@@ -184,8 +184,11 @@ class Benchmark(ABC):
     # -- the command line (`evounlearn prepare|eval|unlearn --benchmark NAME`). Most benchmarks
     # take the generic versions by inheriting `runs.GenericCommands` first; TOFU has its own.
 
-    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
-        """Prepare (cached) and report the target's and the oracle's metrics (a `runs.Report`)."""
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False, *,
+                    export: str | None = None, import_from: str | None = None) -> Any:
+        """Prepare (cached) and report the target's and the oracle's metrics (a `runs.Report`);
+        `export` writes the prepared models to an artifact file, `import_from` installs one
+        (TOFU-shaped benchmarks: `tofu/artifact.py`)."""
         raise ConfigError(f"benchmark {self.name} has no `evounlearn prepare` command")
 
     def cli_eval(self, request: Any) -> Any:
@@ -211,6 +214,11 @@ class Benchmark(ABC):
 
     def data_name(self, prepared: Any) -> str:
         return self.name
+
+    def models_sha256(self, prepared: Any) -> str | None:
+        """A hash naming the prepared target and oracle (results record which models they were
+        scored against); None where a benchmark cannot name them."""
+        return None
 
     def probe_lengths(self, prepared: Any, part: str = "search") -> dict[str, list[int]] | None:
         """Token counts of a part's real forget rows, {"answer": [...] (with EOS), "prompt": [...]}:

@@ -182,7 +182,11 @@ class GenericCommands:
 
     name: str
 
-    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Report:
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False, *,
+                    export: str | None = None, import_from: str | None = None) -> Report:
+        if export or import_from:
+            raise ConfigError(f"benchmark {self.name}: --export / --import are for the TOFU-shaped benchmarks "
+                              "(its preparation is rebuilt from its data on every machine)")
         if force:
             raise ConfigError(f"benchmark {self.name}: --force is not supported (delete its cache folder)")
         return prepare_report(self, load_options(config, overrides))

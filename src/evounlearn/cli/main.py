@@ -68,7 +68,8 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    report = benchmark_of(args).cli_prepare(args.config, _overrides(args), force=args.force)
+    report = benchmark_of(args).cli_prepare(args.config, _overrides(args), force=args.force, export=args.export,
+                                            import_from=args.import_from)
     print_report(report)
     return 0
 
@@ -113,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prepare", help="train (or fetch from cache) the target model and the retain oracle")
     _data_args(p)
     p.add_argument("--config", help="YAML file with PrepareConfig fields (default: none)")
-    p.add_argument("--force", action="store_true", help="retrain even when cached")
+    p.add_argument("--force", action="store_true", help="retrain even when cached (with --import: replace the "
+                   "cache's preparation by the artifact's)")
+    p.add_argument("--export", metavar="FILE", help="write the prepared target, oracle and their results to an "
+                   "artifact file (.tar or .tar.gz) that --import installs on another machine (default: none)")
+    p.add_argument("--import", dest="import_from", metavar="FILE", help="install a prepared artifact (from --export) "
+                   "instead of training: every machine then scores against the same models (default: none)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.epochs=30 generated.authors=20")
     p.set_defaults(func=cmd_prepare)
 

@@ -158,10 +158,11 @@ class TofuBenchmark(Benchmark):
         check_tofu_data(str((options or {}).get("data") or "generated"),
                         str((options or {}).get("forget_split") or "forget10"))
 
-    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False, *,
+                    export: str | None = None, import_from: str | None = None) -> Any:
         from .cli import cli_prepare
 
-        return cli_prepare(config, overrides, force)
+        return cli_prepare(config, overrides, force, export=export, import_from=import_from)
 
     def cli_eval(self, request: Any) -> Any:
         from .cli import cli_eval
@@ -180,6 +181,14 @@ class TofuBenchmark(Benchmark):
 
     def data_name(self, prepared: TofuPrepared) -> str:
         return str(prepared.models()["source"])
+
+    def models_sha256(self, prepared: TofuPrepared) -> str | None:
+        """The sha256 of the target's and the oracle's files (`artifact.models_sha256`): what an
+        artifact carries between machines; None for a model given by Hub id."""
+        from .artifact import models_sha256
+
+        m = prepared.models()
+        return models_sha256(m["target"], m["retain"]) if Path(m["target"]).is_dir() else None
 
     def probe_lengths(self, prepared: TofuPrepared, part: str = "search") -> dict[str, list[int]] | None:
         """The forget part's answer (+EOS) and prompt token counts under the target's tokenizer."""
@@ -301,8 +310,10 @@ class GeneratedBenchmark(TofuBenchmark):
     def prepare(self, options: Mapping[str, Any] | None = None) -> TofuPrepared:
         return self._prepared(self.setting_layers(options))
 
-    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False) -> Any:
-        return super().cli_prepare(config, self._overrides(overrides, "generated.setting"), force)
+    def cli_prepare(self, config: str | None, overrides: list[str], force: bool = False, *,
+                    export: str | None = None, import_from: str | None = None) -> Any:
+        return super().cli_prepare(config, self._overrides(overrides, "generated.setting"), force,
+                                   export=export, import_from=import_from)
 
     def cli_eval(self, request: Any) -> Any:
         import dataclasses

@@ -212,8 +212,10 @@ def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[st
         model, tok = load_model_and_tokenizer(entry.target)
         save_results(ev.evaluate(model, tok, retain_results=res, reference_model=None), entry.target_results)
     from ...models.device import runtime_info
+    from .artifact import models_sha256
 
     info.update({"data": source, "forget_split": split, "recipe": recipe, "root": str(entry.root), "runtime": runtime_info(),
+                 "models_sha256": models_sha256(entry.target, entry.retain),
                  "train_and_cache_seconds": train_seconds, "total_seconds": time.time() - t0})
     atomic_write_json(entry.info, info)
 

@@ -22,16 +22,33 @@ COMPARE_KEYS = ("forget_quality", "model_utility", "forget_rouge", "forget_prob"
                 "extraction_strength", "seconds")
 
 
-def cli_prepare(config: str | None, overrides: list[str], force: bool = False) -> Report:
+def cli_prepare(config: str | None, overrides: list[str], force: bool = False, *,
+                export: str | None = None, import_from: str | None = None) -> Report:
+    """Prepare (cached), or install a prepared artifact (`import_from`), and report both models;
+    `export` then writes the prepared entry to an artifact file."""
     from ...config import load_config
+    from .artifact import export_prepared, import_prepared, models_sha256
     from .build import check_tofu_data, prepare, summaries
     from .config import PrepareConfig
 
+    if export and import_from:
+        raise ConfigError("--export and --import: one at a time (import, then export from the cache)")
     cfg = load_config(PrepareConfig, config, overrides)
     check_tofu_data(cfg.data, cfg.forget_split)  # before anything is trained
-    p = prepare(cfg, force=force)
-    return Report(summaries(p), TOFU_TABLE_KEYS,
-                  [f"target: {p.target}", f"retain: {p.retain}", f"results: {p.target_results}, {p.retain_results}"])
+    lines = []
+    if import_from:
+        p, manifest, wrote = import_prepared(cfg, import_from, force=force)
+        lines.append(f"imported {import_from}" if wrote else f"the cache already holds {import_from}'s models")
+    elif export:
+        if force:
+            prepare(cfg, force=True)
+        p, manifest = export_prepared(cfg, export)
+        lines.append(f"exported to {export} ({Path(export).stat().st_size / 1e6:.1f} MB)")
+    else:
+        p = prepare(cfg, force=force)
+    lines += [f"target: {p.target}", f"retain: {p.retain}", f"results: {p.target_results}, {p.retain_results}",
+              f"models sha256: {models_sha256(p.target, p.retain)}"]
+    return Report(summaries(p), TOFU_TABLE_KEYS, lines)
 
 
 def model_label(model: str, adapter: str | None) -> str:
