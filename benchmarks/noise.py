@@ -233,6 +233,10 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
         o_s = _fit(bench_name, oracle["search"], mu_t, fitness)
         o_r = _fit(bench_name, oracle["report"], float(target["report"]["model_utility"]), fitness)
         out["fitnesses"][fitness] = {
+            # degrees of freedom of the pooled sds (the standard error of an sd is sd / sqrt(2 df)):
+            # n - 1 per loss; L - 1 independent contrasts among L losses, n - 1 each
+            "single_run_sd_df": sum(v["n"] - 1 for v in per_loss.values()),
+            "paired_diff_sd_df": (min(v["n"] for v in per_loss.values()) - 1) * (len(losses) - 1),
             "single_run_sd": single, "item_sd": statistics.fmean(items) if items else float("nan"),
             "paired_diff_sd": paired, "oracle_search": o_s, "oracle_report": o_r, "oracle_part_gap": o_s - o_r,
             "resolves_at_2sd": 2 * paired, "per_loss": per_loss, "paired_diff_sd_per_pair": pairs,
@@ -255,6 +259,7 @@ def datasheet(bench_name: str, runs: list[dict[str, Any]], target: dict[str, Any
         "holdout_rows": len(first["rows"]["holdout_rouge"]), "seeds": len(by_loss[losses[0]]),
         "single_run_sd": main["single_run_sd"], "item_sd": main["item_sd"],
         "paired_diff_sd": main["paired_diff_sd"], "oracle_part_gap": main["oracle_part_gap"],
+        "single_run_sd_df": main["single_run_sd_df"], "paired_diff_sd_df": main["paired_diff_sd_df"],
         "resolves_at_2sd": main["resolves_at_2sd"],
         "seconds_per_training": statistics.fmean(r["seconds"] for r in runs),
         "train_seconds_per_candidate": statistics.fmean(float(r.get("train_seconds") or 0) for r in runs),
@@ -282,7 +287,13 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
     one = float(sheet.get("single_training_sd", sheet["single_run_sd"]))
     per_training = sheet.get("seconds_per_training", sheet.get("seconds_per_candidate"))
     paired = float(sheet.get("paired_diff_sd_one_training", sheet["paired_diff_sd"]))
-    by_k = {str(k): {"single_run_sd": one / math.sqrt(k), "paired_diff_sd": paired / math.sqrt(k)}
+    # the standard error of each sd (sd / sqrt(2 df)); None for an entry without its df
+    rel = {key: (1 / math.sqrt(2 * sheet[f"{key}_df"]) if sheet.get(f"{key}_df") else None)
+           for key in ("single_run_sd", "paired_diff_sd")}
+    by_k = {str(k): {"single_run_sd": one / math.sqrt(k), "paired_diff_sd": paired / math.sqrt(k),
+                     **{f"{key}_se": None if r is None else v / math.sqrt(k) * r
+                        for key, v, r in (("single_run_sd", one, rel["single_run_sd"]),
+                                          ("paired_diff_sd", paired, rel["paired_diff_sd"]))}}
             for k in range(1, MAX_TRAININGS + 1)}
     k = next((int(k) for k, v in by_k.items() if v["single_run_sd"] <= TARGETS["single_run_sd"]
               and v["paired_diff_sd"] <= TARGETS["paired_diff_sd"]), None)
@@ -292,6 +303,7 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
     sheet.update({
         "single_training_sd": one, "paired_diff_sd_one_training": paired, "by_trainings": by_k,
         "trainings_per_candidate": k, "single_run_sd": at["single_run_sd"], "paired_diff_sd": at["paired_diff_sd"],
+        "single_run_sd_se": at["single_run_sd_se"], "paired_diff_sd_se": at["paired_diff_sd_se"],
         "resolves_at_2sd": 2 * at["paired_diff_sd"], "targets": dict(TARGETS),
         "seconds_per_training": per_training,
         "seconds_per_candidate": None if per_training is None else float(per_training) * (k or 1),
@@ -308,14 +320,26 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
 # the driver
 
 
-def references(bench_name: str) -> tuple[dict[str, Any], dict[str, Any], float]:
-    """Prepare the benchmark (train its target and oracle once, cached) and evaluate both on each
-    part; returns ({part: target summary}, {part: oracle summary}, prepare seconds)."""
+def artifact_of(bench_name: str, artifacts: str) -> Path | None:
+    """The committed prepared artifact of a benchmark (`ARTIFACTS/<name>.tar.gz`), if there is one."""
+    p = Path(artifacts) / f"{bench_name}.tar.gz"
+    return p if artifacts and p.is_file() else None
+
+
+def references(bench_name: str, artifacts: str = "") -> tuple[dict[str, Any], dict[str, Any], float, dict[str, Any]]:
+    """Prepare the benchmark (install its artifact when `artifacts` has one, else train its target
+    and oracle once, cached) and evaluate both on each part; returns ({part: target summary},
+    {part: oracle summary}, prepare seconds, {"models_sha256", "artifact"}): which models every
+    number of the datasheet is measured against."""
     from evounlearn.benchmarks import get_benchmark
     from evounlearn.benchmarks.references import cached_reference
+    from evounlearn.benchmarks.tofu.artifact import import_for_benchmark
 
     bench = get_benchmark(bench_name)
     t0 = time.time()
+    artifact = artifact_of(bench_name, artifacts)
+    if artifact is not None:
+        import_for_benchmark(bench_name, artifact)  # nothing written when the cache already holds it
     prepared = bench.prepare({})
     bench.paths(prepared)
     seconds = time.time() - t0
@@ -323,20 +347,32 @@ def references(bench_name: str) -> tuple[dict[str, Any], dict[str, Any], float]:
     for part in ("search", "report"):
         ref = cached_reference(bench, prepared, part, {})
         target[part], oracle[part] = ref.target, ref.retain
-    return target, oracle, seconds
+    models = {"models_sha256": bench.models_sha256(prepared),
+              "artifact": str(artifact.relative_to(ROOT)) if artifact is not None and artifact.is_relative_to(ROOT)
+              else (str(artifact) if artifact else None)}
+    return target, oracle, seconds, models
+
+
+def _with_se(s: dict[str, Any], key: str) -> str:
+    se = s.get(f"{key}_se")
+    return f"{s[key]:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
+def _seeds_text(seeds: Any) -> str:
+    return str(seeds) if not isinstance(seeds, dict) else "; ".join(f"{b}: {n}" for b, n in seeds.items()) + ":"
 
 
 def markdown(data: dict[str, Any]) -> str:
     lines = ["# The instrument's datasheet (`benchmarks/noise.py`)", "",
-             f"Fitness `{data['fitness']}` (version {data['fitness_version']}); {data['seeds']} training seeds "
-             f"of {', '.join(data['losses'])} per benchmark, search part, one torch thread per run; "
+             f"Fitness `{data['fitness']}` (version {data['fitness_version']}); {_seeds_text(data['seeds'])} training "
+             f"seeds of {', '.join(data['losses'])} per benchmark, search part, one torch thread per run; "
              f"item sd from {data['bootstrap']} bootstrap draws of the scored rows. "
              f"torch {data['env']['torch']}, transformers {data['env']['transformers']}, {data['env']['device']}.", "",
              "One candidate run = k trainings on shared seeds, scored by their mean (`train_seeds=k`); k = the "
              f"smallest k <= {MAX_TRAININGS} whose run meets the targets (single-run sd <= {TARGETS['single_run_sd']}, "
              f"paired-diff sd <= {TARGETS['paired_diff_sd']}; the oracle's |search - report| <= "
              f"{TARGETS['oracle_part_gap']} is the data's own): a run's sds are one training's / sqrt(k).", "",
-             "| benchmark | rows/part | holdout rows | one training: sd / paired-diff sd | k | run of k: sd / paired-diff sd "
+             "| benchmark | rows/part | holdout rows | one training: sd / paired-diff sd | k | run of k: sd / paired-diff sd (± SE of the sd) "
              "| resolves (1 paired run, 2 sd) | item sd | oracle search - report | meets targets | s/training "
              "| target forget ROUGE | target MU |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -346,7 +382,7 @@ def markdown(data: dict[str, Any]) -> str:
         k = s["trainings_per_candidate"]
         lines.append(f"| {name} | {s['rows_per_part']} | {s['holdout_rows']} | {s['single_training_sd']:.4f} / "
                      f"{s['paired_diff_sd_one_training']:.4f} | {k if k else f'none <= {MAX_TRAININGS}'} | "
-                     f"{s['single_run_sd']:.4f} / {s['paired_diff_sd']:.4f} | {s['resolves_at_2sd']:.4f} | "
+                     f"{_with_se(s, 'single_run_sd')} / {_with_se(s, 'paired_diff_sd')} | {s['resolves_at_2sd']:.4f} | "
                      f"{s['item_sd']:.4f} | {s['oracle_part_gap']:+.4f} | "
                      f"{'yes' if s['meets_targets'] else 'no: ' + str(s['why_not'])} | {s['seconds_per_training']:.1f} | "
                      f"{t['forget_rouge']:.3f} | {t['model_utility']:.3f} |")
@@ -381,21 +417,18 @@ def cpu_info() -> dict[str, Any]:
     """The CPU's name and the kernels torch dispatches to (`ATEN_CPU_CAPABILITY`): two machines
     with different ones prepare different models from the same data and seeds
     (reproduce_avx512_*.json), so a datasheet says which it was measured on."""
-    import platform
+    from evounlearn.benchmarks.tofu.artifact import cpu_info as info
 
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    return {"cpu_model": model or platform.processor(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    return info()
 
 
 def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """`new`'s benchmarks added to (or replacing theirs in) `old`, which must have been made with
-    the same fitness version, losses, seeds and bootstrap draws; each benchmark keeps its own
-    measurement's `env` and wall `seconds` (`measured`: an older entry's are its whole datasheet's),
-    every entry gets the instrument's fields, and `seconds` is the sum of both datasheets'."""
-    for key in ("fitness", "fitness_version", "losses", "seeds", "bootstrap"):
+    the same fitness version, losses and bootstrap draws (each entry keeps its own `seeds`); each
+    benchmark keeps its own measurement's `env` and wall `seconds` (`measured`: an older entry's
+    are its whole datasheet's), every entry gets the instrument's fields, and `seconds` is the sum
+    of both datasheets'. The top-level `seeds` becomes {benchmark: seeds} when they differ."""
+    for key in ("fitness", "fitness_version", "losses", "bootstrap"):
         if old.get(key) != new.get(key):
             raise SystemExit(f"noise.py --merge: the existing datasheet has {key}={old.get(key)!r}, this run "
                              f"{new.get(key)!r}; run every benchmark again instead")
@@ -404,7 +437,9 @@ def merged(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         settings[name] = instrument({"measured": {"env": old.get("env"), "seconds": old.get("seconds")}, **sheet})
     for name, sheet in new["settings"].items():
         settings[name] = {"measured": {"env": new["env"], "seconds": new["seconds"]}, **sheet}
-    return {**new, "settings": settings, "seconds": float(old.get("seconds") or 0) + float(new["seconds"])}
+    seeds = {name: s.get("seeds") for name, s in settings.items()}
+    return {**new, "settings": settings, "seconds": float(old.get("seconds") or 0) + float(new["seconds"]),
+            "seeds": new["seeds"] if len(set(seeds.values())) == 1 else seeds}
 
 
 def main() -> None:
@@ -415,6 +450,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--bootstrap", type=int, default=300)
     ap.add_argument("--work", default=str(ROOT / "runs" / "noise"))
+    ap.add_argument("--artifacts", default=str(ROOT / "benchmarks" / "artifacts"),
+                    help="where prepared artifacts are (<benchmark>.tar.gz, imported before measuring; '' = prepare here)")
     ap.add_argument("--out", default=str(RESULTS / "noise.json"))
     ap.add_argument("--quick", action="store_true", help="generated only, 2 seeds, NPO only (smoke test)")
     ap.add_argument("--rederive", action="store_true",
@@ -448,11 +485,13 @@ def main() -> None:
     refs: dict[str, Any] = {}
     for b in benches:  # prepare serially: each builds two models with every thread this process has
         print(f"[noise] preparing {b} ...", flush=True)
-        refs[b] = references(b)
+        refs[b] = references(b, args.artifacts)
     for loss in losses:
         loss_run(loss)  # a malformed spec fails here, before any training
-    jobs = [(b, loss, s, str(Path(args.work) / b / loss.replace("@", "__").replace(",", "_") / f"seed{s}")) for b in benches for loss in losses
-            for s in range(seeds)]
+    # runs are kept per set of prepared models: another preparation's runs are not reused
+    jobs = [(b, loss, s, str(Path(args.work) / b / str(refs[b][3]["models_sha256"])[:12]
+                             / loss.replace("@", "__").replace(",", "_") / f"seed{s}"))
+            for b in benches for loss in losses for s in range(seeds)]
     runs: dict[str, list[dict[str, Any]]] = {b: [] for b in benches}
     t0 = time.time()
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
@@ -465,9 +504,9 @@ def main() -> None:
                   f"{r['seconds']:.1f} s; elapsed {el / 60:.1f} min, ETA {el / i * (len(jobs) - i) / 60:.1f} min",
                   flush=True)
     for b in benches:
-        target, oracle, prep_s = refs[b]
+        target, oracle, prep_s, models = refs[b]
         data["settings"][b] = instrument(datasheet(b, runs[b], target, oracle, losses, args.bootstrap))
-        data["settings"][b]["prepare_seconds"] = prep_s
+        data["settings"][b].update(prepare_seconds=prep_s, **models)
         data["settings"][b]["seconds"] = sum(r["seconds"] for r in runs[b])
     data["seconds"] = time.time() - t_start
     data["env"] = {**runtime_info(), "parent_threads": torch.get_num_threads(), "workers": args.workers,

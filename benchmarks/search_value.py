@@ -123,8 +123,35 @@ def instrument(setting: str, opts: argparse.Namespace) -> dict[str, Any]:
                 "why_not": f"no datasheet entry in {opts.noise} (benchmarks/noise.py --benchmarks {setting} --merge)"}
     keys = ("trainings_per_candidate", "single_run_sd", "paired_diff_sd", "single_training_sd",
             "paired_diff_sd_one_training", "oracle_part_gap", "seconds_per_training", "seconds_per_candidate",
-            "meets_targets", "why_not")
+            "meets_targets", "why_not", "models_sha256")
     return {k: sheet.get(k) for k in keys}
+
+
+def prepared_models(setting: str, opts: argparse.Namespace) -> str | None:
+    """Install the setting's committed artifact (`--artifacts`/<setting>.tar.gz; nothing is written
+    when the cache already holds it; without one the cache's own preparation, trained if absent)
+    and return the sha256 of the models every arm is scored against."""
+    from evounlearn.benchmarks import get_benchmark
+    from evounlearn.benchmarks.tofu.artifact import import_for_benchmark
+
+    artifact = Path(opts.artifacts) / f"{setting}.tar.gz" if opts.artifacts else None
+    if artifact is not None and artifact.is_file():
+        return import_for_benchmark(setting, artifact)[0]
+    bench = get_benchmark(setting)
+    return bench.models_sha256(bench.prepare({}))
+
+
+def same_models(inst: dict[str, Any], sha: str | None) -> str | None:
+    """Why the datasheet does not describe these models (None when it does): its entry names the
+    models it measured, and the instrument's verdict holds for those only (another machine's
+    preparation moved the verdicts: reproduce_avx512_*.json)."""
+    measured = inst.get("models_sha256")
+    if not measured:
+        return "the datasheet's entry does not name the models it measured (measure it again with noise.py)"
+    if measured != sha:
+        return (f"the datasheet measured models {str(measured)[:12]}, the cache holds {str(sha)[:12]} "
+                "(import the setting's artifact, or measure these with noise.py)")
+    return None
 
 
 def runs_of(trainings: int, k: int) -> int:
@@ -137,7 +164,7 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
     trainings: the arm gets budget // k runs of k trainings (`train_seeds=k`) and its winner
     ceil(report_seeds / k) runs on the report part (the search races to `ours.race_seeds` = 3
     trainings, so with k = 3 it does not race)."""
-    rd = Path(opts.work) / setting / f"{arm}-seed{seed}"
+    rd = setting_dir(setting, opts) / f"{arm}-seed{seed}"
     if (rd / "leaderboard.json").is_file():
         return rd  # finished by an earlier invocation: its wall time is in ARM-seedK.seconds
     if rd.exists():  # an interrupted run: start it again (both commands refuse a used folder)
@@ -165,8 +192,15 @@ def run_arm(arm: str, setting: str, seed: int, budget: int, opts: argparse.Names
 
 def run_seconds(setting: str, arm: str, seed: int, opts: argparse.Namespace) -> float | None:
     """The wall seconds of one arm run (the CLI command, preparation included), as recorded when it ran."""
-    f = Path(opts.work) / setting / f"{arm}-seed{seed}.seconds"
+    f = setting_dir(setting, opts) / f"{arm}-seed{seed}.seconds"
     return float(f.read_text()) if f.is_file() else None
+
+
+def setting_dir(setting: str, opts: argparse.Namespace) -> Path:
+    """Where a setting's arm runs are kept: per set of prepared models (`opts.models`), so that a
+    run against another preparation is never taken for a finished one."""
+    sha = (getattr(opts, "models", None) or {}).get(setting)
+    return Path(opts.work) / setting / (str(sha)[:12] if sha else "")
 
 
 def code_version() -> dict[str, Any]:
@@ -502,6 +536,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(ROOT / "runs" / "search_value"), help="where the runs are kept")
     ap.add_argument("--out", default=str(RESULTS / "search_value"), help="output path without extension")
     ap.add_argument("--records", default=str(RECORDS), help="where each finished arm run's record is kept")
+    ap.add_argument("--artifacts", default=str(ROOT / "benchmarks" / "artifacts"),
+                    help="prepared artifacts (<setting>.tar.gz) installed before a setting runs ('' = none)")
     opts = ap.parse_args(argv)
     settings, arms = opts.settings.split(","), opts.arms.split(",")
     unknown_arms = sorted(set(arms) - set(ARMS) - set(EXTRA_ARMS))
@@ -512,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         opts.work = str(Path(opts.work).with_name(Path(opts.work).name + "_quick"))
         opts.records = str(Path(opts.work) / "records")
     t0 = time.time()
+    opts.models = {}  # {setting: sha256 of its prepared models}, set as each setting starts
     version = code_version()
     results: dict[str, Any] = {s: {"arms": {}} for s in settings}
     records: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -530,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
             res["not_run"] = f"the instrument does not resolve here: {inst['why_not']}"
             print(f"  {setting:10s} not run: {res['not_run']}", flush=True)
             continue
+        sha = res["models_sha256"] = opts.models[setting] = prepared_models(setting, opts)
+        why = same_models(inst, sha)
+        if why and not opts.quick:
+            res["not_run"] = why
+            print(f"  {setting:10s} not run: {why}", flush=True)
+            continue
         k = int(inst["trainings_per_candidate"] or 1)
         res["oracle_report_fitness"] = oracle_report_fitness(setting)
         # The tuned baselines first: whether the setting qualifies looks only at them and at the
@@ -544,12 +587,13 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             per = []
             for seed in range(opts.seeds):
-                rec = read_record(setting, arm, seed, version, opts)
+                # a record is reused only for the same code and the same prepared models
+                rec = read_record(setting, arm, seed, {**version, "models_sha256": sha}, opts)
                 if rec is not None:
                     earlier += rec.get("seconds") or 0.0
                     unknown += rec.get("seconds") is None
                 else:
-                    rd = Path(opts.work) / setting / f"{arm}-seed{seed}"
+                    rd = setting_dir(setting, opts) / f"{arm}-seed{seed}"
                     if (rd / "leaderboard.json").is_file():  # finished here by an earlier invocation
                         took = run_seconds(setting, arm, seed, opts)
                         earlier += took or 0.0
@@ -557,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         run_arm(arm, setting, seed, opts.budget, opts, k)  # this invocation's wall time
                         print(f"    ({(time.time() - t0) / 60:.1f} min into this invocation)", flush=True)
-                    rec = write_record(setting, arm, seed, rd, run_seconds(setting, arm, seed, opts), version, opts, k)
+                    rec = write_record(setting, arm, seed, rd, run_seconds(setting, arm, seed, opts),
+                                       {**version, "models_sha256": sha}, opts, k)
                 per.append(rec)
             records[(setting, arm)] = per
             keys = ["report_fitness", "forget_quality", "model_utility", "winner_search_fitness", "trainings"]

@@ -95,5 +95,18 @@ def test_merge_keeps_the_other_benchmarks_and_refuses_another_protocol(noise) ->
     assert list(m["settings"]) == ["a", "b"] and m["seconds"] == 110.0
     assert m["settings"]["a"]["measured"]["env"] == {"torch": "old"} and m["settings"]["a"]["meets_targets"]
     assert m["settings"]["b"]["measured"]["env"] == {"torch": "new"} and not m["settings"]["b"]["meets_targets"]
-    with pytest.raises(SystemExit, match="seeds"):
-        noise.merged(old, {**new, "seeds": 4})
+    with pytest.raises(SystemExit, match="bootstrap"):
+        noise.merged(old, {**new, "bootstrap": 100})
+    # more seeds for one benchmark: each entry keeps its own count, the header lists them
+    more = noise.merged(old, {**new, "seeds": 16, "settings": {"b": {**new["settings"]["b"], "seeds": 16}}})
+    assert more["seeds"] == {"a": None, "b": 16} and "b: 16" in noise._seeds_text(more["seeds"])
+
+
+def test_the_standard_error_of_each_sd_follows_its_degrees_of_freedom(noise) -> None:
+    sheet = noise.instrument({"single_run_sd": 0.06, "paired_diff_sd": 0.06, "oracle_part_gap": 0.0,
+                              "single_run_sd_df": 45, "paired_diff_sd_df": 30})
+    assert sheet["trainings_per_candidate"] == 3
+    assert sheet["single_run_sd_se"] == pytest.approx(0.06 / 3 ** 0.5 / (2 * 45) ** 0.5)
+    assert sheet["by_trainings"]["1"]["paired_diff_sd_se"] == pytest.approx(0.06 / (2 * 30) ** 0.5)
+    assert noise.instrument({"single_run_sd": 0.02, "paired_diff_sd": 0.02, "oracle_part_gap": 0.0})[
+        "single_run_sd_se"] is None  # an older entry without its degrees of freedom

@@ -25,6 +25,8 @@ ORACLE = {"partial-large": 0.99, "entangled-large": 0.95, "generated-large": 0.9
 # the noise datasheet's verdict per setting: trainings per run k (None: no k <= 3 resolves), oracle gap
 SHEETS = {"partial-large": (1, 0.01), "entangled-large": (3, 0.0), "paraphrase-large": (2, 0.05),
           "generated-large": (2, 0.0)}
+# the prepared models each setting's cache holds (the datasheet names the ones it measured)
+MODELS = {s: f"{i:x}" * 64 for i, s in enumerate(SHEETS, 10)}
 
 
 def _noise_file(path: Path) -> Path:
@@ -32,7 +34,8 @@ def _noise_file(path: Path) -> Path:
     settings = {}
     for name, (k, gap) in SHEETS.items():
         one = 0.034 * (k or 1) ** 0.5  # one training's sd: k trainings bring it to 0.034
-        settings[name] = noise.instrument({"single_run_sd": one, "paired_diff_sd": one, "oracle_part_gap": gap})
+        settings[name] = noise.instrument({"single_run_sd": one, "paired_diff_sd": one, "oracle_part_gap": gap,
+                                           "models_sha256": MODELS[name]})
     path.write_text(json.dumps({"settings": settings}))
     return path
 LEVEL = {("partial-large", "tuned_npo"): 0.70, ("partial-large", "tuned_simnpo"): 0.80,
@@ -48,7 +51,8 @@ def _fake_runs(sv, monkeypatch, calls: list[tuple[str, str, int]]) -> None:
 
     def parse(rd: Path) -> tuple[str, str, int]:
         arm, seed = rd.name.rsplit("-seed", 1)
-        return rd.parent.name, arm, int(seed)
+        setting = rd.parent.name if rd.parent.name in SHEETS else rd.parent.parent.name  # runs sit per models
+        return setting, arm, int(seed)
 
     def tune_result(rd: Path, k: int = 1) -> dict[str, Any]:
         setting, arm, seed = parse(rd)
@@ -70,6 +74,7 @@ def _fake_runs(sv, monkeypatch, calls: list[tuple[str, str, int]]) -> None:
     monkeypatch.setattr(sv, "_winner_job", lambda rd: {"code": "def loss(): ...", "epochs": 3, "unlearn": {
         "prepare": {"cache_dir": "/this/machine/cache", "train": {"epochs": 32}}}})
     monkeypatch.setattr(sv, "oracle_report_fitness", lambda s: ORACLE[s])
+    monkeypatch.setattr(sv, "prepared_models", lambda s, opts: MODELS[s])
     monkeypatch.setattr(sv, "transfer", lambda found, own, opts: {s: {s: own[s]} for s in found})
 
 
@@ -111,7 +116,8 @@ def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch,
     assert rec["result"]["report_fitness"] == pytest.approx(0.98) and rec["winner_job"]["epochs"] == 3
     # the record travels: no folder of this machine in it
     assert rec["winner_job"]["unlearn"] == {"prepare": {"train": {"epochs": 32}}}
-    assert rec["code_version"] == sv.code_version()
+    assert rec["code_version"] == {**sv.code_version(), "models_sha256": MODELS["partial-large"]}
+    assert s["partial-large"]["models_sha256"] == MODELS["partial-large"]
 
     # a second invocation (the run folders gone, as on another machine) reuses every record
     calls.clear()
@@ -123,6 +129,32 @@ def test_settings_in_order_until_two_qualify_and_records_reused(sv, monkeypatch,
     monkeypatch.setattr(sv, "code_version", lambda: {"src": "other", "libraries": {}})
     assert sv.main(args) == 0
     assert len(calls) == 3 * len(order)
+
+
+def test_a_setting_runs_only_against_the_models_its_datasheet_measured(sv, monkeypatch, tmp_path: Path) -> None:
+    """Another machine's preparation moved the instrument's verdicts (reproduce_avx512_*.json):
+    a setting whose cache holds other models than the datasheet measured is not run, and a record
+    made against other models is not reused."""
+    calls: list[tuple[str, str, int]] = []
+    _fake_runs(sv, monkeypatch, calls)
+    args = ["--budget", "4", "--seeds", "2", "--work", str(tmp_path / "work"), "--records", str(tmp_path / "rec"),
+            "--out", str(tmp_path / "out" / "sv"), "--noise", str(_noise_file(tmp_path / "noise.json")),
+            "--settings", "partial-large,generated-large"]
+    here = {**MODELS, "partial-large": "f" * 64}
+    monkeypatch.setattr(sv, "prepared_models", lambda s, opts: here[s])
+    assert sv.main(args) == 0
+    s = json.loads((tmp_path / "out" / "sv.json").read_text())["settings"]
+    assert s["partial-large"]["arms"] == {} and "the datasheet measured models" in s["partial-large"]["not_run"]
+    assert {st for st, _, _ in calls} == {"generated-large"}
+    # the same records, now against other models: run again
+    calls.clear()
+    here["generated-large"] = "e" * 64
+    noise = json.loads((tmp_path / "noise.json").read_text())
+    noise["settings"]["generated-large"]["models_sha256"] = "e" * 64
+    (tmp_path / "noise.json").write_text(json.dumps(noise))
+    assert sv.main(args) == 0
+    assert len(calls) == 2 * 4 and {st for st, _, _ in calls} == {"generated-large"}
+    assert sv.same_models({"models_sha256": None}, "a") and sv.same_models({"models_sha256": "a"}, "a") is None
 
 
 def test_compare_uses_the_standard_error_of_the_difference(sv) -> None:

@@ -279,3 +279,16 @@ def cpu_info() -> dict[str, Any]:
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
                       if line.startswith("model name")), "")
     return {"cpu_model": model or platform.processor(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+
+
+def import_for_benchmark(benchmark: str, path: str | Path, options: list[str] | None = None,
+                         force: bool = False) -> tuple[str, bool]:
+    """`evounlearn prepare --benchmark NAME --import PATH [options]` from Python (the benchmark's
+    size preset and setting applied as the command applies them). Returns (the models' sha256,
+    whether anything was written)."""
+    from .. import get_benchmark
+
+    bench = get_benchmark(benchmark)
+    report = bench.cli_prepare(None, list(options or []), force, import_from=str(path))
+    sha = next(line.split(": ", 1)[1] for line in report.lines if line.startswith("models sha256: "))
+    return sha, not report.lines[0].startswith("the cache already holds")
