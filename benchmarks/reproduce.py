@@ -1,8 +1,11 @@
 """Does a fresh install reproduce the README's numbers? Re-runs the noise datasheet
-(`benchmarks/noise.py`: the same fixed losses, seeds and options) on the given benchmarks, from
-whatever cache this install has (run it after an install that follows the README, from an empty
-cache, so the target and oracle are trained again here), and compares with the committed
-`benchmarks/results/noise.json`:
+(`benchmarks/noise.py`: the same fixed losses, seeds and options) on the given benchmarks and
+compares with the committed `benchmarks/results/noise.json`. The target and oracle come from the
+committed artifact (`--artifacts`, installed by noise.py: the models the datasheet measured, on any
+CPU) or, with `--artifacts ''` and an empty cache, are trained again here (what showed that CPUs
+with other kernels prepare other models: reproduce_avx512_*.json). It reports:
+
+- whether the models are the datasheet's (`models_sha256`, new and committed);
 
 - the prepared target's and retain oracle's numbers (forget ROUGE / Prob, model utility; search and
   report parts): the largest absolute difference;
@@ -82,6 +85,7 @@ def compare(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
             continue
         losses = {loss: compare_loss(v, ref["losses"][loss]) for loss, v in s["losses"].items() if loss in ref["losses"]}
         out[name] = {
+            "models_sha256": {"new": s.get("models_sha256"), "committed": ref.get("models_sha256")},
             "target_max_abs_diff": _max_abs_diff(s.get("target") or {}, ref.get("target") or {}),
             "oracle_max_abs_diff": _max_abs_diff(s.get("oracle") or {}, ref.get("oracle") or {}),
             "losses": losses,
@@ -108,7 +112,10 @@ def markdown(data: dict[str, Any]) -> str:
         if "error" in b:
             lines.append(f"- {name}: {b['error']}")
             continue
-        lines.append(f"- {name}: target's numbers differ by at most {b['target_max_abs_diff']}, the oracle's by "
+        sha = b.get("models_sha256") or {}
+        same = ("the datasheet's models" if sha.get("new") and sha.get("new") == sha.get("committed")
+                else f"models {str(sha.get('new'))[:12]} (datasheet: {str(sha.get('committed'))[:12]})")
+        lines.append(f"- {name}: {same}; target's numbers differ by at most {b['target_max_abs_diff']}, the oracle's by "
                      f"{b['oracle_max_abs_diff']}; " + "; ".join(
                          f"{k} {v['new']:.4f} (committed {v['committed']:.4f})" if isinstance(v["new"], float)
                          and isinstance(v["committed"], float) else f"{k} {v['new']} (committed {v['committed']})"
@@ -122,17 +129,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", default=str(RESULTS / "noise.json"), help="the committed datasheet")
     ap.add_argument("--work", default=str(ROOT / "runs" / "reproduce"))
     ap.add_argument("--out", default=str(RESULTS / "reproduce"), help="output path without extension")
+    ap.add_argument("--seeds", type=int, default=0, help="training seeds per loss (default: the datasheet's)")
+    ap.add_argument("--artifacts", default=str(ROOT / "benchmarks" / "artifacts"),
+                    help="install these prepared artifacts first (noise.py --artifacts; '' = prepare here)")
     opts = ap.parse_args(argv)
     old = json.loads(Path(opts.reference).read_text())
-    unknown = [b for b in opts.benchmarks.split(",") if b not in old["settings"]]
+    benches = opts.benchmarks.split(",")
+    unknown = [b for b in benches if b not in old["settings"]]
     if unknown:
         ap.error(f"the committed datasheet has no {', '.join(unknown)} (it has {', '.join(old['settings'])})")
+    counts = {old["settings"][b].get("seeds") or old["seeds"] for b in benches}
+    if not opts.seeds and len(counts) > 1:
+        ap.error(f"the datasheet measured these benchmarks with different seed counts ({sorted(counts)}): pass --seeds")
     work = Path(opts.work)
     fresh = work / "noise.json"
     t0 = time.time()
     cmd = [sys.executable, str(ROOT / "benchmarks" / "noise.py"), "--benchmarks", opts.benchmarks,
-           "--losses", ",".join(old["losses"]), "--seeds", str(old["seeds"]), "--bootstrap", str(old["bootstrap"]),
-           "--work", str(work / "runs"), "--out", str(fresh)]
+           "--losses", ",".join(old["losses"]), "--seeds", str(opts.seeds or counts.pop()),
+           "--bootstrap", str(old["bootstrap"]), "--work", str(work / "runs"), "--out", str(fresh),
+           "--artifacts", opts.artifacts]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     rc = subprocess.run(cmd, env=env, cwd=ROOT).returncode
     if rc != 0:
