@@ -194,3 +194,33 @@ def test_the_benchmark_names_its_models(tiny_prepared) -> None:
     prepared = bench.prepare({"prepare": to_dict(cfg)})
     assert bench.models_sha256(prepared) == models_sha256(here.target, here.retain)
     assert get_benchmark("muse-news").models_sha256(object()) is None
+
+
+def test_import_for_benchmark_is_the_command_from_python(tiny_prepared, tmp_path) -> None:
+    """What noise.py and search_value.py call: the benchmark's own option handling, the models'
+    hash and whether anything was written."""
+    from evounlearn.benchmarks.tofu import TofuBenchmark
+    from evounlearn.benchmarks.tofu.artifact import import_for_benchmark, models_sha256
+    from evounlearn.config import save_config
+
+    cfg, here = tiny_prepared
+    _export(tiny_prepared, tmp_path / "a.tar.gz")
+    cfg2 = _cfg_in(tmp_path / "c2", tiny_prepared)
+    save_config(cfg2, tmp_path / "prepare.yaml")
+
+    class Tiny(TofuBenchmark):  # a benchmark whose options are the tiny config (as -large's are its preset)
+        name = "tiny-artifact-test"
+
+        def cli_prepare(self, config, overrides, force=False, *, export=None, import_from=None):
+            return super().cli_prepare(str(tmp_path / "prepare.yaml"), overrides, force, export=export,
+                                       import_from=import_from)
+
+    import evounlearn.benchmarks.base as base
+
+    base.BENCHMARKS[Tiny.name] = Tiny()
+    try:
+        sha, wrote = import_for_benchmark(Tiny.name, tmp_path / "a.tar.gz")
+        assert wrote and sha == models_sha256(here.target, here.retain)
+        assert import_for_benchmark(Tiny.name, tmp_path / "a.tar.gz") == (sha, False)
+    finally:
+        del base.BENCHMARKS[Tiny.name]

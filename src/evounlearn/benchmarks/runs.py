@@ -44,6 +44,7 @@ class Report:
     keys: tuple[str, ...]
     lines: list[str] = field(default_factory=list)
     run_dir: str = ""
+    info: dict[str, Any] = field(default_factory=dict)  # what a caller reads besides the table (e.g. models_sha256)
 
 
 @dataclass

@@ -290,5 +290,4 @@ def import_for_benchmark(benchmark: str, path: str | Path, options: list[str] | 
 
     bench = get_benchmark(benchmark)
     report = bench.cli_prepare(None, list(options or []), force, import_from=str(path))
-    sha = next(line.split(": ", 1)[1] for line in report.lines if line.startswith("models sha256: "))
-    return sha, not report.lines[0].startswith("the cache already holds")
+    return str(report.info["models_sha256"]), bool(report.info["imported"])

@@ -35,7 +35,7 @@ def cli_prepare(config: str | None, overrides: list[str], force: bool = False, *
         raise ConfigError("--export and --import: one at a time (import, then export from the cache)")
     cfg = load_config(PrepareConfig, config, overrides)
     check_tofu_data(cfg.data, cfg.forget_split)  # before anything is trained
-    lines = []
+    lines, wrote = [], False
     if import_from:
         p, manifest, wrote = import_prepared(cfg, import_from, force=force)
         lines.append(f"imported {import_from}" if wrote else f"the cache already holds {import_from}'s models")
@@ -46,9 +46,10 @@ def cli_prepare(config: str | None, overrides: list[str], force: bool = False, *
         lines.append(f"exported to {export} ({Path(export).stat().st_size / 1e6:.1f} MB)")
     else:
         p = prepare(cfg, force=force)
+    sha = models_sha256(p.target, p.retain)
     lines += [f"target: {p.target}", f"retain: {p.retain}", f"results: {p.target_results}, {p.retain_results}",
-              f"models sha256: {models_sha256(p.target, p.retain)}"]
-    return Report(summaries(p), TOFU_TABLE_KEYS, lines)
+              f"models sha256: {sha}"]
+    return Report(summaries(p), TOFU_TABLE_KEYS, lines, info={"models_sha256": sha, "imported": wrote})
 
 
 def model_label(model: str, adapter: str | None) -> str:
