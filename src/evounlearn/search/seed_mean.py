@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from .candidate import CandidateResult
+# the candidate job's result dataclass (search/candidate.py `CandidateResult`), generic here so
+# that this module does not import the job that imports it
+Result = TypeVar("Result")
 
 #: the distance between the training seeds of one run: larger than any seed a search, a race or a
 #: report re-run uses, so that two runs' trainings never share a seed
@@ -34,7 +35,7 @@ def job_option(train_seeds: int) -> dict[str, Any]:
     return {"train_seeds": int(train_seeds)} if int(train_seeds) > 1 else {}
 
 
-def mean_over_seeds(results: list[CandidateResult], run_dir: str) -> CandidateResult:
+def mean_over_seeds(results: list[Result], run_dir: str) -> Result:
     """One result from the trainings of one candidate (at least one): a failed training's result
     as it is (the first failure decides); else fitness = the mean of the trainings' fitnesses,
     summary = each numeric metric's mean (so the utility floor reads the mean utility and every

@@ -21,7 +21,6 @@ write outside the cache).
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import logging
@@ -29,13 +28,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ...errors import ConfigError, DataError
 from ...files import DIR_MODE, FILE_MODE, atomic_write_bytes, atomic_write_json, file_lock, read_json_or_none
+from .build import _folder_files, _sha256, models_sha256
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +42,9 @@ ARTIFACT_FORMAT = 1
 MANIFEST_NAME = "evounlearn-prepared.json"
 #: the folders of a cache entry that hold models (the oracle's is `retain-<split>` in the cache)
 _MODEL_DIRS = ("target", "retain")
+
+__all__ = ["ArtifactManifest", "export_prepared", "import_for_benchmark", "import_prepared", "models_sha256",
+           "read_artifact"]
 
 
 @dataclass(frozen=True)
@@ -67,32 +69,6 @@ class ArtifactManifest:
         if manifest.format != ARTIFACT_FORMAT:
             raise DataError(f"{where}: artifact format {manifest.format}, this install reads format {ARTIFACT_FORMAT}")
         return manifest
-
-
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _folder_files(folder: Path, name: str) -> Iterator[tuple[str, Path]]:
-    """(name in the artifact, path) of every file under `folder`, sorted."""
-    for root, dirs, files in os.walk(folder):
-        dirs.sort()
-        for f in sorted(files):
-            p = Path(root) / f
-            yield f"{name}/{p.relative_to(folder).as_posix()}", p
-
-
-def models_sha256(target: str | Path, retain: str | Path | None) -> str:
-    """The sha256 naming a preparation: every file of the target's and the oracle's model folders
-    (weights, config, tokenizer), by their names in an artifact. Two preparations with one hash
-    score every candidate against the same models."""
-    h = hashlib.sha256()
-    for name, folder in (("target", target), ("retain", retain)):
-        if folder is None:
-            continue
-        for arc, path in _folder_files(Path(folder), name):
-            h.update(arc.encode() + b"\0" + _sha256(path.read_bytes()).encode() + b"\n")
-    return h.hexdigest()
 
 
 def _held(folder: Path, name: str) -> dict[str, str]:

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -212,12 +214,37 @@ def _build_entry(cfg: PrepareConfig, entry: _Entry, source: str, recipe: dict[st
         model, tok = load_model_and_tokenizer(entry.target)
         save_results(ev.evaluate(model, tok, retain_results=res, reference_model=None), entry.target_results)
     from ...models.device import runtime_info
-    from .artifact import models_sha256
 
     info.update({"data": source, "forget_split": split, "recipe": recipe, "root": str(entry.root), "runtime": runtime_info(),
                  "models_sha256": models_sha256(entry.target, entry.retain),
                  "train_and_cache_seconds": train_seconds, "total_seconds": time.time() - t0})
     atomic_write_json(entry.info, info)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _folder_files(folder: Path, name: str) -> Iterator[tuple[str, Path]]:
+    """(name in the artifact, path) of every file under `folder`, sorted."""
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for f in sorted(files):
+            p = Path(root) / f
+            yield f"{name}/{p.relative_to(folder).as_posix()}", p
+
+
+def models_sha256(target: str | Path, retain: str | Path | None) -> str:
+    """The sha256 naming a preparation: every file of the target's and the oracle's model folders
+    (weights, config, tokenizer), by their names in an artifact. Two preparations with one hash
+    score every candidate against the same models."""
+    h = hashlib.sha256()
+    for name, folder in (("target", target), ("retain", retain)):
+        if folder is None:
+            continue
+        for arc, path in _folder_files(Path(folder), name):
+            h.update(arc.encode() + b"\0" + _sha256(path.read_bytes()).encode() + b"\n")
+    return h.hexdigest()
 
 
 def check_tofu_data(data: str, forget_split: str) -> None:
