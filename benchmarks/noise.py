@@ -321,7 +321,7 @@ def instrument(sheet: dict[str, Any]) -> dict[str, Any]:
 
 
 def artifact_of(bench_name: str, artifacts: str) -> Path | None:
-    """The committed prepared artifact of a benchmark (`ARTIFACTS/<name>.tar.gz`), if there is one."""
+    """The prepared artifact of a benchmark (`ARTIFACTS/<name>.tar.gz`), if there is one."""
     p = Path(artifacts) / f"{bench_name}.tar.gz"
     return p if artifacts and p.is_file() else None
 

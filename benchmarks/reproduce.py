@@ -1,7 +1,7 @@
 """Does a fresh install reproduce the README's numbers? Re-runs the noise datasheet
 (`benchmarks/noise.py`: the same fixed losses, seeds and options) on the given benchmarks and
 compares with the committed `benchmarks/results/noise.json`. The target and oracle come from the
-committed artifact (`--artifacts`, installed by noise.py: the models the datasheet measured, on any
+given artifact (`--artifacts`, installed by noise.py: the models the datasheet measured, on any
 CPU) or, with `--artifacts ''` and an empty cache, are trained again here (what showed that CPUs
 with other kernels prepare other models: reproduce_avx512_*.json). It reports:
 

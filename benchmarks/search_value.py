@@ -128,7 +128,7 @@ def instrument(setting: str, opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def prepared_models(setting: str, opts: argparse.Namespace) -> str | None:
-    """Install the setting's committed artifact (`--artifacts`/<setting>.tar.gz; nothing is written
+    """Install the setting's artifact (`--artifacts`/<setting>.tar.gz; nothing is written
     when the cache already holds it; without one the cache's own preparation, trained if absent)
     and return the sha256 of the models every arm is scored against."""
     from evounlearn.benchmarks import get_benchmark
